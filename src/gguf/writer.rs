@@ -1,0 +1,2 @@
+//! GGUF writer (placeholder, being written).
+pub struct GgufWriter;
