@@ -1,2 +1,275 @@
-//! GGUF writer (placeholder, being written).
-pub struct GgufWriter;
+//! Streaming GGUF v3 writer.
+//!
+//! The header (metadata and tensor infos) is written first, from the tensors' declared types
+//! and shapes; tensor data then streams in, in declaration order, in chunks of any size, so a
+//! model larger than RAM can be written. Everything goes to a temporary file beside the
+//! target, which is flushed, synced and renamed over the target only by `finish`: a failed or
+//! interrupted run leaves no partial `.gguf` behind (dropping an unfinished writer deletes
+//! the temporary file; the CLI also deletes it on Ctrl-C).
+
+use super::{GgmlType, Metadata, Value, DEFAULT_ALIGNMENT, MAGIC};
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Temporary files of writers still open, deleted by `remove_unfinished_outputs` on Ctrl-C.
+static OPEN_TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Delete the temporary files of every unfinished writer (called from a signal handler thread).
+pub fn remove_unfinished_outputs() {
+    if let Ok(list) = OPEN_TEMP_FILES.lock() {
+        for p in list.iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A tensor as declared in the header.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorDecl {
+    pub name: String,
+    /// ggml order (`shape[0]` = row length).
+    pub shape: Vec<u64>,
+    pub ty: GgmlType,
+}
+
+impl TensorDecl {
+    pub fn n_bytes(&self) -> Result<u64> {
+        let n: u64 = self.shape.iter().product();
+        self.ty.bytes_for(n).ok_or_else(|| {
+            Error::Invalid(format!(
+                "tensor `{}`: {} values do not fill whole {} blocks",
+                self.name, n, self.ty
+            ))
+        })
+    }
+}
+
+pub struct GgufWriter {
+    target: PathBuf,
+    tmp: PathBuf,
+    out: Option<BufWriter<File>>,
+    alignment: u64,
+    sizes: Vec<(String, u64)>,
+    /// Index of the tensor whose data is being written, and bytes of it written so far.
+    current: usize,
+    current_written: u64,
+    finished: bool,
+}
+
+fn write_str(out: &mut impl Write, s: &str) -> std::io::Result<()> {
+    out.write_all(&(s.len() as u64).to_le_bytes())?;
+    out.write_all(s.as_bytes())
+}
+
+fn write_value(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
+    match v {
+        Value::U8(x) => out.write_all(&[*x]),
+        Value::I8(x) => out.write_all(&x.to_le_bytes()),
+        Value::U16(x) => out.write_all(&x.to_le_bytes()),
+        Value::I16(x) => out.write_all(&x.to_le_bytes()),
+        Value::U32(x) => out.write_all(&x.to_le_bytes()),
+        Value::I32(x) => out.write_all(&x.to_le_bytes()),
+        Value::F32(x) => out.write_all(&x.to_le_bytes()),
+        Value::Bool(x) => out.write_all(&[*x as u8]),
+        Value::String(s) => write_str(out, s),
+        Value::Array(elem, items) => {
+            out.write_all(&(*elem as u32).to_le_bytes())?;
+            out.write_all(&(items.len() as u64).to_le_bytes())?;
+            items.iter().try_for_each(|item| write_value(out, item))
+        }
+        Value::U64(x) => out.write_all(&x.to_le_bytes()),
+        Value::I64(x) => out.write_all(&x.to_le_bytes()),
+        Value::F64(x) => out.write_all(&x.to_le_bytes()),
+    }
+}
+
+/// Check that array elements match their declared type (the format cannot express otherwise).
+fn check_value(key: &str, v: &Value) -> Result<()> {
+    if let Value::Array(elem, items) = v {
+        for item in items {
+            if item.value_type() != *elem {
+                return Err(Error::Invalid(format!(
+                    "metadata `{key}`: array of {elem:?} holds a {:?}",
+                    item.value_type()
+                )));
+            }
+            check_value(key, item)?;
+        }
+    }
+    Ok(())
+}
+
+impl GgufWriter {
+    /// Start writing `target`: writes the whole header to a temporary file beside it.
+    pub fn create(
+        target: impl AsRef<Path>,
+        metadata: &Metadata,
+        tensors: &[TensorDecl],
+    ) -> Result<GgufWriter> {
+        let target = target.as_ref().to_path_buf();
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => v
+                .as_u64()
+                .filter(|a| *a > 0 && a.is_power_of_two())
+                .ok_or_else(|| {
+                    Error::Invalid(format!("general.alignment must be a power of two, got {v}"))
+                })?,
+        };
+        for (k, v) in metadata.iter() {
+            check_value(k, v)?;
+        }
+        let file_name = target
+            .file_name()
+            .ok_or_else(|| {
+                Error::Invalid(format!("output path {} has no file name", target.display()))
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let tmp = target.with_file_name(format!(".{file_name}.smelt-tmp-{}", std::process::id()));
+        let file = File::create(&tmp).map_err(|e| Error::io(&target, e))?;
+        OPEN_TEMP_FILES.lock().map(|mut l| l.push(tmp.clone())).ok();
+        let mut w = GgufWriter {
+            target,
+            tmp,
+            out: Some(BufWriter::with_capacity(8 << 20, file)),
+            alignment,
+            sizes: Vec::with_capacity(tensors.len()),
+            current: 0,
+            current_written: 0,
+            finished: false,
+        };
+        for t in tensors {
+            w.sizes.push((t.name.clone(), t.n_bytes()?));
+        }
+        w.write_header(metadata, tensors)
+            .map_err(|e| Error::io(&w.target, e))?;
+        Ok(w)
+    }
+
+    fn write_header(&mut self, metadata: &Metadata, tensors: &[TensorDecl]) -> std::io::Result<()> {
+        let align = self.alignment;
+        let out = self.out.as_mut().expect("writer is open");
+        let mut pos = 0u64;
+        let mut counted = CountingWriter {
+            inner: out,
+            count: &mut pos,
+        };
+        counted.write_all(&MAGIC)?;
+        counted.write_all(&3u32.to_le_bytes())?;
+        counted.write_all(&(tensors.len() as u64).to_le_bytes())?;
+        counted.write_all(&(metadata.len() as u64).to_le_bytes())?;
+        for (k, v) in metadata.iter() {
+            write_str(&mut counted, k)?;
+            counted.write_all(&(v.value_type() as u32).to_le_bytes())?;
+            write_value(&mut counted, v)?;
+        }
+        let mut offset = 0u64;
+        for (t, (_, n_bytes)) in tensors.iter().zip(&self.sizes) {
+            write_str(&mut counted, &t.name)?;
+            counted.write_all(&(t.shape.len() as u32).to_le_bytes())?;
+            for d in &t.shape {
+                counted.write_all(&d.to_le_bytes())?;
+            }
+            counted.write_all(&t.ty.id().to_le_bytes())?;
+            counted.write_all(&offset.to_le_bytes())?;
+            offset += n_bytes.div_ceil(align) * align;
+        }
+        let pad = pos.div_ceil(align) * align - pos;
+        out.write_all(&vec![0u8; pad as usize])?;
+        Ok(())
+    }
+
+    /// The tensor whose data comes next, if any.
+    pub fn next_tensor(&self) -> Option<&str> {
+        self.sizes.get(self.current).map(|(n, _)| n.as_str())
+    }
+
+    /// Append data for the current tensor; a tensor is complete once all its bytes came in.
+    pub fn write_data(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let Some((name, size)) = self.sizes.get(self.current) else {
+                return Err(Error::Invalid(format!(
+                    "{}: more tensor data than the header declares",
+                    self.target.display()
+                )));
+            };
+            let take = ((size - self.current_written) as usize).min(bytes.len());
+            let out = self.out.as_mut().expect("writer is open");
+            out.write_all(&bytes[..take])
+                .map_err(|e| Error::io(&self.target, e))?;
+            self.current_written += take as u64;
+            bytes = &bytes[take..];
+            if self.current_written == *size {
+                let pad = size.div_ceil(self.alignment) * self.alignment - size;
+                out.write_all(&vec![0u8; pad as usize])
+                    .map_err(|e| Error::io(&self.target, e))?;
+                self.current += 1;
+                self.current_written = 0;
+            } else if self.current_written > *size {
+                unreachable!("take is bounded by the tensor's remaining size ({name})");
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush, sync and move the finished file over the target.
+    pub fn finish(mut self) -> Result<()> {
+        // Zero-sized tensors need no data call: step over them.
+        while self.sizes.get(self.current).is_some_and(|(_, s)| *s == 0) {
+            self.current += 1;
+        }
+        if let Some((name, size)) = self.sizes.get(self.current) {
+            return Err(Error::Invalid(format!(
+                "{}: tensor `{name}` got {} of {size} bytes before the writer was finished",
+                self.target.display(),
+                self.current_written
+            )));
+        }
+        let out = self.out.take().expect("writer is open");
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(&self.target, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.target, e))?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        self.finished = true;
+        self.forget_tmp();
+        Ok(())
+    }
+
+    fn forget_tmp(&self) {
+        if let Ok(mut l) = OPEN_TEMP_FILES.lock() {
+            l.retain(|p| p != &self.tmp);
+        }
+    }
+}
+
+impl Drop for GgufWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.out.take();
+            let _ = std::fs::remove_file(&self.tmp);
+            self.forget_tmp();
+        }
+    }
+}
+
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    count: &'a mut u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        *self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

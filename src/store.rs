@@ -1,0 +1,327 @@
+//! One model, whatever its source: ordered tensors (canonical name, shape, ggml type, where
+//! the bytes live) plus GGUF metadata. Consumers read tensors as f32 row blocks and release
+//! them when done, so no consumer ever needs the whole model in memory.
+
+use crate::error::{Error, Result};
+use crate::gguf::{reader::GgufFile, GgmlType, Metadata, Value};
+use crate::quant;
+use memmap2::Mmap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A memory-mapped input file.
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub map: Arc<Mmap>,
+}
+
+/// How stored rows map to the rows the tensor presents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowOrder {
+    AsStored,
+    /// llama.cpp's q/k head permutation of Hugging Face rows (`convert_hf_to_gguf.py`'s
+    /// `permute`): output row `(h, i, j)` of a `(n_head, rows/n_head/2, 2)` grid is stored row
+    /// `(h, j, i)` of the `(n_head, 2, rows/n_head/2)` grid.
+    HeadPermute {
+        n_head: usize,
+    },
+}
+
+impl RowOrder {
+    /// The stored row holding presented row `row` of a tensor with `n_rows` rows.
+    pub fn stored_row(self, row: usize, n_rows: usize) -> usize {
+        match self {
+            RowOrder::AsStored => row,
+            RowOrder::HeadPermute { n_head } => {
+                let half = n_rows / n_head / 2;
+                let (h, rest) = (row / (2 * half), row % (2 * half));
+                let (i, j) = (rest / 2, rest % 2);
+                h * 2 * half + j * half + i
+            }
+        }
+    }
+}
+
+/// One tensor of a store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreTensor {
+    /// llama.cpp canonical name (`blk.3.attn_q.weight`).
+    pub name: String,
+    /// ggml order: `shape[0]` is the row length.
+    pub shape: Vec<u64>,
+    pub ty: GgmlType,
+    /// Index into the store's files.
+    pub file: usize,
+    /// Absolute offset of the first byte in that file.
+    pub offset: u64,
+    pub n_bytes: u64,
+    pub rows: RowOrder,
+}
+
+impl StoreTensor {
+    pub fn n_elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+    pub fn row_len(&self) -> usize {
+        self.shape[0] as usize
+    }
+    pub fn n_rows(&self) -> usize {
+        self.shape[1..].iter().product::<u64>() as usize
+    }
+    /// Stored bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_len() / self.ty.block_size() * self.ty.type_size()
+    }
+}
+
+/// A model as an ordered list of tensors plus metadata.
+pub struct Store {
+    pub metadata: Metadata,
+    pub tensors: Vec<StoreTensor>,
+    pub files: Vec<SourceFile>,
+}
+
+impl Store {
+    /// Open a GGUF file (or the first file of a split set), a safetensors file, a sharded
+    /// safetensors index, or a Hugging Face model folder.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return crate::safetensors::open_hf_folder(path);
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
+            return crate::safetensors::open_file(path);
+        }
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+            .map_err(|e| Error::io(path, e))?;
+        if read == 4 && magic == crate::gguf::MAGIC {
+            return Self::open_gguf(path);
+        }
+        if name.ends_with(".gguf") {
+            return Self::open_gguf(path); // reports the bad magic with its path
+        }
+        Err(Error::format(
+            path,
+            "not a GGUF file, a .safetensors file, a safetensors index or a model folder",
+        ))
+    }
+
+    /// Open a GGUF file; a split set (`NAME-00001-of-0000N.gguf`) is read as one model.
+    pub fn open_gguf(path: &Path) -> Result<Store> {
+        let first = GgufFile::open(path)?;
+        let split_count = first.metadata.get_u64("split.count").unwrap_or(1);
+        let mut parts = vec![first];
+        if split_count > 1 {
+            if parts[0].metadata.get_u64("split.no").unwrap_or(0) != 0 {
+                return Err(Error::format(
+                    path,
+                    "this is not the first file of its split set (split.no is not 0)",
+                ));
+            }
+            for no in 1..split_count {
+                let p = split_path(path, no, split_count)?;
+                if !p.exists() {
+                    return Err(Error::format(
+                        &p,
+                        format!(
+                            "missing split {} of {split_count} of {}",
+                            no + 1,
+                            path.display()
+                        ),
+                    ));
+                }
+                let part = GgufFile::open(&p)?;
+                if part.metadata.get_u64("split.no") != Some(no) {
+                    return Err(Error::format(&p, format!("split.no is not {no}")));
+                }
+                parts.push(part);
+            }
+        }
+        let mut metadata = parts[0].metadata.clone();
+        if split_count > 1 {
+            let declared = metadata.get_u64("split.tensors.count");
+            let total: usize = parts.iter().map(|p| p.tensors.len()).sum();
+            if declared.is_some_and(|d| d != total as u64) {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "split.tensors.count says {} tensors but the splits hold {total}",
+                        declared.unwrap()
+                    ),
+                ));
+            }
+            metadata.retain(|k, _| !k.starts_with("split."));
+        }
+        metadata.remove("general.alignment");
+        let mut tensors = Vec::new();
+        let mut files = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (fi, part) in parts.into_iter().enumerate() {
+            for t in &part.tensors {
+                if !seen.insert(t.name.clone()) {
+                    return Err(Error::format(
+                        &part.path,
+                        format!("duplicate tensor name `{}` across splits", t.name),
+                    ));
+                }
+                tensors.push(StoreTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    ty: t.ty,
+                    file: fi,
+                    offset: part.data_offset + t.offset,
+                    n_bytes: t.n_bytes,
+                    rows: RowOrder::AsStored,
+                });
+            }
+            files.push(SourceFile {
+                path: part.path,
+                map: part.map,
+            });
+        }
+        Ok(Store {
+            metadata,
+            tensors,
+            files,
+        })
+    }
+
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.tensors.iter().position(|t| t.name == name)
+    }
+
+    /// The paths of the files behind this store.
+    pub fn paths(&self) -> Vec<&Path> {
+        self.files.iter().map(|f| f.path.as_path()).collect()
+    }
+
+    /// The stored bytes of tensor `t`, in stored row order.
+    pub fn raw(&self, t: usize) -> &[u8] {
+        let st = &self.tensors[t];
+        let start = st.offset as usize;
+        &self.files[st.file].map[start..start + st.n_bytes as usize]
+    }
+
+    /// Dequantize presented rows `first_row..first_row + out.len() / row_len` of tensor `t`
+    /// into `out`, rows in parallel.
+    pub fn read_rows(&self, t: usize, first_row: usize, out: &mut [f32]) -> Result<()> {
+        use rayon::prelude::*;
+        let st = &self.tensors[t];
+        let (row_len, n_rows, rb) = (st.row_len(), st.n_rows(), st.row_bytes());
+        if row_len == 0 || out.len() % row_len != 0 || first_row + out.len() / row_len > n_rows {
+            return Err(Error::Invalid(format!(
+                "tensor `{}`: cannot read {} values from row {first_row} of {n_rows} rows of {row_len}",
+                st.name,
+                out.len()
+            )));
+        }
+        let raw = self.raw(t);
+        let result = match st.rows {
+            RowOrder::AsStored => {
+                let bytes = &raw[first_row * rb..(first_row + out.len() / row_len) * rb];
+                quant::dequantize_rows(st.ty, bytes, row_len, out)
+            }
+            order => out
+                .par_chunks_mut(row_len)
+                .enumerate()
+                .try_for_each(|(i, dst)| {
+                    let r = order.stored_row(first_row + i, n_rows);
+                    quant::dequantize_row(st.ty, &raw[r * rb..(r + 1) * rb], dst)
+                }),
+        };
+        result.map_err(|e| Error::quant(&st.name, e))
+    }
+
+    /// The whole tensor as f32.
+    pub fn read_f32(&self, t: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.tensors[t].n_elements() as usize];
+        self.read_rows(t, 0, &mut out)?;
+        Ok(out)
+    }
+
+    /// Drop the pages of tensor `t` from this process's memory once a consumer is done with it,
+    /// so that resident memory stays bounded by the tensors in flight, not the model size.
+    pub fn release(&self, t: usize) {
+        let st = &self.tensors[t];
+        let map = &self.files[st.file].map;
+        // madvise needs a page-aligned start: release only the whole pages inside the tensor.
+        let page = 4096usize;
+        let start = (st.offset as usize).div_ceil(page) * page;
+        let end = ((st.offset + st.n_bytes) as usize / page) * page;
+        if end > start {
+            // SAFETY: the mapping is read-only and file-backed (MAP_PRIVATE, never written), so
+            // MADV_DONTNEED only drops clean pages: a later access faults the same bytes back in
+            // from the file. No data can be lost and existing slices stay valid.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
+    /// `general.architecture`, or an error naming the input.
+    pub fn architecture(&self) -> Result<&str> {
+        self.metadata.architecture().ok_or_else(|| {
+            Error::format(
+                self.files
+                    .first()
+                    .map(|f| f.path.as_path())
+                    .unwrap_or(Path::new("<input>")),
+                "metadata has no general.architecture",
+            )
+        })
+    }
+
+    /// An architecture hyper-parameter (`{arch}.{key}`) as an integer.
+    pub fn hparam(&self, key: &str) -> Option<u64> {
+        let arch = self.metadata.architecture()?;
+        self.metadata
+            .get(&format!("{arch}.{key}"))
+            .and_then(Value::as_u64)
+    }
+}
+
+/// `NAME-00001-of-00003.gguf` → `NAME-0000{no+1}-of-00003.gguf`.
+fn split_path(first: &Path, no: u64, count: u64) -> Result<PathBuf> {
+    let name = first
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let marker = format!("-00001-of-{count:05}.gguf");
+    let prefix = name.strip_suffix(&marker).ok_or_else(|| {
+        Error::format(
+            first,
+            format!("split.count is {count} but the file name does not end in `{marker}`"),
+        )
+    })?;
+    Ok(first.with_file_name(format!("{prefix}-{:05}-of-{count:05}.gguf", no + 1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_permute_matches_numpy_reshape_swapaxes() {
+        // numpy: w.reshape(n_head, 2, half).swapaxes(1, 2).reshape(-1) for rows 0..n.
+        let (n_head, half) = (2, 3);
+        let n = n_head * 2 * half;
+        let expect = [0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11];
+        let got: Vec<usize> = (0..n)
+            .map(|r| RowOrder::HeadPermute { n_head }.stored_row(r, n))
+            .collect();
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn split_names() {
+        let p = split_path(Path::new("/m/x-00001-of-00003.gguf"), 2, 3).unwrap();
+        assert_eq!(p, Path::new("/m/x-00003-of-00003.gguf"));
+        assert!(split_path(Path::new("/m/x.gguf"), 1, 3).is_err());
+    }
+}
