@@ -1,9 +1,12 @@
 //! smelt: merge and quantize large language models straight to GGUF.
 
+pub mod cli;
 pub mod error;
+pub mod fixture;
 pub mod gguf;
 pub mod quant;
 pub mod safetensors;
 pub mod store;
+pub mod write;
 
 pub use error::{Error, Result};

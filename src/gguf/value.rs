@@ -189,6 +189,13 @@ impl Metadata {
         }
     }
 
+    /// Set `key` as the last entry, as ggml's `gguf_set_val_*` does (remove, then append).
+    pub fn set_last(&mut self, key: impl Into<String>, value: Value) {
+        let key = key.into();
+        self.remove(&key);
+        self.entries.push((key, value));
+    }
+
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         let pos = self.entries.iter().position(|(k, _)| k == key)?;
         Some(self.entries.remove(pos).1)

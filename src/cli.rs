@@ -1,0 +1,315 @@
+//! Command-line interface: argument parsing, progress and exit codes. No logic of its own.
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, Value};
+use crate::store::Store;
+use crate::write::{self, OutputFile};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "smelt",
+    version,
+    about = "Merge and quantize LLMs straight to GGUF"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Worker threads (default: all cores). Never changes the output bytes.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show metadata and tensors of a GGUF file, split GGUF, safetensors file or HF folder.
+    Inspect {
+        path: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Print long arrays and strings in full (with --json).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Quantize a model (GGUF of any type, safetensors or HF folder) to GGUF.
+    Quantize(QuantizeArgs),
+    /// Generate a deterministic random llama-family model (test fixtures, benchmarks).
+    MakeTestModel(MakeTestModelArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MakeTestModelArgs {
+    /// Output: a `.gguf` file, or a folder for the Hugging Face layout.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 128)]
+    pub ff: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 2)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 512)]
+    pub vocab: usize,
+    /// F32, F16 or BF16.
+    #[arg(long, default_value = "F16")]
+    pub dtype: GgmlType,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Tied embeddings (no output.weight).
+    #[arg(long)]
+    pub tied: bool,
+    /// Safetensors shards of a Hugging Face folder.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QuantizeArgs {
+    /// Input: GGUF file (first of a split set), .safetensors, index.json or HF folder.
+    pub input: PathBuf,
+    /// Output file (one --type) or folder (several types).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Target type, llama-quantize's names (Q8_0, Q4_K_M, F16, ...). Repeat or comma-separate
+    /// for several outputs from one read.
+    #[arg(
+        long = "type",
+        visible_alias = "types",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub types: Vec<String>,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| Error::Invalid(format!("--threads {n}: {e}")))?;
+    }
+    match cli.command {
+        Command::Inspect { path, json, full } => inspect(&path, json, full),
+        Command::Quantize(args) => quantize(&args),
+        Command::MakeTestModel(a) => {
+            let model = crate::fixture::TinyLlama {
+                n_layer: a.layers,
+                hidden: a.hidden,
+                ff: a.ff,
+                n_head: a.heads,
+                n_head_kv: a.kv_heads,
+                vocab: a.vocab,
+                dtype: a.dtype,
+                tied: a.tied,
+                seed: a.seed,
+            };
+            if !matches!(a.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                return Err(Error::Invalid(format!(
+                    "--dtype must be F32, F16 or BF16, not {}",
+                    a.dtype
+                )));
+            }
+            if a.hidden % a.heads != 0 || a.heads % a.kv_heads.max(1) != 0 || a.vocab < 258 {
+                return Err(Error::Invalid(
+                    "hidden must divide into heads, heads into kv-heads, and vocab be at least 258"
+                        .into(),
+                ));
+            }
+            if a.output.extension().is_some_and(|e| e == "gguf") {
+                model.write_gguf(&a.output)
+            } else {
+                model.write_hf(&a.output, a.shards)
+            }
+        }
+    }
+}
+
+fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {
+    let store = Store::open(path)?;
+    let total_elems: u64 = store.tensors.iter().map(|t| t.n_elements()).sum();
+    let total_bytes: u64 = store.tensors.iter().map(|t| t.n_bytes).sum();
+    let bpw = if total_elems > 0 {
+        total_bytes as f64 * 8.0 / total_elems as f64
+    } else {
+        0.0
+    };
+    if json {
+        let meta: serde_json::Map<String, serde_json::Value> = store
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), value_to_json(v, full)))
+            .collect();
+        let tensors: Vec<serde_json::Value> = store
+            .tensors
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name, "type": t.ty.name(), "shape": t.shape, "bytes": t.n_bytes,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "files": store.paths(),
+            "metadata": meta,
+            "tensors": tensors,
+            "totals": {"tensors": store.tensors.len(), "parameters": total_elems,
+                       "bytes": total_bytes, "bits_per_weight": bpw},
+        });
+        let text = serde_json::to_string_pretty(&doc).expect("json values serialize");
+        return print_stdout(&(text + "\n"));
+    }
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    macro_rules! outln { ($o:expr, $($t:tt)*) => { let _ = writeln!($o, $($t)*); } }
+    for p in store.paths() {
+        outln!(out, "file: {}", p.display());
+    }
+    outln!(out, "\nmetadata ({} keys):", store.metadata.len());
+    for (k, v) in store.metadata.iter() {
+        outln!(out, "  {k:<45} {v}");
+    }
+    outln!(out, "\ntensors ({}):", store.tensors.len());
+    outln!(
+        out,
+        "  {:<40} {:<8} {:<22} {:>14}",
+        "name",
+        "type",
+        "shape",
+        "bytes"
+    );
+    let mut by_type = std::collections::BTreeMap::<&str, (usize, u64)>::new();
+    for t in &store.tensors {
+        let shape = t
+            .shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" x ");
+        outln!(
+            out,
+            "  {:<40} {:<8} {:<22} {:>14}",
+            t.name,
+            t.ty.name(),
+            shape,
+            t.n_bytes
+        );
+        let e = by_type.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes;
+    }
+    outln!(out, "\ntotals:");
+    for (ty, (n, b)) in by_type {
+        outln!(out, "  {ty:<8} {n:>5} tensors {b:>14} bytes");
+    }
+    outln!(
+        out,
+        "  {} parameters, {} bytes ({:.2} MiB), {:.3} bits per weight",
+        total_elems,
+        total_bytes,
+        total_bytes as f64 / (1 << 20) as f64,
+        bpw
+    );
+    print_stdout(&out)
+}
+
+fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
+    use serde_json::json;
+    match v {
+        Value::Array(_, items) if !full && items.len() > 16 => {
+            let head: Vec<_> = items
+                .iter()
+                .take(8)
+                .map(|x| value_to_json(x, full))
+                .collect();
+            json!({"array_len": items.len(), "head": head})
+        }
+        Value::Array(_, items) => {
+            serde_json::Value::Array(items.iter().map(|x| value_to_json(x, full)).collect())
+        }
+        Value::String(s) => json!(s),
+        Value::Bool(b) => json!(b),
+        Value::F32(x) => json!(x),
+        Value::F64(x) => json!(x),
+        other => json!(other
+            .as_u64()
+            .map(|u| u as i128)
+            .unwrap_or_else(|| match other {
+                Value::I8(x) => *x as i128,
+                Value::I16(x) => *x as i128,
+                Value::I32(x) => *x as i128,
+                Value::I64(x) => *x as i128,
+                _ => 0,
+            }) as f64),
+    }
+}
+
+fn quantize(args: &QuantizeArgs) -> Result<()> {
+    let store = Store::open(&args.input)?;
+    let names: Vec<&str> = store.tensors.iter().map(|t| t.name.as_str()).collect();
+    let order = write::llama_cpp_order(&names);
+    let multiple = args.types.len() > 1 || args.output.is_dir();
+    if multiple {
+        std::fs::create_dir_all(&args.output).map_err(|e| Error::io(&args.output, e))?;
+    }
+    let stem = model_stem(&args.input);
+    let mut outputs = Vec::new();
+    for ty_name in &args.types {
+        let plan = crate::quant::plan::plan_file(&store, &order, ty_name)?;
+        let path = if multiple {
+            args.output
+                .join(format!("{stem}-{}.gguf", plan.file_type_name))
+        } else {
+            args.output.clone()
+        };
+        outputs.push(OutputFile {
+            path,
+            metadata: plan.metadata,
+            tensors: plan.tensors,
+        });
+    }
+    let show = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let reports = write::write_matrix(&store, &order, &outputs, show)?;
+    for r in reports {
+        eprintln!(
+            "wrote {} ({:.2} MiB, {} tensors)",
+            r.path.display(),
+            r.bytes as f64 / (1 << 20) as f64,
+            r.n_tensors
+        );
+    }
+    eprintln!("done in {:.2?}", started.elapsed());
+    Ok(())
+}
+
+/// A model's name for output files: the file stem without split or type suffixes.
+fn model_stem(input: &Path) -> String {
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let name = name.strip_suffix(".gguf").unwrap_or(&name).to_string();
+    let name = match name.rfind("-00001-of-") {
+        Some(i) => name[..i].to_string(),
+        None => name,
+    };
+    name.strip_suffix(".safetensors")
+        .unwrap_or(&name)
+        .to_string()
+}
+
+/// Write to stdout; a closed pipe (`smelt inspect … | head`) is not an error.
+fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("<stdout>", e)),
+        _ => Ok(()),
+    }
+}
