@@ -1,0 +1,221 @@
+//! Bad input gives one clear error naming the file and tensor, a non-zero exit code, no panic
+//! and no output file left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn smelt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_smelt"))
+}
+
+/// Run `smelt quantize INPUT -o OUT --type Q8_0`, expect failure; return stderr.
+fn quantize_fails(input: &Path, out: &Path) -> String {
+    let o = smelt()
+        .args(["quantize"])
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .args(["--type", "F16"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    assert!(!out.exists(), "output left behind after a failure");
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("smelt-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    err
+}
+
+/// A hand-built GGUF: header, one string key, tensors as (name, dims, type id, offset), data.
+fn gguf_bytes(version: u32, tensors: &[(&str, &[u64], u32, u64)], data_len: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&version.to_le_bytes());
+    b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    let key = b"general.architecture";
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&8u32.to_le_bytes());
+    b.extend_from_slice(&5u64.to_le_bytes());
+    b.extend_from_slice(b"llama");
+    for (name, dims, ty, off) in tensors {
+        b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in *dims {
+            b.extend_from_slice(&d.to_le_bytes());
+        }
+        b.extend_from_slice(&ty.to_le_bytes());
+        b.extend_from_slice(&off.to_le_bytes());
+    }
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend(std::iter::repeat_n(0u8, data_len));
+    b
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Case {
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out.gguf")
+    }
+}
+
+#[test]
+fn wrong_magic() {
+    let c = Case::new();
+    let p = c.file("bad.gguf", b"GGML\x03\x00\x00\x00 and more bytes here");
+    let err = quantize_fails(&p, &c.out());
+    assert!(err.contains("bad.gguf") && err.contains("not a GGUF file"), "{err}");
+}
+
+#[test]
+fn unsupported_version() {
+    let c = Case::new();
+    let p = c.file("v9.gguf", &gguf_bytes(9, &[], 0));
+    let err = quantize_fails(&p, &c.out());
+    assert!(err.contains("v9.gguf") && err.contains("unsupported GGUF version 9"), "{err}");
+    let p = c.file("v1.gguf", &gguf_bytes(1, &[], 0));
+    assert!(quantize_fails(&p, &c.out()).contains("version 1 is not supported"));
+}
+
+#[test]
+fn truncated_header_and_data() {
+    let c = Case::new();
+    let full = gguf_bytes(3, &[("w.weight", &[32, 2], 0, 0)], 256);
+    let p = c.file("trunc.gguf", &full[..40]);
+    let err = quantize_fails(&p, &c.out());
+    assert!(err.contains("trunc.gguf") && err.contains("truncated"), "{err}");
+    let p = c.file("short.gguf", &full[..full.len() - 200]);
+    let err = quantize_fails(&p, &c.out());
+    assert!(err.contains("short.gguf") && err.contains("`w.weight`") && err.contains("past the end"), "{err}");
+}
+
+#[test]
+fn unknown_tensor_type() {
+    let c = Case::new();
+    let p = c.file("unk.gguf", &gguf_bytes(3, &[("blk.0.attn_q.weight", &[32, 2], 99, 0)], 256));
+    let err = quantize_fails(&p, &c.out());
+    assert!(err.contains("unk.gguf") && err.contains("unsupported type id 99 in tensor `blk.0.attn_q.weight`"), "{err}");
+}
+
+#[test]
+fn misaligned_offset() {
+    let c = Case::new();
+    let p = c.file(
+        "mis.gguf",
+        &gguf_bytes(3, &[("a.weight", &[32, 2], 0, 0), ("b.weight", &[32, 2], 0, 260)], 1024),
+    );
+    let err = quantize_fails(&p, &c.out());
+    assert!(err.contains("`b.weight`") && err.contains("not aligned"), "{err}");
+}
+
+#[test]
+fn duplicate_tensor_names() {
+    let c = Case::new();
+    let p = c.file(
+        "dup.gguf",
+        &gguf_bytes(3, &[("a.weight", &[32, 2], 0, 0), ("a.weight", &[32, 2], 0, 256)], 512),
+    );
+    let err = quantize_fails(&p, &c.out());
+    assert!(err.contains("dup.gguf") && err.contains("duplicate tensor name `a.weight`"), "{err}");
+}
+
+#[test]
+fn block_size_mismatch() {
+    let c = Case::new();
+    // Q4_0 rows must be multiples of 32.
+    let p = c.file("rows.gguf", &gguf_bytes(3, &[("a.weight", &[33, 2], 2, 0)], 512));
+    let err = quantize_fails(&p, &c.out());
+    assert!(err.contains("`a.weight`") && err.contains("block size"), "{err}");
+}
+
+#[test]
+fn missing_split() {
+    let c = Case::new();
+    let mut b = gguf_bytes(3, &[], 0);
+    // Rewrite the header with split keys: count 2, no 0.
+    b.truncate(0);
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&2u64.to_le_bytes());
+    for (k, v) in [("split.no", 0u16), ("split.count", 2u16)] {
+        b.extend_from_slice(&(k.len() as u64).to_le_bytes());
+        b.extend_from_slice(k.as_bytes());
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    let p = c.file("m-00001-of-00002.gguf", &b);
+    let err = quantize_fails(&p, &c.out());
+    assert!(err.contains("m-00002-of-00002.gguf") && err.contains("missing split"), "{err}");
+}
+
+#[test]
+fn missing_input_and_unwritable_output() {
+    let c = Case::new();
+    let err = quantize_fails(&c.dir.path().join("nope.gguf"), &c.out());
+    assert!(err.contains("nope.gguf"), "{err}");
+
+    let model = c.dir.path().join("tiny.gguf");
+    let ok = smelt().args(["make-test-model", "-o"]).arg(&model).status().unwrap();
+    assert!(ok.success());
+    let bad_out = c.dir.path().join("no-such-dir").join("out.gguf");
+    let o = smelt()
+        .arg("quantize")
+        .arg(&model)
+        .arg("-o")
+        .arg(&bad_out)
+        .args(["--type", "F16"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no-such-dir") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn fuzzed_headers_never_panic() {
+    // Flip bytes of a valid header one at a time: every outcome is success or a clean error.
+    let c = Case::new();
+    let model = c.dir.path().join("tiny.gguf");
+    assert!(smelt()
+        .args(["make-test-model", "--layers", "1", "--vocab", "300", "-o"])
+        .arg(&model)
+        .status()
+        .unwrap()
+        .success());
+    let bytes = std::fs::read(&model).unwrap();
+    let header_len = 4096.min(bytes.len());
+    let mut mutated = 0;
+    for pos in (0..header_len).step_by(61) {
+        for delta in [1u8, 0x80, 0xff] {
+            let mut b = bytes.clone();
+            b[pos] = b[pos].wrapping_add(delta);
+            if let Err(e) = smelt::store::Store::open_gguf(&c.file("f.gguf", &b)) {
+                assert!(e.to_string().contains("f.gguf") || e.to_string().contains("tensor"), "{e}");
+            }
+            mutated += 1;
+        }
+    }
+    assert!(mutated > 100);
+}
