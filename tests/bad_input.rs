@@ -19,15 +19,24 @@ fn quantize_fails(input: &Path, out: &Path) -> String {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
     assert!(!out.exists(), "output left behind after a failure");
     let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains("smelt-tmp"))
         .collect();
-    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
     err
 }
 
@@ -86,7 +95,10 @@ fn wrong_magic() {
     let c = Case::new();
     let p = c.file("bad.gguf", b"GGML\x03\x00\x00\x00 and more bytes here");
     let err = quantize_fails(&p, &c.out());
-    assert!(err.contains("bad.gguf") && err.contains("not a GGUF file"), "{err}");
+    assert!(
+        err.contains("bad.gguf") && err.contains("not a GGUF file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -94,7 +106,10 @@ fn unsupported_version() {
     let c = Case::new();
     let p = c.file("v9.gguf", &gguf_bytes(9, &[], 0));
     let err = quantize_fails(&p, &c.out());
-    assert!(err.contains("v9.gguf") && err.contains("unsupported GGUF version 9"), "{err}");
+    assert!(
+        err.contains("v9.gguf") && err.contains("unsupported GGUF version 9"),
+        "{err}"
+    );
     let p = c.file("v1.gguf", &gguf_bytes(1, &[], 0));
     assert!(quantize_fails(&p, &c.out()).contains("version 1 is not supported"));
 }
@@ -105,18 +120,31 @@ fn truncated_header_and_data() {
     let full = gguf_bytes(3, &[("w.weight", &[32, 2], 0, 0)], 256);
     let p = c.file("trunc.gguf", &full[..40]);
     let err = quantize_fails(&p, &c.out());
-    assert!(err.contains("trunc.gguf") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("trunc.gguf") && err.contains("truncated"),
+        "{err}"
+    );
     let p = c.file("short.gguf", &full[..full.len() - 200]);
     let err = quantize_fails(&p, &c.out());
-    assert!(err.contains("short.gguf") && err.contains("`w.weight`") && err.contains("past the end"), "{err}");
+    assert!(
+        err.contains("short.gguf") && err.contains("`w.weight`") && err.contains("past the end"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_tensor_type() {
     let c = Case::new();
-    let p = c.file("unk.gguf", &gguf_bytes(3, &[("blk.0.attn_q.weight", &[32, 2], 99, 0)], 256));
+    let p = c.file(
+        "unk.gguf",
+        &gguf_bytes(3, &[("blk.0.attn_q.weight", &[32, 2], 99, 0)], 256),
+    );
     let err = quantize_fails(&p, &c.out());
-    assert!(err.contains("unk.gguf") && err.contains("unsupported type id 99 in tensor `blk.0.attn_q.weight`"), "{err}");
+    assert!(
+        err.contains("unk.gguf")
+            && err.contains("unsupported type id 99 in tensor `blk.0.attn_q.weight`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -124,10 +152,17 @@ fn misaligned_offset() {
     let c = Case::new();
     let p = c.file(
         "mis.gguf",
-        &gguf_bytes(3, &[("a.weight", &[32, 2], 0, 0), ("b.weight", &[32, 2], 0, 260)], 1024),
+        &gguf_bytes(
+            3,
+            &[("a.weight", &[32, 2], 0, 0), ("b.weight", &[32, 2], 0, 260)],
+            1024,
+        ),
     );
     let err = quantize_fails(&p, &c.out());
-    assert!(err.contains("`b.weight`") && err.contains("not aligned"), "{err}");
+    assert!(
+        err.contains("`b.weight`") && err.contains("not aligned"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -135,19 +170,32 @@ fn duplicate_tensor_names() {
     let c = Case::new();
     let p = c.file(
         "dup.gguf",
-        &gguf_bytes(3, &[("a.weight", &[32, 2], 0, 0), ("a.weight", &[32, 2], 0, 256)], 512),
+        &gguf_bytes(
+            3,
+            &[("a.weight", &[32, 2], 0, 0), ("a.weight", &[32, 2], 0, 256)],
+            512,
+        ),
     );
     let err = quantize_fails(&p, &c.out());
-    assert!(err.contains("dup.gguf") && err.contains("duplicate tensor name `a.weight`"), "{err}");
+    assert!(
+        err.contains("dup.gguf") && err.contains("duplicate tensor name `a.weight`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn block_size_mismatch() {
     let c = Case::new();
     // Q4_0 rows must be multiples of 32.
-    let p = c.file("rows.gguf", &gguf_bytes(3, &[("a.weight", &[33, 2], 2, 0)], 512));
+    let p = c.file(
+        "rows.gguf",
+        &gguf_bytes(3, &[("a.weight", &[33, 2], 2, 0)], 512),
+    );
     let err = quantize_fails(&p, &c.out());
-    assert!(err.contains("`a.weight`") && err.contains("block size"), "{err}");
+    assert!(
+        err.contains("`a.weight`") && err.contains("block size"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -168,7 +216,10 @@ fn missing_split() {
     }
     let p = c.file("m-00001-of-00002.gguf", &b);
     let err = quantize_fails(&p, &c.out());
-    assert!(err.contains("m-00002-of-00002.gguf") && err.contains("missing split"), "{err}");
+    assert!(
+        err.contains("m-00002-of-00002.gguf") && err.contains("missing split"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -178,7 +229,11 @@ fn missing_input_and_unwritable_output() {
     assert!(err.contains("nope.gguf"), "{err}");
 
     let model = c.dir.path().join("tiny.gguf");
-    let ok = smelt().args(["make-test-model", "-o"]).arg(&model).status().unwrap();
+    let ok = smelt()
+        .args(["make-test-model", "-o"])
+        .arg(&model)
+        .status()
+        .unwrap();
     assert!(ok.success());
     let bad_out = c.dir.path().join("no-such-dir").join("out.gguf");
     let o = smelt()
@@ -190,7 +245,10 @@ fn missing_input_and_unwritable_output() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("no-such-dir") && !err.contains("panicked"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("no-such-dir") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -212,7 +270,10 @@ fn fuzzed_headers_never_panic() {
             let mut b = bytes.clone();
             b[pos] = b[pos].wrapping_add(delta);
             if let Err(e) = smelt::store::Store::open_gguf(&c.file("f.gguf", &b)) {
-                assert!(e.to_string().contains("f.gguf") || e.to_string().contains("tensor"), "{e}");
+                assert!(
+                    e.to_string().contains("f.gguf") || e.to_string().contains("tensor"),
+                    "{e}"
+                );
             }
             mutated += 1;
         }
