@@ -7,6 +7,7 @@
 pub mod dequant;
 pub mod float;
 pub mod grids;
+pub mod imatrix;
 pub mod imatrix_legacy;
 pub mod iq4;
 pub mod kquants;
