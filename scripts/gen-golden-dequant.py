@@ -3,7 +3,8 @@
 
 For every ggml type this builds a few blocks of deterministic pseudo-random input bytes
 (seeded per type; f16 / f32 / E8M0 scale fields forced to finite values; edge blocks with zero
-scales, all-ones and all-zero codes, subnormal scales) and records the SHA-256 of the expected
+scales, all-ones and all-zero codes, subnormal scales; for the IQ types, extra blocks that
+address every point of the type's grid once) and records the SHA-256 of the expected
 f32 little-endian output plus its first values. The oracle is the PyPI `gguf` package's
 `gguf.quants.dequantize`; for the few types it cannot dequantize (Q8_1, Q8_K, F64, I8..I64)
 the expected values are computed here with numpy straight from ggml's definition
@@ -62,15 +63,16 @@ def set_u16(blk, off, bits):
     blk[off + 1] = bits >> 8
 
 
-def make_quant_input(name, rng):
+def make_quant_input(name, rng, n_blocks=None, edges=True):
     block, size = BLOCK_SIZES[name]
-    n_blocks = 12 if block == 32 else 6
+    n_blocks = n_blocks or (12 if block == 32 else 6)
     data = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
     # The last 4 blocks are edge cases: zero scale, all code bits set, all code bits clear,
     # subnormal scale (random blocks come first so the sampled values are informative).
-    zero, ones, clear, subnormal = range(n_blocks - 4, n_blocks)
-    data[ones, :] = 0xFF
-    data[clear, :] = 0x00
+    zero, ones, clear, subnormal = range(n_blocks - 4, n_blocks) if edges else [-1] * 4
+    if edges:
+        data[ones, :] = 0xFF
+        data[clear, :] = 0x00
     for i, blk in enumerate(data):
         if name in F16_FIELDS:
             for off in F16_FIELDS[name]:
@@ -102,6 +104,49 @@ def make_quant_input(name, rng):
     return data
 
 
+# Grid sizes of the IQ types: extra "sweep" blocks address every grid point once.
+GRID_POINTS = {"IQ2_XXS": 256, "IQ2_XS": 512, "IQ2_S": 1024, "IQ3_XXS": 256, "IQ3_S": 512,
+               "IQ1_S": 2048, "IQ1_M": 2048}
+
+
+def set_grid_index(name, blk, k, idx):
+    """Make grid lookup number `k` of a block address grid point `idx` (other bits kept)."""
+    if name == "IQ2_XXS":  # per 32 values: 4 index bytes, then a u32 of signs/scale
+        blk[2 + 8 * (k // 4) + k % 4] = idx
+    elif name == "IQ2_XS":  # u16: 9-bit index, 7-bit sign index
+        set_u16(blk, 2 + 2 * k, (int(blk[3 + 2 * k]) >> 1 << 9) | idx)
+    elif name == "IQ2_S":  # low byte, top 2 bits in qh
+        blk[2 + k] = idx & 0xFF
+        q = 66 + k // 4
+        blk[q] = (int(blk[q]) & ~(3 << 2 * (k % 4)) & 0xFF) | (idx >> 8) << 2 * (k % 4)
+    elif name == "IQ3_XXS":
+        blk[2 + k] = idx
+    elif name == "IQ3_S":  # low byte, top bit in qh
+        blk[2 + k] = idx & 0xFF
+        q = 66 + k // 8
+        blk[q] = (int(blk[q]) & ~(1 << k % 8) & 0xFF) | (idx >> 8) << k % 8
+    elif name == "IQ1_S":  # low byte, top 3 bits in the group's u16
+        blk[2 + k] = idx & 0xFF
+        off = 34 + 2 * (k // 4)
+        word = int(blk[off]) | int(blk[off + 1]) << 8
+        word = (word & ~(7 << 3 * (k % 4)) & 0xFFFF) | (idx >> 8) << 3 * (k % 4)
+        set_u16(blk, off, word)
+    elif name == "IQ1_M":  # low byte, top 3 bits in a nibble of qh (bit 3: delta sign)
+        blk[k] = idx & 0xFF
+        q = 32 + k // 2
+        blk[q] = (int(blk[q]) & ~(7 << 4 * (k % 2)) & 0xFF) | (idx >> 8) << 4 * (k % 2)
+
+
+def add_grid_sweep(name, data, rng):
+    per_block = {"IQ3_XXS": 64, "IQ3_S": 64}.get(name, 32)
+    n_sweep = GRID_POINTS[name] // per_block
+    sweep = make_quant_input(name, rng, n_sweep, edges=False)
+    for i, blk in enumerate(sweep):
+        for k in range(per_block):
+            set_grid_index(name, blk, k, i * per_block + k)
+    return np.concatenate([data, sweep])
+
+
 def hand_dequant(name, data):
     """Types gguf-py cannot dequantize, computed from ggml's definitions."""
     if name == "Q8_1":
@@ -127,6 +172,8 @@ def entry(name, rng):
             data = rng.normal(0, 1e3, 64).astype(np.float64).view(np.uint8)
     else:
         data = make_quant_input(name, rng)
+        if name in GRID_POINTS:
+            data = add_grid_sweep(name, data, rng)
     if name in QUANT_TYPES and name not in ("Q8_1", "Q8_K") or name in GGUF_PY_PLAIN:
         oracle = "gguf-py"
         out = dequantize(data.reshape(-1) if name in PLAIN_TYPES else data.reshape(1, -1), T[name])

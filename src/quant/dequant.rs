@@ -527,7 +527,7 @@ fn tq1_0(src: &[u8], dst: &mut [f32]) {
     const POW3: [u8; 5] = [1, 3, 9, 27, 81];
     fn trit(byte: u8, n: usize) -> f32 {
         let v = byte.wrapping_mul(POW3[n]) as u16;
-        ((v * 3 >> 8) as i32 - 1) as f32
+        (((v * 3) >> 8) as i32 - 1) as f32
     }
     for (b, y) in blocks(src, 54, dst, QK_K) {
         let d = f16_at(b, 52);
@@ -647,19 +647,19 @@ mod tests {
     /// definition (x = d * q; the sums are ignored).
     #[test]
     fn q8_1_and_q8_k_by_hand() {
-        // Q8_1: d = 0.5 (f16 0x3800), s = garbage, q = 0, 1, -1, 127, -128, 2, ...
+        // Q8_1: d = 0.5 (f16 0x3800), s = garbage, q = 0, 1, -1, 127, -128, then zeros.
         let mut b = vec![0x00, 0x38, 0xAB, 0xCD];
-        let q: Vec<i8> = (0..32)
-            .map(|i| [0, 1, -1, 127, -128][i % 5] * if i > 4 { 0 } else { 1 })
-            .collect();
+        let mut q = [0i8; 32];
+        q[..5].copy_from_slice(&[0, 1, -1, 127, -128]);
         b.extend(q.iter().map(|&v| v as u8));
         let mut y = [9f32; 32];
         quant::dequantize_row(GgmlType::Q8_1, &b, &mut y).unwrap();
-        assert_eq!(&y[..6], &[0.0, 0.5, -0.5, 63.5, -64.0, 0.0]);
+        assert_eq!(&y[..5], &[0.0, 0.5, -0.5, 63.5, -64.0]);
+        assert!(y[5..].iter().all(|&v| v == 0.0));
 
         // Q8_K: d = -0.25 (f32), q[i] = i - 128, bsums garbage.
         let mut b = (-0.25f32).to_le_bytes().to_vec();
-        b.extend((0..256).map(|i| (i as i32 - 128) as i8 as u8));
+        b.extend((0..256).map(|i: i32| (i - 128) as i8 as u8));
         b.extend([0x7F; 32]);
         let mut y = vec![0f32; 256];
         quant::dequantize_row(GgmlType::Q8_K, &b, &mut y).unwrap();
