@@ -15,6 +15,17 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
     ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
 }
 
+/// f16 to f32 keeping NaN payloads bit for bit, signalling NaNs included, as numpy (and so the
+/// gguf package) does; `half` (and ggml's F16C path) would set the quiet bit.
+#[inline]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    if h & 0x7c00 == 0x7c00 && h & 0x03ff != 0 {
+        let sign = ((h & 0x8000) as u32) << 16;
+        return f32::from_bits(sign | 0x7f80_0000 | ((h & 0x03ff) as u32) << 13);
+    }
+    f16::from_bits(h).to_f32()
+}
+
 /// Write `src` as little-endian F32, F16 or BF16 into `dst`.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     match ty {
@@ -54,7 +65,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
     }
     match ty {
         GgmlType::F32 => conv!(4, f32::from_le_bytes),
-        GgmlType::F16 => conv!(2, |b| f16::from_le_bytes(b).to_f32()),
+        GgmlType::F16 => conv!(2, |b| f16_bits_to_f32(u16::from_le_bytes(b))),
         GgmlType::BF16 => conv!(2, |b| bf16::from_le_bytes(b).to_f32()),
         GgmlType::F64 => conv!(8, |b| f64::from_le_bytes(b) as f32),
         GgmlType::I8 => conv!(1, |b: [u8; 1]| b[0] as i8 as f32),
