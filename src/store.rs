@@ -249,11 +249,22 @@ impl Store {
     /// so that resident memory stays bounded by the tensors in flight, not the model size.
     pub fn release(&self, t: usize) {
         let st = &self.tensors[t];
-        let map = &self.files[st.file].map;
-        // madvise needs a page-aligned start: release only the whole pages inside the tensor.
+        self.release_bytes(st.file, st.offset as usize, st.n_bytes as usize);
+    }
+
+    /// Like `release`, for stored rows `first_row..first_row + n_rows` only.
+    pub fn release_range(&self, t: usize, first_row: usize, n_rows: usize) {
+        let st = &self.tensors[t];
+        let rb = st.row_bytes();
+        self.release_bytes(st.file, st.offset as usize + first_row * rb, n_rows * rb);
+    }
+
+    fn release_bytes(&self, file: usize, offset: usize, len: usize) {
+        let map = &self.files[file].map;
+        // madvise needs a page-aligned start: release only the whole pages inside the range.
         let page = 4096usize;
-        let start = (st.offset as usize).div_ceil(page) * page;
-        let end = ((st.offset + st.n_bytes) as usize / page) * page;
+        let start = offset.div_ceil(page) * page;
+        let end = ((offset + len) / page) * page;
         if end > start {
             // SAFETY: the mapping is read-only and file-backed (MAP_PRIVATE, never written), so
             // MADV_DONTNEED only drops clean pages: a later access faults the same bytes back in

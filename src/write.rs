@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Upper bound on f32 values dequantized at once (64 MiB).
-const CHUNK_VALUES: usize = 16 << 20;
+/// Upper bound on f32 values dequantized at once (16 MiB): large enough to keep every core
+/// busy, small enough that peak memory does not depend on the model.
+const CHUNK_VALUES: usize = 4 << 20;
 
 /// Anything that yields tensors as f32 rows: a store, or a merge in progress.
 pub trait TensorProducer: Sync {
@@ -29,6 +30,9 @@ pub trait TensorProducer: Sync {
     fn raw(&self, i: usize) -> Option<&[u8]>;
     /// The producer is done with tensor `i`.
     fn release(&self, i: usize);
+    /// The consumer is done with rows `first_row..first_row + n_rows` of tensor `i` (lets a
+    /// memory-mapped source drop them early, so huge tensors never sit in memory whole).
+    fn release_rows(&self, _i: usize, _first_row: usize, _n_rows: usize) {}
 }
 
 impl TensorProducer for Store {
@@ -49,6 +53,11 @@ impl TensorProducer for Store {
     }
     fn release(&self, i: usize) {
         Store::release(self, i)
+    }
+    fn release_rows(&self, i: usize, first_row: usize, n_rows: usize) {
+        if self.tensors[i].rows == RowOrder::AsStored {
+            self.release_range(i, first_row, n_rows)
+        }
     }
 }
 
@@ -179,6 +188,7 @@ pub fn write_matrix(
                     }
                 }
             }
+            producer.release_rows(src, row, rows);
             bar.inc((rows * row_len) as u64);
             row += rows;
         }
