@@ -289,20 +289,33 @@ fn quantize(args: &QuantizeArgs) -> Result<()> {
     Ok(())
 }
 
-/// A model's name for output files: the file stem without split or type suffixes.
+/// A model's name for output files: the file stem without split, format or type suffixes
+/// (`SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct`).
 fn model_stem(input: &Path) -> String {
-    let name = input
+    let mut name = input
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let name = name.strip_suffix(".gguf").unwrap_or(&name).to_string();
-    let name = match name.rfind("-00001-of-") {
-        Some(i) => name[..i].to_string(),
-        None => name,
-    };
-    name.strip_suffix(".safetensors")
-        .unwrap_or(&name)
-        .to_string()
+    for suffix in [".gguf", ".safetensors", ".index.json", ".json"] {
+        if let Some(s) = name.strip_suffix(suffix) {
+            name = s.to_string();
+        }
+    }
+    if let Some(i) = name.rfind("-00001-of-") {
+        name.truncate(i);
+    }
+    if let Some(i) = name.rfind(['.', '-']) {
+        let tail = name[i + 1..].to_ascii_uppercase();
+        let is_type = tail.parse::<GgmlType>().is_ok()
+            || ["_S", "_M", "_L", "_XS", "_XXS"].iter().any(|m| {
+                tail.strip_suffix(m)
+                    .is_some_and(|t| t.parse::<GgmlType>().is_ok())
+            });
+        if is_type && i > 0 {
+            name.truncate(i);
+        }
+    }
+    name
 }
 
 /// Write to stdout; a closed pipe (`smelt inspect … | head`) is not an error.
@@ -311,5 +324,23 @@ fn print_stdout(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("<stdout>", e)),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_stems() {
+        let stem = |p: &str| model_stem(Path::new(p));
+        assert_eq!(
+            stem("m/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "SmolLM2-135M-Instruct"
+        );
+        assert_eq!(stem("synth-F16.gguf"), "synth");
+        assert_eq!(stem("llama-7b-Q4_K_M-00001-of-00003.gguf"), "llama-7b");
+        assert_eq!(stem("model.safetensors"), "model");
+        assert_eq!(stem("dir/Mistral-7B"), "Mistral-7B");
     }
 }
