@@ -70,19 +70,66 @@ fn nearest_int(fval: f32) -> i32 {
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
-/// `sum(w*q*x)` and `sum(w*q*q)` for the levels chosen at inverse scale `id`.
-#[inline(always)]
-fn sums(xb: &[f32; QK4_NL], weight: &[f32; QK4_NL], id: f32) -> (f32, f32) {
-    let mut q = [0f32; QK4_NL];
-    for (q, &x) in q.iter_mut().zip(xb) {
-        *q = best_index(id * x).1;
+/// Number of candidate inverse scales per block: ggml's first guess, then `itry = -7..=7`.
+const NCAND: usize = 2 * NTRY as usize + 2;
+
+/// Increments that walk `lo` and `hi` up the levels: when `x` is not below level `i`
+/// (`1 <= i <= 14`), the bracket `[lo, hi]` moves from `[v[i-1], v[i]]` to `[v[i], v[i+1]]`.
+/// The sums are of small integers, hence exact.
+const STEP_LO: [f32; 15] = steps(0);
+const STEP_HI: [f32; 15] = steps(1);
+
+const fn steps(off: usize) -> [f32; 15] {
+    let mut s = [0f32; 15];
+    let mut i = 1;
+    while i < 15 {
+        s[i] = (KVALUES_IQ4NL[i + off] as i32 - KVALUES_IQ4NL[i + off - 1] as i32) as f32;
+        i += 1;
     }
-    let mut sumqx = 0f32;
-    let mut sumq2 = 0f32;
-    for ((&q, &w), &x) in q.iter().zip(weight).zip(xb) {
-        let wq = w * q;
-        sumqx += wq * x;
-        sumq2 += wq * q;
+    s
+}
+
+/// `sum(w*q*x)` and `sum(w*q*q)` of one block for each of the `NCAND` inverse scales `ids`,
+/// `q` being the level ggml's `best_index_int8` picks for `id*x`.
+///
+/// The candidates are independent, so they form the vector lanes: for each value the level
+/// choice runs over all candidates at once, and every lane accumulates its sums in value
+/// order, exactly as the C loop does for one candidate.
+#[inline(always)]
+fn candidate_sums(
+    xb: &[f32; QK4_NL],
+    weight: &[f32; QK4_NL],
+    ids: &[f32; NCAND],
+) -> ([f32; NCAND], [f32; NCAND]) {
+    let mut sumqx = [0f32; NCAND];
+    let mut sumq2 = [0f32; NCAND];
+    for (&x, &w) in xb.iter().zip(weight) {
+        let mut v = [0f32; NCAND];
+        for (v, &id) in v.iter_mut().zip(ids) {
+            *v = id * x;
+        }
+        // best_index: the bracket [lo, hi] around v, as ggml's binary search finds it
+        let mut lo = [VALUES[0]; NCAND];
+        let mut hi = [VALUES[1]; NCAND];
+        for i in 1..15 {
+            let (level, dlo, dhi) = (VALUES[i], STEP_LO[i], STEP_HI[i]);
+            for ((lo, hi), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(&v) {
+                // `!(v < level)`, so NaN walks to the top bracket as in ggml
+                *lo += if v < level { 0.0 } else { dlo };
+                *hi += if v < level { 0.0 } else { dhi };
+            }
+        }
+        for (((sqx, sq2), (&lo, &hi)), &v) in sumqx
+            .iter_mut()
+            .zip(sumq2.iter_mut())
+            .zip(lo.iter().zip(&hi))
+            .zip(&v)
+        {
+            let q = if v - lo < hi - v { lo } else { hi };
+            let wq = w * q;
+            *sqx += wq * x;
+            *sq2 += wq * q;
+        }
     }
     (sumqx, sumq2)
 }
@@ -101,18 +148,24 @@ fn best_scale(xb: &[f32; QK4_NL], weight: &[f32; QK4_NL]) -> f32 {
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }
-    // ntry > 0
-    let d = -max / VALUES[0];
-    let id = 1.0 / d;
-    let (sumqx, sumq2) = sums(xb, weight, id);
-    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-    let mut best = d * sumqx;
-    for itry in -NTRY..=NTRY {
-        let id = (itry + KVALUES_IQ4NL[0] as i32) as f32 / max;
-        let (sumqx, sumq2) = sums(xb, weight, id);
-        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-            d = sumqx / sumq2;
-            best = d * sumqx;
+    // ntry > 0: first guess d = -max/v[0], then id = (itry + v[0])/max for itry in -7..=7
+    let mut ids = [0f32; NCAND];
+    ids[0] = 1.0 / (-max / VALUES[0]);
+    for (k, id) in ids[1..].iter_mut().enumerate() {
+        let itry = k as i32 - NTRY;
+        *id = (itry + KVALUES_IQ4NL[0] as i32) as f32 / max;
+    }
+    let (sumqx, sumq2) = candidate_sums(xb, weight, &ids);
+    let mut d = if sumq2[0] > 0.0 {
+        sumqx[0] / sumq2[0]
+    } else {
+        0.0
+    };
+    let mut best = d * sumqx[0];
+    for (&sqx, &sq2) in sumqx[1..].iter().zip(&sumq2[1..]) {
+        if sq2 > 0.0 && sqx * sqx > best * sq2 {
+            d = sqx / sq2;
+            best = d * sqx;
         }
     }
     d
