@@ -12,6 +12,9 @@ Writes fixtures/golden/quant_iq4.json:
 
 Usage: scripts/gen-golden-iq4.py [--check]   (run with the venv from scripts/setup-python)
   --check  regenerate in memory and exit 1 if the committed file differs.
+  --sweep PATH [--rows N] [--seed S]  write a larger fixture with N extra random rows per width
+           (not committed); check it with
+           SMELT_IQ4_SWEEP=PATH cargo test --lib quant::golden_iq4::sweep -- --ignored
 """
 
 import argparse
@@ -78,10 +81,10 @@ def random_rows(n: int, count: int, rng: np.random.Generator) -> list[np.ndarray
     return rows
 
 
-def make_inputs() -> dict[str, dict]:
-    rng = np.random.default_rng(SEED)
+def make_inputs(extra: int, seed: int) -> dict[str, dict]:
+    rng = np.random.default_rng(seed)
     inputs = {}
-    for name, n, count in (("rows512", 512, 12), ("rows256", 256, 8)):
+    for name, n, count in (("rows512", 512, 12 + extra), ("rows256", 256, 8 + extra)):
         rows = random_rows(n, count, rng) + edge_rows(n, rng)
         data = np.stack(rows).astype(np.float32)
         # positive importance weights: log-normal spread over ~4 decades, one tiny column
@@ -95,8 +98,8 @@ def b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode()
 
 
-def generate() -> str:
-    inputs = make_inputs()
+def generate(extra: int = 0, seed: int = SEED) -> str:
+    inputs = make_inputs(extra, seed)
     doc_inputs = {}
     cases = []
     for name, inp in inputs.items():
@@ -135,7 +138,7 @@ def generate() -> str:
     doc = {
         "generator": "scripts/gen-golden-iq4.py",
         "oracle": f"libgguf {metadata.version('libgguf')}, gguf {metadata.version('gguf')}",
-        "seed": SEED,
+        "seed": seed,
         "inputs": doc_inputs,
         "cases": cases,
     }
@@ -145,7 +148,19 @@ def generate() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="fail if the committed file differs")
+    ap.add_argument(
+        "--sweep",
+        metavar="PATH",
+        help="write a larger uncommitted fixture there instead (for the ignored iq4_sweep test)",
+    )
+    ap.add_argument("--rows", type=int, default=2000, help="extra random rows per width in --sweep")
+    ap.add_argument("--seed", type=int, default=1, help="seed for --sweep")
     args = ap.parse_args()
+    if args.sweep:
+        text = generate(args.rows, args.seed)
+        Path(args.sweep).write_text(text)
+        print(f"wrote {args.sweep} ({len(text)} bytes)")
+        return 0
     text = generate()
     if args.check:
         if not OUT.exists() or OUT.read_text() != text:

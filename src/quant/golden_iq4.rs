@@ -48,11 +48,12 @@ struct Input {
     imatrix: Vec<f32>,
 }
 
-fn load() -> (BTreeMap<String, Input>, Vec<Value>) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/golden/quant_iq4.json"
-    );
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fixtures/golden/quant_iq4.json"
+);
+
+fn load(path: &str) -> (BTreeMap<String, Input>, Vec<Value>) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let doc: Value = serde_json::from_str(&text).unwrap();
     let mut inputs = BTreeMap::new();
@@ -75,10 +76,10 @@ fn load() -> (BTreeMap<String, Input>, Vec<Value>) {
     (inputs, doc["cases"].as_array().unwrap().clone())
 }
 
-/// Quantizes every case of the given types; returns one line per mismatching case, with the
+/// Quantizes every case of the given types and fails listing each mismatching case with its
 /// first differing block (expected and actual bytes, and its input values).
-fn check(types: &[GgmlType]) {
-    let (inputs, cases) = load();
+fn check(path: &str, types: &[GgmlType]) {
+    let (inputs, cases) = load(path);
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in &cases {
@@ -137,22 +138,31 @@ fn check(types: &[GgmlType]) {
 
 #[test]
 fn golden_iq4_nl() {
-    check(&[GgmlType::IQ4_NL]);
+    check(GOLDEN, &[GgmlType::IQ4_NL]);
 }
 
 #[test]
 fn golden_iq4_xs() {
-    check(&[GgmlType::IQ4_XS]);
+    check(GOLDEN, &[GgmlType::IQ4_XS]);
 }
 
 #[test]
 fn golden_tq1_0() {
-    check(&[GgmlType::TQ1_0]);
+    check(GOLDEN, &[GgmlType::TQ1_0]);
 }
 
 #[test]
 fn golden_tq2_0() {
-    check(&[GgmlType::TQ2_0]);
+    check(GOLDEN, &[GgmlType::TQ2_0]);
+}
+
+/// A larger fixture from `scripts/gen-golden-iq4.py --sweep PATH`, named by `SMELT_IQ4_SWEEP`.
+#[test]
+#[ignore]
+fn sweep() {
+    let path = std::env::var("SMELT_IQ4_SWEEP").expect("set SMELT_IQ4_SWEEP to a sweep fixture");
+    use GgmlType::*;
+    check(&path, &[IQ4_NL, IQ4_XS, TQ1_0, TQ2_0]);
 }
 
 /// Single-threaded IQ4_XS throughput on a 4096x4096 matrix (with and without imatrix).
