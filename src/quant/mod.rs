@@ -6,6 +6,8 @@
 
 pub mod dequant;
 pub mod float;
+#[cfg(test)]
+mod golden_iq4;
 pub mod grids;
 pub mod imatrix;
 pub mod imatrix_legacy;
