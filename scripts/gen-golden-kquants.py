@@ -4,7 +4,7 @@
 Runs libgguf (a byte-exact port of ggml's quantizers) over deterministic seeded f32 rows and
 writes fixtures/golden/quant_kquants.json, read by the Rust tests in src/quant/kquants.rs.
 
-Each input is one row (256 or 512 values). Cases:
+Each input is one row (256 or 512 values), except matrix_8x512 (8 rows of 512). Cases:
   Q2_K..Q6_K without weights (ggml's quantize_row_q*_K_ref) and with importance weights
   (quantize_row_q*_K_impl); Q4_0, Q4_1, Q5_0, Q5_1 with importance weights (the _impl paths).
 
@@ -70,14 +70,21 @@ def make_inputs() -> dict:
     # values on a coarse grid (many exact ties for the rounding)
     x["grid_256"] = (rng.integers(-8, 8, 256) * 0.125).astype(f)
     x["ramp_256"] = np.linspace(-1.0, 1.0, 256, dtype=f)
+    # a small "weight matrix": 8 rows of 512 with per-row scale and offset, quantized as rows
+    m = rng.standard_normal((8, 512)) * rng.uniform(0.005, 0.05, (8, 1)) + rng.uniform(-0.01, 0.01, (8, 1))
+    x["matrix_8x512"] = m.astype(f).reshape(-1)
     return x
+
+
+# inputs quantized as several rows (name -> n_per_row); the others are one row each
+ROWS = {"matrix_8x512": 512}
 
 
 def make_weights(inputs: dict) -> dict:
     rng = np.random.default_rng(7)
     f = np.float32
     w = {}
-    for n in sorted({len(v) for v in inputs.values()}):
+    for n in sorted({ROWS.get(k, len(v)) for k, v in inputs.items()}):
         w[f"imatrix_{n}"] = (rng.uniform(0.05, 3.0, n) ** 2).astype(f)
     # a skewed one: a few columns dominate
     sk = rng.uniform(0.001, 0.01, 256).astype(f)
@@ -97,21 +104,23 @@ def build() -> str:
     weights = make_weights(inputs)
     cases = []
     for name, row in inputs.items():
-        n = len(row)
+        n = ROWS.get(name, len(row))
+        rows = row.reshape(-1, n)
         for ty in K_TYPES + LEGACY_IMATRIX_TYPES:
             modes = [False, True] if ty in K_TYPES else [True]
             for use_w in modes:
                 wname = weights_for(name, n) if use_w else None
                 im = weights[wname] if use_w else None
                 qt = getattr(libgguf.GGMLQuantizationType, ty)
-                out = libgguf.quantize_rows(row.reshape(1, n), qt, imatrix=im)
+                out = libgguf.quantize_rows(rows, qt, imatrix=im)
                 data = bytes(np.ascontiguousarray(out).tobytes())
-                assert len(data) == libgguf.row_size(qt, n), (ty, len(data))
+                assert len(data) == rows.shape[0] * libgguf.row_size(qt, n), (ty, len(data))
                 cases.append(
                     {
                         "type": ty,
                         "imatrix": wname,
                         "input": name,
+                        "n_per_row": n,
                         "sha256": hashlib.sha256(data).hexdigest(),
                         "head_hex": data[:16].hex(),
                         "expected_b64": base64.b64encode(data).decode(),

@@ -999,8 +999,9 @@ mod tests {
                 "fixture corrupt"
             );
             assert_eq!(hex(&expected[..16]), case["head_hex"].as_str().unwrap());
+            let n_per_row = case["n_per_row"].as_u64().unwrap() as usize;
             let mut got = vec![0u8; expected.len()];
-            super::super::quantize_row(ty, x, &mut got, w).unwrap();
+            super::super::quantize_rows(ty, x, n_per_row, &mut got, w).unwrap();
             checked += 1;
             if hex(&Sha256::digest(&got)) != case["sha256"].as_str().unwrap() {
                 let bb = ty.type_size();
@@ -1046,32 +1047,32 @@ mod tests {
 
     #[test]
     fn golden_q2_k() {
-        assert_eq!(check_golden(&[GgmlType::Q2_K]), 40);
+        assert_eq!(check_golden(&[GgmlType::Q2_K]), 42);
     }
 
     #[test]
     fn golden_q3_k() {
-        assert_eq!(check_golden(&[GgmlType::Q3_K]), 40);
+        assert_eq!(check_golden(&[GgmlType::Q3_K]), 42);
     }
 
     #[test]
     fn golden_q4_k() {
-        assert_eq!(check_golden(&[GgmlType::Q4_K]), 40);
+        assert_eq!(check_golden(&[GgmlType::Q4_K]), 42);
     }
 
     #[test]
     fn golden_q5_k() {
-        assert_eq!(check_golden(&[GgmlType::Q5_K]), 40);
+        assert_eq!(check_golden(&[GgmlType::Q5_K]), 42);
     }
 
     #[test]
     fn golden_q6_k() {
-        assert_eq!(check_golden(&[GgmlType::Q6_K]), 40);
+        assert_eq!(check_golden(&[GgmlType::Q6_K]), 42);
     }
 
     #[test]
     fn golden_legacy_imatrix() {
         use GgmlType::*;
-        assert_eq!(check_golden(&[Q4_0, Q4_1, Q5_0, Q5_1]), 80);
+        assert_eq!(check_golden(&[Q4_0, Q4_1, Q5_0, Q5_1]), 84);
     }
 }
