@@ -1076,3 +1076,103 @@ mod tests {
         assert_eq!(check_golden(&[Q4_0, Q4_1, Q5_0, Q5_1]), 84);
     }
 }
+
+/// Heavier checks, run by hand:
+/// `cargo test --lib quant::kquants::slow -- --ignored --nocapture` (the test profile is
+/// optimized).
+#[cfg(test)]
+mod slow {
+    use super::*;
+    use std::time::Instant;
+
+    /// Deterministic pseudo-normal values (xorshift + sum of uniforms), no rand dependency.
+    fn synth(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        (0..n)
+            .map(|_| (next() + next() + next() + next() - 2.0) * 0.02)
+            .collect()
+    }
+
+    /// Single-threaded rows/s over a 4096x4096 matrix for every type, plain and weighted.
+    #[test]
+    #[ignore]
+    fn bench_4096x4096() {
+        use GgmlType::*;
+        let (rows, cols) = (4096usize, 4096usize);
+        let x = synth(rows * cols, 42);
+        let w: Vec<f32> = synth(cols, 7).iter().map(|v| v * v * 1e4 + 0.1).collect();
+        for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1] {
+            let rb = super::super::row_bytes(ty, cols).unwrap();
+            let mut out = vec![0u8; rb];
+            let modes: &[bool] = if matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1) {
+                &[true]
+            } else {
+                &[false, true]
+            };
+            for &weighted in modes {
+                let wi = weighted.then_some(w.as_slice());
+                let t = Instant::now();
+                for r in x.chunks_exact(cols) {
+                    super::super::quantize_row(ty, r, &mut out, wi).unwrap();
+                }
+                let s = t.elapsed().as_secs_f64();
+                println!(
+                    "{ty:5} imatrix={weighted:5}: {:8.0} rows/s ({s:.2} s for {rows} rows of {cols})",
+                    rows as f64 / s
+                );
+            }
+        }
+    }
+
+    /// Compares against raw dumps written by libgguf (`SMELT_KQ_ORACLE=dir`): `x.f32`,
+    /// `w.f32`, `meta.txt` (`rows cols`) and `<TYPE>_<plain|imatrix>.bin`.
+    #[test]
+    #[ignore]
+    fn oracle_dump() {
+        let Ok(dir) = std::env::var("SMELT_KQ_ORACLE") else {
+            eprintln!("SMELT_KQ_ORACLE not set, skipping");
+            return;
+        };
+        let read_f32 = |p: &str| -> Vec<f32> {
+            std::fs::read(format!("{dir}/{p}"))
+                .unwrap()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        };
+        let x = read_f32("x.f32");
+        let w = read_f32("w.f32");
+        let meta = std::fs::read_to_string(format!("{dir}/meta.txt")).unwrap();
+        let cols: usize = meta.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut bad = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let Some(stem) = name.strip_suffix(".bin") else {
+                continue;
+            };
+            // type names contain '_' too: the mode follows the last one
+            let i = stem.rfind('_').unwrap();
+            let (tyname, mode) = (&stem[..i], &stem[i + 1..]);
+            let ty: GgmlType = tyname.parse().unwrap();
+            let want = std::fs::read(format!("{dir}/{name}")).unwrap();
+            let mut got = vec![0u8; want.len()];
+            let wi = (mode == "imatrix").then_some(w.as_slice());
+            super::super::quantize_rows(ty, &x, cols, &mut got, wi).unwrap();
+            let bb = ty.type_size();
+            let nbad = got
+                .chunks_exact(bb)
+                .zip(want.chunks_exact(bb))
+                .filter(|(a, b)| a != b)
+                .count();
+            println!("{ty:5} {mode:8}: {nbad} of {} blocks differ", got.len() / bb);
+            bad += nbad;
+        }
+        assert_eq!(bad, 0);
+    }
+}
