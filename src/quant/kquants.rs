@@ -87,25 +87,37 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: Option<&[f3
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
-    let mut cand = [0u8; MAX_GROUP];
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
+    // The 18 trial scales (is = -9..=-1, 1..=9) are independent of each other (only the
+    // comparison with `best` is sequential), so their sums run side by side in lanes: same
+    // per-lane operation order as C, but vectorizable.
+    const STEPS: usize = 18;
+    let mut isc = [0.0f32; STEPS];
+    for (k, v) in isc.iter_mut().enumerate() {
+        let is = if k < 9 { k as i32 - 9 } else { k as i32 - 8 };
+        *v = -(nmaxf + 0.1f32 * is as f32) / max;
+    }
+    let mut sumlx = [0.0f32; STEPS];
+    let mut suml2 = [0.0f32; STEPS];
+    for i in 0..n {
+        let (xi, wi) = (x[i], w[i]);
+        let wx = wi * xi;
+        for k in 0..STEPS {
+            let q = nearest_int(isc[k] * xi).clamp(-nmax, nmax - 1) as f32;
+            sumlx[k] += wx * q;
+            suml2[k] += wi * q * q;
         }
-        let iscale = -(nmaxf + 0.1f32 * is as f32) / max;
-        let mut sumlx = 0.0f32;
-        let mut suml2 = 0.0f32;
+    }
+    let mut winner = None;
+    for k in 0..STEPS {
+        if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best * suml2[k] {
+            winner = Some(k);
+            scale = sumlx[k] / suml2[k];
+            best = scale * sumlx[k];
+        }
+    }
+    if let Some(k) = winner {
         for i in 0..n {
-            let q = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-            cand[i] = (q + nmax) as u8;
-            let qf = q as f32;
-            sumlx += w[i] * x[i] * qf;
-            suml2 += w[i] * qf * qf;
-        }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            l.copy_from_slice(&cand[..n]);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+            l[i] = (nearest_int(isc[k] * x[i]).clamp(-nmax, nmax - 1) + nmax) as u8;
         }
     }
     scale
@@ -225,7 +237,7 @@ fn make_qkx_quants(
     }
     let nmaxf = nmax as f32;
     let iscale = nmaxf / (max - min);
-    let mut scale = 1.0 / iscale;
+    let scale = 1.0 / iscale;
     let mut best_error = 0.0f32;
     for i in 0..n {
         let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
@@ -237,45 +249,122 @@ fn make_qkx_quants(
     if nstep < 1 {
         return (scale, -min);
     }
-    let mut laux = [0u8; MAX_GROUP];
-    let laux = &mut laux[..n];
-    for is in 0..=nstep {
-        let iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
-        let mut sum_l = 0.0f32;
-        let mut sum_l2 = 0.0f32;
-        let mut sum_xl = 0.0f32;
-        for i in 0..n {
-            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = q as u8;
-            let w = weights[i];
-            let qf = q as f32;
-            sum_l += w * qf;
-            sum_l2 += w * qf * qf;
-            sum_xl += w * qf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0.0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                let diff = if use_mad { diff.abs() } else { diff * diff };
-                cur_error += weights[i] * diff;
-            }
-            if cur_error < best_error {
-                l.copy_from_slice(laux);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
+    let mut st = QkxState {
+        l,
+        scale,
+        min,
+        best_error,
+    };
+    if use_mad {
+        qkx_search::<true>(&mut st, nmax, x, weights, max, sum_w, sum_x, rmin, rdelta, nstep);
+    } else {
+        qkx_search::<false>(&mut st, nmax, x, weights, max, sum_w, sum_x, rmin, rdelta, nstep);
     }
-    (scale, -min)
+    (st.scale, -st.min)
+}
+
+/// The running best of `make_qkx_quants`' search.
+struct QkxState<'a> {
+    l: &'a mut [u8],
+    scale: f32,
+    min: f32,
+    best_error: f32,
+}
+
+/// Trial scales evaluated side by side in `qkx_search`.
+const QKX_LANES: usize = 8;
+
+/// The `for (is = 0; is <= nstep; ++is)` search of `make_qkx2/3_quants`, evaluated
+/// speculatively `QKX_LANES` steps at a time: each lane performs exactly C's operations in
+/// C's order for its step, assuming `min` (which a winning step replaces) is unchanged. The
+/// winners are then taken in step order; after a winner that changes `min`, the later lanes
+/// are stale and the search restarts at the next step. Results are bit-identical to the
+/// sequential loop.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn qkx_search<const MAD: bool>(
+    st: &mut QkxState,
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    max: f32,
+    sum_w: f32,
+    sum_x: f32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) {
+    let n = x.len();
+    let nmaxf = nmax as f32;
+    let mut ql = [[0.0f32; QKX_LANES]; MAX_GROUP];
+    let mut is0 = 0i32;
+    while is0 <= nstep {
+        let min = st.min;
+        let span = max - min;
+        let mut iscale = [0.0f32; QKX_LANES];
+        for (s, v) in iscale.iter_mut().enumerate() {
+            *v = (rmin + rdelta * (is0 + s as i32) as f32 + nmaxf) / span;
+        }
+        let mut sum_l = [0.0f32; QKX_LANES];
+        let mut sum_l2 = [0.0f32; QKX_LANES];
+        let mut sum_xl = [0.0f32; QKX_LANES];
+        for i in 0..n {
+            let (xi, w) = (x[i], weights[i]);
+            let xm = xi - min;
+            let qi = &mut ql[i];
+            for s in 0..QKX_LANES {
+                let q = nearest_int(iscale[s] * xm).clamp(0, nmax) as f32;
+                qi[s] = q;
+                sum_l[s] += w * q;
+                sum_l2[s] += w * q * q;
+                sum_xl[s] += w * q * xi;
+            }
+        }
+        let mut ok = [false; QKX_LANES];
+        let mut this_scale = [0.0f32; QKX_LANES];
+        let mut this_min = [0.0f32; QKX_LANES];
+        for s in 0..QKX_LANES {
+            let d = sum_w * sum_l2[s] - sum_l[s] * sum_l[s];
+            if d > 0.0 {
+                ok[s] = true;
+                this_scale[s] = (sum_w * sum_xl[s] - sum_x * sum_l[s]) / d;
+                this_min[s] = (sum_l2[s] * sum_x - sum_l[s] * sum_xl[s]) / d;
+                if this_min[s] > 0.0 {
+                    this_min[s] = 0.0;
+                    this_scale[s] = sum_xl[s] / sum_l2[s];
+                }
+            }
+        }
+        let mut err = [0.0f32; QKX_LANES];
+        for i in 0..n {
+            let (xi, w) = (x[i], weights[i]);
+            for s in 0..QKX_LANES {
+                let diff = this_scale[s] * ql[i][s] + this_min[s] - xi;
+                let diff = if MAD { diff.abs() } else { diff * diff };
+                err[s] += w * diff;
+            }
+        }
+        let mut advance = QKX_LANES as i32;
+        for s in 0..QKX_LANES {
+            if is0 + s as i32 > nstep {
+                break;
+            }
+            if ok[s] && err[s] < st.best_error {
+                for i in 0..n {
+                    st.l[i] = ql[i][s] as u8;
+                }
+                st.best_error = err[s];
+                st.scale = this_scale[s];
+                let changed = this_min[s] != st.min;
+                st.min = this_min[s];
+                if changed {
+                    advance = s as i32 + 1;
+                    break;
+                }
+            }
+        }
+        is0 += advance;
+    }
 }
 
 /// ggml's `make_qkx2_quants` (used by the weightless Q2_K/Q4_K/Q5_K paths).
