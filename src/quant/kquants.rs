@@ -320,20 +320,17 @@ fn qkx_search<const MAD: bool>(
                 sum_xl[s] += w * q * xi;
             }
         }
-        let mut ok = [false; QKX_LANES];
+        // Branch-free per lane (vectorizes); lanes with d <= 0 get garbage that is never used.
+        let mut d = [0.0f32; QKX_LANES];
         let mut this_scale = [0.0f32; QKX_LANES];
         let mut this_min = [0.0f32; QKX_LANES];
         for s in 0..QKX_LANES {
-            let d = sum_w * sum_l2[s] - sum_l[s] * sum_l[s];
-            if d > 0.0 {
-                ok[s] = true;
-                this_scale[s] = (sum_w * sum_xl[s] - sum_x * sum_l[s]) / d;
-                this_min[s] = (sum_l2[s] * sum_x - sum_l[s] * sum_xl[s]) / d;
-                if this_min[s] > 0.0 {
-                    this_min[s] = 0.0;
-                    this_scale[s] = sum_xl[s] / sum_l2[s];
-                }
-            }
+            d[s] = sum_w * sum_l2[s] - sum_l[s] * sum_l[s];
+            let sc = (sum_w * sum_xl[s] - sum_x * sum_l[s]) / d[s];
+            let mn = (sum_l2[s] * sum_x - sum_l[s] * sum_xl[s]) / d[s];
+            let clamp = mn > 0.0;
+            this_scale[s] = if clamp { sum_xl[s] / sum_l2[s] } else { sc };
+            this_min[s] = if clamp { 0.0 } else { mn };
         }
         let mut err = [0.0f32; QKX_LANES];
         for i in 0..n {
@@ -349,7 +346,7 @@ fn qkx_search<const MAD: bool>(
             if is0 + s as i32 > nstep {
                 break;
             }
-            if ok[s] && err[s] < st.best_error {
+            if d[s] > 0.0 && err[s] < st.best_error {
                 for i in 0..n {
                     st.l[i] = ql[i][s] as u8;
                 }
