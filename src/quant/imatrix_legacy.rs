@@ -4,6 +4,9 @@
 //! 32 goes through `make_qx_quants` (Q4_0/Q5_0) or `make_qkx3_quants` (Q4_1/Q5_1), shared with
 //! `kquants`.
 
+// Index loops mirror the C source line by line, which is what makes them auditable.
+#![allow(clippy::needless_range_loop)]
+
 use super::kquants::{fp32_to_fp16, make_qkx3_quants, make_qx_quants};
 use super::QuantError;
 use crate::gguf::GgmlType;
@@ -11,7 +14,12 @@ use crate::gguf::GgmlType;
 const QK: usize = 32;
 
 /// Quantize one row (a multiple of 32 values) with per-column importance weights `w`.
-pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8], w: &[f32]) -> Result<(), QuantError> {
+pub fn quantize_row(
+    ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+    w: &[f32],
+) -> Result<(), QuantError> {
     let bb = match ty {
         GgmlType::Q4_0 => 18,
         GgmlType::Q4_1 => 20,

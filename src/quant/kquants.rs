@@ -12,6 +12,9 @@
 //! `make_qkx3_quants`, `make_qp_quants`) are shared with `imatrix_legacy`. They work on groups
 //! of at most [`MAX_GROUP`] values and keep all scratch space on the stack.
 
+// Index loops mirror the C source line by line, which is what makes them auditable.
+#![allow(clippy::needless_range_loop)]
+
 use super::QuantError;
 use crate::gguf::GgmlType;
 use half::f16;
@@ -256,9 +259,13 @@ fn make_qkx_quants(
         best_error,
     };
     if use_mad {
-        qkx_search::<true>(&mut st, nmax, x, weights, max, sum_w, sum_x, rmin, rdelta, nstep);
+        qkx_search::<true>(
+            &mut st, nmax, x, weights, max, sum_w, sum_x, rmin, rdelta, nstep,
+        );
     } else {
-        qkx_search::<false>(&mut st, nmax, x, weights, max, sum_w, sum_x, rmin, rdelta, nstep);
+        qkx_search::<false>(
+            &mut st, nmax, x, weights, max, sum_w, sum_x, rmin, rdelta, nstep,
+        );
     }
     (st.scale, -st.min)
 }
@@ -534,7 +541,11 @@ pub fn quantize_row(
             ),
         });
     }
-    for (i, (x, y)) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(bb)).enumerate() {
+    for (i, (x, y)) in src
+        .chunks_exact(QK_K)
+        .zip(dst.chunks_exact_mut(bb))
+        .enumerate()
+    {
         kernel(x, y, w.map(|w| &w[i * QK_K..(i + 1) * QK_K]));
     }
     Ok(())
@@ -846,7 +857,11 @@ fn k45_scales(
                     max_min = m;
                 }
             }
-            let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+            let inv_scale = if max_scale > 0.0 {
+                63.0 / max_scale
+            } else {
+                0.0
+            };
             let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
             for j in 0..8 {
                 // C: `uint8_t ls = nearest_int(...)` wraps, then MIN(63, ls).
@@ -1256,7 +1271,10 @@ mod slow {
                 .zip(want.chunks_exact(bb))
                 .filter(|(a, b)| a != b)
                 .count();
-            println!("{ty:5} {mode:8}: {nbad} of {} blocks differ", got.len() / bb);
+            println!(
+                "{ty:5} {mode:8}: {nbad} of {} blocks differ",
+                got.len() / bb
+            );
             bad += nbad;
         }
         assert_eq!(bad, 0);
