@@ -1231,7 +1231,8 @@ mod slow {
         }
     }
 
-    /// Compares against raw dumps written by libgguf (`SMELT_KQ_ORACLE=dir`): `x.f32`,
+    /// Compares against raw dumps written by `scripts/kquant-oracle-dump.py` (libgguf) in
+    /// `SMELT_KQ_ORACLE=dir`: `x.f32`,
     /// `w.f32`, `meta.txt` (`rows cols`) and `<TYPE>_<plain|imatrix>.bin`.
     #[test]
     #[ignore]
