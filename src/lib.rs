@@ -5,6 +5,7 @@ pub mod error;
 pub mod fixture;
 pub mod gguf;
 pub mod quant;
+pub mod quantize;
 pub mod safetensors;
 pub mod store;
 pub mod write;

@@ -1,0 +1,166 @@
+//! The `quantize` job as llama-quantize defines it: options, layer pruning, metadata overrides
+//! and imatrix bookkeeping around the per-tensor type plan, for any number of outputs.
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, Metadata, Value};
+
+/// `--override-kv KEY=TYPE:VALUE`, parsed as llama.cpp's `string_parse_kv_override` does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvOverride {
+    pub key: String,
+    pub value: Value,
+}
+
+impl std::str::FromStr for KvOverride {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::Invalid(format!("--override-kv `{s}`: {why}"));
+        let (key, rest) = s
+            .split_once('=')
+            .ok_or_else(|| bad("expected KEY=TYPE:VALUE"))?;
+        if key.is_empty() || key.len() >= 128 {
+            return Err(bad("the key must have 1 to 127 characters"));
+        }
+        let (ty, v) = rest
+            .split_once(':')
+            .ok_or_else(|| bad("expected TYPE:VALUE after ="))?;
+        let value = match ty {
+            // llama-quantize stores integers as u32 of the absolute value, floats as f32.
+            "int" => {
+                let n: i64 = v.trim().parse().map_err(|_| bad("not an integer"))?;
+                Value::U32(n.unsigned_abs() as u32)
+            }
+            "float" => Value::F32(v.trim().parse::<f64>().map_err(|_| bad("not a number"))? as f32),
+            "bool" => match v {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(bad("bool must be true or false")),
+            },
+            "str" if v.len() > 127 => {
+                return Err(bad("a string value cannot exceed 127 characters"))
+            }
+            "str" => Value::String(v.to_string()),
+            _ => return Err(bad("TYPE must be int, float, bool or str")),
+        };
+        Ok(KvOverride {
+            key: key.to_string(),
+            value,
+        })
+    }
+}
+
+/// `PATTERN=TYPE` of `--tensor-type` (the pattern is lower-cased, as llama-quantize does).
+pub fn parse_tensor_type(s: &str) -> Result<(String, GgmlType)> {
+    let (pattern, ty) = s
+        .split_once('=')
+        .filter(|(p, t)| !p.is_empty() && !t.is_empty())
+        .ok_or_else(|| Error::Invalid(format!("--tensor-type `{s}`: expected PATTERN=TYPE")))?;
+    let ty = ty
+        .parse::<GgmlType>()
+        .map_err(|e| Error::Invalid(format!("--tensor-type `{s}`: {e}")))?;
+    Ok((pattern.to_lowercase(), ty))
+}
+
+/// A `--tensor-type-file`: `PATTERN=TYPE` entries separated by spaces or newlines.
+pub fn read_tensor_type_file(path: &std::path::Path) -> Result<Vec<(String, GgmlType)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.split_whitespace()
+        .map(|entry| parse_tensor_type(entry).map_err(|e| Error::format(path, e.to_string())))
+        .collect()
+}
+
+/// `--prune-layers 3,1,2`: sorted, without duplicates.
+pub fn parse_prune_layers(s: &str) -> Result<Vec<u32>> {
+    let mut ids = s
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<u32>()
+                .map_err(|_| Error::Invalid(format!("--prune-layers: invalid layer id `{x}`")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// llama-quantize's layer renumbering for `--prune-layers`: the new name of a tensor, or
+/// `None` when its layer is pruned. Layers keep their order and close up the gaps.
+pub fn pruned_name(name: &str, prune: &[u32]) -> Option<String> {
+    let Some((blk, rest)) = crate::quantize::layer_of(name) else {
+        return Some(name.to_string());
+    };
+    if prune.binary_search(&blk).is_ok() {
+        return None;
+    }
+    let removed_below = prune.iter().filter(|&&p| p < blk).count() as u32;
+    Some(format!("blk.{}.{rest}", blk - removed_below))
+}
+
+/// `blk.N.rest` → (N, rest).
+pub fn layer_of(name: &str) -> Option<(u32, &str)> {
+    let rest = name.strip_prefix("blk.")?;
+    let (n, rest) = rest.split_once('.')?;
+    Some((n.parse().ok()?, rest))
+}
+
+/// Apply `--override-kv` entries in order, as ggml's `gguf_set_val_*` do (each moves to the end).
+pub fn apply_overrides(meta: &mut Metadata, overrides: &[KvOverride]) {
+    for o in overrides {
+        meta.set_last(o.key.clone(), o.value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_overrides_parse_like_llama_cpp() {
+        let o: KvOverride = "llama.context_length=int:-4096".parse().unwrap();
+        assert_eq!(o.value, Value::U32(4096));
+        let o: KvOverride = "general.name=str:a=b:c".parse().unwrap();
+        assert_eq!(
+            (o.key.as_str(), o.value),
+            ("general.name", Value::String("a=b:c".into()))
+        );
+        assert_eq!(
+            "x=float:0.5".parse::<KvOverride>().unwrap().value,
+            Value::F32(0.5)
+        );
+        assert_eq!(
+            "x=bool:true".parse::<KvOverride>().unwrap().value,
+            Value::Bool(true)
+        );
+        for bad in ["x", "x=int", "x=bool:yes", "x=u8:1", "=int:1"] {
+            assert!(bad.parse::<KvOverride>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pruning_renumbers_layers() {
+        let prune = parse_prune_layers("5,1,1").unwrap();
+        assert_eq!(prune, [1, 5]);
+        let names: Vec<Option<String>> = (0..7)
+            .map(|l| pruned_name(&format!("blk.{l}.attn_q.weight"), &prune))
+            .collect();
+        let want = [Some(0), None, Some(1), Some(2), Some(3), None, Some(4)];
+        for (got, want) in names.iter().zip(want) {
+            assert_eq!(got.clone(), want.map(|n| format!("blk.{n}.attn_q.weight")));
+        }
+        assert_eq!(
+            pruned_name("output.weight", &prune).as_deref(),
+            Some("output.weight")
+        );
+    }
+
+    #[test]
+    fn tensor_types() {
+        assert_eq!(
+            parse_tensor_type("ATTN_V=q8_0").unwrap(),
+            ("attn_v".into(), GgmlType::Q8_0)
+        );
+        assert!(parse_tensor_type("attn_v=").is_err());
+        assert!(parse_tensor_type("attn_v=q9").is_err());
+    }
+}
