@@ -1,11 +1,139 @@
-//! Legacy block quantizers Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: ggml's `quantize_row_*_ref`.
+//! Legacy block quantizers Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: ggml's `quantize_row_*_ref`
+//! (which the PyPI `gguf` package's numpy quantizers reproduce byte for byte).
+//!
+//! The scale is computed in f32 and quantization uses its f32 inverse; only the stored scale
+//! is rounded to f16. Code values truncate toward zero after the +offset, as C's casts do.
 
 use super::QuantError;
 use crate::gguf::GgmlType;
+use half::f16;
 
-pub fn quantize_row(ty: GgmlType, _src: &[f32], _dst: &mut [u8]) -> Result<(), QuantError> {
-    Err(QuantError::Unsupported {
-        ty,
-        op: "quantize (not yet implemented)",
-    })
+const QK: usize = 32;
+
+fn f16_bytes(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_le_bytes()
+}
+
+/// The value of largest magnitude (the first one on ties), and that magnitude.
+#[inline]
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
+#[inline]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        min = if v < min { v } else { min };
+        max = if v > max { v } else { max };
+    }
+    (min, max)
+}
+
+#[inline]
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+/// Pack the fifth bits of 32 codes into ggml's `qh` word: code j → bit j (first half) / j+16.
+#[inline]
+fn high_bits(codes: &[u8; QK]) -> [u8; 4] {
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        qh |= ((codes[j] as u32 & 0x10) >> 4) << j;
+        qh |= ((codes[j + 16] as u32 & 0x10) >> 4) << (j + 16);
+    }
+    qh.to_le_bytes()
+}
+
+/// Nibbles: code j in the low half of byte j, code j+16 in the high half.
+#[inline]
+fn pack_nibbles(codes: &[u8; QK], out: &mut [u8]) {
+    for j in 0..QK / 2 {
+        out[j] = (codes[j] & 0x0f) | ((codes[j + 16] & 0x0f) << 4);
+    }
+}
+
+/// Symmetric blocks (Q4_0, Q5_0): d = max / -(2^(bits-1)), codes = trunc(x/d + offset + 0.5).
+fn symmetric_codes(x: &[f32], levels: f32, top: u8, codes: &mut [u8; QK]) -> f32 {
+    let (_, max) = signed_absmax(x);
+    let d = max / -levels;
+    let id = inverse(d);
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = ((v * id + (levels + 0.5)) as i8 as u8).min(top);
+    }
+    d
+}
+
+/// Asymmetric blocks (Q4_1, Q5_1): d = (max - min) / top, codes = trunc((x - min)/d + 0.5).
+fn asymmetric_codes(x: &[f32], top: u8, clamp: bool, codes: &mut [u8; QK]) -> (f32, f32) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / top as f32;
+    let id = inverse(d);
+    for (c, &v) in codes.iter_mut().zip(x) {
+        let q = ((v - min) * id + 0.5) as i8 as u8;
+        *c = if clamp { q.min(top) } else { q };
+    }
+    (d, min)
+}
+
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    let bs = ty.type_size();
+    let mut codes = [0u8; QK];
+    for (x, out) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(bs)) {
+        match ty {
+            GgmlType::Q8_0 => {
+                let (amax, _) = signed_absmax(x);
+                let d = amax / 127.0;
+                let id = inverse(d);
+                out[..2].copy_from_slice(&f16_bytes(d));
+                for (q, &v) in out[2..].iter_mut().zip(x) {
+                    *q = (v * id).round() as i8 as u8;
+                }
+            }
+            GgmlType::Q4_0 => {
+                let d = symmetric_codes(x, 8.0, 15, &mut codes);
+                out[..2].copy_from_slice(&f16_bytes(d));
+                pack_nibbles(&codes, &mut out[2..]);
+            }
+            GgmlType::Q4_1 => {
+                let (d, min) = asymmetric_codes(x, 15, true, &mut codes);
+                out[..2].copy_from_slice(&f16_bytes(d));
+                out[2..4].copy_from_slice(&f16_bytes(min));
+                pack_nibbles(&codes, &mut out[4..]);
+            }
+            GgmlType::Q5_0 => {
+                let d = symmetric_codes(x, 16.0, 31, &mut codes);
+                out[..2].copy_from_slice(&f16_bytes(d));
+                out[2..6].copy_from_slice(&high_bits(&codes));
+                pack_nibbles(&codes, &mut out[6..]);
+            }
+            GgmlType::Q5_1 => {
+                // ggml does not clamp Q5_1 codes: (x - min)/d + 0.5 never exceeds 31.5.
+                let (d, min) = asymmetric_codes(x, 31, false, &mut codes);
+                out[..2].copy_from_slice(&f16_bytes(d));
+                out[2..4].copy_from_slice(&f16_bytes(min));
+                out[4..8].copy_from_slice(&high_bits(&codes));
+                pack_nibbles(&codes, &mut out[8..]);
+            }
+            _ => {
+                return Err(QuantError::Unsupported {
+                    ty,
+                    op: "legacy quantize",
+                })
+            }
+        }
+    }
+    Ok(())
 }
