@@ -6,7 +6,9 @@ writes fixtures/golden/quant_kquants.json, read by the Rust tests in src/quant/k
 
 Each input is one row (256 or 512 values), except matrix_8x512 (8 rows of 512). Cases:
   Q2_K..Q6_K without weights (ggml's quantize_row_q*_K_ref) and with importance weights
-  (quantize_row_q*_K_impl); Q4_0, Q4_1, Q5_0, Q5_1 with importance weights (the _impl paths).
+  (quantize_row_q*_K_impl); Q4_0, Q4_1, Q5_0, Q5_1 with importance weights (the _impl paths);
+  Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 without weights (the _ref paths), whose oracle is the PyPI `gguf`
+  package's numpy quantizers, checked here to agree with libgguf.
 
 Usage: gen-golden-kquants.py            # (re)write the fixture
        gen-golden-kquants.py --check    # exit 1 when the committed fixture is stale
@@ -22,12 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import libgguf
+from gguf import GGMLQuantizationType as GT
+from gguf.quants import quantize as gguf_quantize
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "fixtures" / "golden" / "quant_kquants.json"
 
 K_TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 LEGACY_IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+LEGACY_TYPES = LEGACY_IMATRIX_TYPES + ["Q8_0"]
 
 
 def b64(a: np.ndarray) -> str:
@@ -106,14 +111,19 @@ def build() -> str:
     for name, row in inputs.items():
         n = ROWS.get(name, len(row))
         rows = row.reshape(-1, n)
-        for ty in K_TYPES + LEGACY_IMATRIX_TYPES:
-            modes = [False, True] if ty in K_TYPES else [True]
+        for ty in K_TYPES + LEGACY_TYPES:
+            modes = [False, True] if ty in K_TYPES + LEGACY_IMATRIX_TYPES else [False]
+            if ty in LEGACY_TYPES and ty not in LEGACY_IMATRIX_TYPES:
+                modes = [False]
             for use_w in modes:
                 wname = weights_for(name, n) if use_w else None
                 im = weights[wname] if use_w else None
                 qt = getattr(libgguf.GGMLQuantizationType, ty)
                 out = libgguf.quantize_rows(rows, qt, imatrix=im)
                 data = bytes(np.ascontiguousarray(out).tobytes())
+                if ty in LEGACY_TYPES and not use_w:
+                    ref = bytes(np.ascontiguousarray(gguf_quantize(rows, getattr(GT, ty))).tobytes())
+                    assert ref == data, f"gguf and libgguf disagree on {ty} {name}"
                 assert len(data) == rows.shape[0] * libgguf.row_size(qt, n), (ty, len(data))
                 cases.append(
                     {

@@ -1028,44 +1028,10 @@ fn q6_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::golden::{b64_decode, f32s, hex};
     use serde_json::Value;
     use sha2::{Digest, Sha256};
     use std::collections::HashMap;
-
-    fn b64_decode(s: &str) -> Vec<u8> {
-        fn val(c: u8) -> u32 {
-            match c {
-                b'A'..=b'Z' => (c - b'A') as u32,
-                b'a'..=b'z' => (c - b'a' + 26) as u32,
-                b'0'..=b'9' => (c - b'0' + 52) as u32,
-                b'+' => 62,
-                b'/' => 63,
-                _ => panic!("bad base64 byte {c}"),
-            }
-        }
-        let s = s.trim_end_matches('=').as_bytes();
-        let mut out = Vec::with_capacity(s.len() * 3 / 4);
-        for chunk in s.chunks(4) {
-            let mut acc = 0u32;
-            for (i, &c) in chunk.iter().enumerate() {
-                acc |= val(c) << (18 - 6 * i);
-            }
-            let bytes = acc.to_be_bytes();
-            out.extend_from_slice(&bytes[1..chunk.len()]);
-        }
-        out
-    }
-
-    fn f32s(s: &str) -> Vec<f32> {
-        b64_decode(s)
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
 
     /// Checks every golden case of `types`; returns how many were checked.
     pub(crate) fn check_golden(types: &[GgmlType]) -> usize {
@@ -1172,9 +1138,10 @@ mod tests {
     }
 
     #[test]
-    fn golden_legacy_imatrix() {
+    fn golden_legacy_with_and_without_imatrix() {
         use GgmlType::*;
-        assert_eq!(check_golden(&[Q4_0, Q4_1, Q5_0, Q5_1]), 84);
+        // Q4_0..Q5_1 with and without weights, Q8_0 without (its quantizer ignores weights).
+        assert_eq!(check_golden(&[Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]), 84 + 5 * 21);
     }
 }
 

@@ -7,6 +7,8 @@
 pub mod dequant;
 pub mod float;
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod golden_iq4;
 pub mod grids;
 pub mod imatrix;
