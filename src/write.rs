@@ -11,7 +11,7 @@ use crate::quant;
 use crate::store::{RowOrder, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 /// Upper bound on f32 values dequantized at once (16 MiB): large enough to keep every core
@@ -105,7 +105,7 @@ pub fn write_matrix(
             )));
         }
     }
-    let mut writers = Vec::with_capacity(outputs.len());
+    let mut writers: Vec<GgufWriter> = Vec::with_capacity(outputs.len());
     for o in outputs {
         let decls: Vec<TensorDecl> = order
             .iter()
@@ -148,19 +148,94 @@ pub fn write_matrix(
     };
 
     let started = Instant::now();
+    // Compute and I/O overlap: this thread dequantizes and quantizes chunk k+1 while a writer
+    // thread writes chunk k. The bounded channel caps the chunks in flight (memory stays flat).
+    let (to_writer, from_main) = mpsc::sync_channel::<Msg>(2 * outputs.len().max(1));
+    let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
+    let reports = std::thread::scope(|scope| -> Result<Vec<OutputReport>> {
+        let writer = scope.spawn(move || -> Result<Vec<GgufWriter>> {
+            for msg in from_main {
+                match msg {
+                    Msg::Data { out, bytes } => {
+                        writers[out].write_data(bytes.as_slice())?;
+                        if let Chunk::Owned(v) = bytes {
+                            let _ = recycle.send(v);
+                        }
+                    }
+                    Msg::ReleaseRows { src, row, rows } => producer.release_rows(src, row, rows),
+                    Msg::Release { src } => producer.release(src),
+                }
+            }
+            Ok(writers)
+        });
+        let produced = produce_chunks(producer, order, outputs, &bar, &to_writer, &recycled);
+        drop(to_writer);
+        let writers = writer.join().expect("writer thread panicked")?;
+        produced?;
+        let mut reports = Vec::new();
+        for (o, w) in outputs.iter().zip(writers) {
+            w.finish()?;
+            let bytes = std::fs::metadata(&o.path).map(|m| m.len()).unwrap_or(0);
+            reports.push(OutputReport {
+                path: o.path.clone(),
+                bytes,
+                n_tensors: order.len(),
+            });
+        }
+        Ok(reports)
+    })?;
+    bar.finish_and_clear();
+    tracing::info!(
+        "wrote {} file(s) in {:.2?}",
+        reports.len(),
+        started.elapsed()
+    );
+    Ok(reports)
+}
+
+/// Bytes for one output, owned (quantized here) or borrowed (copied unchanged from the source).
+enum Chunk<'a> {
+    Owned(Vec<u8>),
+    Borrowed(&'a [u8]),
+}
+
+impl Chunk<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Borrowed(b) => b,
+        }
+    }
+}
+
+enum Msg<'a> {
+    Data { out: usize, bytes: Chunk<'a> },
+    ReleaseRows { src: usize, row: usize, rows: usize },
+    Release { src: usize },
+}
+
+/// The compute side of `write_matrix`: every tensor in row chunks, every output per chunk.
+/// Returns early (with the error) when a kernel fails or the writer has stopped.
+fn produce_chunks<'a>(
+    producer: &'a dyn TensorProducer,
+    order: &[usize],
+    outputs: &[OutputFile],
+    bar: &ProgressBar,
+    to_writer: &mpsc::SyncSender<Msg<'a>>,
+    recycled: &mpsc::Receiver<Vec<u8>>,
+) -> Result<()> {
+    let writer_gone = || Error::Invalid("the output writer stopped".into());
     let mut f32_buf: Vec<f32> = Vec::new();
-    let mut q_buf: Vec<u8> = Vec::new();
     for (k, &src) in order.iter().enumerate() {
-        let name = producer.name(src).to_string();
-        bar.set_message(name.clone());
+        let name = producer.name(src);
+        bar.set_message(name.to_string());
         let shape = producer.shape(src);
         let row_len = shape[0] as usize;
         let n_rows: usize = shape[1..].iter().product::<u64>() as usize;
         let src_ty = producer.source_type(src);
         let raw = producer.raw(src);
-        let needs_f32 = outputs
-            .iter()
-            .any(|o| !(o.tensors[k].ty == src_ty && raw.is_some()));
+        let copies = |ty: GgmlType| ty == src_ty && raw.is_some();
+        let needs_f32 = outputs.iter().any(|o| !copies(o.tensors[k].ty));
         let rows_per_chunk = (CHUNK_VALUES / row_len.max(1)).clamp(1, n_rows.max(1));
         let mut row = 0;
         while row < n_rows {
@@ -169,50 +244,69 @@ pub fn write_matrix(
                 f32_buf.resize(rows * row_len, 0.0);
                 producer.read_rows(src, row, &mut f32_buf)?;
             }
-            for (o, w) in outputs.iter().zip(writers.iter_mut()) {
+            for (out, o) in outputs.iter().enumerate() {
                 let pt = &o.tensors[k];
-                match raw {
-                    Some(bytes) if pt.ty == src_ty => {
-                        let rb = quant::row_bytes(src_ty, row_len)
-                            .map_err(|e| Error::quant(&name, e))?;
-                        w.write_data(&bytes[row * rb..(row + rows) * rb])?;
+                let bytes = match raw {
+                    Some(raw) if copies(pt.ty) => {
+                        let rb =
+                            quant::row_bytes(src_ty, row_len).map_err(|e| Error::quant(name, e))?;
+                        Chunk::Borrowed(&raw[row * rb..(row + rows) * rb])
                     }
                     _ => {
                         let rb =
-                            quant::row_bytes(pt.ty, row_len).map_err(|e| Error::quant(&name, e))?;
-                        q_buf.resize(rows * rb, 0);
-                        let imatrix = pt.imatrix.as_ref().map(|v| v.as_slice());
-                        quant::quantize_rows(pt.ty, &f32_buf, row_len, &mut q_buf, imatrix)
-                            .map_err(|e| Error::quant(&name, e))?;
-                        w.write_data(&q_buf)?;
+                            quant::row_bytes(pt.ty, row_len).map_err(|e| Error::quant(name, e))?;
+                        let mut buf = recycled.try_recv().unwrap_or_default();
+                        buf.resize(rows * rb, 0);
+                        quantize_chunk(pt, &f32_buf, row_len, row, n_rows, &mut buf)
+                            .map_err(|e| Error::quant(name, e))?;
+                        Chunk::Owned(buf)
                     }
-                }
+                };
+                to_writer
+                    .send(Msg::Data { out, bytes })
+                    .map_err(|_| writer_gone())?;
             }
-            producer.release_rows(src, row, rows);
+            to_writer
+                .send(Msg::ReleaseRows { src, row, rows })
+                .map_err(|_| writer_gone())?;
             bar.inc((rows * row_len) as u64);
             row += rows;
         }
-        producer.release(src);
+        to_writer
+            .send(Msg::Release { src })
+            .map_err(|_| writer_gone())?;
     }
-    // Large buffers are not needed while files are synced.
-    drop((f32_buf, q_buf));
-    let mut reports = Vec::new();
-    for (o, w) in outputs.iter().zip(writers) {
-        w.finish()?;
-        let bytes = std::fs::metadata(&o.path).map(|m| m.len()).unwrap_or(0);
-        reports.push(OutputReport {
-            path: o.path.clone(),
-            bytes,
-            n_tensors: order.len(),
-        });
+    Ok(())
+}
+
+/// Quantize rows `first_row..` of a tensor of `n_rows` rows. An imatrix longer than one row
+/// holds one slice per expert (3-D MoE tensors): each row takes its expert's slice.
+fn quantize_chunk(
+    pt: &PlannedTensor,
+    f32_rows: &[f32],
+    row_len: usize,
+    first_row: usize,
+    n_rows: usize,
+    out: &mut [u8],
+) -> std::result::Result<(), quant::QuantError> {
+    use rayon::prelude::*;
+    let Some(imatrix) = pt.imatrix.as_deref() else {
+        return quant::quantize_rows(pt.ty, f32_rows, row_len, out, None);
+    };
+    let n_expert = (imatrix.len() / row_len).max(1);
+    if n_expert == 1 {
+        return quant::quantize_rows(pt.ty, f32_rows, row_len, out, Some(imatrix));
     }
-    bar.finish_and_clear();
-    tracing::info!(
-        "wrote {} file(s) in {:.2?}",
-        reports.len(),
-        started.elapsed()
-    );
-    Ok(reports)
+    let rows_per_expert = n_rows / n_expert;
+    let rb = quant::row_bytes(pt.ty, row_len)?;
+    f32_rows
+        .par_chunks(row_len)
+        .zip(out.par_chunks_mut(rb))
+        .enumerate()
+        .try_for_each(|(i, (x, q))| {
+            let e = (first_row + i) / rows_per_expert;
+            quant::quantize_row(pt.ty, x, q, Some(&imatrix[e * row_len..(e + 1) * row_len]))
+        })
 }
 
 /// llama.cpp's tensor order (`weight_name_comparer`): tensors outside layers first, then layer
