@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Value};
 use crate::store::Store;
-use crate::write::{self, OutputFile};
+use crate::write;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -86,6 +86,46 @@ pub struct QuantizeArgs {
         required = true
     )]
     pub types: Vec<String>,
+    /// Type of output.weight.
+    #[arg(long)]
+    pub output_tensor_type: Option<GgmlType>,
+    /// Type of token_embd.weight.
+    #[arg(long)]
+    pub token_embedding_type: Option<GgmlType>,
+    /// PATTERN=TYPE: tensors whose name matches the regex PATTERN get TYPE (repeatable).
+    #[arg(long = "tensor-type")]
+    pub tensor_types: Vec<String>,
+    /// A file of PATTERN=TYPE entries separated by spaces or newlines.
+    #[arg(long)]
+    pub tensor_type_file: Option<PathBuf>,
+    /// Every quantizable tensor gets the file type's default type (no mix rules).
+    #[arg(long)]
+    pub pure: bool,
+    /// Keep output.weight as it is.
+    #[arg(long)]
+    pub leave_output_tensor: bool,
+    /// KEY=TYPE:VALUE metadata override (TYPE: int, float, bool, str), repeatable.
+    #[arg(long = "override-kv")]
+    pub overrides: Vec<String>,
+    /// Importance matrix from llama-imatrix (GGUF or legacy .dat).
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
+    /// Use the imatrix only for tensors whose names contain this (repeatable).
+    #[arg(long = "include-weights", conflicts_with = "exclude_weights")]
+    pub include_weights: Vec<String>,
+    /// Do not use the imatrix for tensors whose names contain this (repeatable).
+    #[arg(long = "exclude-weights")]
+    pub exclude_weights: Vec<String>,
+    /// Comma-separated layer numbers to remove (layers are renumbered).
+    #[arg(long)]
+    pub prune_layers: Option<String>,
+    /// Print each output's tensor types and sizes without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Accepted for llama-quantize compatibility: smelt always allows re-quantizing (and warns
+    /// when the source is coarser than the target).
+    #[arg(long)]
+    pub allow_requantize: bool,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -251,32 +291,70 @@ fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
 }
 
 fn quantize(args: &QuantizeArgs) -> Result<()> {
+    use crate::quantize::{self as q, KvOverride, QuantizeOptions};
     let store = Store::open(&args.input)?;
-    let names: Vec<&str> = store.tensors.iter().map(|t| t.name.as_str()).collect();
-    let order = write::llama_cpp_order(&names);
-    let multiple = args.types.len() > 1 || args.output.is_dir();
+    let file_types = args
+        .types
+        .iter()
+        .map(|t| crate::quant::mix::FileType::parse(t))
+        .collect::<Result<Vec<_>>>()?;
+    let mut tensor_types = args
+        .tensor_types
+        .iter()
+        .map(|s| q::parse_tensor_type(s))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(f) = &args.tensor_type_file {
+        tensor_types.extend(q::read_tensor_type_file(f)?);
+    }
+    let imatrix = match &args.imatrix {
+        Some(p) => {
+            let mut im = crate::quant::imatrix::Imatrix::load(p)?;
+            im.filter(&args.include_weights, &args.exclude_weights);
+            Some((im, p.to_string_lossy().into_owned()))
+        }
+        None => None,
+    };
+    let opts = QuantizeOptions {
+        mix: crate::quant::mix::MixOptions {
+            output_tensor_type: args.output_tensor_type,
+            token_embedding_type: args.token_embedding_type,
+            tensor_types,
+            pure: args.pure,
+            leave_output_tensor: args.leave_output_tensor,
+            has_imatrix: false,
+        },
+        overrides: args
+            .overrides
+            .iter()
+            .map(|s| s.parse::<KvOverride>())
+            .collect::<Result<Vec<_>>>()?,
+        imatrix,
+        prune_layers: match &args.prune_layers {
+            Some(s) => q::parse_prune_layers(s)?,
+            None => Vec::new(),
+        },
+    };
+    let multiple = file_types.len() > 1 || args.output.is_dir();
+    let stem = model_stem(&args.input);
+    let plan = q::plan(&store, &file_types, &opts, |ft| {
+        if multiple {
+            args.output.join(format!("{stem}-{}.gguf", ft.name))
+        } else {
+            args.output.clone()
+        }
+    })?;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.dry_run {
+        return print_stdout(&dry_run_report(&store, &plan));
+    }
     if multiple {
         std::fs::create_dir_all(&args.output).map_err(|e| Error::io(&args.output, e))?;
     }
-    let stem = model_stem(&args.input);
-    let mut outputs = Vec::new();
-    for ty_name in &args.types {
-        let plan = crate::quant::plan::plan_file(&store, &order, ty_name)?;
-        let path = if multiple {
-            args.output
-                .join(format!("{stem}-{}.gguf", plan.file_type_name))
-        } else {
-            args.output.clone()
-        };
-        outputs.push(OutputFile {
-            path,
-            metadata: plan.metadata,
-            tensors: plan.tensors,
-        });
-    }
     let show = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
-    let reports = write::write_matrix(&store, &order, &outputs, show)?;
+    let reports = write::write_matrix(&store, &plan.order, &plan.outputs, show)?;
     for r in reports {
         eprintln!(
             "wrote {} ({:.2} MiB, {} tensors)",
@@ -287,6 +365,37 @@ fn quantize(args: &QuantizeArgs) -> Result<()> {
     }
     eprintln!("done in {:.2?}", started.elapsed());
     Ok(())
+}
+
+/// `--dry-run`: each output's tensor types and sizes, nothing written.
+fn dry_run_report(store: &Store, plan: &crate::quantize::QuantizePlan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let src_bytes: u64 = plan.order.iter().map(|&i| store.tensors[i].n_bytes).sum();
+    for o in &plan.outputs {
+        let _ = writeln!(out, "{}:", o.path.display());
+        let mut total = 0u64;
+        for (&i, pt) in plan.order.iter().zip(&o.tensors) {
+            let t = &store.tensors[i];
+            let bytes = pt.ty.bytes_for(t.n_elements()).unwrap_or(0);
+            total += bytes;
+            let _ = writeln!(
+                out,
+                "  {:<40} {:>8} -> {:<8} {:>12} bytes",
+                pt.name,
+                t.ty.name(),
+                pt.ty.name(),
+                bytes
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  total: {:.2} MiB (source {:.2} MiB)",
+            total as f64 / (1 << 20) as f64,
+            src_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    out
 }
 
 /// A model's name for output files: the file stem without split, format or type suffixes

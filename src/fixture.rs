@@ -368,18 +368,29 @@ pub fn byte_bpe_vocab(vocab: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
     let mut tokens: Vec<String> = (0..=255u8).map(|b| gpt2_byte_char(b).to_string()).collect();
     let mut types = vec![1i32; 256];
     let mut merges = Vec::new();
-    let firsts: Vec<char> = std::iter::once(gpt2_byte_char(b' '))
+    let mut seen: std::collections::HashSet<String> = tokens.iter().cloned().collect();
+    // Merges grow words one letter at a time: "Ġ a", "a b", then "ab c", ... until full.
+    let mut prefixes: Vec<String> = std::iter::once(gpt2_byte_char(b' '))
         .chain('a'..='z')
+        .map(String::from)
         .collect();
-    'outer: for a in &firsts {
-        for b in 'a'..='z' {
-            if tokens.len() + 1 >= vocab {
-                break 'outer;
+    'outer: while tokens.len() + 1 < vocab {
+        let mut next = Vec::new();
+        for a in &prefixes {
+            for b in 'a'..='z' {
+                if tokens.len() + 1 >= vocab {
+                    break 'outer;
+                }
+                let merged = format!("{a}{b}");
+                if seen.insert(merged.clone()) {
+                    merges.push(format!("{a} {b}"));
+                    tokens.push(merged.clone());
+                    types.push(1);
+                    next.push(merged);
+                }
             }
-            merges.push(format!("{a} {b}"));
-            tokens.push(format!("{a}{b}"));
-            types.push(1);
         }
+        prefixes = next;
     }
     tokens.push("<|endoftext|>".into());
     types.push(3);

@@ -2,7 +2,157 @@
 //! and imatrix bookkeeping around the per-tensor type plan, for any number of outputs.
 
 use crate::error::{Error, Result};
-use crate::gguf::{GgmlType, Metadata, Value};
+use crate::gguf::{GgmlType, Metadata, Value, QUANTIZATION_VERSION};
+use crate::quant::imatrix::Imatrix;
+use crate::quant::mix::{self, FileType, MixOptions, ModelInfo, TensorRef};
+use crate::store::Store;
+use crate::write::{llama_cpp_order, OutputFile, PlannedTensor};
+use std::path::PathBuf;
+
+/// Everything llama-quantize lets a user choose, shared by every output of one run.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizeOptions {
+    pub mix: MixOptions,
+    pub overrides: Vec<KvOverride>,
+    /// The imatrix and the path as the user wrote it (recorded in the output).
+    pub imatrix: Option<(Imatrix, String)>,
+    pub prune_layers: Vec<u32>,
+}
+
+/// The plan for one run: the source tensors in output order and one file per type.
+pub struct QuantizePlan {
+    /// Store tensor indices, in llama.cpp's order, pruned layers left out.
+    pub order: Vec<usize>,
+    pub outputs: Vec<OutputFile>,
+    /// Human-readable notes (re-quantization that gains nothing, fallbacks).
+    pub warnings: Vec<String>,
+}
+
+/// Plan every output: per-tensor types, imatrix slices and metadata, exactly as llama-quantize
+/// would write each file. `path_for` names the output of a file type.
+pub fn plan(
+    store: &Store,
+    file_types: &[FileType],
+    opts: &QuantizeOptions,
+    path_for: impl Fn(&FileType) -> PathBuf,
+) -> Result<QuantizePlan> {
+    let names: Vec<&str> = store.tensors.iter().map(|t| t.name.as_str()).collect();
+    let mut order = Vec::new();
+    let mut out_names = Vec::new();
+    for i in llama_cpp_order(&names) {
+        if let Some(n) = pruned_name(names[i], &opts.prune_layers) {
+            order.push(i);
+            out_names.push(n);
+        }
+    }
+    let model = ModelInfo::from_metadata(&store.metadata);
+    if let Some(&l) = opts
+        .prune_layers
+        .iter()
+        .find(|&&l| l as usize >= model.n_layer)
+    {
+        return Err(Error::Invalid(format!(
+            "--prune-layers: layer {l} does not exist ({} layers)",
+            model.n_layer
+        )));
+    }
+    let mut mix_opts = opts.mix.clone();
+    mix_opts.has_imatrix = opts.imatrix.is_some();
+    let refs: Vec<TensorRef> = order
+        .iter()
+        .zip(&out_names)
+        .map(|(&i, n)| TensorRef {
+            name: n,
+            shape: &store.tensors[i].shape,
+            ty: store.tensors[i].ty,
+        })
+        .collect();
+    let mut warnings = Vec::new();
+    let mut outputs = Vec::new();
+    for &ft in file_types {
+        let types = mix::plan_types(&model, ft, &mix_opts, &refs)?;
+        let mut tensors = Vec::with_capacity(order.len());
+        let mut coarser = None;
+        for ((&i, name), &ty) in order.iter().zip(&out_names).zip(&types) {
+            let src = &store.tensors[i];
+            let quantized_here = ty != src.ty;
+            if quantized_here && !crate::quant::can_quantize(ty) {
+                return Err(Error::Invalid(format!(
+                    "{}: tensor `{name}` would be {ty}, which smelt cannot write yet",
+                    ft.name
+                )));
+            }
+            if opts.imatrix.is_none()
+                && mix::allows_quantization(name, &src.shape, mix_opts.leave_output_tensor)
+                && mix::requires_imatrix(name, ty, ft)
+            {
+                return Err(Error::Invalid(format!(
+                    "{} requires an importance matrix (--imatrix): tensor `{name}` would be {ty}",
+                    ft.name
+                )));
+            }
+            if quantized_here
+                && src.ty.is_quantized()
+                && src.ty.bits_per_weight() < ty.bits_per_weight()
+            {
+                coarser.get_or_insert((src.ty, ty));
+            }
+            let imatrix = match (&opts.imatrix, quantized_here) {
+                (Some((im, _)), true) => {
+                    let n_expert = src.shape.get(2).copied().unwrap_or(1) as usize;
+                    im.for_tensor(&src.name, src.row_len(), n_expert)?
+                }
+                _ => None,
+            };
+            tensors.push(PlannedTensor {
+                name: name.clone(),
+                ty,
+                imatrix,
+            });
+        }
+        if let Some((from, to)) = coarser {
+            warnings.push(format!(
+                "{}: the source holds {from} tensors; re-quantizing them to {to} cannot restore the precision they lost",
+                ft.name
+            ));
+        }
+        let mut metadata = output_metadata(&store.metadata, ft.id);
+        apply_overrides(&mut metadata, &opts.overrides);
+        if let Some((im, arg)) = &opts.imatrix {
+            for (k, v) in im.metadata(arg) {
+                metadata.set_last(k, v);
+            }
+        }
+        if !opts.prune_layers.is_empty() {
+            let arch = model.arch.clone();
+            let kept = model.n_layer - opts.prune_layers.len();
+            metadata.set_last(format!("{arch}.block_count"), Value::U32(kept as u32));
+        }
+        outputs.push(OutputFile {
+            path: path_for(&ft),
+            metadata,
+            tensors,
+        });
+    }
+    Ok(QuantizePlan {
+        order,
+        outputs,
+        warnings,
+    })
+}
+
+/// The source's metadata as llama-quantize writes it: every key copied in order, then
+/// `general.quantization_version` and `general.file_type` moved to the end, split keys dropped.
+pub fn output_metadata(source: &Metadata, ftype: u32) -> Metadata {
+    let mut m = source.clone();
+    m.set_last(
+        "general.quantization_version",
+        Value::U32(QUANTIZATION_VERSION),
+    );
+    m.set_last("general.file_type", Value::U32(ftype));
+    m.retain(|k, _| !matches!(k, "split.no" | "split.count" | "split.tensors.count"));
+    m
+}
 
 /// `--override-kv KEY=TYPE:VALUE`, parsed as llama.cpp's `string_parse_kv_override` does.
 #[derive(Clone, Debug, PartialEq)]

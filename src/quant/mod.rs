@@ -16,7 +16,7 @@ pub mod imatrix_legacy;
 pub mod iq4;
 pub mod kquants;
 pub mod legacy;
-pub mod plan;
+pub mod mix;
 pub mod ternary;
 
 use crate::gguf::GgmlType;
