@@ -237,7 +237,7 @@ pub fn parse_prune_layers(s: &str) -> Result<Vec<u32>> {
 /// llama-quantize's layer renumbering for `--prune-layers`: the new name of a tensor, or
 /// `None` when its layer is pruned. Layers keep their order and close up the gaps.
 pub fn pruned_name(name: &str, prune: &[u32]) -> Option<String> {
-    let Some((blk, rest)) = crate::quantize::layer_of(name) else {
+    let Some((blk, rest)) = crate::arch::layer_of(name) else {
         return Some(name.to_string());
     };
     if prune.binary_search(&blk).is_ok() {
@@ -245,13 +245,6 @@ pub fn pruned_name(name: &str, prune: &[u32]) -> Option<String> {
     }
     let removed_below = prune.iter().filter(|&&p| p < blk).count() as u32;
     Some(format!("blk.{}.{rest}", blk - removed_below))
-}
-
-/// `blk.N.rest` → (N, rest).
-pub fn layer_of(name: &str) -> Option<(u32, &str)> {
-    let rest = name.strip_prefix("blk.")?;
-    let (n, rest) = rest.split_once('.')?;
-    Some((n.parse().ok()?, rest))
 }
 
 /// Apply `--override-kv` entries in order, as ggml's `gguf_set_val_*` do (each moves to the end).
