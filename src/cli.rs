@@ -277,16 +277,14 @@ fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
         Value::Bool(b) => json!(b),
         Value::F32(x) => json!(x),
         Value::F64(x) => json!(x),
-        other => json!(other
-            .as_u64()
-            .map(|u| u as i128)
-            .unwrap_or_else(|| match other {
-                Value::I8(x) => *x as i128,
-                Value::I16(x) => *x as i128,
-                Value::I32(x) => *x as i128,
-                Value::I64(x) => *x as i128,
-                _ => 0,
-            }) as f64),
+        Value::I8(x) => json!(x),
+        Value::I16(x) => json!(x),
+        Value::I32(x) => json!(x),
+        Value::I64(x) => json!(x),
+        Value::U8(x) => json!(x),
+        Value::U16(x) => json!(x),
+        Value::U32(x) => json!(x),
+        Value::U64(x) => json!(x),
     }
 }
 

@@ -93,6 +93,7 @@ pub fn plan(
             }
             if quantized_here
                 && src.ty.is_quantized()
+                && ty.is_quantized()
                 && src.ty.bits_per_weight() < ty.bits_per_weight()
             {
                 coarser.get_or_insert((src.ty, ty));
