@@ -15,15 +15,18 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
     ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
 }
 
-/// f16 to f32 keeping NaN payloads bit for bit, signalling NaNs included, as numpy (and so the
-/// gguf package) does; `half` (and ggml's F16C path) would set the quiet bit.
-#[inline]
+/// f16 to f32 exactly, keeping NaN payloads bit for bit (signalling NaNs included) as numpy,
+/// and so the gguf package, does. Branch-free so that slices convert in vector registers:
+/// the f16 exponent and mantissa, shifted into f32 position and scaled by 2^112, give every
+/// finite value (subnormals included) exactly; infinities and NaNs keep all-ones exponents.
+#[inline(always)]
 pub fn f16_bits_to_f32(h: u16) -> f32 {
-    if h & 0x7c00 == 0x7c00 && h & 0x03ff != 0 {
-        let sign = ((h & 0x8000) as u32) << 16;
-        return f32::from_bits(sign | 0x7f80_0000 | ((h & 0x03ff) as u32) << 13);
-    }
-    f16::from_bits(h).to_f32()
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let shifted = (h & 0x7fff) << 13;
+    let finite = (f32::from_bits(shifted) * f32::from_bits(0x7780_0000)).to_bits();
+    let bits = if h & 0x7c00 == 0x7c00 { shifted | 0x7f80_0000 } else { finite };
+    f32::from_bits(bits | sign)
 }
 
 /// Write `src` as little-endian F32, F16 or BF16 into `dst`.

@@ -37,6 +37,21 @@ fn min_max(x: &[f32]) -> (f32, f32) {
     (min, max)
 }
 
+/// C's `roundf` (halves away from zero) for |x| < 2^31, without a libm call: the truncation
+/// and the remainder `x - trunc(x)` are exact, so the result is too.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let t = x as i32 as f32;
+    let r = x - t;
+    t + if r >= 0.5 {
+        1.0
+    } else if r <= -0.5 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
 #[inline]
 fn inverse(d: f32) -> f32 {
     if d != 0.0 {
@@ -99,7 +114,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
                 let id = inverse(d);
                 out[..2].copy_from_slice(&f16_bytes(d));
                 for (q, &v) in out[2..].iter_mut().zip(x) {
-                    *q = (v * id).round() as i8 as u8;
+                    *q = round_half_away(v * id) as i8 as u8;
                 }
             }
             GgmlType::Q4_0 => {
@@ -136,4 +151,20 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_half_away_matches_roundf() {
+        let mut x = -130.0f32;
+        while x < 130.0 {
+            let h = x + 0.5;
+            let (below, above) = (h - h.abs() * 1e-7, h + h.abs() * 1e-7);
+            for v in [x, h, below, above, -h, -below] {
+                assert_eq!(super::round_half_away(v), v.round(), "{v}");
+            }
+            x += 0.25;
+        }
+    }
 }
