@@ -25,7 +25,11 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
     let sign = (h & 0x8000) << 16;
     let shifted = (h & 0x7fff) << 13;
     let finite = (f32::from_bits(shifted) * f32::from_bits(0x7780_0000)).to_bits();
-    let bits = if h & 0x7c00 == 0x7c00 { shifted | 0x7f80_0000 } else { finite };
+    let bits = if h & 0x7c00 == 0x7c00 {
+        shifted | 0x7f80_0000
+    } else {
+        finite
+    };
     f32::from_bits(bits | sign)
 }
 

@@ -14,27 +14,42 @@ fn f16_bytes(x: f32) -> [u8; 2] {
     f16::from_f32(x).to_le_bytes()
 }
 
-/// The value of largest magnitude (the first one on ties), and that magnitude.
-#[inline]
-fn signed_absmax(x: &[f32]) -> (f32, f32) {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+/// Lane-wise folds over a 32-value block: eight independent lanes compile to vector
+/// instructions, where one sequential accumulator cannot (float max/min are not reassociable).
+#[inline(always)]
+fn lanes(x: &[f32], init: f32, pick: impl Fn(f32, f32) -> f32, map: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    for c in x.chunks_exact(8) {
+        for j in 0..8 {
+            acc[j] = pick(map(c[j]), acc[j]);
         }
     }
+    acc.iter().fold(init, |a, &b| pick(b, a))
+}
+
+/// ggml's scan `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`: the largest magnitude and
+/// the first value that has it (0.0 for an all-zero block, as the scan's initial value).
+#[inline]
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let amax = lanes(x, 0.0, |v, m| if v > m { v } else { m }, f32::abs);
+    if amax == 0.0 {
+        return (0.0, 0.0);
+    }
+    let max = *x
+        .iter()
+        .find(|v| v.abs() == amax)
+        .expect("amax comes from x");
     (amax, max)
 }
 
+/// ggml's `if (v < min) min = v; if (v > max) max = v;` scan from (FLT_MAX, -FLT_MAX): the
+/// extremes, each as its first occurrence (which fixes the sign of a zero extreme).
 #[inline]
 fn min_max(x: &[f32]) -> (f32, f32) {
-    let (mut min, mut max) = (f32::MAX, -f32::MAX);
-    for &v in x {
-        min = if v < min { v } else { min };
-        max = if v > max { v } else { max };
-    }
-    (min, max)
+    let min = lanes(x, f32::MAX, |v, m| if v < m { v } else { m }, |v| v);
+    let max = lanes(x, -f32::MAX, |v, m| if v > m { v } else { m }, |v| v);
+    let first = |t: f32| x.iter().copied().find(|&v| v == t).unwrap_or(t);
+    (first(min), first(max))
 }
 
 /// C's `roundf` (halves away from zero) for |x| < 2^31, without a libm call: the truncation
@@ -85,8 +100,10 @@ fn symmetric_codes(x: &[f32], levels: f32, top: u8, codes: &mut [u8; QK]) -> f32
     let (_, max) = signed_absmax(x);
     let d = max / -levels;
     let id = inverse(d);
+    // Through i32, not i8: the same value for every in-range code, and it vectorizes.
+    let offset = levels + 0.5;
     for (c, &v) in codes.iter_mut().zip(x) {
-        *c = ((v * id + (levels + 0.5)) as i8 as u8).min(top);
+        *c = ((v * id + offset) as i32).min(top as i32) as u8;
     }
     d
 }
@@ -96,9 +113,9 @@ fn asymmetric_codes(x: &[f32], top: u8, clamp: bool, codes: &mut [u8; QK]) -> (f
     let (min, max) = min_max(x);
     let d = (max - min) / top as f32;
     let id = inverse(d);
+    let top = if clamp { top as i32 } else { i32::MAX };
     for (c, &v) in codes.iter_mut().zip(x) {
-        let q = ((v - min) * id + 0.5) as i8 as u8;
-        *c = if clamp { q.min(top) } else { q };
+        *c = (((v - min) * id + 0.5) as i32).min(top) as u8;
     }
     (d, min)
 }
@@ -114,7 +131,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
                 let id = inverse(d);
                 out[..2].copy_from_slice(&f16_bytes(d));
                 for (q, &v) in out[2..].iter_mut().zip(x) {
-                    *q = round_half_away(v * id) as i8 as u8;
+                    *q = round_half_away(v * id) as i32 as u8;
                 }
             }
             GgmlType::Q4_0 => {
