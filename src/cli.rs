@@ -334,13 +334,20 @@ fn quantize(args: &QuantizeArgs) -> Result<()> {
     };
     let multiple = file_types.len() > 1 || args.output.is_dir();
     let stem = model_stem(&args.input);
-    let plan = q::plan(&store, &file_types, &opts, |ft| {
-        if multiple {
-            args.output.join(format!("{stem}-{}.gguf", ft.name))
-        } else {
-            args.output.clone()
-        }
-    })?;
+    let plan = q::plan(
+        &store,
+        store.tensors.len(),
+        &store.metadata,
+        &file_types,
+        &opts,
+        |ft| {
+            if multiple {
+                args.output.join(format!("{stem}-{}.gguf", ft.name))
+            } else {
+                args.output.clone()
+            }
+        },
+    )?;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }

@@ -5,8 +5,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Metadata, Value, QUANTIZATION_VERSION};
 use crate::quant::imatrix::Imatrix;
 use crate::quant::mix::{self, FileType, MixOptions, ModelInfo, TensorRef};
-use crate::store::Store;
-use crate::write::{llama_cpp_order, OutputFile, PlannedTensor};
+use crate::write::{llama_cpp_order, OutputFile, PlannedTensor, TensorProducer};
 use std::path::PathBuf;
 
 /// Everything llama-quantize lets a user choose, shared by every output of one run.
@@ -31,12 +30,14 @@ pub struct QuantizePlan {
 /// Plan every output: per-tensor types, imatrix slices and metadata, exactly as llama-quantize
 /// would write each file. `path_for` names the output of a file type.
 pub fn plan(
-    store: &Store,
+    source: &dyn TensorProducer,
+    n_tensors: usize,
+    source_metadata: &Metadata,
     file_types: &[FileType],
     opts: &QuantizeOptions,
     path_for: impl Fn(&FileType) -> PathBuf,
 ) -> Result<QuantizePlan> {
-    let names: Vec<&str> = store.tensors.iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<&str> = (0..n_tensors).map(|i| source.name(i)).collect();
     let mut order = Vec::new();
     let mut out_names = Vec::new();
     for i in llama_cpp_order(&names) {
@@ -45,7 +46,7 @@ pub fn plan(
             out_names.push(n);
         }
     }
-    let model = ModelInfo::from_metadata(&store.metadata);
+    let model = ModelInfo::from_metadata(source_metadata);
     if let Some(&l) = opts
         .prune_layers
         .iter()
@@ -63,8 +64,8 @@ pub fn plan(
         .zip(&out_names)
         .map(|(&i, n)| TensorRef {
             name: n,
-            shape: &store.tensors[i].shape,
-            ty: store.tensors[i].ty,
+            shape: source.shape(i),
+            ty: source.source_type(i),
         })
         .collect();
     let mut warnings = Vec::new();
@@ -74,8 +75,9 @@ pub fn plan(
         let mut tensors = Vec::with_capacity(order.len());
         let mut coarser = None;
         for ((&i, name), &ty) in order.iter().zip(&out_names).zip(&types) {
-            let src = &store.tensors[i];
-            let quantized_here = ty != src.ty;
+            let (src_name, src_shape, src_ty) =
+                (source.name(i), source.shape(i), source.source_type(i));
+            let quantized_here = ty != src_ty;
             if quantized_here && !crate::quant::can_quantize(ty) {
                 return Err(Error::Invalid(format!(
                     "{}: tensor `{name}` would be {ty}, which smelt cannot write yet",
@@ -83,7 +85,7 @@ pub fn plan(
                 )));
             }
             if opts.imatrix.is_none()
-                && mix::allows_quantization(name, &src.shape, mix_opts.leave_output_tensor)
+                && mix::allows_quantization(name, src_shape, mix_opts.leave_output_tensor)
                 && mix::requires_imatrix(name, ty, ft)
             {
                 return Err(Error::Invalid(format!(
@@ -92,16 +94,16 @@ pub fn plan(
                 )));
             }
             if quantized_here
-                && src.ty.is_quantized()
+                && src_ty.is_quantized()
                 && ty.is_quantized()
-                && src.ty.bits_per_weight() < ty.bits_per_weight()
+                && src_ty.bits_per_weight() < ty.bits_per_weight()
             {
-                coarser.get_or_insert((src.ty, ty));
+                coarser.get_or_insert((src_ty, ty));
             }
             let imatrix = match (&opts.imatrix, quantized_here) {
                 (Some((im, _)), true) => {
-                    let n_expert = src.shape.get(2).copied().unwrap_or(1) as usize;
-                    im.for_tensor(&src.name, src.row_len(), n_expert)?
+                    let n_expert = src_shape.get(2).copied().unwrap_or(1) as usize;
+                    im.for_tensor(src_name, src_shape[0] as usize, n_expert)?
                 }
                 _ => None,
             };
@@ -117,7 +119,7 @@ pub fn plan(
                 ft.name
             ));
         }
-        let mut metadata = output_metadata(&store.metadata, ft.id);
+        let mut metadata = output_metadata(source_metadata, ft.id);
         apply_overrides(&mut metadata, &opts.overrides);
         if let Some((im, arg)) = &opts.imatrix {
             for (k, v) in im.metadata(arg) {
