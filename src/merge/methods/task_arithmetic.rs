@@ -1,0 +1,371 @@
+//! The task-vector family (mergekit's `GeneralizedTaskArithmeticMerge`): task_arithmetic,
+//! ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear.
+//!
+//! Each non-base input's delta from the base is sparsified (by magnitude, at random, by
+//! magnitude without the outliers, or DELLA's rank-weighted random drop), optionally rescaled
+//! to keep its L1 norm, weighted, then combined: summed, or (TIES) only where its sign agrees
+//! with the elected sign of the weighted sum (≥ 0 counts as positive), optionally normalized by
+//! the weights that took part, times `lambda`, added to the base.
+
+use super::*;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sparsify {
+    Magnitude,
+    Random,
+    MagnitudeOutliers,
+    DellaMagprune,
+}
+
+pub struct TaskArithmetic {
+    name: &'static str,
+    ties: bool,
+    sparsify: Option<Sparsify>,
+    params: &'static [ParamSpec],
+}
+
+macro_rules! gta {
+    ($id:ident, $name:literal, $ties:expr, $sp:expr, $normalize:literal, $rescale:literal $(, $extra:expr)*) => {
+        pub static $id: TaskArithmetic = TaskArithmetic {
+            name: $name,
+            ties: $ties,
+            sparsify: $sp,
+            params: &[
+                param("int8_mask", Scope::Shared, Some(0.0)),
+                param("normalize", Scope::Shared, Some($normalize)),
+                param("rescale", Scope::Shared, Some($rescale)),
+                param("lambda", Scope::Shared, Some(1.0)),
+                param("weight", Scope::NonBase, None),
+                param("density", Scope::NonBase, Some(1.0)),
+                $($extra,)*
+            ],
+        };
+    };
+}
+
+gta!(TASK_ARITHMETIC, "task_arithmetic", false, None, 0.0, 0.0);
+gta!(TIES, "ties", true, Some(Sparsify::Magnitude), 1.0, 0.0);
+gta!(
+    DARE_TIES,
+    "dare_ties",
+    true,
+    Some(Sparsify::Random),
+    0.0,
+    1.0
+);
+gta!(
+    DARE_LINEAR,
+    "dare_linear",
+    false,
+    Some(Sparsify::Random),
+    0.0,
+    1.0
+);
+gta!(
+    BREADCRUMBS,
+    "breadcrumbs",
+    false,
+    Some(Sparsify::MagnitudeOutliers),
+    0.0,
+    0.0,
+    param("gamma", Scope::NonBase, Some(0.01))
+);
+gta!(
+    BREADCRUMBS_TIES,
+    "breadcrumbs_ties",
+    true,
+    Some(Sparsify::MagnitudeOutliers),
+    0.0,
+    0.0,
+    param("gamma", Scope::NonBase, Some(0.01))
+);
+gta!(
+    DELLA,
+    "della",
+    true,
+    Some(Sparsify::DellaMagprune),
+    1.0,
+    1.0,
+    param("epsilon", Scope::NonBase, Some(0.15))
+);
+gta!(
+    DELLA_LINEAR,
+    "della_linear",
+    false,
+    Some(Sparsify::DellaMagprune),
+    0.0,
+    1.0,
+    param("epsilon", Scope::NonBase, Some(0.15))
+);
+
+/// Keep-mask by magnitude: the `k` largest |x| (ties broken by position, for determinism).
+fn top_k_mask(x: &[f32], k: usize) -> Vec<bool> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[b].abs().total_cmp(&x[a].abs()).then(a.cmp(&b)));
+    let mut keep = vec![false; x.len()];
+    for &i in &idx[..k.min(x.len())] {
+        keep[i] = true;
+    }
+    keep
+}
+
+/// Uniform draw in [0, 1) from the stream, one per element in order.
+fn uniform(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u32() as f64) / 4_294_967_296.0
+}
+
+/// mergekit's `sparsify` of one delta, in place; L1 rescale when asked.
+fn sparsify(
+    delta: &mut [f32],
+    method: Sparsify,
+    density: f64,
+    gamma: f64,
+    epsilon: f64,
+    row_len: usize,
+    rescale: bool,
+    rng: &mut ChaCha8Rng,
+) -> Result<()> {
+    if density >= 1.0 {
+        return Ok(());
+    }
+    let n = delta.len();
+    let keep: Vec<bool> = match method {
+        Sparsify::Magnitude => {
+            if density <= 0.0 || n == 0 {
+                delta.fill(0.0);
+                return Ok(());
+            }
+            top_k_mask(delta, ((density * n as f64) as usize).max(1))
+        }
+        Sparsify::Random => (0..n).map(|_| uniform(rng) < density).collect(),
+        Sparsify::MagnitudeOutliers => {
+            let target = (density * n as f64) as usize;
+            let n_top = (gamma * n as f64) as usize;
+            let n_bot = n.saturating_sub(target + n_top);
+            let mut idx: Vec<usize> = (0..n).collect();
+            idx.sort_by(|&a, &b| delta[a].abs().total_cmp(&delta[b].abs()).then(a.cmp(&b)));
+            let mut keep = vec![false; n];
+            for &i in idx.iter().skip(n_bot).take(target) {
+                keep[i] = true;
+            }
+            keep
+        }
+        Sparsify::DellaMagprune => {
+            if density <= 0.0 {
+                delta.fill(0.0);
+                return Ok(());
+            }
+            if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
+                return Err(Error::Invalid(format!(
+                    "della: epsilon {epsilon} must keep density ± epsilon inside (0, 1) (density {density})"
+                )));
+            }
+            // Rank by magnitude within each row; keep with probability rising with the rank.
+            let mut keep = vec![false; n];
+            for (r, row) in delta.chunks(row_len.max(1)).enumerate() {
+                let mut idx: Vec<usize> = (0..row.len()).collect();
+                idx.sort_by(|&a, &b| row[a].abs().total_cmp(&row[b].abs()).then(a.cmp(&b)));
+                let span = (row.len().max(2) - 1) as f64;
+                let mut rank = vec![0usize; row.len()];
+                for (pos, &i) in idx.iter().enumerate() {
+                    rank[i] = pos;
+                }
+                for (j, &rk) in rank.iter().enumerate() {
+                    let p = (density - epsilon) + (rk as f64 / span) * 2.0 * epsilon;
+                    keep[r * row_len + j] = uniform(rng) < p;
+                }
+            }
+            keep
+        }
+    };
+    let before: f64 = delta.iter().map(|&v| v.abs() as f64).sum();
+    for (d, &k) in delta.iter_mut().zip(&keep) {
+        if !k {
+            *d = 0.0;
+        }
+    }
+    if rescale {
+        let after: f64 = delta.iter().map(|&v| v.abs() as f64).sum();
+        if before >= 1e-7 && after >= 1e-7 {
+            let s = (before / after) as f32;
+            for d in delta.iter_mut() {
+                *d *= s;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Method for TaskArithmetic {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        self.params
+    }
+    fn base(&self) -> Base {
+        Base::Required
+    }
+    fn inputs(&self) -> (usize, usize) {
+        (1, usize::MAX)
+    }
+    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
+        let b = input.base.expect("task arithmetic has a base");
+        let base = input.tensors[b];
+        let others: Vec<usize> = (0..input.tensors.len()).filter(|&i| i != b).collect();
+        out.copy_from_slice(base);
+        if others.is_empty() {
+            return Ok(MergeNote::default());
+        }
+        let rescale = (input.shared)("rescale") != 0.0;
+        let mut deltas = Vec::with_capacity(others.len());
+        let mut weights = Vec::with_capacity(others.len());
+        for &i in &others {
+            let mut d: Vec<f32> = input.tensors[i]
+                .iter()
+                .zip(base)
+                .map(|(&x, &b)| x - b)
+                .collect();
+            if let Some(method) = self.sparsify {
+                let get = |name: &str| (input.per_input)(i, name);
+                let has = |name: &str| self.params.iter().any(|p| p.name == name);
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    input.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                );
+                sparsify(
+                    &mut d,
+                    method,
+                    get("density"),
+                    if has("gamma") { get("gamma") } else { 0.0 },
+                    if has("epsilon") { get("epsilon") } else { 0.0 },
+                    input.row_len,
+                    rescale,
+                    &mut rng,
+                )?;
+            }
+            let w = (input.per_input)(i, "weight") as f32;
+            for v in d.iter_mut() {
+                *v *= w;
+            }
+            deltas.push(d);
+            weights.push(w);
+        }
+        let normalize = (input.shared)("normalize") != 0.0;
+        let lambda = (input.shared)("lambda") as f32;
+        for (j, o) in out.iter_mut().enumerate() {
+            let (mut mixed, mut divisor) = (0f32, 0f32);
+            if self.ties {
+                let total: f32 = deltas.iter().map(|d| d[j]).sum();
+                let elected = if total >= 0.0 { 1.0 } else { -1.0 };
+                for (d, &w) in deltas.iter().zip(&weights) {
+                    let sign = if d[j] > 0.0 {
+                        1.0
+                    } else if d[j] < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    };
+                    if sign == elected {
+                        mixed += d[j];
+                        divisor += w;
+                    }
+                }
+                if divisor == 0.0 {
+                    divisor = 1.0;
+                }
+            } else {
+                for (d, &w) in deltas.iter().zip(&weights) {
+                    mixed += d[j];
+                    divisor += w;
+                }
+                if divisor.abs() < 1e-8 {
+                    divisor = 1.0;
+                }
+            }
+            if normalize {
+                mixed /= divisor;
+            }
+            if lambda != 1.0 {
+                mixed *= lambda;
+            }
+            *o += mixed;
+        }
+        Ok(MergeNote::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        m: &TaskArithmetic,
+        tensors: &[&[f32]],
+        weight: f64,
+        density: f64,
+        seed: u64,
+    ) -> Vec<f32> {
+        let shared = |n: &str| {
+            m.params
+                .iter()
+                .find(|p| p.name == n)
+                .and_then(|p| p.default)
+                .unwrap()
+        };
+        let per = |_: usize, n: &str| match n {
+            "weight" => weight,
+            "density" => density,
+            other => m
+                .params
+                .iter()
+                .find(|p| p.name == other)
+                .and_then(|p| p.default)
+                .unwrap(),
+        };
+        let mut out = vec![0.0; tensors[0].len()];
+        let input = MergeInput {
+            tensors,
+            base: Some(0),
+            row_len: tensors[0].len(),
+            shared: &shared,
+            per_input: &per,
+            seed,
+        };
+        m.merge(&input, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn ties_elects_the_sign_of_the_weighted_sum() {
+        let base = [0.0f32; 4];
+        let a = [1.0f32, -2.0, 0.5, 0.0];
+        let b = [-3.0f32, -1.0, 0.5, 0.0];
+        // Sums: -2 (negative wins: only b), -3 (both), 1 (both), 0 (≥ 0 counts as positive,
+        // but zero deltas have sign 0 and never take part: divisor falls back to 1).
+        let out = run(&TIES, &[&base, &a, &b], 1.0, 1.0, 0);
+        assert_eq!(out, [-3.0, -1.5, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn dare_keeps_the_l1_norm_and_is_seeded() {
+        let base = vec![0.0f32; 1000];
+        let a: Vec<f32> = (0..1000).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+        let out = run(&DARE_LINEAR, &[&base, &a], 1.0, 0.3, 42);
+        let l1 = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>();
+        assert!((l1(&out) - l1(&a)).abs() < 1e-4 * l1(&a));
+        let kept = out.iter().filter(|&&x| x != 0.0).count();
+        assert!((200..400).contains(&kept), "{kept}");
+        assert_eq!(out, run(&DARE_LINEAR, &[&base, &a], 1.0, 0.3, 42));
+        assert_ne!(out, run(&DARE_LINEAR, &[&base, &a], 1.0, 0.3, 43));
+    }
+
+    #[test]
+    fn task_arithmetic_adds_weighted_deltas() {
+        let base = [1.0f32, 1.0];
+        let a = [2.0f32, 0.0];
+        let out = run(&TASK_ARITHMETIC, &[&base, &a], 0.5, 1.0, 0);
+        assert_eq!(out, [1.5, 0.5]);
+    }
+}

@@ -1,0 +1,237 @@
+//! Merge recipes: mergekit's YAML schema (`models:` or `slices:`, `base_model`, `merge_method`,
+//! `parameters` with gradients and filters, `dtype`, `tokenizer_source`, `chat_template`) plus
+//! smelt's additions: a per-slice `merge_method`, `repeat` on a slice, and `output: {name,
+//! types}`. Unknown keys are errors; every error names the recipe line.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+
+/// A scalar parameter value.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Num(f64),
+    Str(String),
+}
+
+/// `{filter: ..., value: ...}`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Conditional {
+    pub filter: Option<String>,
+    pub value: ScalarOrGradient,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ScalarOrGradient {
+    Scalar(Scalar),
+    Gradient(Vec<Scalar>),
+}
+
+/// A parameter setting: scalar, gradient, a conditional, or a list of conditionals.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Setting {
+    Scalar(Scalar),
+    Gradient(Vec<Scalar>),
+    Conditional(Conditional),
+    Conditionals(Vec<Conditional>),
+}
+
+pub type Params = BTreeMap<String, Spanned<Setting>>;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputModel {
+    pub model: Spanned<String>,
+    #[serde(default)]
+    pub parameters: Params,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSlice {
+    pub model: Spanned<String>,
+    pub layer_range: Spanned<[i64; 2]>,
+    #[serde(default)]
+    pub parameters: Params,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSlice {
+    pub sources: Vec<InputSlice>,
+    pub base_model: Option<Spanned<String>>,
+    #[serde(default)]
+    pub parameters: Params,
+    /// smelt: this slice's method (mergekit has one per recipe).
+    pub merge_method: Option<Spanned<String>>,
+    /// smelt: emit the slice's layers this many times (layer duplication); gradients run over
+    /// the whole repeated stack.
+    pub repeat: Option<Spanned<u32>>,
+    pub residual_weight: Option<f64>,
+}
+
+/// smelt: where and how to write.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub name: Option<String>,
+    pub types: Option<Vec<String>>,
+}
+
+/// One YAML document of a recipe.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// mergekit-multi: the name later documents use to refer to this result.
+    pub name: Option<String>,
+    pub merge_method: Spanned<String>,
+    pub base_model: Option<Spanned<String>>,
+    pub models: Option<Vec<InputModel>>,
+    pub slices: Option<Vec<OutputSlice>>,
+    #[serde(default)]
+    pub parameters: Params,
+    pub dtype: Option<String>,
+    pub out_dtype: Option<String>,
+    pub tokenizer_source: Option<Spanned<String>>,
+    pub tokenizer: Option<Spanned<serde_json::Value>>,
+    pub chat_template: Option<String>,
+    pub output: Option<OutputSpec>,
+}
+
+/// Parse every document of a recipe; errors carry the line.
+pub fn parse(text: &str, origin: &str) -> Result<Vec<Recipe>> {
+    let docs: Vec<Recipe> =
+        serde_saphyr::from_multiple(text).map_err(|e| Error::Invalid(format!("{origin}: {e}")))?;
+    if docs.is_empty() {
+        return Err(Error::Invalid(format!("{origin}: empty recipe")));
+    }
+    for d in &docs {
+        let line = d.merge_method.referenced.line();
+        match (&d.models, &d.slices) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(Error::Invalid(format!(
+                    "{origin}:{line}: exactly one of `models` or `slices` must be present"
+                )))
+            }
+            _ => {}
+        }
+        if let (Some(_), Some(t)) = (&d.tokenizer_source, &d.tokenizer) {
+            return Err(Error::Invalid(format!(
+                "{origin}:{}: cannot specify both tokenizer_source and tokenizer",
+                t.referenced.line()
+            )));
+        }
+    }
+    Ok(docs)
+}
+
+impl Scalar {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Scalar::Num(x) => Some(*x),
+            Scalar::Bool(b) => Some(*b as u8 as f64),
+            Scalar::Str(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+/// mergekit's `evaluate_setting`: resolve filters (substring of the tensor's name; HF and
+/// canonical names both count) and gradients at `t` in [0, 1].
+pub fn evaluate(setting: &Setting, names: &[&str], t: f64) -> Option<Scalar> {
+    let matches = |f: &Option<String>| match f.as_deref() {
+        None | Some("*") => true,
+        Some(f) => names.iter().any(|n| n.contains(f)),
+    };
+    match setting {
+        Setting::Scalar(s) => Some(s.clone()),
+        Setting::Gradient(v) => gradient(v, t),
+        Setting::Conditional(c) => matches(&c.filter)
+            .then(|| eval_value(&c.value, t))
+            .flatten(),
+        Setting::Conditionals(list) => list
+            .iter()
+            .find(|c| matches(&c.filter))
+            .and_then(|c| eval_value(&c.value, t)),
+    }
+}
+
+fn eval_value(v: &ScalarOrGradient, t: f64) -> Option<Scalar> {
+    match v {
+        ScalarOrGradient::Scalar(s) => Some(s.clone()),
+        ScalarOrGradient::Gradient(g) => gradient(g, t),
+    }
+}
+
+/// Piecewise-linear interpolation over evenly spaced points (non-numeric lists select).
+fn gradient(values: &[Scalar], t: f64) -> Option<Scalar> {
+    if values.is_empty() {
+        return None;
+    }
+    let nums: Option<Vec<f64>> = values
+        .iter()
+        .map(|v| match v {
+            Scalar::Num(x) => Some(*x),
+            _ => None,
+        })
+        .collect();
+    let n = values.len();
+    let Some(nums) = nums else {
+        return Some(values[(t * (n - 1) as f64) as usize].clone());
+    };
+    let scaled = t * (n - 1) as f64;
+    let i0 = scaled as usize;
+    let i1 = (i0 + 1).min(n - 1);
+    let frac = scaled - i0 as f64;
+    Some(Scalar::Num((1.0 - frac) * nums[i0] + frac * nums[i1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradients_interpolate_like_mergekit() {
+        let g = Setting::Gradient(vec![Scalar::Num(0.0), Scalar::Num(0.5), Scalar::Num(1.0)]);
+        assert_eq!(evaluate(&g, &[], 0.25), Some(Scalar::Num(0.25)));
+        assert_eq!(evaluate(&g, &[], 1.0), Some(Scalar::Num(1.0)));
+        let g = Setting::Gradient(vec![Scalar::Num(1.5), Scalar::Num(4.0)]);
+        assert_eq!(evaluate(&g, &[], 0.5), Some(Scalar::Num(2.75)));
+    }
+
+    #[test]
+    fn filters_fall_through_to_the_default() {
+        let text = "merge_method: slerp\nmodels:\n  - model: a\nparameters:\n  t:\n    - filter: self_attn\n      value: [0, 1]\n    - filter: mlp\n      value: 0.3\n    - value: 0.5\n";
+        let r = parse(text, "r.yaml").unwrap();
+        let t = &r[0].parameters["t"].value;
+        let attn = [
+            "model.layers.0.self_attn.o_proj.weight",
+            "blk.0.attn_output.weight",
+        ];
+        assert_eq!(evaluate(t, &attn, 1.0), Some(Scalar::Num(1.0)));
+        assert_eq!(
+            evaluate(t, &["model.layers.0.mlp.up_proj.weight"], 0.0),
+            Some(Scalar::Num(0.3))
+        );
+        assert_eq!(
+            evaluate(t, &["model.norm.weight"], 0.0),
+            Some(Scalar::Num(0.5))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let err = parse(
+            "merge_method: linear\nmodels:\n  - model: a\n    weigth: 1\n",
+            "r.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("weigth") && err.contains('4'), "{err}");
+    }
+}
