@@ -36,8 +36,26 @@ pub enum Command {
     },
     /// Quantize a model (GGUF of any type, safetensors or HF folder) to GGUF.
     Quantize(QuantizeArgs),
+    /// Merge models as a YAML recipe (mergekit's schema) says, straight to GGUF.
+    Merge(MergeArgs),
     /// Generate a deterministic random llama-family model (test fixtures, benchmarks).
     MakeTestModel(MakeTestModelArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The recipe (YAML, one or more documents).
+    #[arg(required_unless_present = "from")]
+    pub recipe: Option<PathBuf>,
+    /// Output folder: one `<name>-<TYPE>.gguf` per type.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Output types (llama-quantize's names); default: the recipe's `output.types`, else F16.
+    #[arg(long = "types", visible_alias = "type", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Re-run the recipe embedded in a GGUF that smelt merged (its inputs must be present).
+    #[arg(long, conflicts_with = "recipe")]
+    pub from: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -138,6 +156,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { path, json, full } => inspect(&path, json, full),
         Command::Quantize(args) => quantize(&args),
+        Command::Merge(args) => merge(&args),
         Command::MakeTestModel(a) => {
             let model = crate::fixture::TinyLlama {
                 n_layer: a.layers,
@@ -369,6 +388,93 @@ fn quantize(args: &QuantizeArgs) -> Result<()> {
         );
     }
     eprintln!("done in {:.2?}", started.elapsed());
+    Ok(())
+}
+
+fn merge(args: &MergeArgs) -> Result<()> {
+    use crate::merge::MergePlan;
+    use crate::quant::mix::FileType;
+    let (text, origin, recipe_dir) = match (&args.recipe, &args.from) {
+        (Some(r), _) => (
+            std::fs::read_to_string(r).map_err(|e| Error::io(r, e))?,
+            r.display().to_string(),
+            r.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        (None, Some(g)) => {
+            let f = crate::gguf::GgufFile::open(g)?;
+            let text = f
+                .metadata
+                .get_str("smelt.recipe")
+                .ok_or_else(|| Error::format(g, "no smelt.recipe key: not a file smelt merged"))?
+                .to_string();
+            (
+                text,
+                format!("{} (embedded recipe)", g.display()),
+                PathBuf::from("."),
+            )
+        }
+        (None, None) => return Err(Error::Invalid("a recipe or --from is required".into())),
+    };
+    let docs = crate::recipe::parse(&text, &origin)?;
+    std::fs::create_dir_all(&args.output).map_err(|e| Error::io(&args.output, e))?;
+    let stem = args
+        .recipe
+        .as_deref()
+        .and_then(|r| r.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "merge".into());
+    let mut named: Vec<(String, PathBuf)> = Vec::new();
+    let show = std::io::stderr().is_terminal();
+    for (k, doc) in docs.iter().enumerate() {
+        let last = k + 1 == docs.len();
+        let name = doc
+            .output
+            .as_ref()
+            .and_then(|o| o.name.clone())
+            .or_else(|| doc.name.clone())
+            .unwrap_or_else(|| stem.clone());
+        // Earlier documents of a multi-document recipe feed later ones at full precision.
+        let types: Vec<String> = if !last {
+            vec!["F32".into()]
+        } else if !args.types.is_empty() {
+            args.types.clone()
+        } else {
+            doc.output
+                .as_ref()
+                .and_then(|o| o.types.clone())
+                .unwrap_or_else(|| vec!["F16".into()])
+        };
+        let file_types = types
+            .iter()
+            .map(|t| FileType::parse(t))
+            .collect::<Result<Vec<_>>>()?;
+        let plan = MergePlan::new(doc, &text, &origin, &recipe_dir, &named)?;
+        let qplan = crate::quantize::plan(
+            &plan,
+            plan.tensors.len(),
+            &plan.metadata,
+            &file_types,
+            &Default::default(),
+            |ft| args.output.join(format!("{name}-{}.gguf", ft.name)),
+        )?;
+        let started = std::time::Instant::now();
+        let reports = write::write_matrix(&plan, &qplan.order, &qplan.outputs, show)?;
+        for line in plan.summary() {
+            eprintln!("{line}");
+        }
+        for r in &reports {
+            eprintln!(
+                "wrote {} ({:.2} MiB, {} tensors) in {:.2?}",
+                r.path.display(),
+                r.bytes as f64 / (1 << 20) as f64,
+                r.n_tensors,
+                started.elapsed()
+            );
+        }
+        if let (Some(n), false) = (&doc.name, last) {
+            named.push((n.clone(), reports[0].path.clone()));
+        }
+    }
     Ok(())
 }
 

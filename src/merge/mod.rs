@@ -1,1 +1,697 @@
+//! The merge engine: a recipe becomes a plan of output tensors (which input tensors, which
+//! method, which parameters), and the plan is a `TensorProducer`, so the quant-matrix writer
+//! pulls merged tensors one at a time and writes every requested type in one pass. Only the
+//! inputs of the tensor being merged and its result are ever in memory.
+
 pub mod methods;
+
+use crate::arch;
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, Metadata, Value};
+use crate::recipe::{self, InputSlice, OutputSlice, Params, Recipe, Scalar};
+use crate::store::{RowOrder, Store};
+use crate::write::TensorProducer;
+use methods::{Base, MergeInput, Method, Scope};
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// One model a recipe names.
+pub struct Input {
+    /// As written in the recipe.
+    pub reference: String,
+    pub path: PathBuf,
+    pub store: Store,
+}
+
+/// One output tensor of the plan.
+pub struct OutTensor {
+    pub name: String,
+    pub shape: Vec<u64>,
+    /// The first input's type (what "unchanged" means for the type planner).
+    pub source_type: GgmlType,
+    pub method: &'static dyn Method,
+    /// (input, tensor index in that input's store), in source order.
+    pub sources: Vec<(usize, usize)>,
+    pub base: Option<usize>,
+    pub shared: Vec<(&'static str, f64)>,
+    pub per_input: Vec<Vec<(&'static str, f64)>>,
+    pub seed: u64,
+}
+
+/// A planned merge: inputs, output tensors and the output's metadata.
+pub struct MergePlan {
+    pub inputs: Vec<Input>,
+    pub tensors: Vec<OutTensor>,
+    pub metadata: Metadata,
+    /// The merged tensor being written (computed whole on first use, dropped on release).
+    current: Mutex<Option<(usize, Vec<f32>)>>,
+    /// Per-tensor remarks of methods (NearSwap's swap fractions), for the run summary.
+    pub notes: Mutex<Vec<(String, String)>>,
+}
+
+/// `recipe.yaml:LINE: message`.
+fn at<T>(origin: &str, s: &Spanned<T>, msg: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{origin}:{}: {msg}", s.referenced.line()))
+}
+
+/// FNV-1a of a string, mixed into seeds.
+fn hash_name(seed: u64, name: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// Resolve a model reference: a named earlier result, else a path (relative to the working
+/// folder, then to the recipe's folder).
+fn resolve_path(
+    reference: &str,
+    recipe_dir: &Path,
+    named: &[(String, PathBuf)],
+) -> Option<PathBuf> {
+    if let Some((_, p)) = named.iter().find(|(n, _)| n == reference) {
+        return Some(p.clone());
+    }
+    let p = PathBuf::from(reference);
+    if p.exists() {
+        return Some(p);
+    }
+    let q = recipe_dir.join(reference);
+    q.exists().then_some(q)
+}
+
+/// A slice after `models:` expansion: sources, base, parameters, method, repeat.
+struct Slice<'a> {
+    sources: Vec<(usize, [i64; 2], &'a Params, &'a Spanned<String>)>,
+    base: Option<usize>,
+    params: Option<&'a Params>,
+    method: &'static dyn Method,
+    method_at: &'a Spanned<String>,
+    repeat: u32,
+}
+
+impl MergePlan {
+    /// Plan one recipe document. `named` maps earlier documents' names to their outputs.
+    pub fn new(
+        recipe: &Recipe,
+        recipe_text: &str,
+        origin: &str,
+        recipe_dir: &Path,
+        named: &[(String, PathBuf)],
+    ) -> Result<MergePlan> {
+        // Inputs, each opened once.
+        let mut inputs: Vec<Input> = Vec::new();
+        let mut open = |r: &Spanned<String>| -> Result<usize> {
+            if let Some(i) = inputs.iter().position(|x| x.reference == r.value) {
+                return Ok(i);
+            }
+            let path = resolve_path(&r.value, recipe_dir, named).ok_or_else(|| {
+                at(
+                    origin,
+                    r,
+                    format!("model `{}`: no such file or folder", r.value),
+                )
+            })?;
+            let store = Store::open(&path)
+                .map_err(|e| at(origin, r, format!("model `{}`: {e}", r.value)))?;
+            inputs.push(Input {
+                reference: r.value.clone(),
+                path,
+                store,
+            });
+            Ok(inputs.len() - 1)
+        };
+        let top_method = methods::find(&recipe.merge_method.value)
+            .map_err(|e| at(origin, &recipe.merge_method, e))?;
+        let top_base = recipe.base_model.as_ref().map(&mut open).transpose()?;
+        let empty = Params::new();
+        let mut slices: Vec<Slice> = Vec::new();
+        if let Some(models) = &recipe.models {
+            let mut sources = Vec::new();
+            for m in models {
+                let i = open(&m.model)?;
+                sources.push((i, [0, -1], &m.parameters, &m.model));
+            }
+            if let (Some(b), Some(bref)) = (top_base, &recipe.base_model) {
+                if !sources.iter().any(|s| s.0 == b) {
+                    sources.push((b, [0, -1], &empty, bref));
+                }
+            }
+            let base = top_base.and_then(|b| sources.iter().position(|s| s.0 == b));
+            slices.push(Slice {
+                sources,
+                base,
+                params: None,
+                method: top_method,
+                method_at: &recipe.merge_method,
+                repeat: 1,
+            });
+        } else {
+            for s in recipe.slices.as_deref().unwrap_or_default() {
+                slices.push(Self::slice(
+                    s, recipe, &mut open, origin, top_method, top_base,
+                )?);
+            }
+        }
+        drop(open);
+        // Every input must be the same architecture.
+        let arch_of = |i: usize| {
+            inputs[i]
+                .store
+                .metadata
+                .architecture()
+                .unwrap_or("?")
+                .to_string()
+        };
+        let first_arch = arch_of(slices[0].sources[0].0);
+        for (i, inp) in inputs.iter().enumerate() {
+            if arch_of(i) != first_arch {
+                return Err(Error::Invalid(format!(
+                    "{origin}: model `{}` is {} but `{}` is {first_arch}: one merge needs one architecture",
+                    inp.reference,
+                    arch_of(i),
+                    inputs[slices[0].sources[0].0].reference
+                )));
+            }
+        }
+        let n_layer = |i: usize| inputs[i].store.hparam("block_count").unwrap_or(0) as i64;
+        // Resolve layer ranges (models: whole models) and check them.
+        for sl in slices.iter_mut() {
+            for src in sl.sources.iter_mut() {
+                if src.1[1] < 0 {
+                    src.1 = [0, n_layer(src.0)];
+                }
+                let [a, b] = src.1;
+                if a < 0 || b <= a || b > n_layer(src.0) {
+                    return Err(at(
+                        origin,
+                        src.3,
+                        format!(
+                            "layer_range [{a}, {b}] is out of bounds for `{}` ({} layers)",
+                            inputs[src.0].reference,
+                            n_layer(src.0)
+                        ),
+                    ));
+                }
+            }
+            let len = sl.sources[0].1[1] - sl.sources[0].1[0];
+            if let Some(s) = sl.sources.iter().find(|s| s.1[1] - s.1[0] != len) {
+                return Err(at(
+                    origin,
+                    s.3,
+                    "all sources of a slice must have the same number of layers",
+                ));
+            }
+            let (lo, hi) = sl.method.inputs();
+            if sl.sources.len() < lo || sl.sources.len() > hi {
+                return Err(at(
+                    origin,
+                    sl.method_at,
+                    format!(
+                        "{} takes {lo} to {hi} inputs, this slice has {}",
+                        sl.method.name(),
+                        sl.sources.len()
+                    ),
+                ));
+            }
+            if sl.method.base() == Base::Required && sl.base.is_none() {
+                return Err(at(
+                    origin,
+                    sl.method_at,
+                    format!("{} needs a base_model among its inputs", sl.method.name()),
+                ));
+            }
+        }
+
+        let seed = match recipe.parameters.get("seed") {
+            Some(s) => match &s.value {
+                recipe::Setting::Scalar(Scalar::Num(x)) => *x as u64,
+                _ => return Err(at(origin, s, "seed must be a number")),
+            },
+            None => 0,
+        };
+        let arch_table = inputs[slices[0].sources[0].0]
+            .store
+            .metadata
+            .architecture()
+            .and_then(|a| {
+                arch::ARCHITECTURES
+                    .iter()
+                    .find(|t| t.gguf_arch == a)
+                    .copied()
+            });
+        let mut plan = PlanBuilder {
+            inputs: &inputs,
+            recipe,
+            origin,
+            seed,
+            arch_table,
+            tensors: Vec::new(),
+        };
+
+        // Embeddings from the first slice, then the layers, then norm/output from the last.
+        let globals = |i: usize| -> Vec<String> {
+            inputs[i]
+                .store
+                .tensors
+                .iter()
+                .filter(|t| arch::layer_of(&t.name).is_none())
+                .map(|t| t.name.clone())
+                .collect()
+        };
+        let first_src = slices[0].sources[0].0;
+        for g in globals(first_src)
+            .iter()
+            .filter(|n| n.starts_with("token_embd"))
+        {
+            plan.tensor(g, g, &slices[0], 0.0, |_| g.clone())?;
+        }
+        let mut out_layer = 0u32;
+        for sl in &slices {
+            let len = (sl.sources[0].1[1] - sl.sources[0].1[0]) as u32;
+            let total = len * sl.repeat;
+            for idx in 0..total {
+                let t = if total > 1 {
+                    idx as f64 / (total - 1) as f64
+                } else {
+                    1.0
+                };
+                let offset = (idx % len) as i64;
+                let (s0, r0, ..) = sl.sources[0];
+                let src_layer = r0[0] + offset;
+                let prefix = format!("blk.{src_layer}.");
+                let suffixes: Vec<String> = inputs[s0]
+                    .store
+                    .tensors
+                    .iter()
+                    .filter_map(|t| t.name.strip_prefix(&prefix).map(String::from))
+                    .collect();
+                for suffix in &suffixes {
+                    let out_name = format!("blk.{out_layer}.{suffix}");
+                    plan.tensor(&out_name, suffix, sl, t, |k| {
+                        format!("blk.{}.{suffix}", sl.sources[k].1[0] + offset)
+                    })?;
+                }
+                out_layer += 1;
+            }
+        }
+        let last = slices.last().expect("at least one slice");
+        for g in globals(last.sources[0].0)
+            .iter()
+            .filter(|n| !n.starts_with("token_embd"))
+        {
+            plan.tensor(g, g, last, 0.0, |_| g.clone())?;
+        }
+        let tensors = plan.tensors;
+
+        let metadata = Self::metadata(recipe, recipe_text, &inputs, &slices, out_layer, origin)?;
+        Ok(MergePlan {
+            inputs,
+            tensors,
+            metadata,
+            current: Mutex::new(None),
+            notes: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn slice<'a>(
+        s: &'a OutputSlice,
+        recipe: &'a Recipe,
+        open: &mut impl FnMut(&Spanned<String>) -> Result<usize>,
+        origin: &str,
+        top_method: &'static dyn Method,
+        top_base: Option<usize>,
+    ) -> Result<Slice<'a>> {
+        let (method, method_at) = match &s.merge_method {
+            Some(m) => (methods::find(&m.value).map_err(|e| at(origin, m, e))?, m),
+            None => (top_method, &recipe.merge_method),
+        };
+        let base_input = match &s.base_model {
+            Some(b) => Some(open(b)?),
+            None => top_base,
+        };
+        let mut sources = Vec::new();
+        for src in &s.sources {
+            let InputSlice {
+                model,
+                layer_range,
+                parameters,
+            } = src;
+            let i = open(model)?;
+            sources.push((i, layer_range.value, parameters, model));
+        }
+        if sources.is_empty() {
+            return Err(at(origin, method_at, "a slice needs at least one source"));
+        }
+        let base = base_input.and_then(|b| sources.iter().position(|x| x.0 == b));
+        let repeat = s.repeat.as_ref().map_or(1, |r| r.value);
+        if repeat == 0 {
+            return Err(at(
+                origin,
+                s.repeat.as_ref().expect("set"),
+                "repeat must be at least 1",
+            ));
+        }
+        Ok(Slice {
+            sources,
+            base,
+            params: Some(&s.parameters),
+            method,
+            method_at,
+            repeat,
+        })
+    }
+
+    /// The output's metadata: the tokenizer source's (or base's, or first model's) metadata,
+    /// the new block count, and provenance.
+    fn metadata(
+        recipe: &Recipe,
+        recipe_text: &str,
+        inputs: &[Input],
+        slices: &[Slice],
+        n_layers: u32,
+        origin: &str,
+    ) -> Result<Metadata> {
+        let base = slices[0]
+            .base
+            .map(|b| slices[0].sources[b].0)
+            .unwrap_or(slices[0].sources[0].0);
+        let source = match &recipe.tokenizer_source {
+            None => base,
+            Some(t) if t.value == "base" => base,
+            Some(t) if t.value == "union" => {
+                return Err(at(
+                    origin,
+                    t,
+                    "tokenizer_source: union is not supported yet (use base or a model)",
+                ))
+            }
+            Some(t) => inputs
+                .iter()
+                .position(|i| i.reference == t.value)
+                .ok_or_else(|| {
+                    at(
+                        origin,
+                        t,
+                        format!(
+                            "tokenizer_source `{}` is not one of the recipe's models",
+                            t.value
+                        ),
+                    )
+                })?,
+        };
+        if let Some(t) = &recipe.tokenizer {
+            return Err(at(
+                origin,
+                t,
+                "the `tokenizer:` block is not supported yet (use tokenizer_source)",
+            ));
+        }
+        let vocab = |i: usize| {
+            inputs[i]
+                .store
+                .metadata
+                .get("tokenizer.ggml.tokens")
+                .and_then(Value::as_array)
+                .map(|a| a.len())
+        };
+        for (i, inp) in inputs.iter().enumerate() {
+            if let (Some(a), Some(b)) = (vocab(i), vocab(source)) {
+                if a != b {
+                    return Err(Error::Invalid(format!(
+                        "{origin}: `{}` has {a} tokens but the tokenizer source `{}` has {b}: merging different vocabularies is not supported yet",
+                        inp.reference, inputs[source].reference
+                    )));
+                }
+            }
+        }
+        let mut m = inputs[source].store.metadata.clone();
+        m.retain(|k, _| {
+            !matches!(k, "general.file_type" | "general.quantization_version")
+                && !k.starts_with("smelt.")
+        });
+        let arch = m.architecture().unwrap_or("llama").to_string();
+        m.set(format!("{arch}.block_count"), Value::U32(n_layers));
+        let name = recipe
+            .output
+            .as_ref()
+            .and_then(|o| o.name.clone())
+            .or_else(|| recipe.name.clone());
+        if let Some(n) = name {
+            m.set("general.name", Value::String(n));
+        }
+        if let Some(ct) = &recipe.chat_template {
+            m.set("tokenizer.chat_template", Value::String(ct.clone()));
+        }
+        m.retain(|k, _| !k.starts_with("general.base_model."));
+        m.set("general.base_model.count", Value::U32(inputs.len() as u32));
+        for (i, inp) in inputs.iter().enumerate() {
+            let stem = inp
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            m.set(format!("general.base_model.{i}.name"), Value::String(stem));
+        }
+        m.set(
+            "smelt.version",
+            Value::String(env!("CARGO_PKG_VERSION").into()),
+        );
+        m.set("smelt.recipe", Value::String(recipe_text.to_string()));
+        for (i, inp) in inputs.iter().enumerate() {
+            let (size, sha) = digest(&inp.store)?;
+            m.set(
+                format!("smelt.input.{i}.file"),
+                Value::String(inp.reference.clone()),
+            );
+            m.set(format!("smelt.input.{i}.size"), Value::U64(size));
+            m.set(format!("smelt.input.{i}.sha256"), Value::String(sha));
+        }
+        Ok(m)
+    }
+
+    /// Human summary lines: method notes per tensor.
+    pub fn summary(&self) -> Vec<String> {
+        let notes = self.notes.lock().expect("notes lock");
+        notes.iter().map(|(t, n)| format!("{t}: {n}")).collect()
+    }
+
+    fn compute(&self, i: usize) -> Result<Vec<f32>> {
+        let t = &self.tensors[i];
+        let data: Vec<Vec<f32>> = t
+            .sources
+            .iter()
+            .map(|&(inp, ti)| self.inputs[inp].store.read_f32(ti))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+        let shared = |name: &str| {
+            t.shared
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0.0, |p| p.1)
+        };
+        let per = |k: usize, name: &str| {
+            t.per_input[k]
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0.0, |p| p.1)
+        };
+        let mut out = vec![0f32; data[0].len()];
+        let input = MergeInput {
+            tensors: &refs,
+            base: t.base,
+            row_len: t.shape[0] as usize,
+            shared: &shared,
+            per_input: &per,
+            seed: t.seed,
+        };
+        let note = t.method.merge(&input, &mut out)?;
+        if let Some(text) = note.text {
+            self.notes
+                .lock()
+                .expect("notes lock")
+                .push((t.name.clone(), text));
+        }
+        Ok(out)
+    }
+}
+
+/// Size and SHA-256 of an input (its files concatenated in order).
+fn digest(store: &Store) -> Result<(u64, String)> {
+    let mut h = Sha256::new();
+    let mut size = 0u64;
+    for f in &store.files {
+        h.update(&f.map[..]);
+        size += f.map.len() as u64;
+    }
+    let hex = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((size, hex))
+}
+
+struct PlanBuilder<'a> {
+    inputs: &'a [Input],
+    recipe: &'a Recipe,
+    origin: &'a str,
+    seed: u64,
+    arch_table: Option<&'static arch::ArchTable>,
+    tensors: Vec<OutTensor>,
+}
+
+impl PlanBuilder<'_> {
+    /// Add output tensor `out_name`, merged from each source's `source_name(k)` by the slice's
+    /// method with parameters evaluated at `t`.
+    fn tensor(
+        &mut self,
+        out_name: &str,
+        _suffix: &str,
+        sl: &Slice,
+        t: f64,
+        source_name: impl Fn(usize) -> String,
+    ) -> Result<()> {
+        let mut sources = Vec::new();
+        let mut shape: Option<Vec<u64>> = None;
+        for (k, src) in sl.sources.iter().enumerate() {
+            let inp = &self.inputs[src.0];
+            let name = source_name(k);
+            let Some(ti) = inp.store.find(&name) else {
+                return Err(Error::Invalid(format!(
+                    "{}: tensor `{name}` is missing from `{}`",
+                    self.origin, inp.reference
+                )));
+            };
+            let s = &inp.store.tensors[ti].shape;
+            if let Some(first) = &shape {
+                if first != s {
+                    return Err(Error::Invalid(format!(
+                        "{}: tensor `{name}` has shape {s:?} in `{}` but {first:?} in `{}`",
+                        self.origin, inp.reference, self.inputs[sl.sources[0].0].reference
+                    )));
+                }
+            }
+            shape = Some(s.clone());
+            sources.push((src.0, ti));
+        }
+        let shape = shape.expect("a slice has sources");
+        // Filters match the canonical name, and the Hugging Face name where the architecture
+        // table knows it (`o_proj`, `self_attn`, `mlp` ...).
+        let hf = self.arch_table.and_then(|a| a.to_hf(out_name));
+        let names: Vec<&str> = std::iter::once(out_name).chain(hf.as_deref()).collect();
+        let lookup =
+            |scopes: &[Option<&Params>], name: &str, t: f64| -> Option<Result<f64, String>> {
+                for p in scopes.iter().flatten() {
+                    if let Some(setting) = p.get(name) {
+                        if let Some(v) = recipe::evaluate(&setting.value, &names, t) {
+                            let line = setting.referenced.line();
+                            return Some(v.as_f64().ok_or_else(|| {
+                                format!("line {line}: {name} must be a number or bool")
+                            }));
+                        }
+                    }
+                }
+                None
+            };
+        let method = sl.method;
+        let origin = self.origin;
+        let resolve = |scopes: &[Option<&Params>],
+                       spec: &methods::ParamSpec,
+                       model: Option<&str>|
+         -> Result<f64> {
+            match lookup(scopes, spec.name, t) {
+                Some(Ok(v)) => Ok(v),
+                Some(Err(e)) => Err(Error::Invalid(format!("{origin}: {e}"))),
+                None => spec.default.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{origin}:{}: {} needs parameter `{}`{} (tensor `{out_name}`)",
+                        sl.method_at.referenced.line(),
+                        method.name(),
+                        spec.name,
+                        model
+                            .map(|m| format!(" for model `{m}`"))
+                            .unwrap_or_default()
+                    ))
+                }),
+            }
+        };
+        let top = Some(&self.recipe.parameters);
+        let shared_scopes = [sl.params, top];
+        let mut shared = Vec::new();
+        for spec in method.params().iter().filter(|p| p.scope == Scope::Shared) {
+            shared.push((spec.name, resolve(&shared_scopes, spec, None)?));
+        }
+        let mut per_input = Vec::new();
+        for (k, src) in sl.sources.iter().enumerate() {
+            let scopes = [Some(src.2), sl.params, top];
+            let mut vals = Vec::new();
+            for spec in method.params().iter().filter(|p| p.scope != Scope::Shared) {
+                if spec.scope == Scope::NonBase && sl.base == Some(k) {
+                    continue;
+                }
+                vals.push((
+                    spec.name,
+                    resolve(&scopes, spec, Some(&self.inputs[src.0].reference))?,
+                ));
+            }
+            per_input.push(vals);
+        }
+        let source_type = self.inputs[sources[0].0].store.tensors[sources[0].1].ty;
+        self.tensors.push(OutTensor {
+            name: out_name.to_string(),
+            shape,
+            source_type,
+            method,
+            sources,
+            base: sl.base,
+            shared,
+            per_input,
+            seed: hash_name(self.seed, out_name),
+        });
+        Ok(())
+    }
+}
+
+impl TensorProducer for MergePlan {
+    fn name(&self, i: usize) -> &str {
+        &self.tensors[i].name
+    }
+    fn shape(&self, i: usize) -> &[u64] {
+        &self.tensors[i].shape
+    }
+    fn source_type(&self, i: usize) -> GgmlType {
+        self.tensors[i].source_type
+    }
+    fn read_rows(&self, i: usize, first_row: usize, out: &mut [f32]) -> Result<()> {
+        let mut cur = self.current.lock().expect("merge cache lock");
+        if cur.as_ref().map(|c| c.0) != Some(i) {
+            *cur = Some((i, self.compute(i)?));
+        }
+        let data = &cur.as_ref().expect("just computed").1;
+        let row_len = self.tensors[i].shape[0] as usize;
+        let start = first_row * row_len;
+        out.copy_from_slice(&data[start..start + out.len()]);
+        Ok(())
+    }
+    fn raw(&self, i: usize) -> Option<&[u8]> {
+        // An unscaled single-input passthrough is the source tensor itself.
+        let t = &self.tensors[i];
+        let unscaled = t
+            .per_input
+            .first()
+            .and_then(|p| p.iter().find(|(n, _)| *n == "scale"))
+            .is_none_or(|s| s.1 == 1.0);
+        if t.method.name() != "passthrough" || !unscaled {
+            return None;
+        }
+        let (inp, ti) = t.sources[0];
+        let store = &self.inputs[inp].store;
+        (store.tensors[ti].rows == RowOrder::AsStored).then(|| store.raw(ti))
+    }
+    fn release(&self, i: usize) {
+        *self.current.lock().expect("merge cache lock") = None;
+        for &(inp, ti) in &self.tensors[i].sources {
+            self.inputs[inp].store.release(ti);
+        }
+    }
+}
