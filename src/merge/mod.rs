@@ -83,9 +83,13 @@ fn resolve_path(
     q.exists().then_some(q)
 }
 
+/// One source of a slice: input index, layer range, its parameters, its recipe entry and the
+/// line of its range (for errors).
+struct SliceSource<'a>(usize, [i64; 2], &'a Params, &'a Spanned<String>, u64);
+
 /// A slice after `models:` expansion: sources, base, parameters, method, repeat.
 struct Slice<'a> {
-    sources: Vec<(usize, [i64; 2], &'a Params, &'a Spanned<String>)>,
+    sources: Vec<SliceSource<'a>>,
     base: Option<usize>,
     params: Option<&'a Params>,
     method: &'static dyn Method,
@@ -133,11 +137,23 @@ impl MergePlan {
             let mut sources = Vec::new();
             for m in models {
                 let i = open(&m.model)?;
-                sources.push((i, [0, -1], &m.parameters, &m.model));
+                sources.push(SliceSource(
+                    i,
+                    [0, -1],
+                    &m.parameters,
+                    &m.model,
+                    m.model.referenced.line(),
+                ));
             }
             if let (Some(b), Some(bref)) = (top_base, &recipe.base_model) {
                 if !sources.iter().any(|s| s.0 == b) {
-                    sources.push((b, [0, -1], &empty, bref));
+                    sources.push(SliceSource(
+                        b,
+                        [0, -1],
+                        &empty,
+                        bref,
+                        bref.referenced.line(),
+                    ));
                 }
             }
             let base = top_base.and_then(|b| sources.iter().position(|s| s.0 == b));
@@ -156,7 +172,6 @@ impl MergePlan {
                 )?);
             }
         }
-        drop(open);
         // Every input must be the same architecture.
         let arch_of = |i: usize| {
             inputs[i]
@@ -186,15 +201,12 @@ impl MergePlan {
                 }
                 let [a, b] = src.1;
                 if a < 0 || b <= a || b > n_layer(src.0) {
-                    return Err(at(
-                        origin,
-                        src.3,
-                        format!(
-                            "layer_range [{a}, {b}] is out of bounds for `{}` ({} layers)",
-                            inputs[src.0].reference,
-                            n_layer(src.0)
-                        ),
-                    ));
+                    return Err(Error::Invalid(format!(
+                        "{origin}:{}: layer_range [{a}, {b}] is out of bounds for `{}` ({} layers)",
+                        src.4,
+                        inputs[src.0].reference,
+                        n_layer(src.0)
+                    )));
                 }
             }
             let len = sl.sources[0].1[1] - sl.sources[0].1[0];
@@ -267,7 +279,7 @@ impl MergePlan {
             .iter()
             .filter(|n| n.starts_with("token_embd"))
         {
-            plan.tensor(g, g, &slices[0], 0.0, |_| g.clone())?;
+            plan.tensor(g, &slices[0], 0.0, |_| g.clone())?;
         }
         let mut out_layer = 0u32;
         for sl in &slices {
@@ -280,7 +292,7 @@ impl MergePlan {
                     1.0
                 };
                 let offset = (idx % len) as i64;
-                let (s0, r0, ..) = sl.sources[0];
+                let SliceSource(s0, r0, ..) = sl.sources[0];
                 let src_layer = r0[0] + offset;
                 let prefix = format!("blk.{src_layer}.");
                 let suffixes: Vec<String> = inputs[s0]
@@ -291,7 +303,7 @@ impl MergePlan {
                     .collect();
                 for suffix in &suffixes {
                     let out_name = format!("blk.{out_layer}.{suffix}");
-                    plan.tensor(&out_name, suffix, sl, t, |k| {
+                    plan.tensor(&out_name, sl, t, |k| {
                         format!("blk.{}.{suffix}", sl.sources[k].1[0] + offset)
                     })?;
                 }
@@ -303,7 +315,7 @@ impl MergePlan {
             .iter()
             .filter(|n| !n.starts_with("token_embd"))
         {
-            plan.tensor(g, g, last, 0.0, |_| g.clone())?;
+            plan.tensor(g, last, 0.0, |_| g.clone())?;
         }
         let tensors = plan.tensors;
 
@@ -341,7 +353,13 @@ impl MergePlan {
                 parameters,
             } = src;
             let i = open(model)?;
-            sources.push((i, layer_range.value, parameters, model));
+            sources.push(SliceSource(
+                i,
+                layer_range.value,
+                parameters,
+                model,
+                layer_range.referenced.line(),
+            ));
         }
         if sources.is_empty() {
             return Err(at(origin, method_at, "a slice needs at least one source"));
@@ -546,7 +564,6 @@ impl PlanBuilder<'_> {
     fn tensor(
         &mut self,
         out_name: &str,
-        _suffix: &str,
         sl: &Slice,
         t: f64,
         source_name: impl Fn(usize) -> String,

@@ -116,17 +116,25 @@ fn uniform(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u32() as f64) / 4_294_967_296.0
 }
 
-/// mergekit's `sparsify` of one delta, in place; L1 rescale when asked.
-fn sparsify(
-    delta: &mut [f32],
+/// How one delta is thinned.
+struct Sparsity {
     method: Sparsify,
     density: f64,
     gamma: f64,
     epsilon: f64,
-    row_len: usize,
+    /// Keep the delta's L1 norm.
     rescale: bool,
-    rng: &mut ChaCha8Rng,
-) -> Result<()> {
+}
+
+/// mergekit's `sparsify` of one delta, in place.
+fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8Rng) -> Result<()> {
+    let Sparsity {
+        method,
+        density,
+        gamma,
+        epsilon,
+        rescale,
+    } = *sp;
     if density >= 1.0 {
         return Ok(());
     }
@@ -234,16 +242,14 @@ impl Method for TaskArithmetic {
                 let mut rng = ChaCha8Rng::seed_from_u64(
                     input.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 );
-                sparsify(
-                    &mut d,
+                let sp = Sparsity {
                     method,
-                    get("density"),
-                    if has("gamma") { get("gamma") } else { 0.0 },
-                    if has("epsilon") { get("epsilon") } else { 0.0 },
-                    input.row_len,
+                    density: get("density"),
+                    gamma: if has("gamma") { get("gamma") } else { 0.0 },
+                    epsilon: if has("epsilon") { get("epsilon") } else { 0.0 },
                     rescale,
-                    &mut rng,
-                )?;
+                };
+                sparsify(&mut d, &sp, input.row_len, &mut rng)?;
             }
             let w = (input.per_input)(i, "weight") as f32;
             for v in d.iter_mut() {

@@ -1,0 +1,338 @@
+//! Merge properties on deterministic tiny models, through the CLI as a user runs it.
+
+use smelt::fixture::TinyLlama;
+use smelt::gguf::GgmlType;
+use smelt::store::Store;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn model(&self, name: &str, m: TinyLlama) -> PathBuf {
+        let p = self.path(name);
+        m.write_gguf(&p).unwrap();
+        p
+    }
+    fn abc(&self, dtype: GgmlType) -> [PathBuf; 3] {
+        [1, 2, 3].map(|seed| {
+            self.model(
+                &format!("m{seed}.gguf"),
+                TinyLlama {
+                    seed,
+                    dtype,
+                    ..Default::default()
+                },
+            )
+        })
+    }
+    fn recipe(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    /// Run `smelt merge`; Ok(stderr) or Err(stderr).
+    fn merge(&self, recipe: &Path, out: &str, extra: &[&str]) -> Result<String, String> {
+        let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .arg("merge")
+            .arg(recipe)
+            .arg("-o")
+            .arg(self.path(out))
+            .args(extra)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!err.contains("panicked"), "{err}");
+        if o.status.success() {
+            Ok(err)
+        } else {
+            Err(err)
+        }
+    }
+}
+
+fn values(store: &Store, name: &str) -> Vec<f32> {
+    store
+        .read_f32(store.find(name).unwrap_or_else(|| panic!("no {name}")))
+        .unwrap()
+}
+
+#[test]
+fn linear_of_a_model_with_itself_is_the_model() {
+    let e = Env::new();
+    let [a, ..] = e.abc(GgmlType::F32);
+    let r = e.recipe("r.yaml", "merge_method: linear\nmodels:\n  - model: m1.gguf\n    parameters: {weight: 1.0}\n  - model: m1.gguf\n    parameters: {weight: 1.0}\n");
+    e.merge(&r, "out", &["--types", "F32"]).unwrap();
+    let (sa, so) = (
+        Store::open(&a).unwrap(),
+        Store::open(e.path("out/r-F32.gguf")).unwrap(),
+    );
+    assert_eq!(so.tensors.len(), sa.tensors.len());
+    for t in &sa.tensors {
+        assert_eq!(values(&so, &t.name), values(&sa, &t.name), "{}", t.name);
+    }
+}
+
+#[test]
+fn slerp_endpoints_are_the_inputs() {
+    let e = Env::new();
+    let [a, b, _] = e.abc(GgmlType::F32);
+    for (t, want) in [(0.0, &a), (1.0, &b)] {
+        let r = e.recipe("s.yaml", &format!("merge_method: slerp\nbase_model: m1.gguf\nmodels:\n  - model: m1.gguf\n  - model: m2.gguf\nparameters:\n  t: {t}\n"));
+        e.merge(&r, &format!("out{t}"), &["--types", "F32"])
+            .unwrap();
+        let (sw, so) = (
+            Store::open(want).unwrap(),
+            Store::open(e.path(&format!("out{t}/s-F32.gguf"))).unwrap(),
+        );
+        for tn in &sw.tensors {
+            assert_eq!(
+                values(&so, &tn.name),
+                values(&sw, &tn.name),
+                "t={t} {}",
+                tn.name
+            );
+        }
+    }
+}
+
+#[test]
+fn passthrough_of_all_layers_is_byte_identical() {
+    let e = Env::new();
+    let [a, ..] = e.abc(GgmlType::F16);
+    let r = e.recipe("p.yaml", "merge_method: passthrough\nslices:\n  - sources:\n      - model: m1.gguf\n        layer_range: [0, 4]\n");
+    e.merge(&r, "out", &["--types", "F16"]).unwrap();
+    let (sa, so) = (
+        Store::open(&a).unwrap(),
+        Store::open(e.path("out/p-F16.gguf")).unwrap(),
+    );
+    assert_eq!(so.tensors.len(), sa.tensors.len());
+    for (i, t) in sa.tensors.iter().enumerate() {
+        let j = so.find(&t.name).unwrap();
+        assert_eq!(so.raw(j), sa.raw(i), "{}", t.name);
+    }
+    // Provenance: the recipe, the inputs' hashes, the base model list.
+    let m = &so.metadata;
+    assert!(m.get_str("smelt.recipe").unwrap().contains("passthrough"));
+    assert_eq!(m.get_str("smelt.input.0.file"), Some("m1.gguf"));
+    assert_eq!(m.get_str("smelt.input.0.sha256").unwrap().len(), 64);
+    assert_eq!(m.get_u64("general.base_model.count"), Some(1));
+}
+
+#[test]
+fn stacking_overlapping_ranges_renumbers_layers() {
+    let e = Env::new();
+    let a = e.model(
+        "deep.gguf",
+        TinyLlama {
+            n_layer: 30,
+            hidden: 32,
+            ff: 64,
+            n_head: 2,
+            n_head_kv: 1,
+            vocab: 300,
+            ..Default::default()
+        },
+    );
+    let r = e.recipe("stack.yaml", "merge_method: passthrough\nslices:\n  - sources:\n      - model: deep.gguf\n        layer_range: [0, 20]\n  - sources:\n      - model: deep.gguf\n        layer_range: [10, 30]\n");
+    e.merge(&r, "out", &["--types", "F16"]).unwrap();
+    let (sa, so) = (
+        Store::open(&a).unwrap(),
+        Store::open(e.path("out/stack-F16.gguf")).unwrap(),
+    );
+    // mergekit's layer_range is half-open: 20 + 20 layers. (Blocks 20..40 repeat 10..30.)
+    assert_eq!(so.hparam("block_count"), Some(40));
+    for l in 20..40 {
+        for s in ["attn_q.weight", "ffn_down.weight", "attn_norm.weight"] {
+            let (o, i) = (
+                so.find(&format!("blk.{l}.{s}")).unwrap(),
+                sa.find(&format!("blk.{}.{s}", l - 10)).unwrap(),
+            );
+            assert_eq!(so.raw(o), sa.raw(i), "blk.{l}.{s}");
+        }
+    }
+}
+
+#[test]
+fn same_recipe_same_bytes_at_any_thread_count() {
+    let e = Env::new();
+    e.abc(GgmlType::F16);
+    let r = e.recipe("d.yaml", "merge_method: dare_ties\nbase_model: m1.gguf\nmodels:\n  - model: m2.gguf\n    parameters: {weight: 0.5, density: 0.4}\n  - model: m3.gguf\n    parameters: {weight: 0.5, density: 0.6}\nparameters:\n  seed: 7\n");
+    e.merge(&r, "o1", &["--types", "Q8_0"]).unwrap();
+    e.merge(&r, "o2", &["--types", "Q8_0"]).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["--threads", "1", "merge"])
+        .arg(&r)
+        .arg("-o")
+        .arg(e.path("o3"))
+        .args(["--types", "Q8_0"])
+        .current_dir(e.dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let read = |d: &str| std::fs::read(e.path(&format!("{d}/d-Q8_0.gguf"))).unwrap();
+    assert_eq!(read("o1"), read("o2"));
+    assert_eq!(read("o1"), read("o3"));
+    // --from re-runs the embedded recipe to the same bytes.
+    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["merge", "--from"])
+        .arg(e.path("o1/d-Q8_0.gguf"))
+        .arg("-o")
+        .arg(e.path("o4"))
+        .args(["--types", "Q8_0"])
+        .current_dir(e.dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        read("o1"),
+        std::fs::read(e.path("o4/merge-Q8_0.gguf")).unwrap()
+    );
+}
+
+#[test]
+fn every_method_runs_and_gives_finite_values() {
+    let e = Env::new();
+    e.abc(GgmlType::F16);
+    let cases = [
+        ("linear", "models:\n  - model: m1.gguf\n    parameters: {weight: 0.5}\n  - model: m2.gguf\n    parameters: {weight: 0.5}\n"),
+        ("slerp", "base_model: m1.gguf\nmodels:\n  - model: m1.gguf\n  - model: m2.gguf\nparameters:\n  t:\n    - filter: self_attn\n      value: [0, 0.5, 1]\n    - value: 0.5\n"),
+        ("task_arithmetic", "base_model: m1.gguf\nmodels:\n  - model: m2.gguf\n    parameters: {weight: 0.7}\n  - model: m3.gguf\n    parameters: {weight: 0.3}\n"),
+        ("ties", "base_model: m1.gguf\nmodels:\n  - model: m2.gguf\n    parameters: {weight: 0.5, density: 0.5}\n  - model: m3.gguf\n    parameters: {weight: 0.5, density: 0.5}\n"),
+        ("dare_linear", "base_model: m1.gguf\nmodels:\n  - model: m2.gguf\n    parameters: {weight: 0.5, density: 0.5}\n  - model: m3.gguf\n    parameters: {weight: 0.5, density: 0.5}\n"),
+        ("breadcrumbs_ties", "base_model: m1.gguf\nmodels:\n  - model: m2.gguf\n    parameters: {weight: 0.5, density: 0.8}\n  - model: m3.gguf\n    parameters: {weight: 0.5, density: 0.8}\n"),
+        ("della", "base_model: m1.gguf\nmodels:\n  - model: m2.gguf\n    parameters: {weight: 0.5, density: 0.5}\n  - model: m3.gguf\n    parameters: {weight: 0.5, density: 0.5}\n"),
+        ("model_stock", "base_model: m1.gguf\nmodels:\n  - model: m2.gguf\n  - model: m3.gguf\n"),
+        ("nearswap", "base_model: m1.gguf\nmodels:\n  - model: m1.gguf\n  - model: m2.gguf\nparameters:\n  t: 0.001\n"),
+    ];
+    for (method, body) in cases {
+        let r = e.recipe(
+            &format!("{method}.yaml"),
+            &format!("merge_method: {method}\n{body}"),
+        );
+        let log = e
+            .merge(&r, method, &["--types", "F32"])
+            .unwrap_or_else(|err| panic!("{method}: {err}"));
+        let s = Store::open(e.path(&format!("{method}/{method}-F32.gguf"))).unwrap();
+        assert_eq!(s.tensors.len(), 39, "{method}");
+        for i in 0..s.tensors.len() {
+            assert!(
+                s.read_f32(i).unwrap().iter().all(|v| v.is_finite()),
+                "{method} {}",
+                s.tensors[i].name
+            );
+        }
+        if method == "nearswap" {
+            assert!(
+                log.contains("swapped"),
+                "NearSwap reports its swap fractions: {log}"
+            );
+        }
+    }
+}
+
+#[test]
+fn merges_straight_from_a_quantized_gguf() {
+    let e = Env::new();
+    e.abc(GgmlType::F16);
+    let q = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["quantize", "m2.gguf", "-o", "m2-q4.gguf", "--type", "Q4_0"])
+        .current_dir(e.dir.path())
+        .output()
+        .unwrap();
+    assert!(q.status.success());
+    let r = e.recipe("q.yaml", "merge_method: linear\nmodels:\n  - model: m1.gguf\n    parameters: {weight: 0.5}\n  - model: m2-q4.gguf\n    parameters: {weight: 0.5}\noutput:\n  types: [Q8_0, Q4_K_M]\n");
+    e.merge(&r, "out", &[]).unwrap();
+    for t in ["Q8_0", "Q4_K_M"] {
+        let s = Store::open(e.path(&format!("out/q-{t}.gguf"))).unwrap();
+        let a = Store::open(e.path("m1.gguf")).unwrap();
+        let b = Store::open(e.path("m2-q4.gguf")).unwrap();
+        // The merged values sit between the inputs (up to the output's rounding).
+        let (x, y, m) = (
+            values(&a, "blk.0.ffn_up.weight"),
+            values(&b, "blk.0.ffn_up.weight"),
+            values(&s, "blk.0.ffn_up.weight"),
+        );
+        let err: f32 = m
+            .iter()
+            .zip(x.iter().zip(&y))
+            .map(|(m, (x, y))| (m - (x + y) / 2.0).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 0.01, "{t}: {err}");
+    }
+}
+
+#[test]
+fn brainstorm_repeat_with_a_scale_law() {
+    let e = Env::new();
+    let [a, ..] = e.abc(GgmlType::F32);
+    let r = e.recipe(
+        "b.yaml",
+        "merge_method: passthrough\nslices:\n  - sources:\n      - model: m1.gguf\n        layer_range: [0, 4]\n  - sources:\n      - model: m1.gguf\n        layer_range: [3, 4]\n    repeat: 5\n    parameters:\n      scale:\n        - filter: o_proj\n          value: [1.0, 0.5]\n        - filter: down_proj\n          value: [1.0, 0.5]\n        - value: 1.0\n",
+    );
+    e.merge(&r, "out", &["--types", "F32"]).unwrap();
+    let (sa, so) = (
+        Store::open(&a).unwrap(),
+        Store::open(e.path("out/b-F32.gguf")).unwrap(),
+    );
+    assert_eq!(so.hparam("block_count"), Some(9));
+    let orig = values(&sa, "blk.3.attn_output.weight");
+    for copy in 0..5 {
+        let scale = 1.0 - 0.5 * copy as f32 / 4.0;
+        let got = values(&so, &format!("blk.{}.attn_output.weight", 4 + copy));
+        let want: Vec<f32> = orig.iter().map(|v| v * scale).collect();
+        assert_eq!(got, want, "copy {copy}");
+        assert_eq!(
+            values(&so, &format!("blk.{}.attn_q.weight", 4 + copy)),
+            values(&sa, "blk.3.attn_q.weight")
+        );
+    }
+}
+
+#[test]
+fn bad_recipes_name_the_line_and_write_nothing() {
+    let e = Env::new();
+    e.abc(GgmlType::F16);
+    e.model(
+        "wide.gguf",
+        TinyLlama {
+            hidden: 128,
+            ..Default::default()
+        },
+    );
+    let cases = [
+        ("range.yaml", "merge_method: passthrough\nslices:\n  - sources:\n      - model: m1.gguf\n        layer_range: [0, 9]\n", vec!["range.yaml:5", "out of bounds"]),
+        ("method.yaml", "merge_method: magic\nmodels:\n  - model: m1.gguf\n", vec!["method.yaml:1", "unknown merge method `magic`"]),
+        ("missing.yaml", "merge_method: linear\nmodels:\n  - model: nope.gguf\n    parameters: {weight: 1}\n", vec!["missing.yaml:3", "nope.gguf"]),
+        ("param.yaml", "merge_method: linear\nmodels:\n  - model: m1.gguf\n  - model: m2.gguf\n", vec!["param.yaml:1", "needs parameter `weight`"]),
+        ("shape.yaml", "merge_method: linear\nmodels:\n  - model: m1.gguf\n    parameters: {weight: 1}\n  - model: wide.gguf\n    parameters: {weight: 1}\n", vec!["shape.yaml", "token_embd.weight", "shape"]),
+        ("key.yaml", "merge_method: linear\nmodels:\n  - model: m1.gguf\n    weigth: 1\n", vec!["weigth"]),
+        ("base.yaml", "merge_method: slerp\nmodels:\n  - model: m1.gguf\n  - model: m2.gguf\nparameters: {t: 0.5}\n", vec!["base.yaml:1", "base_model"]),
+        ("tok.yaml", "merge_method: linear\ntokenizer_source: union\nmodels:\n  - model: m1.gguf\n    parameters: {weight: 1}\n", vec!["tok.yaml:2", "union"]),
+    ];
+    for (file, text, needles) in cases {
+        let r = e.recipe(file, text);
+        let err = e
+            .merge(&r, &format!("out-{file}"), &["--types", "F16"])
+            .unwrap_err();
+        for n in needles {
+            assert!(err.contains(n), "{file}: `{err}` lacks `{n}`");
+        }
+        let written: Vec<_> = std::fs::read_dir(e.path(&format!("out-{file}")))
+            .map(|d| d.count())
+            .into_iter()
+            .collect();
+        assert!(written.iter().all(|&n| n == 0), "{file}: output written");
+    }
+}
