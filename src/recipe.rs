@@ -102,6 +102,21 @@ pub struct Recipe {
     pub tokenizer: Option<Spanned<serde_json::Value>>,
     pub chat_template: Option<String>,
     pub output: Option<OutputSpec>,
+    /// smelt: how the tensors outside the layers (embeddings, final norm, output head) are
+    /// made. By default, as in mergekit, from the first slice (embeddings) and the last
+    /// (norm, head).
+    pub globals: Option<Globals>,
+}
+
+/// smelt's `globals:` block: a `models:`-style merge for the non-layer tensors.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Globals {
+    pub merge_method: Option<Spanned<String>>,
+    pub base_model: Option<Spanned<String>>,
+    pub models: Vec<InputModel>,
+    #[serde(default)]
+    pub parameters: Params,
 }
 
 /// Parse every document of a recipe; errors carry the line.

@@ -172,6 +172,37 @@ impl MergePlan {
                 )?);
             }
         }
+        let mut globals: Option<Slice> = None;
+        if let Some(g) = &recipe.globals {
+            let (method, method_at) = match &g.merge_method {
+                Some(m) => (methods::find(&m.value).map_err(|e| at(origin, m, e))?, m),
+                None => (top_method, &recipe.merge_method),
+            };
+            let base_input = match &g.base_model {
+                Some(b) => Some(open(b)?),
+                None => top_base,
+            };
+            let mut sources = Vec::new();
+            for m in &g.models {
+                let i = open(&m.model)?;
+                sources.push(SliceSource(
+                    i,
+                    [0, -1],
+                    &m.parameters,
+                    &m.model,
+                    m.model.referenced.line(),
+                ));
+            }
+            let base = base_input.and_then(|b| sources.iter().position(|s| s.0 == b));
+            globals = Some(Slice {
+                sources,
+                base,
+                params: Some(&g.parameters),
+                method,
+                method_at,
+                repeat: 1,
+            });
+        }
         // Every input must be the same architecture.
         let arch_of = |i: usize| {
             inputs[i]
@@ -194,7 +225,7 @@ impl MergePlan {
         }
         let n_layer = |i: usize| inputs[i].store.hparam("block_count").unwrap_or(0) as i64;
         // Resolve layer ranges (models: whole models) and check them.
-        for sl in slices.iter_mut() {
+        for sl in slices.iter_mut().chain(globals.iter_mut()) {
             for src in sl.sources.iter_mut() {
                 if src.1[1] < 0 {
                     src.1 = [0, n_layer(src.0)];
@@ -265,7 +296,7 @@ impl MergePlan {
         };
 
         // Embeddings from the first slice, then the layers, then norm/output from the last.
-        let globals = |i: usize| -> Vec<String> {
+        let global_names = |i: usize| -> Vec<String> {
             inputs[i]
                 .store
                 .tensors
@@ -274,12 +305,12 @@ impl MergePlan {
                 .map(|t| t.name.clone())
                 .collect()
         };
-        let first_src = slices[0].sources[0].0;
-        for g in globals(first_src)
+        let pre = globals.as_ref().unwrap_or(&slices[0]);
+        for g in global_names(pre.sources[0].0)
             .iter()
             .filter(|n| n.starts_with("token_embd"))
         {
-            plan.tensor(g, &slices[0], 0.0, |_| g.clone())?;
+            plan.tensor(g, pre, 0.0, |_| g.clone())?;
         }
         let mut out_layer = 0u32;
         for sl in &slices {
@@ -310,12 +341,14 @@ impl MergePlan {
                 out_layer += 1;
             }
         }
-        let last = slices.last().expect("at least one slice");
-        for g in globals(last.sources[0].0)
+        let post = globals
+            .as_ref()
+            .unwrap_or(slices.last().expect("at least one slice"));
+        for g in global_names(post.sources[0].0)
             .iter()
             .filter(|n| !n.starts_with("token_embd"))
         {
-            plan.tensor(g, last, 0.0, |_| g.clone())?;
+            plan.tensor(g, post, 0.0, |_| g.clone())?;
         }
         let tensors = plan.tensors;
 
