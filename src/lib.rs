@@ -1,5 +1,6 @@
 //! smelt: merge and quantize large language models straight to GGUF.
 
+pub mod arch;
 pub mod error;
 pub mod gguf;
 pub mod quant;

@@ -1,15 +1,567 @@
-//! safetensors files, sharded indexes and Hugging Face folders (being written).
-use crate::error::{Error, Result};
-use crate::store::Store;
-use std::path::Path;
+//! safetensors files, sharded indexes and Hugging Face model folders, opened as a [`Store`].
+//!
+//! A safetensors file is an 8-byte little-endian header length, a JSON header mapping each
+//! tensor name to `{dtype, shape, data_offsets}`, then the data. Every file is memory-mapped
+//! and tensors point straight into the map (zero-copy); the header is checked against the file
+//! size before any tensor is used, so a damaged file gives an error naming the file and
+//! tensor, never a panic.
+//!
+//! Inputs:
+//! - a Hugging Face folder: `config.json` plus `model.safetensors.index.json` (sharded) or
+//!   `.safetensors` files. Other files (tokenizer files, generation config) are left alone:
+//!   tokenizer metadata is added by the tokenizer module.
+//! - a `.safetensors` file or a `*.safetensors.index.json` index: a `config.json` in the same
+//!   folder is used when there is one.
+//!
+//! With a `config.json`, its `architectures[0]` picks the [`Architecture`](crate::arch) table:
+//! names become llama.cpp's canonical names, q/k rows are presented in llama.cpp's head order
+//! ([`RowOrder::HeadPermute`]) and the metadata holds the hyper-parameters.
+//!
+//! Without a `config.json` (a bare file), when every tensor name matches an architecture's
+//! table the names are converted and `general.architecture` is the only metadata; otherwise
+//! the names are kept as they are and the metadata is empty. In both cases the rows are kept
+//! in stored (Hugging Face) order: the head counts needed for the q/k permutation are not
+//! known without `config.json`, so such a store is fine for tensor-wise work (merging two
+//! bare files) but is not a runnable llama.cpp model.
+//!
+//! Supported dtypes are F32, F16 and BF16. Tensors the architecture ignores
+//! (`rotary_emb.inv_freq`) are skipped whatever their dtype; any other dtype is an error.
 
+use crate::arch::{self, Architecture, Heads, Permute};
+use crate::error::{Error, Result};
+use crate::gguf::reader::MAX_DIMS;
+use crate::gguf::{GgmlType, Metadata, Value};
+use crate::store::{RowOrder, SourceFile, Store, StoreTensor};
+use memmap2::Mmap;
+use serde_json::Value as Json;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The index file name of a sharded Hugging Face model.
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
+/// Tensor name of llama.cpp's llama3 RoPE frequency factors.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// Open a Hugging Face model folder.
 pub fn open_hf_folder(path: &Path) -> Result<Store> {
-    Err(Error::format(
-        path,
-        "Hugging Face folders are not supported yet",
-    ))
+    let config = read_config(path)?;
+    let index = path.join(INDEX_NAME);
+    let files = if index.is_file() {
+        read_index(&index)?
+    } else {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().ends_with(".safetensors"))
+            })
+            .collect();
+        found.sort();
+        // Mistral folders may hold `consolidated.safetensors` beside the HF-named files.
+        if found.len() > 1 {
+            found.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with("consolidated"));
+        }
+        if found.is_empty() {
+            return Err(Error::format(
+                path,
+                format!("no {INDEX_NAME} and no .safetensors file in this folder (PyTorch .bin checkpoints are not supported)"),
+            ));
+        }
+        found.into_iter().map(|p| (p, Vec::new())).collect()
+    };
+    build(path, files, config, &folder_name(path))
 }
 
+/// Open one `.safetensors` file or a `*.safetensors.index.json` index.
 pub fn open_file(path: &Path) -> Result<Store> {
-    Err(Error::format(path, "safetensors is not supported yet"))
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let config = read_config(&dir)?;
+    let is_index = path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().to_lowercase().ends_with(".index.json"));
+    let files = if is_index {
+        read_index(path)?
+    } else {
+        vec![(path.to_path_buf(), Vec::new())]
+    };
+    build(path, files, config, &folder_name(&dir))
+}
+
+/// A parsed `config.json`.
+struct Config {
+    path: PathBuf,
+    json: Json,
+}
+
+fn read_config(dir: &Path) -> Result<Option<Config>> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let json: Json = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    if !json.is_object() {
+        return Err(Error::format(&path, "not a JSON object"));
+    }
+    Ok(Some(Config { path, json }))
+}
+
+fn folder_name(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}
+
+/// The shard files of an index, each with the tensors the index places in it.
+fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let json: Json = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(Json::as_object)
+        .ok_or_else(|| Error::format(path, "no `weight_map` object"))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut shards: Vec<(String, Vec<String>)> = Vec::new();
+    for (tensor, shard) in map {
+        let shard = shard.as_str().ok_or_else(|| {
+            Error::format(path, format!("weight_map entry `{tensor}` is {shard}, not a file name"))
+        })?;
+        match shards.iter_mut().find(|(s, _)| s == shard) {
+            Some((_, names)) => names.push(tensor.clone()),
+            None => shards.push((shard.to_string(), vec![tensor.clone()])),
+        }
+    }
+    if shards.is_empty() {
+        return Err(Error::format(path, "weight_map is empty"));
+    }
+    shards.sort();
+    let mut out = Vec::new();
+    for (shard, mut names) in shards {
+        names.sort();
+        let p = dir.join(&shard);
+        if !p.is_file() {
+            return Err(Error::format(
+                &p,
+                format!(
+                    "missing shard `{shard}` listed in {} (it should hold tensor `{}`)",
+                    path.display(),
+                    names[0]
+                ),
+            ));
+        }
+        out.push((p, names));
+    }
+    Ok(out)
+}
+
+/// One header entry, offsets absolute in the file.
+struct Entry {
+    name: String,
+    dtype: String,
+    /// torch order (`[out, in]`).
+    shape: Vec<u64>,
+    start: u64,
+    end: u64,
+}
+
+/// ggml type and element size of a safetensors dtype (`None` type: not supported).
+fn dtype_info(dtype: &str) -> (Option<GgmlType>, Option<u64>) {
+    match dtype {
+        "F32" => (Some(GgmlType::F32), Some(4)),
+        "F16" => (Some(GgmlType::F16), Some(2)),
+        "BF16" => (Some(GgmlType::BF16), Some(2)),
+        "F64" | "I64" | "U64" => (None, Some(8)),
+        "I32" | "U32" => (None, Some(4)),
+        "I16" | "U16" => (None, Some(2)),
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => (None, Some(1)),
+        _ => (None, None),
+    }
+}
+
+fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only. Like every mmap-based reader (llama.cpp's included) we
+    // rely on the input file not being truncated or rewritten while smelt runs; all reads
+    // are bounds-checked against the length seen here.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Arc::new(map))
+}
+
+/// The JSON header's entries in file order, keeping duplicates so they can be reported.
+struct Pairs(Vec<(String, Json)>);
+
+impl<'de> serde::Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Pairs, A::Error> {
+                let mut out = Vec::new();
+                while let Some(kv) = m.next_entry::<String, Json>()? {
+                    out.push(kv);
+                }
+                Ok(Pairs(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Parse and check the header of safetensors file `path` mapped as `map`.
+fn parse_header(path: &Path, map: &[u8]) -> Result<Vec<Entry>> {
+    let file_len = map.len() as u64;
+    if file_len < 8 {
+        return Err(Error::format(
+            path,
+            format!("truncated safetensors file: {file_len} bytes, too short for the 8-byte header length"),
+        ));
+    }
+    let header_len = u64::from_le_bytes(map[..8].try_into().unwrap());
+    if header_len > file_len - 8 {
+        return Err(Error::format(
+            path,
+            format!(
+                "safetensors header length {header_len} runs past the end of the file ({file_len} bytes); truncated or not a safetensors file"
+            ),
+        ));
+    }
+    let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
+    let Pairs(pairs) = serde_json::from_slice(&map[8..data_start as usize])
+        .map_err(|e| Error::format(path, format!("bad safetensors JSON header: {e}")))?;
+    let mut seen = HashSet::new();
+    let mut entries = Vec::new();
+    for (name, v) in pairs {
+        if !seen.insert(name.clone()) {
+            return Err(Error::format(
+                path,
+                format!("tensor `{name}` appears twice in the header"),
+            ));
+        }
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |what: &str| Error::format(path, format!("tensor `{name}`: {what}"));
+        let dtype = v
+            .get("dtype")
+            .and_then(Json::as_str)
+            .ok_or_else(|| bad("no string `dtype`"))?
+            .to_string();
+        let shape: Vec<u64> = v
+            .get("shape")
+            .and_then(Json::as_array)
+            .and_then(|a| a.iter().map(Json::as_u64).collect())
+            .ok_or_else(|| bad("`shape` is not a list of non-negative integers"))?;
+        let offsets: Vec<u64> = v
+            .get("data_offsets")
+            .and_then(Json::as_array)
+            .and_then(|a| a.iter().map(Json::as_u64).collect())
+            .filter(|o: &Vec<u64>| o.len() == 2)
+            .ok_or_else(|| bad("`data_offsets` is not a pair of non-negative integers"))?;
+        let (begin, end) = (offsets[0], offsets[1]);
+        if begin > end || end > data_len {
+            return Err(bad(&format!(
+                "data_offsets [{begin}, {end}] lie outside the data section ({data_len} bytes); truncated file?"
+            )));
+        }
+        if let (_, Some(size)) = dtype_info(&dtype) {
+            let need = shape
+                .iter()
+                .try_fold(size, |acc, &d| acc.checked_mul(d));
+            if need != Some(end - begin) {
+                return Err(bad(&format!(
+                    "shape {shape:?} of dtype {dtype} needs {} bytes but data_offsets [{begin}, {end}] hold {}",
+                    need.map_or("more than 2^64".to_string(), |n| n.to_string()),
+                    end - begin
+                )));
+            }
+        }
+        entries.push(Entry {
+            name,
+            dtype,
+            shape,
+            start: data_start + begin,
+            end: data_start + end,
+        });
+    }
+    let mut by_offset: Vec<&Entry> = entries.iter().filter(|e| e.end > e.start).collect();
+    by_offset.sort_by_key(|e| (e.start, e.end));
+    for w in by_offset.windows(2) {
+        if w[1].start < w[0].end {
+            return Err(Error::format(
+                path,
+                format!("tensors `{}` and `{}` overlap in the data section", w[0].name, w[1].name),
+            ));
+        }
+    }
+    Ok(entries)
+}
+
+/// A tensor on its way into the store, with its sort key.
+struct Pending {
+    key: (u8, usize, usize),
+    tensor: StoreTensor,
+}
+
+/// Tensors made at open time (permuted biases, llama3 RoPE factors), written to one
+/// unlinked temporary file and mapped like the inputs.
+#[derive(Default)]
+struct Generated {
+    bytes: Vec<u8>,
+    tensors: Vec<Pending>,
+}
+
+impl Generated {
+    fn push(&mut self, key: (u8, usize, usize), name: String, shape: Vec<u64>, ty: GgmlType, data: &[u8]) {
+        while self.bytes.len() % 32 != 0 {
+            self.bytes.push(0);
+        }
+        let offset = self.bytes.len() as u64;
+        self.bytes.extend_from_slice(data);
+        self.tensors.push(Pending {
+            key,
+            tensor: StoreTensor {
+                name,
+                shape,
+                ty,
+                file: usize::MAX, // set once the file exists
+                offset,
+                n_bytes: data.len() as u64,
+                rows: RowOrder::AsStored,
+            },
+        });
+    }
+
+    /// Write the bytes to an unlinked temporary file and map it: pages stay file-backed, so
+    /// [`Store::release`] may drop them like those of the inputs.
+    fn into_file(self, origin: &Path, index: usize) -> Result<Option<(SourceFile, Vec<Pending>)>> {
+        if self.tensors.is_empty() {
+            return Ok(None);
+        }
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let tmp = std::env::temp_dir().join(format!(
+            "smelt-generated-{}-{}.bin",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<File> {
+            std::fs::write(&tmp, &self.bytes)?;
+            File::open(&tmp)
+        };
+        let file = write();
+        let _ = std::fs::remove_file(&tmp);
+        let file = file.map_err(|e| Error::io(&tmp, e))?;
+        // SAFETY: read-only map of a private temporary file that nothing else can reach once
+        // it is unlinked (above), so it cannot change underneath the map.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&tmp, e))?;
+        let mut tensors = self.tensors;
+        for p in &mut tensors {
+            p.tensor.file = index;
+        }
+        let mut name = origin.as_os_str().to_owned();
+        name.push(" (generated tensors)");
+        Ok(Some((
+            SourceFile {
+                path: PathBuf::from(name),
+                map: Arc::new(map),
+            },
+            tensors,
+        )))
+    }
+}
+
+/// Element-wise llama.cpp head permutation of a 1-D tensor (a q/k bias): value `(h, i, j)`
+/// of the `(n_head, n/n_head/2, 2)` grid is stored value `(h, j, i)`.
+fn permute_elements(raw: &[u8], elem: usize, order: RowOrder) -> Vec<u8> {
+    let n = raw.len() / elem;
+    let mut out = Vec::with_capacity(raw.len());
+    for k in 0..n {
+        let s = order.stored_row(k, n);
+        out.extend_from_slice(&raw[s * elem..(s + 1) * elem]);
+    }
+    out
+}
+
+/// Open the safetensors `files` (each with the tensors an index expects in it) as one store.
+fn build(
+    origin: &Path,
+    files: Vec<(PathBuf, Vec<String>)>,
+    config: Option<Config>,
+    model_name: &str,
+) -> Result<Store> {
+    let mut parsed = Vec::new();
+    for (path, expected) in files {
+        let map = map_file(&path)?;
+        let entries = parse_header(&path, &map)?;
+        let names: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        if let Some(missing) = expected.iter().find(|n| !names.contains(n.as_str())) {
+            return Err(Error::format(
+                &path,
+                format!("the index places tensor `{missing}` in this shard but its header has no such tensor"),
+            ));
+        }
+        drop(names);
+        parsed.push((path, map, entries));
+    }
+
+    // Architecture, head counts and metadata.
+    let config_path = config.as_ref().map(|c| c.path.clone());
+    let (arch, heads, metadata, config_json): (Option<&Architecture>, Option<Heads>, Metadata, Option<Json>) =
+        match config {
+            Some(c) => {
+                let hf_arch = c
+                    .json
+                    .get("architectures")
+                    .and_then(|a| a.get(0))
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| Error::format(&c.path, "no `architectures` list"))?;
+                let arch = arch::by_hf_name(hf_arch).ok_or_else(|| {
+                    Error::format(
+                        &c.path,
+                        format!(
+                            "unsupported architecture `{hf_arch}` (smelt handles {})",
+                            arch::supported_hf_names().join(", ")
+                        ),
+                    )
+                })?;
+                let heads = arch.heads(&c.json).map_err(|m| Error::format(&c.path, m))?;
+                let md = arch
+                    .metadata(&c.json, model_name)
+                    .map_err(|m| Error::format(&c.path, m))?;
+                (Some(arch), Some(heads), md, Some(c.json))
+            }
+            None => {
+                let arch = arch::ARCHITECTURES.iter().copied().find(|a| {
+                    parsed.iter().all(|(_, _, entries)| {
+                        entries
+                            .iter()
+                            .all(|e| a.is_ignored(&e.name) || a.canonical(&e.name).is_some())
+                    })
+                });
+                let mut md = Metadata::new();
+                if let Some(a) = arch {
+                    md.set("general.architecture", Value::String(a.gguf_name.into()));
+                }
+                (arch, None, md, None)
+            }
+        };
+
+    let mut pending = Vec::new();
+    let mut generated = Generated::default();
+    let mut owner: HashMap<String, PathBuf> = HashMap::new();
+    let mut source_files = Vec::new();
+    let mut serial = 0usize;
+    for (fi, (path, map, entries)) in parsed.into_iter().enumerate() {
+        for e in entries {
+            if arch.is_some_and(|a| a.is_ignored(&e.name)) {
+                continue;
+            }
+            let bad = |m: String| Error::format(&path, format!("tensor `{}`: {m}", e.name));
+            let ty = dtype_info(&e.dtype).0.ok_or_else(|| {
+                Error::format(
+                    &path,
+                    format!(
+                        "unsupported dtype {} in tensor `{}` (smelt reads F32, F16 and BF16)",
+                        e.dtype, e.name
+                    ),
+                )
+            })?;
+            if e.shape.len() > MAX_DIMS {
+                return Err(bad(format!("{} dimensions, ggml allows {MAX_DIMS}", e.shape.len())));
+            }
+            let mut shape: Vec<u64> = e.shape.iter().rev().copied().collect();
+            if shape.is_empty() {
+                shape.push(1);
+            }
+            let mapped = match arch {
+                Some(a) => Some(a.canonical(&e.name).ok_or_else(|| {
+                    bad(format!(
+                        "no {} tensor is called this (the {} table has no rule for it)",
+                        a.gguf_name, a.gguf_name
+                    ))
+                })?),
+                None => None,
+            };
+            let (name, key, permute) = match &mapped {
+                Some(m) => (m.name.clone(), arch.unwrap().order_key(m), m.permute),
+                None => (e.name.clone(), (3, 0, serial), Permute::None),
+            };
+            serial += 1;
+            if let Some(prev) = owner.insert(name.clone(), path.clone()) {
+                return Err(Error::format(
+                    &path,
+                    format!(
+                        "tensor `{}` ({name}) is also in {}",
+                        e.name,
+                        prev.display()
+                    ),
+                ));
+            }
+            let mut tensor = StoreTensor {
+                name,
+                shape,
+                ty,
+                file: fi,
+                offset: e.start,
+                n_bytes: e.end - e.start,
+                rows: RowOrder::AsStored,
+            };
+            if let (Some(a), Some(h)) = (arch, heads) {
+                if permute != Permute::None {
+                    let one_d = tensor.shape.len() == 1;
+                    let n = if one_d {
+                        tensor.shape[0] as usize
+                    } else {
+                        tensor.n_rows()
+                    };
+                    let order = a.row_order(permute, h, n).map_err(bad)?;
+                    if one_d {
+                        let raw = &map[e.start as usize..e.end as usize];
+                        let data = permute_elements(raw, ty.type_size(), order);
+                        generated.push(key, tensor.name, tensor.shape, ty, &data);
+                        continue;
+                    }
+                    tensor.rows = order;
+                }
+            }
+            pending.push(Pending { key, tensor });
+        }
+        source_files.push(SourceFile { path, map });
+    }
+
+    if let (Some(a), Some(json), Some(cp)) = (arch, &config_json, &config_path) {
+        let freqs = arch::llama3_rope_freqs(json, a).map_err(|m| Error::format(cp, m))?;
+        if let Some(f) = freqs {
+            let bytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+            generated.push((0, 0, 0), ROPE_FREQS.into(), vec![f.len() as u64], GgmlType::F32, &bytes);
+        }
+    }
+    if let Some((file, tensors)) = generated.into_file(origin, source_files.len())? {
+        source_files.push(file);
+        pending.extend(tensors);
+    }
+    // rope_freqs first (where llama.cpp's converter puts generated tensors), then table order.
+    pending.sort_by_key(|p| (p.tensor.name != ROPE_FREQS, p.key));
+    Ok(Store {
+        metadata,
+        tensors: pending.into_iter().map(|p| p.tensor).collect(),
+        files: source_files,
+    })
 }
