@@ -200,7 +200,7 @@ impl GgufFile {
             let end = data_offset
                 .checked_add(t.offset)
                 .and_then(|s| s.checked_add(t.n_bytes));
-            if end.is_none_or(|e| e > file_len) {
+            if !end.is_some_and(|e| e <= file_len) {
                 return Err(Error::format(
                     path,
                     format!(
