@@ -63,7 +63,12 @@ pub fn open_hf_folder(path: &Path) -> Result<Store> {
         found.sort();
         // Mistral folders may hold `consolidated.safetensors` beside the HF-named files.
         if found.len() > 1 {
-            found.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with("consolidated"));
+            found.retain(|p| {
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("consolidated")
+            });
         }
         if found.is_empty() {
             return Err(Error::format(
@@ -134,7 +139,10 @@ fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
     let mut shards: Vec<(String, Vec<String>)> = Vec::new();
     for (tensor, shard) in map {
         let shard = shard.as_str().ok_or_else(|| {
-            Error::format(path, format!("weight_map entry `{tensor}` is {shard}, not a file name"))
+            Error::format(
+                path,
+                format!("weight_map entry `{tensor}` is {shard}, not a file name"),
+            )
         })?;
         match shards.iter_mut().find(|(s, _)| s == shard) {
             Some((_, names)) => names.push(tensor.clone()),
@@ -281,9 +289,7 @@ fn parse_header(path: &Path, map: &[u8]) -> Result<Vec<Entry>> {
             )));
         }
         if let (_, Some(size)) = dtype_info(&dtype) {
-            let need = shape
-                .iter()
-                .try_fold(size, |acc, &d| acc.checked_mul(d));
+            let need = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
             if need != Some(end - begin) {
                 return Err(bad(&format!(
                     "shape {shape:?} of dtype {dtype} needs {} bytes but data_offsets [{begin}, {end}] hold {}",
@@ -306,7 +312,10 @@ fn parse_header(path: &Path, map: &[u8]) -> Result<Vec<Entry>> {
         if w[1].start < w[0].end {
             return Err(Error::format(
                 path,
-                format!("tensors `{}` and `{}` overlap in the data section", w[0].name, w[1].name),
+                format!(
+                    "tensors `{}` and `{}` overlap in the data section",
+                    w[0].name, w[1].name
+                ),
             ));
         }
     }
@@ -315,7 +324,7 @@ fn parse_header(path: &Path, map: &[u8]) -> Result<Vec<Entry>> {
 
 /// A tensor on its way into the store, with its sort key.
 struct Pending {
-    key: (u8, usize, usize),
+    key: (u8, usize, usize, u8),
     tensor: StoreTensor,
 }
 
@@ -328,7 +337,14 @@ struct Generated {
 }
 
 impl Generated {
-    fn push(&mut self, key: (u8, usize, usize), name: String, shape: Vec<u64>, ty: GgmlType, data: &[u8]) {
+    fn push(
+        &mut self,
+        key: (u8, usize, usize, u8),
+        name: String,
+        shape: Vec<u64>,
+        ty: GgmlType,
+        data: &[u8],
+    ) {
         while self.bytes.len() % 32 != 0 {
             self.bytes.push(0);
         }
@@ -423,45 +439,49 @@ fn build(
 
     // Architecture, head counts and metadata.
     let config_path = config.as_ref().map(|c| c.path.clone());
-    let (arch, heads, metadata, config_json): (Option<&Architecture>, Option<Heads>, Metadata, Option<Json>) =
-        match config {
-            Some(c) => {
-                let hf_arch = c
-                    .json
-                    .get("architectures")
-                    .and_then(|a| a.get(0))
-                    .and_then(Json::as_str)
-                    .ok_or_else(|| Error::format(&c.path, "no `architectures` list"))?;
-                let arch = arch::by_hf_name(hf_arch).ok_or_else(|| {
-                    Error::format(
-                        &c.path,
-                        format!(
-                            "unsupported architecture `{hf_arch}` (smelt handles {})",
-                            arch::supported_hf_names().join(", ")
-                        ),
-                    )
-                })?;
-                let heads = arch.heads(&c.json).map_err(|m| Error::format(&c.path, m))?;
-                let md = arch
-                    .metadata(&c.json, model_name)
-                    .map_err(|m| Error::format(&c.path, m))?;
-                (Some(arch), Some(heads), md, Some(c.json))
+    let (arch, heads, metadata, config_json): (
+        Option<&Architecture>,
+        Option<Heads>,
+        Metadata,
+        Option<Json>,
+    ) = match config {
+        Some(c) => {
+            let hf_arch = c
+                .json
+                .get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(Json::as_str)
+                .ok_or_else(|| Error::format(&c.path, "no `architectures` list"))?;
+            let arch = arch::by_hf_name(hf_arch).ok_or_else(|| {
+                Error::format(
+                    &c.path,
+                    format!(
+                        "unsupported architecture `{hf_arch}` (smelt handles {})",
+                        arch::supported_hf_names().join(", ")
+                    ),
+                )
+            })?;
+            let heads = arch.heads(&c.json).map_err(|m| Error::format(&c.path, m))?;
+            let md = arch
+                .metadata(&c.json, model_name)
+                .map_err(|m| Error::format(&c.path, m))?;
+            (Some(arch), Some(heads), md, Some(c.json))
+        }
+        None => {
+            let arch = arch::ARCHITECTURES.iter().copied().find(|a| {
+                parsed.iter().all(|(_, _, entries)| {
+                    entries
+                        .iter()
+                        .all(|e| a.is_ignored(&e.name) || a.canonical(&e.name).is_some())
+                })
+            });
+            let mut md = Metadata::new();
+            if let Some(a) = arch {
+                md.set("general.architecture", Value::String(a.gguf_name.into()));
             }
-            None => {
-                let arch = arch::ARCHITECTURES.iter().copied().find(|a| {
-                    parsed.iter().all(|(_, _, entries)| {
-                        entries
-                            .iter()
-                            .all(|e| a.is_ignored(&e.name) || a.canonical(&e.name).is_some())
-                    })
-                });
-                let mut md = Metadata::new();
-                if let Some(a) = arch {
-                    md.set("general.architecture", Value::String(a.gguf_name.into()));
-                }
-                (arch, None, md, None)
-            }
-        };
+            (arch, None, md, None)
+        }
+    };
 
     let mut pending = Vec::new();
     let mut generated = Generated::default();
@@ -484,7 +504,10 @@ fn build(
                 )
             })?;
             if e.shape.len() > MAX_DIMS {
-                return Err(bad(format!("{} dimensions, ggml allows {MAX_DIMS}", e.shape.len())));
+                return Err(bad(format!(
+                    "{} dimensions, ggml allows {MAX_DIMS}",
+                    e.shape.len()
+                )));
             }
             let mut shape: Vec<u64> = e.shape.iter().rev().copied().collect();
             if shape.is_empty() {
@@ -501,17 +524,13 @@ fn build(
             };
             let (name, key, permute) = match &mapped {
                 Some(m) => (m.name.clone(), arch.unwrap().order_key(m), m.permute),
-                None => (e.name.clone(), (3, 0, serial), Permute::None),
+                None => (e.name.clone(), (3, 0, serial, 0), Permute::None),
             };
             serial += 1;
             if let Some(prev) = owner.insert(name.clone(), path.clone()) {
                 return Err(Error::format(
                     &path,
-                    format!(
-                        "tensor `{}` ({name}) is also in {}",
-                        e.name,
-                        prev.display()
-                    ),
+                    format!("tensor `{}` ({name}) is also in {}", e.name, prev.display()),
                 ));
             }
             let mut tensor = StoreTensor {
@@ -550,7 +569,13 @@ fn build(
         let freqs = arch::llama3_rope_freqs(json, a).map_err(|m| Error::format(cp, m))?;
         if let Some(f) = freqs {
             let bytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
-            generated.push((0, 0, 0), ROPE_FREQS.into(), vec![f.len() as u64], GgmlType::F32, &bytes);
+            generated.push(
+                (0, 0, 0, 0),
+                ROPE_FREQS.into(),
+                vec![f.len() as u64],
+                GgmlType::F32,
+                &bytes,
+            );
         }
     }
     if let Some((file, tensors)) = generated.into_file(origin, source_files.len())? {
@@ -565,3 +590,7 @@ fn build(
         files: source_files,
     })
 }
+
+#[cfg(test)]
+#[path = "safetensors_tests.rs"]
+mod tests;

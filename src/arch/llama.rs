@@ -38,7 +38,10 @@ pub static LLAMA: Architecture = Architecture {
         },
         rule("model.layers.{N}.self_attn.v_proj", "blk.{N}.attn_v"),
         rule("model.layers.{N}.self_attn.o_proj", "blk.{N}.attn_output"),
-        rule("model.layers.{N}.post_attention_layernorm", "blk.{N}.ffn_norm"),
+        rule(
+            "model.layers.{N}.post_attention_layernorm",
+            "blk.{N}.ffn_norm",
+        ),
         rule("model.layers.{N}.mlp.gate_proj", "blk.{N}.ffn_gate"),
         rule("model.layers.{N}.mlp.up_proj", "blk.{N}.ffn_up"),
         rule("model.layers.{N}.mlp.down_proj", "blk.{N}.ffn_down"),
@@ -130,33 +133,70 @@ mod tests {
             ("model.embed_tokens.weight", "token_embd.weight"),
             ("model.norm.weight", "output_norm.weight"),
             ("lm_head.weight", "output.weight"),
-            ("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight"),
-            ("model.layers.11.self_attn.k_proj.bias", "blk.11.attn_k.bias"),
-            ("model.layers.2.self_attn.v_proj.weight", "blk.2.attn_v.weight"),
-            ("model.layers.2.self_attn.o_proj.weight", "blk.2.attn_output.weight"),
-            ("model.layers.3.mlp.gate_proj.weight", "blk.3.ffn_gate.weight"),
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                "blk.0.attn_q.weight",
+            ),
+            (
+                "model.layers.11.self_attn.k_proj.bias",
+                "blk.11.attn_k.bias",
+            ),
+            (
+                "model.layers.2.self_attn.v_proj.weight",
+                "blk.2.attn_v.weight",
+            ),
+            (
+                "model.layers.2.self_attn.o_proj.weight",
+                "blk.2.attn_output.weight",
+            ),
+            (
+                "model.layers.3.mlp.gate_proj.weight",
+                "blk.3.ffn_gate.weight",
+            ),
             ("model.layers.3.mlp.up_proj.weight", "blk.3.ffn_up.weight"),
-            ("model.layers.3.mlp.down_proj.weight", "blk.3.ffn_down.weight"),
-            ("model.layers.4.input_layernorm.weight", "blk.4.attn_norm.weight"),
-            ("model.layers.4.post_attention_layernorm.weight", "blk.4.ffn_norm.weight"),
+            (
+                "model.layers.3.mlp.down_proj.weight",
+                "blk.3.ffn_down.weight",
+            ),
+            (
+                "model.layers.4.input_layernorm.weight",
+                "blk.4.attn_norm.weight",
+            ),
+            (
+                "model.layers.4.post_attention_layernorm.weight",
+                "blk.4.ffn_norm.weight",
+            ),
         ];
         for (hf, gguf) in cases {
             assert_eq!(LLAMA.canonical(hf).unwrap().name, gguf, "{hf}");
             assert_eq!(LLAMA.hf_name(gguf).unwrap(), hf, "{gguf}");
         }
         assert_eq!(
-            LLAMA.canonical("model.layers.1.self_attn.q_proj.weight").unwrap().permute,
+            LLAMA
+                .canonical("model.layers.1.self_attn.q_proj.weight")
+                .unwrap()
+                .permute,
             Permute::Heads
         );
         assert_eq!(
-            LLAMA.canonical("model.layers.1.self_attn.k_proj.weight").unwrap().permute,
+            LLAMA
+                .canonical("model.layers.1.self_attn.k_proj.weight")
+                .unwrap()
+                .permute,
             Permute::KvHeads
         );
-        assert!(LLAMA.canonical("model.layers.x.mlp.up_proj.weight").is_none());
+        assert!(LLAMA
+            .canonical("model.layers.x.mlp.up_proj.weight")
+            .is_none());
         assert!(LLAMA.canonical("model.other.weight").is_none());
         assert!(LLAMA.is_ignored("model.layers.0.self_attn.rotary_emb.inv_freq"));
         assert!(LLAMA.hf_name("blk.0.nonsense.weight").is_none());
-        assert_eq!(super::super::by_hf_name("MistralForCausalLM").unwrap().gguf_name, "llama");
+        assert_eq!(
+            super::super::by_hf_name("MistralForCausalLM")
+                .unwrap()
+                .gguf_name,
+            "llama"
+        );
     }
 
     #[test]
@@ -192,12 +232,18 @@ mod tests {
         );
         assert_eq!(md.get("llama.rope.dimension_count"), Some(&Value::U32(16)));
         assert_eq!(md.get("llama.rope.freq_base"), Some(&Value::F32(500000.0)));
-        assert_eq!(md.get("llama.attention.layer_norm_rms_epsilon"), Some(&Value::F32(1e-5)));
+        assert_eq!(
+            md.get("llama.attention.layer_norm_rms_epsilon"),
+            Some(&Value::F32(1e-5))
+        );
         assert_eq!(md.get("llama.rope.scaling.factor"), Some(&Value::F32(2.0)));
         let heads = LLAMA.heads(&config).unwrap();
         assert_eq!((heads.n_head, heads.n_head_kv), (4, 2));
 
         let bad = serde_json::json!({"hidden_size": 64, "num_attention_heads": 4});
-        assert!(LLAMA.metadata(&bad, "x").unwrap_err().contains("llama.block_count"));
+        assert!(LLAMA
+            .metadata(&bad, "x")
+            .unwrap_err()
+            .contains("llama.block_count"));
     }
 }

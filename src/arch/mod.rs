@@ -114,10 +114,7 @@ pub fn by_hf_name(hf_arch: &str) -> Option<&'static Architecture> {
 
 /// The architecture with GGUF name `name` (`llama`).
 pub fn by_gguf_name(name: &str) -> Option<&'static Architecture> {
-    ARCHITECTURES
-        .iter()
-        .copied()
-        .find(|a| a.gguf_name == name)
+    ARCHITECTURES.iter().copied().find(|a| a.gguf_name == name)
 }
 
 /// Every HF class name smelt handles, for error messages.
@@ -138,9 +135,8 @@ pub fn layer_index(canonical: &str) -> Option<(usize, &str)> {
 
 /// A decimal block index without sign or leading zeros.
 fn parse_index(s: &str) -> Option<usize> {
-    let ok = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s == "0" || !s.starts_with('0'));
+    let ok =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     if ok {
         s.parse().ok()
     } else {
@@ -223,17 +219,23 @@ impl Architecture {
         self.ignored_suffixes.iter().any(|s| hf.ends_with(s))
     }
 
-    /// Sort key presenting tensors as the table orders them (see [`Architecture::tensors`]).
-    pub fn order_key(&self, m: &Mapped) -> (u8, usize, usize) {
+    /// Sort key presenting tensors as the table orders them (see [`Architecture::tensors`]),
+    /// `.weight` before `.bias`.
+    pub fn order_key(&self, m: &Mapped) -> (u8, usize, usize, u8) {
         let first_layer_rule = self
             .tensors
             .iter()
             .position(|r| r.hf.contains("{N}"))
             .unwrap_or(self.tensors.len());
+        let suffix = match split_suffix(&m.name).1 {
+            ".weight" => 0,
+            ".bias" => 1,
+            _ => 2,
+        };
         match m.block {
-            Some(b) => (1, b, m.rule),
-            None if m.rule < first_layer_rule => (0, 0, m.rule),
-            None => (2, 0, m.rule),
+            Some(b) => (1, b, m.rule, suffix),
+            None if m.rule < first_layer_rule => (0, 0, m.rule, suffix),
+            None => (2, 0, m.rule, suffix),
         }
     }
 
@@ -257,7 +259,12 @@ impl Architecture {
 
     /// The row order for a tensor of `n_rows` rows under rule permutation `permute`, or an
     /// error when the rows do not split into the heads.
-    pub fn row_order(&self, permute: Permute, heads: Heads, n_rows: usize) -> Result<RowOrder, String> {
+    pub fn row_order(
+        &self,
+        permute: Permute,
+        heads: Heads,
+        n_rows: usize,
+    ) -> Result<RowOrder, String> {
         let n_head = match permute {
             Permute::None => return Ok(RowOrder::AsStored),
             Permute::Heads => heads.n_head,
@@ -283,7 +290,10 @@ impl Architecture {
             let key = format!("{}.{}", self.gguf_name, hp.key);
             let missing = || -> Result<(), String> {
                 if hp.required {
-                    Err(format!("config.json has no value for `{key}` ({:?})", hp.source))
+                    Err(format!(
+                        "config.json has no value for `{key}` ({:?})",
+                        hp.source
+                    ))
                 } else {
                     Ok(())
                 }
@@ -469,8 +479,14 @@ mod tests {
 
     #[test]
     fn layer_index_parsing() {
-        assert_eq!(layer_index("blk.12.attn_q.weight"), Some((12, "attn_q.weight")));
-        assert_eq!(layer_index("blk.0.ffn_norm.weight"), Some((0, "ffn_norm.weight")));
+        assert_eq!(
+            layer_index("blk.12.attn_q.weight"),
+            Some((12, "attn_q.weight"))
+        );
+        assert_eq!(
+            layer_index("blk.0.ffn_norm.weight"),
+            Some((0, "ffn_norm.weight"))
+        );
         assert_eq!(layer_index("token_embd.weight"), None);
         assert_eq!(layer_index("blk.x.attn_q.weight"), None);
         assert_eq!(layer_index("blk.01.attn_q.weight"), None);
