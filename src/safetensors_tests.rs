@@ -566,8 +566,10 @@ fn bad_inputs() {
         "{e}"
     );
     // Shorter than the length field.
-    let e = open_bad(&good[..5]);
-    assert!(e.contains("truncated"), "{e}");
+    for n in [0, 5] {
+        let e = open_bad(&good[..n]);
+        assert!(e.contains("truncated"), "{e}");
+    }
     // Header length past EOF.
     let mut long = good.clone();
     long[..8].copy_from_slice(&1_000_000u64.to_le_bytes());
@@ -626,5 +628,33 @@ fn bad_inputs() {
         d.extend_from_slice(&[0; 8]);
         let e = open_bad(&d);
         assert!(e.contains("`t`"), "{entry}: {e}");
+    }
+}
+
+/// Compares with `scripts/crosscheck-safetensors.py` (gguf-py's names, llama.cpp's own
+/// `LlamaModel.permute`): run the script into DIR, then
+/// `SMELT_HF_CROSSCHECK=DIR cargo test --lib python_crosscheck -- --ignored`.
+#[test]
+#[ignore]
+fn python_crosscheck() {
+    let dir = std::env::var("SMELT_HF_CROSSCHECK").expect("set SMELT_HF_CROSSCHECK");
+    let dir = Path::new(&dir);
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let store = Store::open(dir).unwrap();
+    let expected = expected["tensors"].as_array().unwrap();
+    assert_eq!(store.tensors.len(), expected.len());
+    for e in expected {
+        let name = e["name"].as_str().unwrap();
+        let (i, t) = tensor(&store, name);
+        let shape: Vec<u64> = serde_json::from_value(e["shape"].clone()).unwrap();
+        assert_eq!(t.shape, shape, "{name}");
+        let values: Vec<f32> = e["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(store.read_f32(i).unwrap(), values, "{name}");
     }
 }
