@@ -240,7 +240,7 @@ pub fn parse_prune_layers(s: &str) -> Result<Vec<u32>> {
 /// llama-quantize's layer renumbering for `--prune-layers`: the new name of a tensor, or
 /// `None` when its layer is pruned. Layers keep their order and close up the gaps.
 pub fn pruned_name(name: &str, prune: &[u32]) -> Option<String> {
-    let Some((blk, rest)) = crate::arch::layer_of(name) else {
+    let Some((blk, rest)) = crate::arch::layer_index(name).map(|(b, r)| (b as u32, r)) else {
         return Some(name.to_string());
     };
     if prune.binary_search(&blk).is_ok() {

@@ -1,385 +1,596 @@
-//! safetensors files, sharded checkpoints (`model.safetensors.index.json`) and Hugging Face
-//! folders, memory-mapped and zero-copy: each tensor of the store points into its shard.
+//! safetensors files, sharded indexes and Hugging Face model folders, opened as a [`Store`].
 //!
-//! In a folder, config.json picks the architecture table (`arch`), which renames tensors to
-//! llama.cpp's canonical names, sets their row permutation and writes the hyper-parameters.
-//! A bare file or index without config.json keeps its tensor names (and shapes) as stored.
-//! Tokenizer metadata is added by the tokenizer module, not here.
+//! A safetensors file is an 8-byte little-endian header length, a JSON header mapping each
+//! tensor name to `{dtype, shape, data_offsets}`, then the data. Every file is memory-mapped
+//! and tensors point straight into the map (zero-copy); the header is checked against the file
+//! size before any tensor is used, so a damaged file gives an error naming the file and
+//! tensor, never a panic.
+//!
+//! Inputs:
+//! - a Hugging Face folder: `config.json` plus `model.safetensors.index.json` (sharded) or
+//!   `.safetensors` files. Other files (tokenizer files, generation config) are left alone:
+//!   tokenizer metadata is added by the tokenizer module.
+//! - a `.safetensors` file or a `*.safetensors.index.json` index: a `config.json` in the same
+//!   folder is used when there is one.
+//!
+//! With a `config.json`, its `architectures[0]` picks the [`Architecture`](crate::arch) table:
+//! names become llama.cpp's canonical names, q/k rows are presented in llama.cpp's head order
+//! ([`RowOrder::HeadPermute`]) and the metadata holds the hyper-parameters.
+//!
+//! Without a `config.json` (a bare file), when every tensor name matches an architecture's
+//! table the names are converted and `general.architecture` is the only metadata; otherwise
+//! the names are kept as they are and the metadata is empty. In both cases the rows are kept
+//! in stored (Hugging Face) order: the head counts needed for the q/k permutation are not
+//! known without `config.json`, so such a store is fine for tensor-wise work (merging two
+//! bare files) but is not a runnable llama.cpp model.
+//!
+//! Supported dtypes are F32, F16 and BF16. Tensors the architecture ignores
+//! (`rotary_emb.inv_freq`) are skipped whatever their dtype; any other dtype is an error.
 
-use crate::arch::{self, ArchTable, Mapped};
+use crate::arch::{self, Architecture, Heads, Permute};
 use crate::error::{Error, Result};
+use crate::gguf::reader::MAX_DIMS;
 use crate::gguf::{GgmlType, Metadata, Value};
 use crate::store::{RowOrder, SourceFile, Store, StoreTensor};
 use memmap2::Mmap;
-use std::collections::{BTreeMap, HashSet};
+use serde_json::Value as Json;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// One tensor entry of a safetensors header.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Entry {
-    pub name: String,
-    pub ty: GgmlType,
-    /// torch order (`[out, in]`).
-    pub torch_shape: Vec<u64>,
-    /// Absolute file offset of the data.
-    pub offset: u64,
-    pub n_bytes: u64,
-}
+/// The index file name of a sharded Hugging Face model.
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
+/// Tensor name of llama.cpp's llama3 RoPE frequency factors.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
-/// A parsed, memory-mapped safetensors file.
-pub struct SafetensorsFile {
-    pub path: PathBuf,
-    pub map: Arc<Mmap>,
-    /// In file order (by data offset).
-    pub entries: Vec<Entry>,
-    /// Unsupported dtypes seen, by tensor name (reported only if such a tensor is used).
-    pub unsupported: BTreeMap<String, String>,
-}
-
-fn dtype(s: &str) -> Option<GgmlType> {
-    match s {
-        "F32" => Some(GgmlType::F32),
-        "F16" => Some(GgmlType::F16),
-        "BF16" => Some(GgmlType::BF16),
-        _ => None,
-    }
-}
-
-impl SafetensorsFile {
-    pub fn open(path: &Path) -> Result<SafetensorsFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only map; we rely on the file not changing while smelt runs (as every
-        // mmap reader does), and bounds-check every offset against the length seen here.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let len = map.len() as u64;
-        if len < 8 {
-            return Err(Error::format(
-                path,
-                "truncated: no safetensors header length",
-            ));
-        }
-        let header_len = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
-        if header_len > len - 8 {
-            return Err(Error::format(
-                path,
-                format!("header length {header_len} runs past the end of the file ({len} bytes); truncated or not safetensors"),
-            ));
-        }
-        let data_start = 8 + header_len;
-        let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&map[8..data_start as usize])
-                .map_err(|e| Error::format(path, format!("bad safetensors JSON header: {e}")))?;
-        let mut entries = Vec::new();
-        let mut unsupported = BTreeMap::new();
-        for (name, info) in &header {
-            if name == "__metadata__" {
-                continue;
-            }
-            let bad = |msg: &str| Error::format(path, format!("tensor `{name}`: {msg}"));
-            let dt = info
-                .get("dtype")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| bad("no dtype"))?;
-            let shape: Vec<u64> = info
-                .get("shape")
-                .and_then(|v| v.as_array())
-                .ok_or_else(|| bad("no shape"))?
-                .iter()
-                .map(|d| {
-                    d.as_u64()
-                        .ok_or_else(|| bad("shape entries must be non-negative integers"))
-                })
-                .collect::<Result<_>>()?;
-            let offs = info
-                .get("data_offsets")
-                .and_then(|v| v.as_array())
-                .filter(|a| a.len() == 2)
-                .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
-                .ok_or_else(|| bad("data_offsets must be [begin, end]"))?;
-            if offs.1 < offs.0 || offs.1 > len - data_start {
-                return Err(bad(&format!(
-                    "data {}..{} runs past the end of the file's {} data bytes; truncated?",
-                    offs.0,
-                    offs.1,
-                    len - data_start
-                )));
-            }
-            let Some(ty) = dtype(dt) else {
-                unsupported.insert(name.clone(), dt.to_string());
-                continue;
-            };
-            let n: u64 = shape.iter().product();
-            if n * ty.type_size() as u64 != offs.1 - offs.0 {
-                return Err(bad(&format!(
-                    "shape {shape:?} of {dt} needs {} bytes but data_offsets hold {}",
-                    n * ty.type_size() as u64,
-                    offs.1 - offs.0
-                )));
-            }
-            entries.push(Entry {
-                name: name.clone(),
-                ty,
-                torch_shape: shape,
-                offset: data_start + offs.0,
-                n_bytes: offs.1 - offs.0,
+/// Open a Hugging Face model folder.
+pub fn open_hf_folder(path: &Path) -> Result<Store> {
+    let config = read_config(path)?;
+    let index = path.join(INDEX_NAME);
+    let files = if index.is_file() {
+        read_index(&index)?
+    } else {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().ends_with(".safetensors"))
+            })
+            .collect();
+        found.sort();
+        // Mistral folders may hold `consolidated.safetensors` beside the HF-named files.
+        if found.len() > 1 {
+            found.retain(|p| {
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("consolidated")
             });
         }
-        entries.sort_by_key(|e| e.offset);
-        for w in entries.windows(2) {
-            if w[0].offset + w[0].n_bytes > w[1].offset {
-                return Err(Error::format(
-                    path,
-                    format!("tensors `{}` and `{}` overlap", w[0].name, w[1].name),
-                ));
-            }
+        if found.is_empty() {
+            return Err(Error::format(
+                path,
+                format!("no {INDEX_NAME} and no .safetensors file in this folder (PyTorch .bin checkpoints are not supported)"),
+            ));
         }
-        Ok(SafetensorsFile {
-            path: path.to_path_buf(),
-            map: Arc::new(map),
-            entries,
-            unsupported,
-        })
-    }
+        found.into_iter().map(|p| (p, Vec::new())).collect()
+    };
+    build(path, files, config, &folder_name(path))
 }
 
-/// Shard files of an index, in weight_map order of first appearance, with their tensors.
-fn read_index(index: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(index, format!("bad JSON: {e}")))?;
-    let map = doc
-        .get("weight_map")
-        .and_then(|v| v.as_object())
-        .ok_or_else(|| Error::format(index, "no weight_map"))?;
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let mut shards: Vec<(PathBuf, Vec<String>)> = Vec::new();
-    for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| {
-            Error::format(index, format!("weight_map[`{tensor}`] is not a file name"))
-        })?;
-        let p = dir.join(file);
-        match shards.iter_mut().find(|(q, _)| *q == p) {
-            Some((_, names)) => names.push(tensor.clone()),
-            None => shards.push((p, vec![tensor.clone()])),
-        }
-    }
-    shards.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(shards)
-}
-
-/// The safetensors files of a folder or index, each checked to exist (and to hold what the
-/// index promises).
-fn open_shards(path: &Path) -> Result<Vec<SafetensorsFile>> {
-    let is_index = path.is_file() && path.to_string_lossy().ends_with(".index.json");
-    let index = if is_index {
-        Some(path.to_path_buf())
+/// Open one `.safetensors` file or a `*.safetensors.index.json` index.
+pub fn open_file(path: &Path) -> Result<Store> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let config = read_config(&dir)?;
+    let is_index = path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().to_lowercase().ends_with(".index.json"));
+    let files = if is_index {
+        read_index(path)?
     } else {
-        None
+        vec![(path.to_path_buf(), Vec::new())]
+    };
+    build(path, files, config, &folder_name(&dir))
+}
+
+/// A parsed `config.json`.
+struct Config {
+    path: PathBuf,
+    json: Json,
+}
+
+fn read_config(dir: &Path) -> Result<Option<Config>> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Ok(None);
     }
-    .or_else(|| Some(path.join("model.safetensors.index.json")).filter(|p| p.is_file()));
-    if let Some(index) = index {
-        let mut files = Vec::new();
-        for (shard, names) in read_index(&index)? {
-            if !shard.is_file() {
-                return Err(Error::format(
-                    &shard,
-                    format!(
-                        "missing shard named by {} (it should hold `{}`)",
-                        index.display(),
-                        names[0]
-                    ),
-                ));
-            }
-            let f = SafetensorsFile::open(&shard)?;
-            let have: HashSet<&str> = f
-                .entries
-                .iter()
-                .map(|e| e.name.as_str())
-                .chain(f.unsupported.keys().map(|k| k.as_str()))
-                .collect();
-            if let Some(missing) = names.iter().find(|n| !have.contains(n.as_str())) {
-                return Err(Error::format(
-                    &shard,
-                    format!("tensor `{missing}` named by the index is not in this shard"),
-                ));
-            }
-            files.push(f);
+    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let json: Json = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    if !json.is_object() {
+        return Err(Error::format(&path, "not a JSON object"));
+    }
+    Ok(Some(Config { path, json }))
+}
+
+fn folder_name(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}
+
+/// The shard files of an index, each with the tensors the index places in it.
+fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let json: Json = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(Json::as_object)
+        .ok_or_else(|| Error::format(path, "no `weight_map` object"))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut shards: Vec<(String, Vec<String>)> = Vec::new();
+    for (tensor, shard) in map {
+        let shard = shard.as_str().ok_or_else(|| {
+            Error::format(
+                path,
+                format!("weight_map entry `{tensor}` is {shard}, not a file name"),
+            )
+        })?;
+        match shards.iter_mut().find(|(s, _)| s == shard) {
+            Some((_, names)) => names.push(tensor.clone()),
+            None => shards.push((shard.to_string(), vec![tensor.clone()])),
         }
-        return Ok(files);
     }
-    if path.is_file() {
-        return Ok(vec![SafetensorsFile::open(path)?]);
+    if shards.is_empty() {
+        return Err(Error::format(path, "weight_map is empty"));
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| Error::io(path, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    found.sort();
-    if found.is_empty() {
+    shards.sort();
+    let mut out = Vec::new();
+    for (shard, mut names) in shards {
+        names.sort();
+        let p = dir.join(&shard);
+        if !p.is_file() {
+            return Err(Error::format(
+                &p,
+                format!(
+                    "missing shard `{shard}` listed in {} (it should hold tensor `{}`)",
+                    path.display(),
+                    names[0]
+                ),
+            ));
+        }
+        out.push((p, names));
+    }
+    Ok(out)
+}
+
+/// One header entry, offsets absolute in the file.
+struct Entry {
+    name: String,
+    dtype: String,
+    /// torch order (`[out, in]`).
+    shape: Vec<u64>,
+    start: u64,
+    end: u64,
+}
+
+/// ggml type and element size of a safetensors dtype (`None` type: not supported).
+fn dtype_info(dtype: &str) -> (Option<GgmlType>, Option<u64>) {
+    match dtype {
+        "F32" => (Some(GgmlType::F32), Some(4)),
+        "F16" => (Some(GgmlType::F16), Some(2)),
+        "BF16" => (Some(GgmlType::BF16), Some(2)),
+        "F64" | "I64" | "U64" => (None, Some(8)),
+        "I32" | "U32" => (None, Some(4)),
+        "I16" | "U16" => (None, Some(2)),
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => (None, Some(1)),
+        _ => (None, None),
+    }
+}
+
+fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only. Like every mmap-based reader (llama.cpp's included) we
+    // rely on the input file not being truncated or rewritten while smelt runs; all reads
+    // are bounds-checked against the length seen here.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Arc::new(map))
+}
+
+/// The JSON header's entries in file order, keeping duplicates so they can be reported.
+struct Pairs(Vec<(String, Json)>);
+
+impl<'de> serde::Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Pairs, A::Error> {
+                let mut out = Vec::new();
+                while let Some(kv) = m.next_entry::<String, Json>()? {
+                    out.push(kv);
+                }
+                Ok(Pairs(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Parse and check the header of safetensors file `path` mapped as `map`.
+fn parse_header(path: &Path, map: &[u8]) -> Result<Vec<Entry>> {
+    let file_len = map.len() as u64;
+    if file_len < 8 {
         return Err(Error::format(
             path,
-            "no .safetensors files and no model.safetensors.index.json",
+            format!("truncated safetensors file: {file_len} bytes, too short for the 8-byte header length"),
         ));
     }
-    found.iter().map(|p| SafetensorsFile::open(p)).collect()
-}
-
-/// A Hugging Face folder: config.json + safetensors (single or sharded).
-pub fn open_hf_folder(dir: &Path) -> Result<Store> {
-    let cfg_path = dir.join("config.json");
-    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let cfg: serde_json::Value = serde_json::from_str(&cfg_text)
-        .map_err(|e| Error::format(&cfg_path, format!("bad JSON: {e}")))?;
-    let hf_arch = cfg
-        .get("architectures")
-        .and_then(|a| a.get(0))
-        .and_then(|a| a.as_str())
-        .ok_or_else(|| Error::format(&cfg_path, "no `architectures` entry"))?;
-    let table = arch::find(hf_arch).ok_or_else(|| {
-        Error::format(
-            &cfg_path,
+    let header_len = u64::from_le_bytes(map[..8].try_into().unwrap());
+    if header_len > file_len - 8 {
+        return Err(Error::format(
+            path,
             format!(
-                "unsupported architecture {hf_arch}; supported: {}",
-                arch::supported().join(", ")
+                "safetensors header length {header_len} runs past the end of the file ({file_len} bytes); truncated or not a safetensors file"
             ),
-        )
-    })?;
-    let files = open_shards(dir)?;
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into());
-    build_store(files, Some((table, &cfg)), &name)
-}
-
-/// A single `.safetensors` file or a `model.safetensors.index.json`; with a config.json beside
-/// it, read as the folder it belongs to.
-pub fn open_file(path: &Path) -> Result<Store> {
-    if let Some(dir) = path.parent().filter(|d| d.join("config.json").is_file()) {
-        let is_the_folders = path
-            .file_name()
-            .is_some_and(|n| n == "model.safetensors.index.json")
-            || !dir.join("model.safetensors.index.json").is_file();
-        if is_the_folders {
-            let files = open_shards(path)?;
-            let cfg_path = dir.join("config.json");
-            let cfg: serde_json::Value = std::fs::read_to_string(&cfg_path)
-                .map_err(|e| Error::io(&cfg_path, e))
-                .and_then(|t| {
-                    serde_json::from_str(&t).map_err(|e| Error::format(&cfg_path, e.to_string()))
-                })?;
-            if let Some(table) = cfg
-                .get("architectures")
-                .and_then(|a| a.get(0))
-                .and_then(|a| a.as_str())
-                .and_then(arch::find)
-            {
-                let stem = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                return build_store(files, Some((table, &cfg)), &stem);
-            }
-        }
+        ));
     }
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    build_store(open_shards(path)?, None, &stem)
-}
-
-fn build_store(
-    files: Vec<SafetensorsFile>,
-    arch: Option<(&ArchTable, &serde_json::Value)>,
-    name: &str,
-) -> Result<Store> {
-    let mut metadata = Metadata::new();
-    if let Some((table, cfg)) = arch {
-        metadata.set(
-            "general.architecture",
-            Value::String(table.gguf_arch.into()),
-        );
-        metadata.set("general.type", Value::String("model".into()));
-        metadata.set("general.name", Value::String(name.into()));
-        (table.hparams)(cfg, &mut metadata);
-    }
-    let mut tensors = Vec::new();
+    let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
+    let Pairs(pairs) = serde_json::from_slice(&map[8..data_start as usize])
+        .map_err(|e| Error::format(path, format!("bad safetensors JSON header: {e}")))?;
     let mut seen = HashSet::new();
-    let mut sources = Vec::new();
-    for (fi, f) in files.into_iter().enumerate() {
-        if let (Some((table, cfg)), Some((tname, dt))) = (arch, f.unsupported.iter().next()) {
-            if table.map_hf(tname, cfg) != Some(Mapped::Ignored) {
-                return Err(Error::format(
-                    &f.path,
-                    format!("unsupported dtype {dt} in tensor `{tname}`"),
-                ));
-            }
-        } else if let Some((tname, dt)) = f.unsupported.iter().next() {
+    let mut entries = Vec::new();
+    for (name, v) in pairs {
+        if !seen.insert(name.clone()) {
             return Err(Error::format(
-                &f.path,
-                format!("unsupported dtype {dt} in tensor `{tname}`"),
+                path,
+                format!("tensor `{name}` appears twice in the header"),
             ));
         }
-        for e in &f.entries {
-            let (name, rows) = match arch {
-                None => (e.name.clone(), RowOrder::AsStored),
-                Some((table, cfg)) => match table.map_hf(&e.name, cfg) {
-                    Some(Mapped::Tensor { name, rows }) => (name, rows),
-                    Some(Mapped::Ignored) => continue,
-                    None => {
-                        return Err(Error::format(
-                            &f.path,
-                            format!(
-                                "tensor `{}` has no llama.cpp name in the {} table",
-                                e.name, table.gguf_arch
-                            ),
-                        ))
-                    }
-                },
-            };
-            if !seen.insert(name.clone()) {
-                return Err(Error::format(
-                    &f.path,
-                    format!("duplicate tensor `{}`", e.name),
-                ));
-            }
-            let shape: Vec<u64> = if e.torch_shape.is_empty() {
-                vec![1]
-            } else {
-                e.torch_shape.iter().rev().copied().collect()
-            };
-            if let RowOrder::HeadPermute { n_head } = rows {
-                let n_rows: u64 = shape[1..].iter().product();
-                if n_head == 0 || n_rows % (2 * n_head as u64) != 0 {
-                    return Err(Error::format(
-                        &f.path,
-                        format!("tensor `{}`: {n_rows} rows do not split into {n_head} heads of two rotary halves", e.name),
-                    ));
-                }
-            }
-            tensors.push(StoreTensor {
-                name,
-                shape,
-                ty: e.ty,
-                file: fi,
-                offset: e.offset,
-                n_bytes: e.n_bytes,
-                rows,
-            });
+        if name == "__metadata__" {
+            continue;
         }
-        sources.push(SourceFile {
-            path: f.path,
-            map: f.map,
+        let bad = |what: &str| Error::format(path, format!("tensor `{name}`: {what}"));
+        let dtype = v
+            .get("dtype")
+            .and_then(Json::as_str)
+            .ok_or_else(|| bad("no string `dtype`"))?
+            .to_string();
+        let shape: Vec<u64> = v
+            .get("shape")
+            .and_then(Json::as_array)
+            .and_then(|a| a.iter().map(Json::as_u64).collect())
+            .ok_or_else(|| bad("`shape` is not a list of non-negative integers"))?;
+        let offsets: Vec<u64> = v
+            .get("data_offsets")
+            .and_then(Json::as_array)
+            .and_then(|a| a.iter().map(Json::as_u64).collect())
+            .filter(|o: &Vec<u64>| o.len() == 2)
+            .ok_or_else(|| bad("`data_offsets` is not a pair of non-negative integers"))?;
+        let (begin, end) = (offsets[0], offsets[1]);
+        if begin > end || end > data_len {
+            return Err(bad(&format!(
+                "data_offsets [{begin}, {end}] lie outside the data section ({data_len} bytes); truncated file?"
+            )));
+        }
+        if let (_, Some(size)) = dtype_info(&dtype) {
+            let need = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
+            if need != Some(end - begin) {
+                return Err(bad(&format!(
+                    "shape {shape:?} of dtype {dtype} needs {} bytes but data_offsets [{begin}, {end}] hold {}",
+                    need.map_or("more than 2^64".to_string(), |n| n.to_string()),
+                    end - begin
+                )));
+            }
+        }
+        entries.push(Entry {
+            name,
+            dtype,
+            shape,
+            start: data_start + begin,
+            end: data_start + end,
         });
     }
+    let mut by_offset: Vec<&Entry> = entries.iter().filter(|e| e.end > e.start).collect();
+    by_offset.sort_by_key(|e| (e.start, e.end));
+    for w in by_offset.windows(2) {
+        if w[1].start < w[0].end {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensors `{}` and `{}` overlap in the data section",
+                    w[0].name, w[1].name
+                ),
+            ));
+        }
+    }
+    Ok(entries)
+}
+
+/// A tensor on its way into the store, with its sort key.
+struct Pending {
+    key: (u8, usize, usize, u8),
+    tensor: StoreTensor,
+}
+
+/// Tensors made at open time (permuted biases, llama3 RoPE factors), written to one
+/// unlinked temporary file and mapped like the inputs.
+#[derive(Default)]
+struct Generated {
+    bytes: Vec<u8>,
+    tensors: Vec<Pending>,
+}
+
+impl Generated {
+    fn push(
+        &mut self,
+        key: (u8, usize, usize, u8),
+        name: String,
+        shape: Vec<u64>,
+        ty: GgmlType,
+        data: &[u8],
+    ) {
+        while self.bytes.len() % 32 != 0 {
+            self.bytes.push(0);
+        }
+        let offset = self.bytes.len() as u64;
+        self.bytes.extend_from_slice(data);
+        self.tensors.push(Pending {
+            key,
+            tensor: StoreTensor {
+                name,
+                shape,
+                ty,
+                file: usize::MAX, // set once the file exists
+                offset,
+                n_bytes: data.len() as u64,
+                rows: RowOrder::AsStored,
+            },
+        });
+    }
+
+    /// Write the bytes to an unlinked temporary file and map it: pages stay file-backed, so
+    /// [`Store::release`] may drop them like those of the inputs.
+    fn into_file(self, origin: &Path, index: usize) -> Result<Option<(SourceFile, Vec<Pending>)>> {
+        if self.tensors.is_empty() {
+            return Ok(None);
+        }
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let tmp = std::env::temp_dir().join(format!(
+            "smelt-generated-{}-{}.bin",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<File> {
+            std::fs::write(&tmp, &self.bytes)?;
+            File::open(&tmp)
+        };
+        let file = write();
+        let _ = std::fs::remove_file(&tmp);
+        let file = file.map_err(|e| Error::io(&tmp, e))?;
+        // SAFETY: read-only map of a private temporary file that nothing else can reach once
+        // it is unlinked (above), so it cannot change underneath the map.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&tmp, e))?;
+        let mut tensors = self.tensors;
+        for p in &mut tensors {
+            p.tensor.file = index;
+        }
+        let mut name = origin.as_os_str().to_owned();
+        name.push(" (generated tensors)");
+        Ok(Some((
+            SourceFile {
+                path: PathBuf::from(name),
+                map: Arc::new(map),
+            },
+            tensors,
+        )))
+    }
+}
+
+/// Element-wise llama.cpp head permutation of a 1-D tensor (a q/k bias): value `(h, i, j)`
+/// of the `(n_head, n/n_head/2, 2)` grid is stored value `(h, j, i)`.
+fn permute_elements(raw: &[u8], elem: usize, order: RowOrder) -> Vec<u8> {
+    let n = raw.len() / elem;
+    let mut out = Vec::with_capacity(raw.len());
+    for k in 0..n {
+        let s = order.stored_row(k, n);
+        out.extend_from_slice(&raw[s * elem..(s + 1) * elem]);
+    }
+    out
+}
+
+/// Open the safetensors `files` (each with the tensors an index expects in it) as one store.
+fn build(
+    origin: &Path,
+    files: Vec<(PathBuf, Vec<String>)>,
+    config: Option<Config>,
+    model_name: &str,
+) -> Result<Store> {
+    let mut parsed = Vec::new();
+    for (path, expected) in files {
+        let map = map_file(&path)?;
+        let entries = parse_header(&path, &map)?;
+        let names: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        if let Some(missing) = expected.iter().find(|n| !names.contains(n.as_str())) {
+            return Err(Error::format(
+                &path,
+                format!("the index places tensor `{missing}` in this shard but its header has no such tensor"),
+            ));
+        }
+        drop(names);
+        parsed.push((path, map, entries));
+    }
+
+    // Architecture, head counts and metadata.
+    let config_path = config.as_ref().map(|c| c.path.clone());
+    let (arch, heads, metadata, config_json): (
+        Option<&Architecture>,
+        Option<Heads>,
+        Metadata,
+        Option<Json>,
+    ) = match config {
+        Some(c) => {
+            let hf_arch = c
+                .json
+                .get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(Json::as_str)
+                .ok_or_else(|| Error::format(&c.path, "no `architectures` list"))?;
+            let arch = arch::by_hf_name(hf_arch).ok_or_else(|| {
+                Error::format(
+                    &c.path,
+                    format!(
+                        "unsupported architecture `{hf_arch}` (smelt handles {})",
+                        arch::supported_hf_names().join(", ")
+                    ),
+                )
+            })?;
+            let heads = arch.heads(&c.json).map_err(|m| Error::format(&c.path, m))?;
+            let md = arch
+                .metadata(&c.json, model_name)
+                .map_err(|m| Error::format(&c.path, m))?;
+            (Some(arch), Some(heads), md, Some(c.json))
+        }
+        None => {
+            let arch = arch::ARCHITECTURES.iter().copied().find(|a| {
+                parsed.iter().all(|(_, _, entries)| {
+                    entries
+                        .iter()
+                        .all(|e| a.is_ignored(&e.name) || a.canonical(&e.name).is_some())
+                })
+            });
+            let mut md = Metadata::new();
+            if let Some(a) = arch {
+                md.set("general.architecture", Value::String(a.gguf_name.into()));
+            }
+            (arch, None, md, None)
+        }
+    };
+
+    let mut pending = Vec::new();
+    let mut generated = Generated::default();
+    let mut owner: HashMap<String, PathBuf> = HashMap::new();
+    let mut source_files = Vec::new();
+    let mut serial = 0usize;
+    for (fi, (path, map, entries)) in parsed.into_iter().enumerate() {
+        for e in entries {
+            if arch.is_some_and(|a| a.is_ignored(&e.name)) {
+                continue;
+            }
+            let bad = |m: String| Error::format(&path, format!("tensor `{}`: {m}", e.name));
+            let ty = dtype_info(&e.dtype).0.ok_or_else(|| {
+                Error::format(
+                    &path,
+                    format!(
+                        "unsupported dtype {} in tensor `{}` (smelt reads F32, F16 and BF16)",
+                        e.dtype, e.name
+                    ),
+                )
+            })?;
+            if e.shape.len() > MAX_DIMS {
+                return Err(bad(format!(
+                    "{} dimensions, ggml allows {MAX_DIMS}",
+                    e.shape.len()
+                )));
+            }
+            let mut shape: Vec<u64> = e.shape.iter().rev().copied().collect();
+            if shape.is_empty() {
+                shape.push(1);
+            }
+            let mapped = match arch {
+                Some(a) => Some(a.canonical(&e.name).ok_or_else(|| {
+                    bad(format!(
+                        "no {} tensor is called this (the {} table has no rule for it)",
+                        a.gguf_name, a.gguf_name
+                    ))
+                })?),
+                None => None,
+            };
+            let (name, key, permute) = match &mapped {
+                Some(m) => (m.name.clone(), arch.unwrap().order_key(m), m.permute),
+                None => (e.name.clone(), (3, 0, serial, 0), Permute::None),
+            };
+            serial += 1;
+            if let Some(prev) = owner.insert(name.clone(), path.clone()) {
+                return Err(Error::format(
+                    &path,
+                    format!("tensor `{}` ({name}) is also in {}", e.name, prev.display()),
+                ));
+            }
+            let mut tensor = StoreTensor {
+                name,
+                shape,
+                ty,
+                file: fi,
+                offset: e.start,
+                n_bytes: e.end - e.start,
+                rows: RowOrder::AsStored,
+            };
+            if let (Some(a), Some(h)) = (arch, heads) {
+                if permute != Permute::None {
+                    let one_d = tensor.shape.len() == 1;
+                    let n = if one_d {
+                        tensor.shape[0] as usize
+                    } else {
+                        tensor.n_rows()
+                    };
+                    let order = a.row_order(permute, h, n).map_err(bad)?;
+                    if one_d {
+                        let raw = &map[e.start as usize..e.end as usize];
+                        let data = permute_elements(raw, ty.type_size(), order);
+                        generated.push(key, tensor.name, tensor.shape, ty, &data);
+                        continue;
+                    }
+                    tensor.rows = order;
+                }
+            }
+            pending.push(Pending { key, tensor });
+        }
+        source_files.push(SourceFile { path, map });
+    }
+
+    if let (Some(a), Some(json), Some(cp)) = (arch, &config_json, &config_path) {
+        let freqs = arch::llama3_rope_freqs(json, a).map_err(|m| Error::format(cp, m))?;
+        if let Some(f) = freqs {
+            let bytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+            generated.push(
+                (0, 0, 0, 0),
+                ROPE_FREQS.into(),
+                vec![f.len() as u64],
+                GgmlType::F32,
+                &bytes,
+            );
+        }
+    }
+    if let Some((file, tensors)) = generated.into_file(origin, source_files.len())? {
+        source_files.push(file);
+        pending.extend(tensors);
+    }
+    // rope_freqs first (where llama.cpp's converter puts generated tensors), then table order.
+    pending.sort_by_key(|p| (p.tensor.name != ROPE_FREQS, p.key));
     Ok(Store {
         metadata,
-        tensors,
-        files: sources,
+        tensors: pending.into_iter().map(|p| p.tensor).collect(),
+        files: source_files,
     })
 }
+
+#[cfg(test)]
+#[path = "safetensors_tests.rs"]
+mod tests;

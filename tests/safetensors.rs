@@ -115,7 +115,7 @@ fn bad_safetensors_inputs_name_file_and_tensor() {
     std::fs::write(d.join("trunc.safetensors"), &ok[..ok.len() - 4]).unwrap();
     expect_err(
         &d.join("trunc.safetensors"),
-        &["trunc.safetensors", "`w`", "past the end"],
+        &["trunc.safetensors", "`w`", "truncated"],
     );
 
     std::fs::write(
@@ -170,7 +170,7 @@ fn bad_safetensors_inputs_name_file_and_tensor() {
         &hf,
         &[
             "config.json",
-            "unsupported architecture GPTBigCodeForCausalLM",
+            "unsupported architecture `GPTBigCodeForCausalLM`",
             "LlamaForCausalLM",
         ],
     );

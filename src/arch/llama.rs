@@ -1,121 +1,249 @@
-//! Llama family (Llama 2/3/3.x, Mistral, SOLAR): convert_hf_to_gguf.py's `LlamaModel`.
+//! Llama and Mistral (GGUF architecture `llama`), after `convert_hf_to_gguf.py`'s `LlamaModel`
+//! and gguf-py's `tensor_mapping.py`.
 
-use super::{cfg_f64, cfg_u64, set_u32, ArchTable};
-use crate::gguf::{Metadata, Value};
-use crate::store::RowOrder;
+use super::{Architecture, HParam, Permute, Source, TensorRule};
 
-pub static LLAMA: ArchTable = ArchTable {
-    hf_architectures: &["LlamaForCausalLM", "MistralForCausalLM"],
-    gguf_arch: "llama",
-    globals: &[
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ],
-    layer: &[
-        ("input_layernorm.weight", "attn_norm.weight"),
-        ("self_attn.q_proj.weight", "attn_q.weight"),
-        ("self_attn.k_proj.weight", "attn_k.weight"),
-        ("self_attn.v_proj.weight", "attn_v.weight"),
-        ("self_attn.o_proj.weight", "attn_output.weight"),
-        ("self_attn.q_proj.bias", "attn_q.bias"),
-        ("self_attn.k_proj.bias", "attn_k.bias"),
-        ("self_attn.v_proj.bias", "attn_v.bias"),
-        ("self_attn.o_proj.bias", "attn_output.bias"),
-        ("post_attention_layernorm.weight", "ffn_norm.weight"),
-        ("mlp.gate_proj.weight", "ffn_gate.weight"),
-        ("mlp.up_proj.weight", "ffn_up.weight"),
-        ("mlp.down_proj.weight", "ffn_down.weight"),
-    ],
-    ignored_suffixes: &["rotary_emb.inv_freq"],
-    row_order,
-    hparams,
-};
-
-fn heads(cfg: &serde_json::Value) -> (u64, u64) {
-    let n_head = cfg_u64(cfg, &["num_attention_heads"]).unwrap_or(1);
-    (
-        n_head,
-        cfg_u64(cfg, &["num_key_value_heads"]).unwrap_or(n_head),
-    )
-}
-
-/// llama.cpp stores q and k with each head's rotary halves interleaved (`LlamaModel.permute`).
-fn row_order(suffix: &str, cfg: &serde_json::Value) -> RowOrder {
-    let (n_head, n_head_kv) = heads(cfg);
-    match suffix {
-        "attn_q.weight" | "attn_q.bias" => RowOrder::HeadPermute {
-            n_head: n_head as usize,
-        },
-        "attn_k.weight" | "attn_k.bias" => RowOrder::HeadPermute {
-            n_head: n_head_kv as usize,
-        },
-        _ => RowOrder::AsStored,
+const fn rule(hf: &'static str, gguf: &'static str) -> TensorRule {
+    TensorRule {
+        hf,
+        gguf,
+        permute: Permute::None,
     }
 }
 
-fn hparams(cfg: &serde_json::Value, m: &mut Metadata) {
-    let a = "llama";
-    let (n_head, n_head_kv) = heads(cfg);
-    let n_embd = cfg_u64(cfg, &["hidden_size", "n_embd"]);
-    set_u32(
-        m,
-        format!("{a}.block_count"),
-        cfg_u64(cfg, &["num_hidden_layers", "n_layer"]),
-    );
-    set_u32(
-        m,
-        format!("{a}.context_length"),
-        cfg_u64(
-            cfg,
-            &[
+const fn hp(key: &'static str, source: Source, required: bool) -> HParam {
+    HParam {
+        key,
+        source,
+        default: None,
+        required,
+    }
+}
+
+pub static LLAMA: Architecture = Architecture {
+    gguf_name: "llama",
+    hf_architectures: &["LlamaForCausalLM", "MistralForCausalLM"],
+    tensors: &[
+        rule("model.embed_tokens", "token_embd"),
+        rule("model.layers.{N}.input_layernorm", "blk.{N}.attn_norm"),
+        TensorRule {
+            hf: "model.layers.{N}.self_attn.q_proj",
+            gguf: "blk.{N}.attn_q",
+            permute: Permute::Heads,
+        },
+        TensorRule {
+            hf: "model.layers.{N}.self_attn.k_proj",
+            gguf: "blk.{N}.attn_k",
+            permute: Permute::KvHeads,
+        },
+        rule("model.layers.{N}.self_attn.v_proj", "blk.{N}.attn_v"),
+        rule("model.layers.{N}.self_attn.o_proj", "blk.{N}.attn_output"),
+        rule(
+            "model.layers.{N}.post_attention_layernorm",
+            "blk.{N}.ffn_norm",
+        ),
+        rule("model.layers.{N}.mlp.gate_proj", "blk.{N}.ffn_gate"),
+        rule("model.layers.{N}.mlp.up_proj", "blk.{N}.ffn_up"),
+        rule("model.layers.{N}.mlp.down_proj", "blk.{N}.ffn_down"),
+        rule("model.norm", "output_norm"),
+        rule("lm_head", "output"),
+    ],
+    ignored_suffixes: &[".rotary_emb.inv_freq"],
+    hparams: &[
+        hp(
+            "block_count",
+            Source::U32(&["n_layers", "num_hidden_layers", "n_layer", "num_layers"]),
+            true,
+        ),
+        hp(
+            "context_length",
+            Source::U32(&[
                 "max_position_embeddings",
                 "n_ctx",
                 "n_positions",
                 "max_length",
                 "max_sequence_length",
-            ],
+                "model_max_length",
+            ]),
+            false,
         ),
-    );
-    set_u32(m, format!("{a}.embedding_length"), n_embd);
-    set_u32(
-        m,
-        format!("{a}.feed_forward_length"),
-        cfg_u64(cfg, &["intermediate_size", "n_inner"]),
-    );
-    m.set(
-        format!("{a}.attention.head_count"),
-        Value::U32(n_head as u32),
-    );
-    m.set(
-        format!("{a}.attention.head_count_kv"),
-        Value::U32(n_head_kv as u32),
-    );
-    if let Some(theta) = cfg_f64(cfg, "rope_theta") {
-        m.set(format!("{a}.rope.freq_base"), Value::F32(theta as f32));
-    }
-    if let Some(eps) = cfg_f64(cfg, "rms_norm_eps") {
-        m.set(
-            format!("{a}.attention.layer_norm_rms_epsilon"),
-            Value::F32(eps as f32),
+        hp(
+            "embedding_length",
+            Source::U32(&["hidden_size", "n_embd", "dim"]),
+            true,
+        ),
+        hp(
+            "feed_forward_length",
+            Source::U32(&["intermediate_size", "n_inner", "hidden_dim"]),
+            false,
+        ),
+        hp(
+            "attention.head_count",
+            Source::U32(&["num_attention_heads", "n_head", "n_heads"]),
+            true,
+        ),
+        // HF's LlamaConfig defaults the key/value head count to the head count; llama.cpp's
+        // converter sees that default through AutoConfig.
+        hp(
+            "attention.head_count_kv",
+            Source::U32(&[
+                "num_key_value_heads",
+                "n_kv_heads",
+                "num_attention_heads",
+                "n_head",
+                "n_heads",
+            ]),
+            false,
+        ),
+        hp("", Source::RopeScaling, false),
+        HParam {
+            key: "rope.freq_base",
+            source: Source::RopeTheta(&[
+                "global_rope_theta",
+                "rope_global_theta",
+                "rope_theta_global",
+                "rope_theta",
+                "rotary_emb_base",
+            ]),
+            default: Some(10000.0),
+            required: false,
+        },
+        HParam {
+            key: "attention.layer_norm_rms_epsilon",
+            source: Source::F32(&["rms_norm_eps", "norm_eps"]),
+            default: Some(1e-6),
+            required: false,
+        },
+        hp("attention.key_length", Source::ExplicitHeadDim, false),
+        hp("vocab_size", Source::U32(&["vocab_size"]), true),
+        hp("rope.dimension_count", Source::HeadDim, true),
+    ],
+    n_head_keys: &["n_heads", "num_attention_heads"],
+    n_head_kv_keys: &["n_kv_heads", "num_key_value_heads"],
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::Value;
+
+    #[test]
+    fn names_both_ways() {
+        let cases = [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("model.norm.weight", "output_norm.weight"),
+            ("lm_head.weight", "output.weight"),
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                "blk.0.attn_q.weight",
+            ),
+            (
+                "model.layers.11.self_attn.k_proj.bias",
+                "blk.11.attn_k.bias",
+            ),
+            (
+                "model.layers.2.self_attn.v_proj.weight",
+                "blk.2.attn_v.weight",
+            ),
+            (
+                "model.layers.2.self_attn.o_proj.weight",
+                "blk.2.attn_output.weight",
+            ),
+            (
+                "model.layers.3.mlp.gate_proj.weight",
+                "blk.3.ffn_gate.weight",
+            ),
+            ("model.layers.3.mlp.up_proj.weight", "blk.3.ffn_up.weight"),
+            (
+                "model.layers.3.mlp.down_proj.weight",
+                "blk.3.ffn_down.weight",
+            ),
+            (
+                "model.layers.4.input_layernorm.weight",
+                "blk.4.attn_norm.weight",
+            ),
+            (
+                "model.layers.4.post_attention_layernorm.weight",
+                "blk.4.ffn_norm.weight",
+            ),
+        ];
+        for (hf, gguf) in cases {
+            assert_eq!(LLAMA.canonical(hf).unwrap().name, gguf, "{hf}");
+            assert_eq!(LLAMA.hf_name(gguf).unwrap(), hf, "{gguf}");
+        }
+        assert_eq!(
+            LLAMA
+                .canonical("model.layers.1.self_attn.q_proj.weight")
+                .unwrap()
+                .permute,
+            Permute::Heads
+        );
+        assert_eq!(
+            LLAMA
+                .canonical("model.layers.1.self_attn.k_proj.weight")
+                .unwrap()
+                .permute,
+            Permute::KvHeads
+        );
+        assert!(LLAMA
+            .canonical("model.layers.x.mlp.up_proj.weight")
+            .is_none());
+        assert!(LLAMA.canonical("model.other.weight").is_none());
+        assert!(LLAMA.is_ignored("model.layers.0.self_attn.rotary_emb.inv_freq"));
+        assert!(LLAMA.hf_name("blk.0.nonsense.weight").is_none());
+        assert_eq!(
+            super::super::by_hf_name("MistralForCausalLM")
+                .unwrap()
+                .gguf_name,
+            "llama"
         );
     }
-    set_u32(m, format!("{a}.vocab_size"), cfg_u64(cfg, &["vocab_size"]));
-    let head_dim = cfg_u64(cfg, &["head_dim"]).or_else(|| n_embd.map(|e| e / n_head.max(1)));
-    set_u32(m, format!("{a}.rope.dimension_count"), head_dim);
-    if let Some(rs) = cfg.get("rope_scaling").filter(|v| v.is_object()) {
-        let kind = rs
-            .get("rope_type")
-            .or_else(|| rs.get("type"))
-            .and_then(|v| v.as_str());
-        if kind == Some("linear") {
-            m.set(
-                format!("{a}.rope.scaling.type"),
-                Value::String("linear".into()),
-            );
-            if let Some(f) = rs.get("factor").and_then(|v| v.as_f64()) {
-                m.set(format!("{a}.rope.scaling.factor"), Value::F32(f as f32));
-            }
-        }
+
+    #[test]
+    fn metadata_order_and_types() {
+        let config = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": 64, "intermediate_size": 160, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "num_hidden_layers": 2, "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "vocab_size": 100,
+            "rope_scaling": {"type": "linear", "factor": 2.0}
+        });
+        let md = LLAMA.metadata(&config, "tiny").unwrap();
+        let keys: Vec<&str> = md.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "general.architecture",
+                "general.type",
+                "general.name",
+                "llama.block_count",
+                "llama.context_length",
+                "llama.embedding_length",
+                "llama.feed_forward_length",
+                "llama.attention.head_count",
+                "llama.attention.head_count_kv",
+                "llama.rope.scaling.type",
+                "llama.rope.scaling.factor",
+                "llama.rope.freq_base",
+                "llama.attention.layer_norm_rms_epsilon",
+                "llama.vocab_size",
+                "llama.rope.dimension_count",
+            ]
+        );
+        assert_eq!(md.get("llama.rope.dimension_count"), Some(&Value::U32(16)));
+        assert_eq!(md.get("llama.rope.freq_base"), Some(&Value::F32(500000.0)));
+        assert_eq!(
+            md.get("llama.attention.layer_norm_rms_epsilon"),
+            Some(&Value::F32(1e-5))
+        );
+        assert_eq!(md.get("llama.rope.scaling.factor"), Some(&Value::F32(2.0)));
+        let heads = LLAMA.heads(&config).unwrap();
+        assert_eq!((heads.n_head, heads.n_head_kv), (4, 2));
+
+        let bad = serde_json::json!({"hidden_size": 64, "num_attention_heads": 4});
+        assert!(LLAMA
+            .metadata(&bad, "x")
+            .unwrap_err()
+            .contains("llama.block_count"));
     }
 }

@@ -1,108 +1,503 @@
-//! Architectures: one table each mapping Hugging Face tensor names to llama.cpp's canonical
-//! names (with the row permutations llama.cpp applies) and config.json to GGUF hyper-parameters.
-//! Adding an architecture is adding a table.
+//! Table-driven model architectures: how Hugging Face tensor names and `config.json`
+//! hyper-parameters become llama.cpp's canonical tensor names and GGUF metadata.
+//!
+//! Each architecture is one [`Architecture`] value (see [`llama`]): the HF class names it
+//! handles, its tensor-name rules, the tensors it ignores and its hyper-parameter table.
+//! Adding an architecture means adding one such table to [`ARCHITECTURES`].
+//!
+//! Only the model's tensors and hyper-parameters are described here; tokenizer metadata
+//! (`tokenizer.ggml.*`) is added by the tokenizer module.
 
 pub mod llama;
 
 use crate::gguf::{Metadata, Value};
 use crate::store::RowOrder;
+use serde_json::Value as Json;
 
-/// How one architecture maps to GGUF.
-pub struct ArchTable {
-    /// `architectures[0]` values of config.json handled by this table.
-    pub hf_architectures: &'static [&'static str],
-    /// `general.architecture`.
-    pub gguf_arch: &'static str,
-    /// Whole-model tensors: HF name → canonical name.
-    pub globals: &'static [(&'static str, &'static str)],
-    /// Per-layer tensors: HF suffix after `model.layers.N.` → canonical suffix after `blk.N.`.
-    pub layer: &'static [(&'static str, &'static str)],
-    /// HF tensors that llama.cpp does not use (skipped, never an error).
-    pub ignored_suffixes: &'static [&'static str],
-    /// The permutation of a tensor's rows, given its canonical suffix and the config.
-    pub row_order: fn(canonical_suffix: &str, cfg: &serde_json::Value) -> RowOrder,
-    /// config.json → GGUF hyper-parameter keys, in convert_hf_to_gguf.py's order.
-    pub hparams: fn(cfg: &serde_json::Value, meta: &mut Metadata),
+/// Every architecture smelt knows, searched in order.
+pub static ARCHITECTURES: &[&Architecture] = &[&llama::LLAMA];
+
+/// How a tensor's rows are reordered on the way from Hugging Face to GGUF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permute {
+    None,
+    /// llama.cpp's rotary head permutation with `n_head` heads (attention q).
+    Heads,
+    /// The same permutation with `n_head_kv` heads (attention k).
+    KvHeads,
 }
 
-/// Every architecture smelt reads from Hugging Face folders.
-pub const ARCHITECTURES: &[&ArchTable] = &[&llama::LLAMA];
+/// One tensor-name rule. Both names leave out the `.weight` / `.bias` suffix, which is kept
+/// as is; `{N}` stands for the block index.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRule {
+    pub hf: &'static str,
+    pub gguf: &'static str,
+    pub permute: Permute,
+}
 
-/// The table for config.json's `architectures[0]`.
-pub fn find(hf_architecture: &str) -> Option<&'static ArchTable> {
+/// Where one hyper-parameter comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    /// The first of these `config.json` keys that is present, as a GGUF u32.
+    U32(&'static [&'static str]),
+    /// The first of these `config.json` keys that is present, as a GGUF f32.
+    F32(&'static [&'static str]),
+    /// `head_dim`, else `hidden_size / num_attention_heads` (u32).
+    HeadDim,
+    /// `head_dim` when `config.json` states it, written under the key and under
+    /// `attention.value_length` (llama.cpp writes `key_length` and `value_length` then).
+    ExplicitHeadDim,
+    /// The RoPE base: `rope_theta` inside `rope_parameters` / `rope_scaling`, else the
+    /// top-level keys given (f32).
+    RopeTheta(&'static [&'static str]),
+    /// `rope.scaling.*` keys from `rope_scaling` / `rope_parameters` (linear, yarn, longrope);
+    /// the key of the [`HParam`] is not used.
+    RopeScaling,
+}
+
+/// One GGUF hyper-parameter key (`{arch}.` + `key`), written in table order.
+#[derive(Clone, Copy, Debug)]
+pub struct HParam {
+    pub key: &'static str,
+    pub source: Source,
+    /// Written when the config has no value (HF's `PretrainedConfig` default).
+    pub default: Option<f64>,
+    /// An error when the config has no value and there is no default.
+    pub required: bool,
+}
+
+/// One architecture's table.
+#[derive(Debug)]
+pub struct Architecture {
+    /// `general.architecture` and the prefix of the hyper-parameter keys.
+    pub gguf_name: &'static str,
+    /// `config.json` `architectures[0]` values handled.
+    pub hf_architectures: &'static [&'static str],
+    /// Tensor rules in the order tensors are presented: rules before the first `{N}` rule
+    /// come first, then blocks in index order, then the rest.
+    pub tensors: &'static [TensorRule],
+    /// HF tensor-name suffixes dropped without a look (e.g. `.rotary_emb.inv_freq`).
+    pub ignored_suffixes: &'static [&'static str],
+    /// Hyper-parameters in the order `convert_hf_to_gguf.py` writes them.
+    pub hparams: &'static [HParam],
+    /// `config.json` keys for the attention head count and the key/value head count.
+    pub n_head_keys: &'static [&'static str],
+    pub n_head_kv_keys: &'static [&'static str],
+}
+
+/// A Hugging Face tensor name resolved by an [`Architecture`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapped {
+    /// Canonical name (`blk.3.attn_q.weight`).
+    pub name: String,
+    pub block: Option<usize>,
+    /// Index of the rule in [`Architecture::tensors`].
+    pub rule: usize,
+    pub permute: Permute,
+}
+
+/// Attention head counts, for the q/k permutation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+}
+
+/// The architecture handling HF class `hf_arch` (`LlamaForCausalLM`).
+pub fn by_hf_name(hf_arch: &str) -> Option<&'static Architecture> {
     ARCHITECTURES
         .iter()
         .copied()
-        .find(|a| a.hf_architectures.contains(&hf_architecture))
+        .find(|a| a.hf_architectures.contains(&hf_arch))
 }
 
-/// Names of every supported HF architecture, for error messages.
-pub fn supported() -> Vec<&'static str> {
+/// The architecture with GGUF name `name` (`llama`).
+pub fn by_gguf_name(name: &str) -> Option<&'static Architecture> {
+    ARCHITECTURES.iter().copied().find(|a| a.gguf_name == name)
+}
+
+/// Every HF class name smelt handles, for error messages.
+pub fn supported_hf_names() -> Vec<&'static str> {
     ARCHITECTURES
         .iter()
         .flat_map(|a| a.hf_architectures.iter().copied())
         .collect()
 }
 
-/// What becomes of one HF tensor.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mapped {
-    Tensor { name: String, rows: RowOrder },
-    Ignored,
+/// The block index of a canonical layer tensor name (`blk.12.attn_q.weight` → 12) and the
+/// rest of the name (`attn_q.weight`); `None` for non-layer tensors.
+pub fn layer_index(canonical: &str) -> Option<(usize, &str)> {
+    let rest = canonical.strip_prefix("blk.")?;
+    let (digits, tail) = rest.split_once('.')?;
+    Some((parse_index(digits)?, tail))
 }
 
-/// `blk.N.rest` → (N, rest).
-pub fn layer_of(name: &str) -> Option<(u32, &str)> {
-    let rest = name.strip_prefix("blk.")?;
-    let (n, rest) = rest.split_once('.')?;
-    Some((n.parse().ok()?, rest))
+/// A decimal block index without sign or leading zeros.
+fn parse_index(s: &str) -> Option<usize> {
+    let ok =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    if ok {
+        s.parse().ok()
+    } else {
+        None
+    }
 }
 
-impl ArchTable {
-    /// The canonical name (and row order) of an HF tensor, `Ignored`, or `None` if unknown.
-    pub fn map_hf(&self, hf: &str, cfg: &serde_json::Value) -> Option<Mapped> {
-        if self.ignored_suffixes.iter().any(|s| hf.ends_with(s)) {
-            return Some(Mapped::Ignored);
+/// Match `name` against a pattern with at most one `{N}`: `Some(None)` for a match without
+/// an index, `Some(Some(n))` with one.
+fn match_pattern(pattern: &str, name: &str) -> Option<Option<usize>> {
+    match pattern.split_once("{N}") {
+        None => (pattern == name).then_some(None),
+        Some((pre, post)) => {
+            let mid = name.strip_prefix(pre)?.strip_suffix(post)?;
+            parse_index(mid).map(Some)
         }
-        if let Some(&(_, gg)) = self.globals.iter().find(|(h, _)| *h == hf) {
-            return Some(Mapped::Tensor {
-                name: gg.to_string(),
-                rows: (self.row_order)(gg, cfg),
-            });
+    }
+}
+
+fn fill_pattern(pattern: &str, block: Option<usize>) -> Option<String> {
+    match (pattern.contains("{N}"), block) {
+        (true, Some(n)) => Some(pattern.replace("{N}", &n.to_string())),
+        (false, None) => Some(pattern.to_string()),
+        _ => None,
+    }
+}
+
+/// `x.weight` → (`x`, `.weight`); names without one of the two suffixes have none.
+fn split_suffix(name: &str) -> (&str, &str) {
+    for suffix in [".weight", ".bias"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            return (base, suffix);
         }
-        let rest = hf.strip_prefix("model.layers.")?;
-        let (n, suffix) = rest.split_once('.')?;
-        let n: u32 = n.parse().ok()?;
-        let &(_, gg) = self.layer.iter().find(|(h, _)| *h == suffix)?;
-        Some(Mapped::Tensor {
-            name: format!("blk.{n}.{gg}"),
-            rows: (self.row_order)(gg, cfg),
+    }
+    (name, "")
+}
+
+/// The first of `keys` present in `config` (and not null).
+pub fn find<'a>(config: &'a Json, keys: &[&str]) -> Option<(&'a str, &'a Json)> {
+    let obj = config.as_object()?;
+    keys.iter()
+        .find_map(|k| obj.get_key_value(*k).filter(|(_, v)| !v.is_null()))
+        .map(|(k, v)| (k.as_str(), v))
+}
+
+impl Architecture {
+    /// The canonical name of HF tensor `hf`, or `None` when no rule matches.
+    pub fn canonical(&self, hf: &str) -> Option<Mapped> {
+        let (base, suffix) = split_suffix(hf);
+        self.tensors.iter().enumerate().find_map(|(i, rule)| {
+            let block = match_pattern(rule.hf, base)?;
+            Some(Mapped {
+                name: format!("{}{suffix}", fill_pattern(rule.gguf, block)?),
+                block,
+                rule: i,
+                permute: rule.permute,
+            })
         })
     }
 
-    /// The HF name of a canonical tensor (for writing HF folders).
-    pub fn to_hf(&self, canonical: &str) -> Option<String> {
-        if let Some(&(h, _)) = self.globals.iter().find(|(_, g)| *g == canonical) {
-            return Some(h.to_string());
+    /// The rule and block index behind canonical name `canonical`.
+    pub fn rule_for_canonical(&self, canonical: &str) -> Option<(&TensorRule, Option<usize>)> {
+        let (base, _) = split_suffix(canonical);
+        self.tensors
+            .iter()
+            .find_map(|rule| Some((rule, match_pattern(rule.gguf, base)?)))
+    }
+
+    /// The Hugging Face name of canonical tensor `canonical` (`blk.0.attn_q.weight` →
+    /// `model.layers.0.self_attn.q_proj.weight`), for writing HF folders. The rows of a
+    /// tensor whose rule has a [`Permute`] must be un-permuted too.
+    pub fn hf_name(&self, canonical: &str) -> Option<String> {
+        let (_, suffix) = split_suffix(canonical);
+        let (rule, block) = self.rule_for_canonical(canonical)?;
+        Some(format!("{}{suffix}", fill_pattern(rule.hf, block)?))
+    }
+
+    /// Whether HF tensor `hf` is one llama.cpp's converter drops.
+    pub fn is_ignored(&self, hf: &str) -> bool {
+        self.ignored_suffixes.iter().any(|s| hf.ends_with(s))
+    }
+
+    /// Sort key presenting tensors as the table orders them (see [`Architecture::tensors`]),
+    /// `.weight` before `.bias`.
+    pub fn order_key(&self, m: &Mapped) -> (u8, usize, usize, u8) {
+        let first_layer_rule = self
+            .tensors
+            .iter()
+            .position(|r| r.hf.contains("{N}"))
+            .unwrap_or(self.tensors.len());
+        let suffix = match split_suffix(&m.name).1 {
+            ".weight" => 0,
+            ".bias" => 1,
+            _ => 2,
+        };
+        match m.block {
+            Some(b) => (1, b, m.rule, suffix),
+            None if m.rule < first_layer_rule => (0, 0, m.rule, suffix),
+            None => (2, 0, m.rule, suffix),
         }
-        let (n, suffix) = layer_of(canonical)?;
-        let &(h, _) = self.layer.iter().find(|(_, g)| *g == suffix)?;
-        Some(format!("model.layers.{n}.{h}"))
+    }
+
+    /// Head counts from `config.json` (`n_head_kv` defaults to `n_head`, as in HF).
+    pub fn heads(&self, config: &Json) -> Result<Heads, String> {
+        let get = |keys: &[&str]| -> Result<Option<usize>, String> {
+            match find(config, keys) {
+                None => Ok(None),
+                Some((k, v)) => v
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| format!("`{k}` is {v}, expected a positive integer")),
+            }
+        };
+        let n_head = get(self.n_head_keys)?
+            .ok_or_else(|| format!("no head count (one of {:?})", self.n_head_keys))?;
+        let n_head_kv = get(self.n_head_kv_keys)?.unwrap_or(n_head);
+        Ok(Heads { n_head, n_head_kv })
+    }
+
+    /// The row order for a tensor of `n_rows` rows under rule permutation `permute`, or an
+    /// error when the rows do not split into the heads.
+    pub fn row_order(
+        &self,
+        permute: Permute,
+        heads: Heads,
+        n_rows: usize,
+    ) -> Result<RowOrder, String> {
+        let n_head = match permute {
+            Permute::None => return Ok(RowOrder::AsStored),
+            Permute::Heads => heads.n_head,
+            Permute::KvHeads => heads.n_head_kv,
+        };
+        if n_rows % (2 * n_head) != 0 {
+            return Err(format!(
+                "{n_rows} rows do not split into {n_head} heads of an even size"
+            ));
+        }
+        Ok(RowOrder::HeadPermute { n_head })
+    }
+
+    /// GGUF metadata from `config.json`: `general.architecture`, `general.type`,
+    /// `general.name` (`name`), then the hyper-parameter table in order.
+    pub fn metadata(&self, config: &Json, name: &str) -> Result<Metadata, String> {
+        let mut md = Metadata::new();
+        md.set("general.architecture", Value::String(self.gguf_name.into()));
+        md.set("general.type", Value::String("model".into()));
+        md.set("general.name", Value::String(name.into()));
+        let rope = rope_parameters(config);
+        for hp in self.hparams {
+            let key = format!("{}.{}", self.gguf_name, hp.key);
+            let missing = || -> Result<(), String> {
+                if hp.required {
+                    Err(format!(
+                        "config.json has no value for `{key}` ({:?})",
+                        hp.source
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            match hp.source {
+                Source::U32(keys) => match (find(config, keys), hp.default) {
+                    (Some((k, v)), _) => md.set(key, Value::U32(as_u32(k, v)?)),
+                    (None, Some(d)) => md.set(key, Value::U32(d as u32)),
+                    (None, None) => missing()?,
+                },
+                Source::F32(keys) => match (find(config, keys), hp.default) {
+                    (Some((k, v)), _) => md.set(key, Value::F32(as_f32(k, v)?)),
+                    (None, Some(d)) => md.set(key, Value::F32(d as f32)),
+                    (None, None) => missing()?,
+                },
+                Source::RopeTheta(keys) => {
+                    let found = match rope.and_then(|r| find(r, &["rope_theta"])) {
+                        Some(kv) => Some(kv),
+                        None => find(config, keys),
+                    };
+                    match (found, hp.default) {
+                        (Some((k, v)), _) => md.set(key, Value::F32(as_f32(k, v)?)),
+                        (None, Some(d)) => md.set(key, Value::F32(d as f32)),
+                        (None, None) => missing()?,
+                    }
+                }
+                Source::HeadDim => match head_dim(config, self)? {
+                    Some(d) => md.set(key, Value::U32(d)),
+                    None => missing()?,
+                },
+                Source::ExplicitHeadDim => {
+                    if let Some((k, v)) = find(config, &["head_dim"]) {
+                        let d = as_u32(k, v)?;
+                        md.set(key, Value::U32(d));
+                        md.set(
+                            format!("{}.attention.value_length", self.gguf_name),
+                            Value::U32(d),
+                        );
+                    }
+                }
+                Source::RopeScaling => {
+                    if let Some(r) = rope {
+                        rope_scaling(self.gguf_name, r, &mut md)?;
+                    }
+                }
+            }
+        }
+        Ok(md)
     }
 }
 
-/// Small helpers for hyper-parameter tables.
-pub(crate) fn cfg_u64(cfg: &serde_json::Value, keys: &[&str]) -> Option<u64> {
-    keys.iter()
-        .find_map(|k| cfg.get(*k).and_then(|v| v.as_u64()))
+/// `rope_parameters` (transformers 5) or `rope_scaling`, the `full_attention` entry when
+/// there is one; `None` when absent or null.
+fn rope_parameters(config: &Json) -> Option<&Json> {
+    let (_, r) = find(config, &["rope_parameters", "rope_scaling"])?;
+    let r = r.get("full_attention").unwrap_or(r);
+    r.is_object().then_some(r)
 }
 
-pub(crate) fn cfg_f64(cfg: &serde_json::Value, key: &str) -> Option<f64> {
-    cfg.get(key).and_then(|v| v.as_f64())
+/// `{arch}.rope.scaling.*` as `convert_hf_to_gguf.py` writes them. `llama3` scaling is
+/// carried by the `rope_freqs.weight` tensor instead, `dynamic` by nothing.
+fn rope_scaling(arch: &str, r: &Json, md: &mut Metadata) -> Result<(), String> {
+    let Some((_, ty)) = find(r, &["rope_type", "type"]) else {
+        return Ok(());
+    };
+    let ty = ty.as_str().unwrap_or_default().to_ascii_lowercase();
+    let factor = match find(r, &["factor"]) {
+        Some((k, v)) => Some(as_f32(k, v)?),
+        None => None,
+    };
+    let key = |k: &str| format!("{arch}.rope.scaling.{k}");
+    match (ty.as_str(), factor) {
+        ("linear", Some(f)) => {
+            md.set(key("type"), Value::String("linear".into()));
+            md.set(key("factor"), Value::F32(f));
+        }
+        ("yarn", Some(f)) => {
+            md.set(key("type"), Value::String("yarn".into()));
+            md.set(key("factor"), Value::F32(f));
+            let (k, v) = find(r, &["original_max_position_embeddings"]).ok_or(
+                "yarn rope scaling without `original_max_position_embeddings`".to_string(),
+            )?;
+            md.set(key("original_context_length"), Value::U32(as_u32(k, v)?));
+            for (hf, gguf) in [
+                (&["extrapolation_factor"][..], "yarn_ext_factor"),
+                (&["attention_factor", "attn_factor"][..], "yarn_attn_factor"),
+                (&["beta_fast"][..], "yarn_beta_fast"),
+                (&["beta_slow"][..], "yarn_beta_slow"),
+            ] {
+                if let Some((k, v)) = find(r, hf) {
+                    md.set(key(gguf), Value::F32(as_f32(k, v)?));
+                }
+            }
+        }
+        ("su" | "longrope", _) => md.set(key("type"), Value::String("longrope".into())),
+        _ => {}
+    }
+    Ok(())
 }
 
-pub(crate) fn set_u32(meta: &mut Metadata, key: String, v: Option<u64>) {
-    if let Some(v) = v {
-        meta.set(key, Value::U32(v as u32));
+/// The llama3 RoPE frequency factors (`rope_freqs.weight`, `head_dim / 2` values) exactly as
+/// `LlamaModel.generate_extra_tensors` computes them; `None` unless the config asks for
+/// `llama3` scaling.
+pub fn llama3_rope_freqs(config: &Json, arch: &Architecture) -> Result<Option<Vec<f32>>, String> {
+    let Some(r) = rope_parameters(config) else {
+        return Ok(None);
+    };
+    let ty = find(r, &["rope_type", "type"]).and_then(|(_, v)| v.as_str());
+    if !ty.is_some_and(|t| t.eq_ignore_ascii_case("llama3")) {
+        return Ok(None);
+    }
+    let num = |keys: &[&str], default: f64| -> Result<f32, String> {
+        match find(r, keys) {
+            Some((k, v)) => v
+                .as_f64()
+                .map(|x| x as f32)
+                .ok_or_else(|| format!("`{k}` is {v}, expected a number")),
+            None => Ok(default as f32),
+        }
+    };
+    // `rope_parameters` gets the top-level `rope_theta` mirrored in when it has none.
+    let base = match (find(r, &["rope_theta"]), find(config, &["rope_theta"])) {
+        (Some((k, v)), _) | (None, Some((k, v))) => as_f32(k, v)?,
+        (None, None) => 10000.0,
+    };
+    let dim = head_dim(config, arch)?.ok_or("no head_dim for llama3 rope scaling")? as usize;
+    let factor = num(&["factor"], 8.0)?;
+    let low = num(&["low_freq_factor"], 1.0)?;
+    let high = num(&["high_freq_factor"], 4.0)?;
+    let old_ctx = num(&["original_max_position_embeddings"], 8192.0)?;
+    let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+    // torch does all of this in f32 (the frequencies are an f32 tensor).
+    let out = (0..dim)
+        .step_by(2)
+        .map(|i| {
+            let freq = 1.0f32 / base.powf(i as f32 / dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect();
+    Ok(Some(out))
+}
+
+fn head_dim(config: &Json, arch: &Architecture) -> Result<Option<u32>, String> {
+    if let Some((k, v)) = find(config, &["head_dim"]) {
+        return as_u32(k, v).map(Some);
+    }
+    let (Some((hk, h)), Some((nk, n))) = (
+        find(config, &["hidden_size", "n_embd", "dim"]),
+        find(config, arch.n_head_keys),
+    ) else {
+        return Ok(None);
+    };
+    let (h, n) = (as_u32(hk, h)?, as_u32(nk, n)?);
+    if n == 0 {
+        return Err(format!("`{nk}` is 0"));
+    }
+    Ok(Some(h / n))
+}
+
+fn as_u32(k: &str, v: &Json) -> Result<u32, String> {
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| format!("`{k}` is {v}, expected an integer that fits in u32"))
+}
+
+fn as_f32(k: &str, v: &Json) -> Result<f32, String> {
+    v.as_f64()
+        .map(|x| x as f32)
+        .ok_or_else(|| format!("`{k}` is {v}, expected a number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_index_parsing() {
+        assert_eq!(
+            layer_index("blk.12.attn_q.weight"),
+            Some((12, "attn_q.weight"))
+        );
+        assert_eq!(
+            layer_index("blk.0.ffn_norm.weight"),
+            Some((0, "ffn_norm.weight"))
+        );
+        assert_eq!(layer_index("token_embd.weight"), None);
+        assert_eq!(layer_index("blk.x.attn_q.weight"), None);
+        assert_eq!(layer_index("blk.01.attn_q.weight"), None);
+        assert_eq!(layer_index("blk.3"), None);
+    }
+
+    #[test]
+    fn pattern_matching() {
+        assert_eq!(match_pattern("a.{N}.b", "a.7.b"), Some(Some(7)));
+        assert_eq!(match_pattern("a.{N}.b", "a..b"), None);
+        assert_eq!(match_pattern("a.{N}.b", "a.7.c"), None);
+        assert_eq!(match_pattern("lm_head", "lm_head"), Some(None));
     }
 }

@@ -280,12 +280,7 @@ impl MergePlan {
             .store
             .metadata
             .architecture()
-            .and_then(|a| {
-                arch::ARCHITECTURES
-                    .iter()
-                    .find(|t| t.gguf_arch == a)
-                    .copied()
-            });
+            .and_then(arch::by_gguf_name);
         let mut plan = PlanBuilder {
             inputs: &inputs,
             recipe,
@@ -301,7 +296,7 @@ impl MergePlan {
                 .store
                 .tensors
                 .iter()
-                .filter(|t| arch::layer_of(&t.name).is_none())
+                .filter(|t| arch::layer_index(&t.name).is_none())
                 .map(|t| t.name.clone())
                 .collect()
         };
@@ -587,7 +582,7 @@ struct PlanBuilder<'a> {
     recipe: &'a Recipe,
     origin: &'a str,
     seed: u64,
-    arch_table: Option<&'static arch::ArchTable>,
+    arch_table: Option<&'static arch::Architecture>,
     tensors: Vec<OutTensor>,
 }
 
@@ -627,7 +622,7 @@ impl PlanBuilder<'_> {
         let shape = shape.expect("a slice has sources");
         // Filters match the canonical name, and the Hugging Face name where the architecture
         // table knows it (`o_proj`, `self_attn`, `mlp` ...).
-        let hf = self.arch_table.and_then(|a| a.to_hf(out_name));
+        let hf = self.arch_table.and_then(|a| a.hf_name(out_name));
         let names: Vec<&str> = std::iter::once(out_name).chain(hf.as_deref()).collect();
         let lookup =
             |scopes: &[Option<&Params>], name: &str, t: f64| -> Option<Result<f64, String>> {

@@ -301,8 +301,8 @@ impl State<'_> {
     fn layer_info(&self, counter: usize, name: &str) -> Result<(usize, usize)> {
         let n_layer = self.model.n_layer;
         if self.model.n_expert > 1 {
-            let layer = crate::arch::layer_of(name)
-                .map(|(l, _)| l as usize)
+            let layer = crate::arch::layer_index(name)
+                .map(|(l, _)| l)
                 .ok_or_else(|| {
                     Error::Invalid(format!("failed to determine layer for tensor {name}"))
                 })?;
