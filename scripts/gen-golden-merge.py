@@ -1,0 +1,498 @@
+#!/usr/bin/env python3
+"""Generate mergekit goldens for smelt's merge methods (fixtures/golden/merge/).
+
+For every merge method in mergekit 0.1.5's registry this writes a recipe
+(<name>.yaml) and what mergekit made of it (<name>.json): per output tensor the
+Hugging Face name, the llama.cpp name, the shape, the float64 sum, the L2 norm
+and 32 sample values. smelt's tests regenerate the three input models with
+`smelt make-test-model`, run the same YAML and compare, so CI never needs
+mergekit (or torch).
+
+Regenerate (mergekit lives in a venv OUTSIDE the repo; ~2.5 min, ~6 GB, the
+PyPI torch wheel brings CUDA libraries it never uses here):
+
+    python3 -m venv /work/mergekit-venv
+    /work/mergekit-venv/bin/pip install mergekit==0.1.5
+    cargo build --release
+    /work/mergekit-venv/bin/python scripts/gen-golden-merge.py
+
+Options / environment:
+    SMELT_BIN         smelt binary (default ./target/release/smelt)
+    MERGEKIT_YAML     mergekit-yaml (default: next to this python)
+    --work DIR        scratch root (default: a temp dir, removed afterwards);
+                      the models are DIR/models/{A,B,C}, recipes name them
+                      relative to DIR, outputs go to DIR/out/<name>
+    --only a,b        regenerate only these goldens
+    --keep            keep the scratch dir
+
+The models: A, B, C = `smelt make-test-model --seed 1/2/3 --dtype F32` (4
+layers, hidden 64, ff 128, 4 heads, 2 kv heads, vocab 512, untied). mergekit
+needs no tokenizer for these merges (we pass --no-copy-tokenizer), so none is
+written. Everything is float32 end to end (dtype/out_dtype: float32).
+
+Randomized methods (dare_ties, dare_linear, della, della_linear) are run with
+--random-seed 0..3; the tensors recorded are seed 0's, and the file carries
+`"random": true` plus per-tensor statistics that any implementation must
+reproduce up to sampling noise (see fixtures/golden/merge/README.md).
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "fixtures" / "golden" / "merge"
+N_SAMPLES = 32
+RANDOM_SEEDS = [0, 1, 2, 3]
+MODEL_ARGS = ["--dtype", "F32", "--layers", "4", "--hidden", "64", "--ff", "128",
+              "--heads", "4", "--kv-heads", "2", "--vocab", "512"]
+MODELS = {"A": 1, "B": 2, "C": 3}
+A, B, C = "models/A", "models/B", "models/C"
+
+# ---------------------------------------------------------------------------
+# Recipes. Each: name -> (recipe dict, extra info). Keys are emitted in order.
+
+COMMON = {"dtype": "float32", "out_dtype": "float32"}
+
+
+def recipe(method, body, **top):
+    r = {"merge_method": method}
+    r.update(top)
+    r.update(body)
+    r.update(COMMON)
+    return r
+
+
+def m(path, **params):
+    return {"model": path, "parameters": params} if params else {"model": path}
+
+
+RECIPES = {
+    "linear": recipe("linear", {"models": [
+        m(A, weight=0.5), m(B, weight=0.3), m(C, weight=0.4)]}),
+    "linear_nonorm": recipe("linear", {"models": [
+        m(A, weight=0.5), m(B, weight=0.3), m(C, weight=0.4)],
+        "parameters": {"normalize": False}}),
+    "slerp": recipe("slerp", {"models": [m(A), m(B)],
+                              "parameters": {"t": 0.3}}, base_model=A),
+    "slerp_gradient": recipe("slerp", {"models": [m(A), m(B)], "parameters": {"t": [
+        {"filter": "self_attn", "value": [0, 0.5, 1]},
+        {"filter": "mlp", "value": [0.2, 0.9, 0.4]},
+        {"value": 0.5}]}}, base_model=A),
+    "nuslerp": recipe("nuslerp", {"models": [m(B, weight=0.3), m(C, weight=0.7)]}),
+    "nuslerp_base_rowwise": recipe("nuslerp", {
+        "models": [m(B, weight=0.6), m(C, weight=0.4)],
+        "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True}},
+        base_model=A),
+    "multislerp": recipe("multislerp", {"models": [
+        m(A, weight=0.5), m(B, weight=0.3), m(C, weight=0.2)]}),
+    "multislerp_base": recipe("multislerp", {"models": [
+        m(B, weight=0.6), m(C, weight=0.4)]}, base_model=A),
+    "karcher": recipe("karcher", {"models": [m(A), m(B), m(C)]}),
+    "task_arithmetic": recipe("task_arithmetic", {
+        "models": [m(A), m(B, weight=0.7), m(C, weight=0.5)],
+        "parameters": {"lambda": 0.9}}, base_model=A),
+    "ties": recipe("ties", {
+        "models": [m(A), m(B, weight=0.7, density=0.5), m(C, weight=0.5, density=0.7)]},
+        base_model=A),
+    "dare_ties": recipe("dare_ties", {
+        "models": [m(A), m(B, weight=0.7, density=0.5), m(C, weight=0.5, density=0.7)]},
+        base_model=A),
+    "dare_linear": recipe("dare_linear", {
+        "models": [m(A), m(B, weight=0.7, density=0.5), m(C, weight=0.5, density=0.7)]},
+        base_model=A),
+    "breadcrumbs": recipe("breadcrumbs", {
+        "models": [m(A), m(B, weight=0.7, density=0.8, gamma=0.05),
+                   m(C, weight=0.5, density=0.9, gamma=0.02)]}, base_model=A),
+    "breadcrumbs_ties": recipe("breadcrumbs_ties", {
+        "models": [m(A), m(B, weight=0.7, density=0.8, gamma=0.05),
+                   m(C, weight=0.5, density=0.9, gamma=0.02)]}, base_model=A),
+    "della": recipe("della", {
+        "models": [m(A), m(B, weight=0.7, density=0.5, epsilon=0.1),
+                   m(C, weight=0.5, density=0.6, epsilon=0.15)]}, base_model=A),
+    "della_linear": recipe("della_linear", {
+        "models": [m(A), m(B, weight=0.7, density=0.5, epsilon=0.1),
+                   m(C, weight=0.5, density=0.6, epsilon=0.15)]}, base_model=A),
+    "sce": recipe("sce", {"models": [m(A), m(B), m(C)],
+                          "parameters": {"select_topk": 0.6}}, base_model=A),
+    # epsilon ~ the deltas' scale (std ~0.03) so unique/overlap/none all occur
+    "ram": recipe("ram", {"models": [m(A), m(B), m(C)],
+                          "parameters": {"epsilon": 0.02}}, base_model=A),
+    "ramplus_tl": recipe("ramplus_tl", {"models": [m(A), m(B), m(C)],
+                                        "parameters": {"epsilon": 0.02, "r": 0.5,
+                                                       "alpha": 0.5}}, base_model=A),
+    "model_stock": recipe("model_stock", {"models": [m(A), m(B), m(C)]}, base_model=A),
+    "model_stock_filter_wise": recipe("model_stock", {
+        "models": [m(A), m(B), m(C)], "parameters": {"filter_wise": True}}, base_model=A),
+    "nearswap": recipe("nearswap", {"models": [m(A), m(B)],
+                                    "parameters": {"t": 0.01}}, base_model=A),
+    "arcee_fusion": recipe("arcee_fusion", {"models": [m(A), m(B)]}, base_model=A),
+    # frankenmerge: A's layers 0-2 then B's layers 1-3 -> 6 layers
+    "passthrough": recipe("passthrough", {"slices": [
+        {"sources": [{"model": A, "layer_range": [0, 3]}]},
+        {"sources": [{"model": B, "layer_range": [1, 4]}]}],
+        "parameters": {"scale": [
+            {"filter": "o_proj", "value": 0.5},
+            {"filter": "down_proj", "value": 0.25},
+            {"value": 1.0}]}}),
+}
+
+RANDOM_METHODS = {"dare_ties", "dare_linear", "della", "della_linear"}
+
+# ---------------------------------------------------------------------------
+# YAML without a yaml dependency of our own (mergekit brings PyYAML, but the
+# emitted text should be stable and readable): flow style for leaf dicts/lists.
+
+
+def yaml_scalar(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return v
+    raise TypeError(v)
+
+
+def is_leaf(v):
+    if isinstance(v, list):
+        return all(not isinstance(x, (dict, list)) for x in v)
+    if isinstance(v, dict):
+        return all(is_leaf(x) and not isinstance(x, dict) for x in v.values())
+    return True
+
+
+def flow(v):
+    if isinstance(v, list):
+        return "[" + ", ".join(flow(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {flow(x)}" for k, x in v.items()) + "}"
+    return yaml_scalar(v)
+
+
+def to_yaml(v, indent=0):
+    """Block style, with leaf dicts/lists in flow style."""
+    pad = " " * indent
+    out = []
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if is_leaf(x):
+                out.append(f"{pad}{k}: {flow(x)}")
+            else:
+                out.append(f"{pad}{k}:")
+                out.extend(to_yaml(x, indent + 2))
+    else:
+        for x in v:
+            if is_leaf(x):
+                out.append(f"{pad}- {flow(x)}")
+            else:
+                sub = to_yaml(x, 0)
+                out.append(f"{pad}- {sub[0]}")
+                out.extend(f"{pad}  {line}" for line in sub[1:])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Names
+
+HF_TO_GGUF = [
+    (r"^model\.embed_tokens\.weight$", "token_embd.weight"),
+    (r"^model\.norm\.weight$", "output_norm.weight"),
+    (r"^lm_head\.weight$", "output.weight"),
+    (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"blk.\1.attn_norm.weight"),
+    (r"^model\.layers\.(\d+)\.self_attn\.q_proj\.weight$", r"blk.\1.attn_q.weight"),
+    (r"^model\.layers\.(\d+)\.self_attn\.k_proj\.weight$", r"blk.\1.attn_k.weight"),
+    (r"^model\.layers\.(\d+)\.self_attn\.v_proj\.weight$", r"blk.\1.attn_v.weight"),
+    (r"^model\.layers\.(\d+)\.self_attn\.o_proj\.weight$", r"blk.\1.attn_output.weight"),
+    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"blk.\1.ffn_norm.weight"),
+    (r"^model\.layers\.(\d+)\.mlp\.gate_proj\.weight$", r"blk.\1.ffn_gate.weight"),
+    (r"^model\.layers\.(\d+)\.mlp\.up_proj\.weight$", r"blk.\1.ffn_up.weight"),
+    (r"^model\.layers\.(\d+)\.mlp\.down_proj\.weight$", r"blk.\1.ffn_down.weight"),
+]
+
+
+def gguf_name(hf):
+    for pat, rep in HF_TO_GGUF:
+        if re.match(pat, hf):
+            return re.sub(pat, rep, hf)
+    return None
+
+
+def natural_key(name):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+# ---------------------------------------------------------------------------
+# Statistics
+
+
+def fmt32(x):
+    """Shortest text that round-trips a float32 (as a JSON number)."""
+    return float(f"{x:.9g}")
+
+
+def describe(name, t):
+    flat = t.reshape(-1)
+    n = flat.numel()
+    stride = max(1, n // N_SAMPLES)
+    idx = torch.arange(min(N_SAMPLES, n)) * stride
+    d = flat.double()
+    return {
+        "name": name,
+        "gguf": gguf_name(name),
+        "shape": list(t.shape),
+        "sum": d.sum().item(),
+        "l2": math.sqrt((d * d).sum().item()),
+        "stride": stride,
+        "samples": [fmt32(v) for v in flat[idx].tolist()],
+    }
+
+
+def load_models(work):
+    return {k: load_file(str(work / "models" / k / "model.safetensors")) for k in MODELS}
+
+
+def non_base(r):
+    return [x for x in r["models"] if x["model"] != r.get("base_model")]
+
+
+def model_key(path):
+    return path.split("/")[-1]
+
+
+def della_probs(delta, density, epsilon):
+    """mergekit's della_magprune keep-probabilities for each element."""
+    t = delta.unsqueeze(0) if delta.dim() < 2 else delta
+    ranks = t.abs().argsort(dim=1).argsort(dim=1).double() + 1
+    lo = ranks.min(dim=1, keepdim=True).values
+    hi = ranks.max(dim=1, keepdim=True).values
+    rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
+    return ((density - epsilon) + rank_norm * 2 * epsilon).reshape(delta.shape)
+
+
+def random_stats(name, r, models, outs, dense):
+    """Per-tensor statistics that hold for any seed (up to sampling noise)."""
+    base = models[model_key(r["base_model"])]
+    entries = non_base(r)
+    method = r["merge_method"]
+    res = []
+    for tname in sorted(dense, key=natural_key):
+        b = base[tname].double()
+        keep_none = torch.ones_like(b)
+        for e in entries:
+            p = e["parameters"]
+            delta = models[model_key(e["model"])][tname].double() - b
+            if method.startswith("della"):
+                prob = della_probs(delta, p["density"], p.get("epsilon", 0.15))
+            else:
+                prob = torch.full_like(b, p["density"])
+            keep_none = keep_none * (1 - prob)
+        dense_l1 = (dense[tname].double() - b).abs().sum().item()
+        zf, l1 = [], []
+        for o in outs:
+            od = o[tname].double() - b
+            zf.append(round((od == 0).double().mean().item(), 6))
+            l1.append(round(od.abs().sum().item() / dense_l1, 6))
+        res.append({
+            "name": tname,
+            "numel": b.numel(),
+            "zero_frac_expected": round(keep_none.mean().item(), 6),
+            "zero_frac": zf,
+            "l1_ratio": l1,
+        })
+    return res
+
+
+def boundary_ties(r, models, name):
+    """Whether a magnitude cut (ties/breadcrumbs) falls between equal |delta|s,
+    which would make the kept set implementation-defined."""
+    method = r["merge_method"]
+    if method not in ("ties", "breadcrumbs", "breadcrumbs_ties"):
+        return []
+    base = models[model_key(r["base_model"])]
+    hits = []
+    for e in non_base(r):
+        p = e["parameters"]
+        m_ = models[model_key(e["model"])]
+        for tname in base:
+            w = (m_[tname] - base[tname]).abs().reshape(-1).float()
+            n = w.numel()
+            s = torch.sort(w).values  # ascending
+            if method == "ties":
+                k = max(1, int(p["density"] * n))
+                cuts = [n - k]
+            else:
+                target = int(p["density"] * n)
+                n_top = int(p.get("gamma", 0.01) * n)
+                n_bot = max(0, n - target - n_top)
+                cuts = [n_bot, n_bot + target]
+            for c in cuts:
+                if 0 < c < n and s[c - 1] == s[c]:
+                    hits.append(f"{model_key(e['model'])}:{tname}")
+    return hits
+
+
+# ---------------------------------------------------------------------------
+
+
+def run(cmd, cwd=None, env=None):
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout + p.stderr)
+        raise SystemExit(f"failed: {' '.join(map(str, cmd))}")
+    return p
+
+
+def make_models(work, smelt):
+    for k, seed in MODELS.items():
+        d = work / "models" / k
+        if d.exists():
+            shutil.rmtree(d)
+        run([smelt, "make-test-model", "-o", str(d), "--seed", str(seed), *MODEL_ARGS])
+
+
+def merge(work, yaml_path, out, mergekit_yaml, seed=None):
+    if out.exists():
+        shutil.rmtree(out)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [mergekit_yaml, str(yaml_path), str(out), "--no-cuda", "--lazy-unpickle",
+           "--allow-crimes", "--out-shard-size", "1B", "-j", "1", "--quiet",
+           "--no-copy-tokenizer", "--no-write-model-card"]
+    if seed is not None:
+        cmd += ["--random-seed", str(seed)]
+    run(cmd, cwd=work, env=env)
+    tensors = {}
+    for f in sorted(out.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    cfg = json.loads((out / "config.json").read_text())
+    return tensors, cfg
+
+
+def dump_json(obj, path):
+    """Pretty at the top, one line per tensor (small, diff-friendly)."""
+    lines = ["{"]
+    items = list(obj.items())
+    for i, (k, v) in enumerate(items):
+        comma = "," if i + 1 < len(items) else ""
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            lines.append(f"  {json.dumps(k)}: [")
+            for j, x in enumerate(v):
+                c2 = "," if j + 1 < len(v) else ""
+                lines.append("    " + json.dumps(x, separators=(",", ":")) + c2)
+            lines.append("  ]" + comma)
+        else:
+            lines.append(f"  {json.dumps(k)}: {json.dumps(v, separators=(', ', ': '))}{comma}")
+    lines.append("}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work")
+    ap.add_argument("--only")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+
+    smelt = os.environ.get("SMELT_BIN", str(ROOT / "target" / "release" / "smelt"))
+    mergekit_yaml = os.environ.get(
+        "MERGEKIT_YAML", str(Path(sys.executable).parent / "mergekit-yaml"))
+    import mergekit  # noqa: F401  (fail early outside the venv)
+    from importlib.metadata import version
+    versions = {"mergekit": version("mergekit"), "torch": torch.__version__,
+                "transformers": version("transformers")}
+    if versions["mergekit"] != "0.1.5":
+        print(f"warning: mergekit {versions['mergekit']}, goldens were made with 0.1.5")
+
+    tmp = None
+    if args.work:
+        work = Path(args.work).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="mkgold-")
+        work = Path(tmp)
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    names = args.only.split(",") if args.only else list(RECIPES)
+    for n in names:
+        if n not in RECIPES:
+            raise SystemExit(f"unknown golden {n}")
+
+    make_models(work, smelt)
+    models = load_models(work)
+    model_info = {k: {"path": f"models/{k}", "seed": s,
+                      "smelt_args": ["make-test-model", "-o", f"models/{k}", "--seed",
+                                     str(s), *MODEL_ARGS]} for k, s in MODELS.items()}
+    try:
+        for name in names:
+            t0 = time.time()
+            r = RECIPES[name]
+            yaml_path = GOLDEN / f"{name}.yaml"
+            yaml_path.write_text("\n".join(to_yaml(r)) + "\n")
+            random = name in RANDOM_METHODS
+            seeds = RANDOM_SEEDS if random else [None]
+            outs = []
+            for s in seeds:
+                t, cfg = merge(work, yaml_path, work / "out" / f"{name}-{s}",
+                               mergekit_yaml, seed=s)
+                outs.append(t)
+            out = outs[0]
+            doc = {
+                "method": r["merge_method"],
+                "recipe": yaml_path.name,
+                "random": random,
+                "versions": versions,
+                "models": model_info,
+                "command": "mergekit-yaml RECIPE OUT --no-cuda --lazy-unpickle "
+                           "--allow-crimes --out-shard-size 1B -j 1 "
+                           "--no-copy-tokenizer --no-write-model-card"
+                           + (" --random-seed SEED" if random else ""),
+                "out_config": {k: cfg.get(k) for k in (
+                    "num_hidden_layers", "hidden_size", "intermediate_size",
+                    "num_attention_heads", "num_key_value_heads", "vocab_size",
+                    "tie_word_embeddings")},
+                "sample_rule": "samples[i] = flat[i * stride] (row-major, HF row order),"
+                               " stride = max(1, numel // 32)",
+            }
+            if random:
+                dense_r = json.loads(json.dumps(r))
+                for e in non_base(dense_r):
+                    e["parameters"]["density"] = 1.0
+                    e["parameters"].pop("epsilon", None)
+                dense_yaml = work / f"{name}-dense.yaml"
+                dense_yaml.write_text("\n".join(to_yaml(dense_r)) + "\n")
+                dense, _ = merge(work, dense_yaml, work / "out" / f"{name}-dense",
+                                 mergekit_yaml)
+                doc["seeds"] = RANDOM_SEEDS
+                doc["tensors_seed"] = RANDOM_SEEDS[0]
+                doc["stats_rule"] = (
+                    "per tensor, delta = out - base: zero_frac[s] = fraction of delta == 0 "
+                    "with --random-seed s; zero_frac_expected = mean over elements of "
+                    "prod over non-base models of (1 - keep probability) (density, or "
+                    "della's rank-based probability); l1_ratio[s] = |delta|_1 / "
+                    "|delta_dense|_1 where delta_dense is the same recipe with every "
+                    "density 1 (no sparsification; exact, deterministic)")
+                doc["stats"] = random_stats(name, r, models, outs, dense)
+            ties_ = boundary_ties(r, models, name)
+            if ties_:
+                doc["boundary_ties"] = ties_
+            doc["tensors"] = [describe(k, out[k]) for k in sorted(out, key=natural_key)]
+            dump_json(doc, GOLDEN / f"{name}.json")
+            print(f"{name}: {len(out)} tensors, {time.time() - t0:.1f}s", flush=True)
+    finally:
+        if tmp and not args.keep:
+            shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()
