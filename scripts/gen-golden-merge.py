@@ -24,6 +24,11 @@ Options / environment:
                       relative to DIR, outputs go to DIR/out/<name>
     --only a,b        regenerate only these goldens
     --keep            keep the scratch dir
+    --check           no mergekit needed (scripts/test runs this in CI): the
+                      recipes match this script, the goldens are complete and
+                      <= 1 MiB, smelt still makes byte-identical input models
+                      (inputs.json), and linear / task_arithmetic / passthrough
+                      agree with numpy
 
 The models: A, B, C = `smelt make-test-model --seed 1/2/3 --dtype F32` (4
 layers, hidden 64, ff 128, 4 heads, 2 kv heads, vocab 512, untied). mergekit
@@ -37,6 +42,7 @@ reproduce up to sampling noise (see fixtures/golden/merge/README.md).
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -48,8 +54,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
+# torch / safetensors.torch are imported where used: --check runs in the project's
+# oracle venv (numpy + safetensors), which has neither torch nor mergekit.
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "fixtures" / "golden" / "merge"
@@ -243,6 +249,8 @@ def fmt32(x):
 
 
 def describe(name, t):
+    import torch
+
     flat = t.reshape(-1)
     n = flat.numel()
     stride = max(1, n // N_SAMPLES)
@@ -260,6 +268,8 @@ def describe(name, t):
 
 
 def load_models(work):
+    from safetensors.torch import load_file
+
     return {k: load_file(str(work / "models" / k / "model.safetensors")) for k in MODELS}
 
 
@@ -273,6 +283,8 @@ def model_key(path):
 
 def della_probs(delta, density, epsilon):
     """mergekit's della_magprune keep-probabilities for each element."""
+    import torch
+
     t = delta.unsqueeze(0) if delta.dim() < 2 else delta
     ranks = t.abs().argsort(dim=1).argsort(dim=1).double() + 1
     lo = ranks.min(dim=1, keepdim=True).values
@@ -283,6 +295,8 @@ def della_probs(delta, density, epsilon):
 
 def random_stats(name, r, models, outs, dense):
     """Per-tensor statistics that hold for any seed (up to sampling noise)."""
+    import torch
+
     base = models[model_key(r["base_model"])]
     entries = non_base(r)
     method = r["merge_method"]
@@ -317,6 +331,8 @@ def random_stats(name, r, models, outs, dense):
 def boundary_ties(r, models, name):
     """Whether a magnitude cut (ties/breadcrumbs) falls between equal |delta|s,
     which would make the kept set implementation-defined."""
+    import torch
+
     method = r["merge_method"]
     if method not in ("ties", "breadcrumbs", "breadcrumbs_ties"):
         return []
@@ -363,6 +379,8 @@ def make_models(work, smelt):
 
 
 def merge(work, yaml_path, out, mergekit_yaml, seed=None):
+    from safetensors.torch import load_file
+
     if out.exists():
         shutil.rmtree(out)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -398,14 +416,106 @@ def dump_json(obj, path):
     path.write_text("\n".join(lines) + "\n")
 
 
+def inputs_doc(work):
+    return {"models": {k: {
+        "path": f"models/{k}", "seed": s,
+        "smelt_args": ["make-test-model", "-o", f"models/{k}", "--seed", str(s), *MODEL_ARGS],
+        "sha256": hashlib.sha256(
+            (work / "models" / k / "model.safetensors").read_bytes()).hexdigest(),
+    } for k, s in MODELS.items()}}
+
+
+def check(smelt):
+    """Without mergekit: the committed recipes are what this script would write, every
+    golden is there and well-formed, smelt still makes the same input models, and the
+    goldens that numpy can recompute (linear, task_arithmetic, passthrough) agree."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    errors = []
+    total = 0
+    for name, r in RECIPES.items():
+        y = GOLDEN / f"{name}.yaml"
+        j = GOLDEN / f"{name}.json"
+        if not y.exists() or y.read_text() != "\n".join(to_yaml(r)) + "\n":
+            errors.append(f"{y.name} missing or differs from the script's recipe")
+        if not j.exists():
+            errors.append(f"{j.name} missing")
+            continue
+        total += y.stat().st_size + j.stat().st_size
+        doc = json.loads(j.read_text())
+        if doc["method"] != r["merge_method"] or doc["random"] != (name in RANDOM_METHODS):
+            errors.append(f"{j.name}: method/random fields")
+        for t in doc["tensors"]:
+            if t["gguf"] != gguf_name(t["name"]) or len(t["samples"]) != min(
+                    N_SAMPLES, math.prod(t["shape"])):
+                errors.append(f"{j.name}: {t['name']} malformed")
+    if total > 1 << 20:
+        errors.append(f"goldens take {total} bytes (> 1 MiB)")
+
+    with tempfile.TemporaryDirectory(prefix="mkgold-check-") as tmp:
+        work = Path(tmp)
+        make_models(work, smelt)
+        want = json.loads((GOLDEN / "inputs.json").read_text())
+        got = inputs_doc(work)
+        for k in MODELS:
+            if got["models"][k] != want["models"][k]:
+                errors.append(f"smelt make-test-model no longer makes input model {k}")
+        mdl = {k: {n: v.astype(np.float64) for n, v in
+                   load_file(str(work / "models" / k / "model.safetensors")).items()}
+               for k in MODELS}
+
+    def expect(name, fn):
+        doc = json.loads((GOLDEN / f"{name}.json").read_text())
+        for t in doc["tensors"]:
+            v = fn(t["name"])
+            flat = v.reshape(-1)
+            idx = np.arange(len(t["samples"])) * t["stride"]
+            scale = math.sqrt(flat.size) * t["l2"] + 1e-30
+            if (list(v.shape) != t["shape"]
+                    or abs(flat.sum() - t["sum"]) > 1e-6 * scale
+                    or abs(np.sqrt((flat * flat).sum()) - t["l2"]) > 1e-5 * t["l2"]
+                    or np.abs(flat[idx] - np.array(t["samples"])).max() > 1e-6):
+                errors.append(f"{name}.json: {t['name']} disagrees with numpy")
+                return
+
+    a, b, c = mdl["A"], mdl["B"], mdl["C"]
+    expect("linear", lambda n: (0.5 * a[n] + 0.3 * b[n] + 0.4 * c[n]) / 1.2)
+    expect("linear_nonorm", lambda n: 0.5 * a[n] + 0.3 * b[n] + 0.4 * c[n])
+    expect("task_arithmetic",
+           lambda n: a[n] + 0.9 * (0.7 * (b[n] - a[n]) + 0.5 * (c[n] - a[n])))
+
+    def passthrough(n):
+        m_ = re.match(r"model\.layers\.(\d+)\.(.*)$", n)
+        if not m_:
+            src = a if n == "model.embed_tokens.weight" else b
+            return src[n]
+        layer, rest = int(m_.group(1)), m_.group(2)
+        src, src_layer = (a, layer) if layer < 3 else (b, layer - 2)
+        scale = 0.5 if "o_proj" in rest else 0.25 if "down_proj" in rest else 1.0
+        return src[f"model.layers.{src_layer}.{rest}"] * scale
+
+    expect("passthrough", passthrough)
+    for e in errors:
+        print("error:", e)
+    print(f"mergekit goldens: {len(RECIPES)} recipes, {total} bytes, "
+          f"{'FAILED' if errors else 'ok'}")
+    return not errors
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work")
     ap.add_argument("--only")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--check", action="store_true",
+                    help="verify the committed goldens without mergekit (CI)")
     args = ap.parse_args()
 
     smelt = os.environ.get("SMELT_BIN", str(ROOT / "target" / "release" / "smelt"))
+    if args.check:
+        sys.exit(0 if check(smelt) else 1)
+    import torch
     mergekit_yaml = os.environ.get(
         "MERGEKIT_YAML", str(Path(sys.executable).parent / "mergekit-yaml"))
     import mergekit  # noqa: F401  (fail early outside the venv)
@@ -429,6 +539,7 @@ def main():
             raise SystemExit(f"unknown golden {n}")
 
     make_models(work, smelt)
+    (GOLDEN / "inputs.json").write_text(json.dumps(inputs_doc(work), indent=1) + "\n")
     models = load_models(work)
     model_info = {k: {"path": f"models/{k}", "seed": s,
                       "smelt_args": ["make-test-model", "-o", f"models/{k}", "--seed",
