@@ -38,6 +38,16 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Merge models as a YAML recipe (mergekit's schema) says, straight to GGUF.
     Merge(MergeArgs),
+    /// Propose the K most redundant layers to prune, as a passthrough recipe.
+    PrunePlan {
+        model: PathBuf,
+        /// How many layers to drop.
+        #[arg(long)]
+        count: usize,
+        /// Write the recipe here (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Generate a deterministic random llama-family model (test fixtures, benchmarks).
     MakeTestModel(MakeTestModelArgs),
 }
@@ -157,6 +167,28 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect { path, json, full } => inspect(&path, json, full),
         Command::Quantize(args) => quantize(&args),
         Command::Merge(args) => merge(&args),
+        Command::PrunePlan {
+            model,
+            count,
+            output,
+        } => {
+            use crate::merge::prune;
+            let store = Store::open(&model)?;
+            let n = store.hparam("block_count").unwrap_or(0) as u32;
+            let scores = prune::redundancy(&store)?;
+            if count > scores.len() {
+                return Err(Error::Invalid(format!(
+                    "--count {count}: only {} layers can be dropped (never the first or last)",
+                    scores.len()
+                )));
+            }
+            let drop = prune::most_redundant(&scores, count);
+            let text = prune::recipe(&model.to_string_lossy(), n, &drop, &scores);
+            match output {
+                Some(p) => std::fs::write(&p, text).map_err(|e| Error::io(&p, e)),
+                None => print_stdout(&text),
+            }
+        }
         Command::MakeTestModel(a) => {
             let model = crate::fixture::TinyLlama {
                 n_layer: a.layers,

@@ -183,3 +183,43 @@ fn nearswap_reports_swap_fractions() {
     let (_, log) = merge(dir.path(), "nearswap.yaml", "F32");
     assert!(log.contains("blk.0.attn_q.weight: swapped"), "{log}");
 }
+
+#[test]
+fn prune_plan_finds_a_duplicated_layer() {
+    let dir = setup();
+    // A 9-layer model whose layer 5 repeats layer 4.
+    std::fs::write(
+        dir.path().join("dup.yaml"),
+        "merge_method: passthrough\nslices:\n  - sources:\n      - model: models/A.gguf\n        layer_range: [0, 5]\n  - sources:\n      - model: models/A.gguf\n        layer_range: [4, 8]\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&["merge", "dup.yaml", "-o", "out", "--types", "F32"]);
+    run(&[
+        "prune-plan",
+        "out/dup-F32.gguf",
+        "--count",
+        "1",
+        "-o",
+        "pruned.yaml",
+    ]);
+    let text = std::fs::read_to_string(dir.path().join("pruned.yaml")).unwrap();
+    assert!(text.contains("drops [5]"), "{text}");
+    run(&["merge", "pruned.yaml", "-o", "out2", "--types", "F32"]);
+    let s = Store::open(dir.path().join("out2/pruned-F32.gguf")).unwrap();
+    let a = Store::open(dir.path().join("models/A.gguf")).unwrap();
+    assert_eq!(s.hparam("block_count"), Some(8));
+    for l in 0..8 {
+        assert_eq!(
+            t(&s, &format!("blk.{l}.ffn_up.weight")),
+            t(&a, &format!("blk.{l}.ffn_up.weight"))
+        );
+    }
+}

@@ -4,6 +4,7 @@
 //! inputs of the tensor being merged and its result are ever in memory.
 
 pub mod methods;
+pub mod prune;
 
 use crate::arch;
 use crate::error::{Error, Result};
