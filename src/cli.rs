@@ -150,6 +150,9 @@ pub struct QuantizeArgs {
     /// Print each output's tensor types and sizes without writing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write each output as a split set like the input's (`<OUT>-0000K-of-0000N.gguf`).
+    #[arg(long)]
+    pub keep_split: bool,
     /// Accepted for llama-quantize compatibility: smelt always allows re-quantizing (and warns
     /// when the source is coarser than the target).
     #[arg(long)]
@@ -382,6 +385,7 @@ fn quantize(args: &QuantizeArgs) -> Result<()> {
             Some(s) => q::parse_prune_layers(s)?,
             None => Vec::new(),
         },
+        keep_split: args.keep_split,
     };
     let multiple = file_types.len() > 1 || args.output.is_dir();
     let stem = model_stem(&args.input);
@@ -519,6 +523,7 @@ fn dry_run_report(store: &Store, plan: &crate::quantize::QuantizePlan) -> String
         let _ = writeln!(out, "{}:", o.path.display());
         let mut total = 0u64;
         for (&i, pt) in plan.order.iter().zip(&o.tensors) {
+            let Some(pt) = pt else { continue };
             let t = &store.tensors[i];
             let bytes = pt.ty.bytes_for(t.n_elements()).unwrap_or(0);
             total += bytes;

@@ -16,6 +16,8 @@ pub struct QuantizeOptions {
     /// The imatrix and the path as the user wrote it (recorded in the output).
     pub imatrix: Option<(Imatrix, String)>,
     pub prune_layers: Vec<u32>,
+    /// Write each output as the input's split set (`--keep-split`).
+    pub keep_split: bool,
 }
 
 /// The plan for one run: the source tensors in output order and one file per type.
@@ -38,9 +40,20 @@ pub fn plan(
     path_for: impl Fn(&FileType) -> PathBuf,
 ) -> Result<QuantizePlan> {
     let names: Vec<&str> = (0..n_tensors).map(|i| source.name(i)).collect();
+    let n_split = (0..n_tensors)
+        .map(|i| source.split_of(i) + 1)
+        .max()
+        .unwrap_or(1);
+    let keep_split = opts.keep_split && n_split > 1;
+    // llama-quantize visits tensors in its name order, or with --keep-split in file order.
+    let visit: Vec<usize> = if keep_split {
+        (0..n_tensors).collect()
+    } else {
+        llama_cpp_order(&names)
+    };
     let mut order = Vec::new();
     let mut out_names = Vec::new();
-    for i in llama_cpp_order(&names) {
+    for i in visit {
         if let Some(n) = pruned_name(names[i], &opts.prune_layers) {
             order.push(i);
             out_names.push(n);
@@ -107,11 +120,11 @@ pub fn plan(
                 }
                 _ => None,
             };
-            tensors.push(PlannedTensor {
+            tensors.push(Some(PlannedTensor {
                 name: name.clone(),
                 ty,
                 imatrix,
-            });
+            }));
         }
         if let Some((from, to)) = coarser {
             warnings.push(format!(
@@ -131,11 +144,38 @@ pub fn plan(
             let kept = model.n_layer - opts.prune_layers.len();
             metadata.set_last(format!("{arch}.block_count"), Value::U32(kept as u32));
         }
-        outputs.push(OutputFile {
-            path: path_for(&ft),
-            metadata,
-            tensors,
-        });
+        if !keep_split {
+            outputs.push(OutputFile {
+                path: path_for(&ft),
+                metadata,
+                tensors,
+            });
+            continue;
+        }
+        // One file per input split: the first carries the metadata, each the split keys.
+        let prefix = path_for(&ft);
+        let prefix = prefix.to_string_lossy();
+        let prefix = prefix.strip_suffix(".gguf").unwrap_or(&prefix);
+        for k in 0..n_split {
+            let mut meta = if k == 0 {
+                metadata.clone()
+            } else {
+                Metadata::new()
+            };
+            meta.set_last("split.no", Value::U16(k as u16));
+            meta.set_last("split.count", Value::U16(n_split as u16));
+            meta.set_last("split.tensors.count", Value::I32(order.len() as i32));
+            let part = order
+                .iter()
+                .zip(&tensors)
+                .map(|(&i, pt)| pt.clone().filter(|_| source.split_of(i) == k))
+                .collect();
+            outputs.push(OutputFile {
+                path: PathBuf::from(format!("{prefix}-{:05}-of-{n_split:05}.gguf", k + 1)),
+                metadata: meta,
+                tensors: part,
+            });
+        }
     }
     Ok(QuantizePlan {
         order,

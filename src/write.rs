@@ -30,6 +30,10 @@ pub trait TensorProducer: Sync {
     fn raw(&self, i: usize) -> Option<&[u8]>;
     /// The producer is done with tensor `i`.
     fn release(&self, i: usize);
+    /// Which input file (of a split set) holds tensor `i`.
+    fn split_of(&self, _i: usize) -> usize {
+        0
+    }
     /// The consumer is done with rows `first_row..first_row + n_rows` of tensor `i` (lets a
     /// memory-mapped source drop them early, so huge tensors never sit in memory whole).
     fn release_rows(&self, _i: usize, _first_row: usize, _n_rows: usize) {}
@@ -54,6 +58,9 @@ impl TensorProducer for Store {
     fn release(&self, i: usize) {
         Store::release(self, i)
     }
+    fn split_of(&self, i: usize) -> usize {
+        self.tensors[i].file
+    }
     fn release_rows(&self, i: usize, first_row: usize, n_rows: usize) {
         if self.tensors[i].rows == RowOrder::AsStored {
             self.release_range(i, first_row, n_rows)
@@ -76,8 +83,9 @@ pub struct PlannedTensor {
 pub struct OutputFile {
     pub path: PathBuf,
     pub metadata: Metadata,
-    /// Parallel to the `order` given to `write_matrix`.
-    pub tensors: Vec<PlannedTensor>,
+    /// Parallel to the `order` given to `write_matrix`; `None` where a tensor is not in this
+    /// file (one file of a split set).
+    pub tensors: Vec<Option<PlannedTensor>>,
 }
 
 /// What `write_matrix` did, per output.
@@ -110,10 +118,12 @@ pub fn write_matrix(
         let decls: Vec<TensorDecl> = order
             .iter()
             .zip(&o.tensors)
-            .map(|(&src, pt)| TensorDecl {
-                name: pt.name.clone(),
-                shape: producer.shape(src).to_vec(),
-                ty: pt.ty,
+            .filter_map(|(&src, pt)| {
+                pt.as_ref().map(|pt| TensorDecl {
+                    name: pt.name.clone(),
+                    shape: producer.shape(src).to_vec(),
+                    ty: pt.ty,
+                })
             })
             .collect();
         if let Some(parent) = o.path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -235,7 +245,9 @@ fn produce_chunks<'a>(
         let src_ty = producer.source_type(src);
         let raw = producer.raw(src);
         let copies = |ty: GgmlType| ty == src_ty && raw.is_some();
-        let needs_f32 = outputs.iter().any(|o| !copies(o.tensors[k].ty));
+        let needs_f32 = outputs
+            .iter()
+            .any(|o| o.tensors[k].as_ref().is_some_and(|pt| !copies(pt.ty)));
         let rows_per_chunk = (CHUNK_VALUES / row_len.max(1)).clamp(1, n_rows.max(1));
         let mut row = 0;
         while row < n_rows {
@@ -245,7 +257,7 @@ fn produce_chunks<'a>(
                 producer.read_rows(src, row, &mut f32_buf)?;
             }
             for (out, o) in outputs.iter().enumerate() {
-                let pt = &o.tensors[k];
+                let Some(pt) = &o.tensors[k] else { continue };
                 let bytes = match raw {
                     Some(raw) if copies(pt.ty) => {
                         let rb =

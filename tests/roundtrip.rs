@@ -57,10 +57,12 @@ fn same_type_output_is_byte_identical_and_deterministic() {
         tensors: store
             .tensors
             .iter()
-            .map(|t| PlannedTensor {
-                name: t.name.clone(),
-                ty: t.ty,
-                imatrix: None,
+            .map(|t| {
+                Some(PlannedTensor {
+                    name: t.name.clone(),
+                    ty: t.ty,
+                    imatrix: None,
+                })
             })
             .collect(),
     };
@@ -89,10 +91,12 @@ fn f32_through_f16_and_bf16_matches_direct_conversion() {
             tensors: store
                 .tensors
                 .iter()
-                .map(|t| PlannedTensor {
-                    name: t.name.clone(),
-                    ty: if t.shape.len() > 1 { ty } else { t.ty },
-                    imatrix: None,
+                .map(|t| {
+                    Some(PlannedTensor {
+                        name: t.name.clone(),
+                        ty: if t.shape.len() > 1 { ty } else { t.ty },
+                        imatrix: None,
+                    })
                 })
                 .collect(),
         })

@@ -162,3 +162,18 @@ def test_q2_k_s_requires_imatrix(synth, scratch):
     p = run_smelt("quantize", synth, "-o", scratch / "x.gguf", "--type", "Q2_K_S", check=False)
     assert p.returncode != 0 and "imatrix" in p.stderr
     assert not (scratch / "x.gguf").exists()
+
+
+def test_keep_split_identical_to_llama_quantize(synth, llama_bin, scratch):
+    """A split input (made by llama-gguf-split) quantized with --keep-split: the same split
+    files, byte for byte."""
+    split_dir = scratch / "split"
+    split_dir.mkdir(exist_ok=True)
+    subprocess.run([str(llama_bin / "llama-gguf-split"), "--split", "--split-max-tensors", "30", str(synth),
+                    str(split_dir / "synth")], check=True, capture_output=True)
+    first = split_dir / "synth-00001-of-00003.gguf"
+    assert first.exists(), sorted(p.name for p in split_dir.iterdir())
+    run_smelt("quantize", first, "-o", split_dir / "smelt-q", "--type", "Q4_K_M", "--keep-split")
+    llama_quantize(llama_bin, first, split_dir / "llama-q", "Q4_K_M", "--keep-split")
+    for k in (1, 2, 3):
+        assert_same_file(split_dir / f"smelt-q-{k:05d}-of-00003.gguf", split_dir / f"llama-q-{k:05d}-of-00003.gguf")
