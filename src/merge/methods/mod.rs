@@ -7,6 +7,7 @@ mod model_stock;
 mod nearswap;
 mod passthrough;
 mod slerp;
+mod spherical;
 mod task_arithmetic;
 
 use crate::error::{Error, Result};
@@ -80,6 +81,8 @@ pub static METHODS: &[&dyn Method] = &[
     &passthrough::Passthrough,
     &linear::Linear,
     &slerp::Slerp,
+    &spherical::NuSlerp,
+    &spherical::MultiSlerp,
     &task_arithmetic::TASK_ARITHMETIC,
     &task_arithmetic::TIES,
     &task_arithmetic::DARE_TIES,
