@@ -13,8 +13,8 @@ use std::process::Command;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/golden/merge");
 
-/// The recipes whose methods smelt implements (mergekit's registry minus karcher, sce, ram,
-/// ramplus_tl and arcee_fusion, which smelt does not have yet).
+/// The recipes whose methods smelt implements (mergekit's registry minus ram, ramplus_tl and
+/// arcee_fusion, which smelt does not have yet).
 const DETERMINISTIC: &[&str] = &[
     "linear",
     "linear_nonorm",
@@ -95,7 +95,11 @@ fn deterministic_methods_match_mergekit() {
     let mut failures = Vec::new();
     for name in DETERMINISTIC {
         let (s, json) = merged(dir.path(), name);
-        let tol = if name.contains("slerp") { 1e-5 } else { 1e-6 };
+        let tol = if name.contains("slerp") || *name == "karcher" {
+            1e-5
+        } else {
+            1e-6
+        };
         let tensors = json["tensors"].as_array().unwrap();
         assert_eq!(s.tensors.len(), tensors.len(), "{name}: tensor count");
         for t in tensors {

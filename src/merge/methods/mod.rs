@@ -2,10 +2,12 @@
 //! on whole tensors as f32 slices, computes in a fixed order (results never depend on the
 //! thread count) and accumulates reductions in f64.
 
+mod karcher;
 mod linear;
 mod model_stock;
 mod nearswap;
 mod passthrough;
+mod sce;
 mod slerp;
 mod spherical;
 mod task_arithmetic;
@@ -92,6 +94,8 @@ pub static METHODS: &[&dyn Method] = &[
     &task_arithmetic::DELLA,
     &task_arithmetic::DELLA_LINEAR,
     &model_stock::ModelStock,
+    &karcher::Karcher,
+    &sce::Sce,
     &nearswap::NearSwap,
 ];
 
