@@ -13,8 +13,8 @@ use std::process::Command;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/golden/merge");
 
-/// The recipes whose methods smelt implements (mergekit's registry minus ram, ramplus_tl and
-/// arcee_fusion, which smelt does not have yet).
+/// The recipes whose methods smelt implements (mergekit's registry minus arcee_fusion, which
+/// smelt does not have yet).
 const DETERMINISTIC: &[&str] = &[
     "linear",
     "linear_nonorm",

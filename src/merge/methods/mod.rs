@@ -7,6 +7,7 @@ mod linear;
 mod model_stock;
 mod nearswap;
 mod passthrough;
+mod ram;
 mod sce;
 mod slerp;
 mod spherical;
@@ -96,6 +97,8 @@ pub static METHODS: &[&dyn Method] = &[
     &model_stock::ModelStock,
     &karcher::Karcher,
     &sce::Sce,
+    &ram::RAM,
+    &ram::RAMPLUS_TL,
     &nearswap::NearSwap,
 ];
 
