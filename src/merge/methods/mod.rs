@@ -2,6 +2,7 @@
 //! on whole tensors as f32 slices, computes in a fixed order (results never depend on the
 //! thread count) and accumulates reductions in f64.
 
+mod arcee_fusion;
 mod karcher;
 mod linear;
 mod model_stock;
@@ -99,6 +100,7 @@ pub static METHODS: &[&dyn Method] = &[
     &sce::Sce,
     &ram::RAM,
     &ram::RAMPLUS_TL,
+    &arcee_fusion::ArceeFusion,
     &nearswap::NearSwap,
 ];
 

@@ -1,0 +1,70 @@
+//! `arcee_fusion`: take the other model's value where its importance — |Δ| times the KL
+//! divergence between the two rows' softmaxes — reaches median + 1.5·IQR of all importances
+//! (quantiles by index into the sorted values, sampled above 10⁶ values, as mergekit does).
+
+use super::*;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+
+pub struct ArceeFusion;
+
+const QUANTILE_SAMPLE: usize = 1_000_000;
+
+fn softmax(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+impl Method for ArceeFusion {
+    fn name(&self) -> &'static str {
+        "arcee_fusion"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        &[]
+    }
+    fn base(&self) -> Base {
+        Base::Required
+    }
+    fn inputs(&self) -> (usize, usize) {
+        (2, 2)
+    }
+    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
+        let b = input.base.expect("arcee_fusion has a base");
+        let (base, other) = (input.tensors[b], input.tensors[1 - b]);
+        let n = base.len();
+        let row = input.row_len.clamp(1, n.max(1));
+        let mut importance = Vec::with_capacity(n);
+        for (p, q) in other.chunks(row).zip(base.chunks(row)) {
+            let (sp, sq) = (softmax(p), softmax(q));
+            let kl: f64 = sp
+                .iter()
+                .zip(&sq)
+                .map(|(a, b)| {
+                    let (a, b) = (a + 1e-8, b + 1e-8);
+                    a * (a / b).ln()
+                })
+                .sum();
+            importance.extend(
+                p.iter()
+                    .zip(q)
+                    .map(|(x, y)| ((x - y).abs() as f64 * kl) as f32),
+            );
+        }
+        let mut sample: Vec<f32> = if n > QUANTILE_SAMPLE {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(input.seed);
+            (0..QUANTILE_SAMPLE)
+                .map(|_| importance[(rng.next_u64() % n as u64) as usize])
+                .collect()
+        } else {
+            importance.clone()
+        };
+        sample.sort_by(|a, b| a.total_cmp(b));
+        let q = |f: f64| sample[(f * (sample.len() - 1) as f64) as usize];
+        let threshold = q(0.5) + 1.5 * (q(0.75) - q(0.25));
+        for ((o, (&x, &y)), &imp) in out.iter_mut().zip(base.iter().zip(other)).zip(&importance) {
+            *o = if imp >= threshold { x + (y - x) } else { x };
+        }
+        Ok(MergeNote::default())
+    }
+}
