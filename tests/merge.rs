@@ -336,3 +336,28 @@ fn bad_recipes_name_the_line_and_write_nothing() {
         assert!(written.iter().all(|&n| n == 0), "{file}: output written");
     }
 }
+
+#[test]
+fn multi_document_recipes_feed_named_results_forward() {
+    let e = Env::new();
+    e.abc(GgmlType::F32);
+    let r = e.recipe(
+        "multi.yaml",
+        "name: soup\nmerge_method: linear\nmodels:\n  - model: m1.gguf\n    parameters: {weight: 0.5}\n  - model: m2.gguf\n    parameters: {weight: 0.5}\n---\nmerge_method: slerp\nbase_model: soup\nmodels:\n  - model: soup\n  - model: m3.gguf\nparameters:\n  t: 0.0\n",
+    );
+    e.merge(&r, "out", &["--types", "F32"]).unwrap();
+    let soup = Store::open(e.path("out/soup-F32.gguf")).unwrap();
+    let last = Store::open(e.path("out/multi-F32.gguf")).unwrap();
+    let (a, b) = (
+        Store::open(e.path("m1.gguf")).unwrap(),
+        Store::open(e.path("m2.gguf")).unwrap(),
+    );
+    let want: Vec<f32> = values(&a, "blk.2.ffn_up.weight")
+        .iter()
+        .zip(values(&b, "blk.2.ffn_up.weight"))
+        .map(|(x, y)| (x * 0.5 + y * 0.5) / 1.0)
+        .collect();
+    assert_eq!(values(&soup, "blk.2.ffn_up.weight"), want);
+    // slerp at t = 0 is its base: the first document's result.
+    assert_eq!(values(&last, "blk.2.ffn_up.weight"), want);
+}
