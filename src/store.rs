@@ -259,6 +259,26 @@ impl Store {
         self.release_bytes(st.file, st.offset as usize + first_row * rb, n_rows * rb);
     }
 
+    /// Total size and SHA-256 of the files behind this store, concatenated in order. Pages are
+    /// dropped as they are hashed, so hashing a model does not make it resident.
+    pub fn sha256(&self) -> (u64, String) {
+        use sha2::{Digest, Sha256};
+        const CHUNK: usize = 64 << 20;
+        let mut h = Sha256::new();
+        let mut size = 0u64;
+        for (fi, f) in self.files.iter().enumerate() {
+            for (k, chunk) in f.map.chunks(CHUNK).enumerate() {
+                h.update(chunk);
+                self.release_bytes(fi, k * CHUNK, chunk.len());
+            }
+            size += f.map.len() as u64;
+        }
+        (
+            size,
+            h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        )
+    }
+
     fn release_bytes(&self, file: usize, offset: usize, len: usize) {
         let map = &self.files[file].map;
         // madvise needs a page-aligned start: release only the whole pages inside the range.

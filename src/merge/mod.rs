@@ -14,7 +14,6 @@ use crate::store::{RowOrder, Store};
 use crate::write::TensorProducer;
 use methods::{Base, MergeInput, Method, Scope};
 use serde_saphyr::Spanned;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -508,8 +507,12 @@ impl MergePlan {
             Value::String(env!("CARGO_PKG_VERSION").into()),
         );
         m.set("smelt.recipe", Value::String(recipe_text.to_string()));
-        for (i, inp) in inputs.iter().enumerate() {
-            let (size, sha) = digest(&inp.store)?;
+        // Inputs hash in parallel (one per core); each is read once, in order.
+        let digests: Vec<(u64, String)> = {
+            use rayon::prelude::*;
+            inputs.par_iter().map(|inp| inp.store.sha256()).collect()
+        };
+        for (i, (inp, (size, sha))) in inputs.iter().zip(digests).enumerate() {
             m.set(
                 format!("smelt.input.{i}.file"),
                 Value::String(inp.reference.clone()),
@@ -531,7 +534,12 @@ impl MergePlan {
         let data: Vec<Vec<f32>> = t
             .sources
             .iter()
-            .map(|&(inp, ti)| self.inputs[inp].store.read_f32(ti))
+            .map(|&(inp, ti)| {
+                // The f32 copy is all the method needs: drop the source pages right away.
+                let v = self.inputs[inp].store.read_f32(ti);
+                self.inputs[inp].store.release(ti);
+                v
+            })
             .collect::<Result<_>>()?;
         let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
         let shared = |name: &str| {
@@ -564,18 +572,6 @@ impl MergePlan {
         }
         Ok(out)
     }
-}
-
-/// Size and SHA-256 of an input (its files concatenated in order).
-fn digest(store: &Store) -> Result<(u64, String)> {
-    let mut h = Sha256::new();
-    let mut size = 0u64;
-    for f in &store.files {
-        h.update(&f.map[..]);
-        size += f.map.len() as u64;
-    }
-    let hex = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((size, hex))
 }
 
 struct PlanBuilder<'a> {

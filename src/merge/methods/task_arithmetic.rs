@@ -100,15 +100,28 @@ gta!(
     param("epsilon", Scope::NonBase, Some(0.15))
 );
 
-/// Keep-mask by magnitude: the `k` largest |x| (ties broken by position, for determinism).
+/// Keep-mask by magnitude: the `k` largest |x|, ties at the cut broken by position (for
+/// determinism). Linear time: a selection finds the cut, one pass marks the kept values.
 fn top_k_mask(x: &[f32], k: usize) -> Vec<bool> {
-    let mut idx: Vec<usize> = (0..x.len()).collect();
-    idx.sort_by(|&a, &b| x[b].abs().total_cmp(&x[a].abs()).then(a.cmp(&b)));
-    let mut keep = vec![false; x.len()];
-    for &i in &idx[..k.min(x.len())] {
-        keep[i] = true;
+    let k = k.min(x.len());
+    if k == 0 {
+        return vec![false; x.len()];
     }
-    keep
+    let mut mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let (_, cut, _) = mags.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let cut = *cut;
+    let above = x.iter().filter(|v| v.abs().total_cmp(&cut).is_gt()).count();
+    let mut at_cut = k - above;
+    x.iter()
+        .map(|v| match v.abs().total_cmp(&cut) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal if at_cut > 0 => {
+                at_cut -= 1;
+                true
+            }
+            _ => false,
+        })
+        .collect()
 }
 
 /// Uniform draw in [0, 1) from the stream, one per element in order.
@@ -152,13 +165,23 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
             let target = (density * n as f64) as usize;
             let n_top = (gamma * n as f64) as usize;
             let n_bot = n.saturating_sub(target + n_top);
-            let mut idx: Vec<usize> = (0..n).collect();
-            idx.sort_by(|&a, &b| delta[a].abs().total_cmp(&delta[b].abs()).then(a.cmp(&b)));
-            let mut keep = vec![false; n];
-            for &i in idx.iter().skip(n_bot).take(target) {
-                keep[i] = true;
-            }
-            keep
+            // Keep ranks n_bot..n_bot+target of the ascending order: the `n_bot + target`
+            // smallest minus the `n_bot` smallest.
+            let smallest = |m: usize| -> Vec<bool> {
+                let mut keep = vec![false; n];
+                if m == 0 {
+                    return keep;
+                }
+                let mut mags: Vec<(f32, u32)> = delta.iter().map(|v| v.abs()).zip(0u32..).collect();
+                mags.select_nth_unstable_by(m - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                for &(_, i) in &mags[..m] {
+                    keep[i as usize] = true;
+                }
+                keep
+            };
+            let upper = smallest((n_bot + target).min(n));
+            let lower = smallest(n_bot.min(n));
+            upper.iter().zip(&lower).map(|(&u, &l)| u && !l).collect()
         }
         Sparsify::DellaMagprune => {
             if density <= 0.0 {
