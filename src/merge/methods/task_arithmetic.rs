@@ -10,6 +10,7 @@
 use super::*;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sparsify {
@@ -283,7 +284,8 @@ impl Method for TaskArithmetic {
         }
         let normalize = (input.shared)("normalize") != 0.0;
         let lambda = (input.shared)("lambda") as f32;
-        for (j, o) in out.iter_mut().enumerate() {
+        // Each weight is independent: parallel over elements, the same bytes at any thread count.
+        out.par_iter_mut().enumerate().for_each(|(j, o)| {
             let (mut mixed, mut divisor) = (0f32, 0f32);
             if self.ties {
                 let total: f32 = deltas.iter().map(|d| d[j]).sum();
@@ -320,7 +322,7 @@ impl Method for TaskArithmetic {
                 mixed *= lambda;
             }
             *o += mixed;
-        }
+        });
         Ok(MergeNote::default())
     }
 }
