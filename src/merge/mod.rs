@@ -56,6 +56,19 @@ fn at<T>(origin: &str, s: &Spanned<T>, msg: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{origin}:{}: {msg}", s.referenced.line()))
 }
 
+/// A slice's (or `globals:`') own `merge_method`, else the recipe's.
+fn own_method<'a>(
+    own: &'a Option<Spanned<String>>,
+    recipe: &'a Recipe,
+    origin: &str,
+    top: &'static dyn Method,
+) -> Result<(&'static dyn Method, &'a Spanned<String>)> {
+    match own {
+        Some(m) => Ok((methods::find(&m.value).map_err(|e| at(origin, m, e))?, m)),
+        None => Ok((top, &recipe.merge_method)),
+    }
+}
+
 /// FNV-1a of a string, mixed into seeds.
 fn hash_name(seed: u64, name: &str) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
@@ -174,14 +187,13 @@ impl MergePlan {
         }
         let mut globals: Option<Slice> = None;
         if let Some(g) = &recipe.globals {
-            let (method, method_at) = match &g.merge_method {
-                Some(m) => (methods::find(&m.value).map_err(|e| at(origin, m, e))?, m),
-                None => (top_method, &recipe.merge_method),
-            };
-            let base_input = match &g.base_model {
-                Some(b) => Some(open(b)?),
-                None => top_base,
-            };
+            let (method, method_at) = own_method(&g.merge_method, recipe, origin, top_method)?;
+            let base_input = g
+                .base_model
+                .as_ref()
+                .map(&mut open)
+                .transpose()?
+                .or(top_base);
             let mut sources = Vec::new();
             for m in &g.models {
                 let i = open(&m.model)?;
@@ -365,14 +377,13 @@ impl MergePlan {
         top_method: &'static dyn Method,
         top_base: Option<usize>,
     ) -> Result<Slice<'a>> {
-        let (method, method_at) = match &s.merge_method {
-            Some(m) => (methods::find(&m.value).map_err(|e| at(origin, m, e))?, m),
-            None => (top_method, &recipe.merge_method),
-        };
-        let base_input = match &s.base_model {
-            Some(b) => Some(open(b)?),
-            None => top_base,
-        };
+        let (method, method_at) = own_method(&s.merge_method, recipe, origin, top_method)?;
+        let base_input = s
+            .base_model
+            .as_ref()
+            .map(&mut *open)
+            .transpose()?
+            .or(top_base);
         let mut sources = Vec::new();
         for src in &s.sources {
             let InputSlice {
