@@ -212,22 +212,33 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
             keep
         }
     };
-    let before: f64 = delta.iter().map(|&v| v.abs() as f64).sum();
-    for (d, &k) in delta.iter_mut().zip(&keep) {
-        if !k {
-            *d = 0.0;
-        }
-    }
+    let before = l1(delta);
+    delta
+        .par_iter_mut()
+        .zip(keep.par_iter())
+        .for_each(|(d, &k)| {
+            if !k {
+                *d = 0.0;
+            }
+        });
     if rescale {
-        let after: f64 = delta.iter().map(|&v| v.abs() as f64).sum();
+        let after = l1(delta);
         if before >= 1e-7 && after >= 1e-7 {
             let s = (before / after) as f32;
-            for d in delta.iter_mut() {
-                *d *= s;
-            }
+            delta.par_iter_mut().for_each(|d| *d *= s);
         }
     }
     Ok(())
+}
+
+/// Σ|x| in f64 over fixed-size blocks summed in order: parallel, yet the same value at any
+/// thread count.
+fn l1(x: &[f32]) -> f64 {
+    let blocks: Vec<f64> = x
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().map(|&v| v.abs() as f64).sum())
+        .collect();
+    blocks.iter().sum()
 }
 
 impl Method for TaskArithmetic {
@@ -256,8 +267,8 @@ impl Method for TaskArithmetic {
         let mut weights = Vec::with_capacity(others.len());
         for &i in &others {
             let mut d: Vec<f32> = input.tensors[i]
-                .iter()
-                .zip(base)
+                .par_iter()
+                .zip(base.par_iter())
                 .map(|(&x, &b)| x - b)
                 .collect();
             if let Some(method) = self.sparsify {
@@ -276,52 +287,68 @@ impl Method for TaskArithmetic {
                 sparsify(&mut d, &sp, input.row_len, &mut rng)?;
             }
             let w = (input.per_input)(i, "weight") as f32;
-            for v in d.iter_mut() {
-                *v *= w;
-            }
+            d.par_iter_mut().for_each(|v| *v *= w);
             deltas.push(d);
             weights.push(w);
         }
         let normalize = (input.shared)("normalize") != 0.0;
         let lambda = (input.shared)("lambda") as f32;
-        // Each weight is independent: parallel over elements, the same bytes at any thread count.
-        out.par_iter_mut().enumerate().for_each(|(j, o)| {
-            let (mut mixed, mut divisor) = (0f32, 0f32);
+        // Each weight is independent: parallel over blocks of elements (the same bytes at any
+        // thread count), with each block's per-model passes written so that they vectorize.
+        const BLOCK: usize = 4096;
+        out.par_chunks_mut(BLOCK).enumerate().for_each(|(blk, o)| {
+            let (start, len) = (blk * BLOCK, o.len());
+            let mut mixed = [0f32; BLOCK];
+            let mut divisor = [0f32; BLOCK];
             if self.ties {
-                let total: f32 = deltas.iter().map(|d| d[j]).sum();
-                let elected = if total >= 0.0 { 1.0 } else { -1.0 };
-                for (d, &w) in deltas.iter().zip(&weights) {
-                    let sign = if d[j] > 0.0 {
-                        1.0
-                    } else if d[j] < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    };
-                    if sign == elected {
-                        mixed += d[j];
-                        divisor += w;
+                // Elect each weight's sign from the weighted deltas' sum (>= 0 is positive);
+                // only deltas of that sign (never zeros) take part.
+                let mut total = [0f32; BLOCK];
+                for d in &deltas {
+                    for (t, &x) in total[..len].iter_mut().zip(&d[start..start + len]) {
+                        *t += x;
                     }
                 }
-                if divisor == 0.0 {
-                    divisor = 1.0;
+                for (d, &w) in deltas.iter().zip(&weights) {
+                    for jj in 0..len {
+                        let x = d[start + jj];
+                        let agree = if total[jj] >= 0.0 { x > 0.0 } else { x < 0.0 };
+                        if agree {
+                            mixed[jj] += x;
+                            divisor[jj] += w;
+                        }
+                    }
+                }
+                for v in divisor[..len].iter_mut() {
+                    if *v == 0.0 {
+                        *v = 1.0;
+                    }
                 }
             } else {
                 for (d, &w) in deltas.iter().zip(&weights) {
-                    mixed += d[j];
-                    divisor += w;
+                    for (m, &x) in mixed[..len].iter_mut().zip(&d[start..start + len]) {
+                        *m += x;
+                    }
+                    for v in divisor[..len].iter_mut() {
+                        *v += w;
+                    }
                 }
-                if divisor.abs() < 1e-8 {
-                    divisor = 1.0;
+                for v in divisor[..len].iter_mut() {
+                    if v.abs() < 1e-8 {
+                        *v = 1.0;
+                    }
                 }
             }
-            if normalize {
-                mixed /= divisor;
+            for jj in 0..len {
+                let mut m = mixed[jj];
+                if normalize {
+                    m /= divisor[jj];
+                }
+                if lambda != 1.0 {
+                    m *= lambda;
+                }
+                o[jj] += m;
             }
-            if lambda != 1.0 {
-                mixed *= lambda;
-            }
-            *o += mixed;
         });
         Ok(MergeNote::default())
     }
