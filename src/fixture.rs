@@ -74,13 +74,9 @@ impl SplitMix {
     }
 }
 
+/// The tensor's own stream: the model seed (scaled by the FNV prime) mixed with its name.
 fn name_seed(seed: u64, name: &str) -> u64 {
-    // FNV-1a over the name, mixed with the model seed.
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x100_0000_01b3);
-    for b in name.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    h
+    crate::seed::fnv1a(seed.wrapping_mul(0x100_0000_01b3), name)
 }
 
 impl TinyLlama {

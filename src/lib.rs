@@ -10,6 +10,7 @@ pub mod quant;
 pub mod quantize;
 pub mod recipe;
 pub mod safetensors;
+pub mod seed;
 pub mod store;
 pub mod write;
 

@@ -171,7 +171,11 @@ pub fn plan(
                 .map(|(&i, pt)| pt.clone().filter(|_| source.split_of(i) == k))
                 .collect();
             outputs.push(OutputFile {
-                path: PathBuf::from(format!("{prefix}-{:05}-of-{n_split:05}.gguf", k + 1)),
+                path: PathBuf::from(crate::gguf::split_file_name(
+                    prefix,
+                    k as u64,
+                    n_split as u64,
+                )),
                 metadata: meta,
                 tensors: part,
             });

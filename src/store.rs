@@ -323,14 +323,14 @@ fn split_path(first: &Path, no: u64, count: u64) -> Result<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let marker = format!("-00001-of-{count:05}.gguf");
+    let marker = crate::gguf::split_file_name("", 0, count);
     let prefix = name.strip_suffix(&marker).ok_or_else(|| {
         Error::format(
             first,
             format!("split.count is {count} but the file name does not end in `{marker}`"),
         )
     })?;
-    Ok(first.with_file_name(format!("{prefix}-{:05}-of-{count:05}.gguf", no + 1)))
+    Ok(first.with_file_name(crate::gguf::split_file_name(prefix, no, count)))
 }
 
 #[cfg(test)]

@@ -14,5 +14,11 @@ pub use writer::GgufWriter;
 pub const MAGIC: [u8; 4] = *b"GGUF";
 /// ggml's default data alignment when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// File `no` (0-based) of a split set: `PREFIX-0000{no+1}-of-0000{count}.gguf`, as llama.cpp's
+/// `llama_split_path` names it.
+pub fn split_file_name(prefix: &str, no: u64, count: u64) -> String {
+    format!("{prefix}-{:05}-of-{count:05}.gguf", no + 1)
+}
+
 /// The value llama.cpp writes to `general.quantization_version`.
 pub const QUANTIZATION_VERSION: u32 = 2;

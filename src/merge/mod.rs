@@ -69,15 +69,6 @@ fn own_method<'a>(
     }
 }
 
-/// FNV-1a of a string, mixed into seeds.
-fn hash_name(seed: u64, name: &str) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in name.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
 /// Resolve a model reference: a named earlier result, else a path (relative to the working
 /// folder, then to the recipe's folder).
 fn resolve_path(
@@ -699,7 +690,7 @@ impl PlanBuilder<'_> {
             base: sl.base,
             shared,
             per_input,
-            seed: hash_name(self.seed, out_name),
+            seed: crate::seed::fnv1a(self.seed, out_name),
         });
         Ok(())
     }
