@@ -66,6 +66,20 @@ pub struct MergeArgs {
     /// Re-run the recipe embedded in a GGUF that smelt merged (its inputs must be present).
     #[arg(long, conflicts_with = "recipe")]
     pub from: Option<PathBuf>,
+    /// `gguf` (default), or `safetensors`: a Hugging Face folder in OUTPUT (config.json,
+    /// shards, tokenizer files) at one of F32/F16/BF16 (default: the recipe's
+    /// `out_dtype`/`dtype`, else BF16), for fine-tuning afterwards.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Gguf)]
+    pub format: OutputFormat,
+    /// Largest safetensors shard, in bytes (with --format safetensors; default 5e9 as mergekit).
+    #[arg(long, default_value_t = crate::hf_writer::DEFAULT_SHARD_BYTES)]
+    pub shard_size: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Gguf,
+    Safetensors,
 }
 
 #[derive(clap::Args, Debug)]
@@ -480,11 +494,14 @@ fn merge(args: &MergeArgs) -> Result<()> {
                 .and_then(|o| o.types.clone())
                 .unwrap_or_else(|| vec!["F16".into()])
         };
+        let plan = MergePlan::new(doc, &text, &origin, &recipe_dir, &named)?;
+        if last && args.format == OutputFormat::Safetensors {
+            return write_merge_as_hf(args, doc, &plan, &text);
+        }
         let file_types = types
             .iter()
             .map(|t| FileType::parse(t))
             .collect::<Result<Vec<_>>>()?;
-        let plan = MergePlan::new(doc, &text, &origin, &recipe_dir, &named)?;
         let qplan = crate::quantize::plan(
             &plan,
             plan.tensors.len(),
@@ -511,6 +528,83 @@ fn merge(args: &MergeArgs) -> Result<()> {
             named.push((n.clone(), reports[0].path.clone()));
         }
     }
+    Ok(())
+}
+
+/// The last recipe document written as a Hugging Face folder in `args.output`.
+fn write_merge_as_hf(
+    args: &MergeArgs,
+    doc: &crate::recipe::Recipe,
+    plan: &crate::merge::MergePlan,
+    recipe_text: &str,
+) -> Result<()> {
+    use crate::hf_writer::{hf_folder_of, write_hf_folder, HfOutput};
+    let dtype_name = match args.types.as_slice() {
+        [] => doc
+            .out_dtype
+            .clone()
+            .or_else(|| doc.dtype.clone())
+            .unwrap_or_else(|| "bfloat16".into()),
+        [one] => one.clone(),
+        more => {
+            return Err(Error::Invalid(format!(
+                "--format safetensors writes one dtype, got {}",
+                more.join(",")
+            )))
+        }
+    };
+    let dtype = match dtype_name.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => GgmlType::F32,
+        "f16" | "float16" => GgmlType::F16,
+        "bf16" | "bfloat16" => GgmlType::BF16,
+        other => {
+            return Err(Error::Invalid(format!(
+                "--format safetensors writes F32, F16 or BF16, not `{other}`"
+            )))
+        }
+    };
+    let folder = |i: usize| hf_folder_of(&plan.inputs[i].path);
+    // config.json from the tokenizer source, else from any input that is an HF folder.
+    let config_from =
+        folder(plan.tokenizer_input).or_else(|| (0..plan.inputs.len()).find_map(folder));
+    let provenance: Vec<(String, String)> = plan
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("smelt.") && *k != "smelt.recipe")
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.to_string(), text)
+        })
+        .collect();
+    let out = HfOutput {
+        dir: args.output.clone(),
+        dtype,
+        shard_bytes: args.shard_size,
+        metadata: &plan.metadata,
+        config_from,
+        tokenizer_from: folder(plan.tokenizer_input),
+        extra_files: vec![("smelt-recipe.yaml".into(), recipe_text.to_string())],
+        shard_metadata: provenance,
+    };
+    let started = std::time::Instant::now();
+    let report = write_hf_folder(plan, plan.tensors.len(), &out)?;
+    for line in plan.summary() {
+        eprintln!("{line}");
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!(
+        "wrote {} ({:.2} MiB, {} tensors: {}) in {:.2?}",
+        report.dir.display(),
+        report.bytes as f64 / (1 << 20) as f64,
+        report.n_tensors,
+        report.files.join(", "),
+        started.elapsed()
+    );
     Ok(())
 }
 

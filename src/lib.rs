@@ -5,6 +5,7 @@ pub mod cli;
 pub mod error;
 pub mod fixture;
 pub mod gguf;
+pub mod hf_writer;
 pub mod merge;
 pub mod quant;
 pub mod quantize;

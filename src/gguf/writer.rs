@@ -17,12 +17,32 @@ use std::sync::Mutex;
 /// Temporary files of writers still open, deleted by `remove_unfinished_outputs` on Ctrl-C.
 static OPEN_TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// Delete the temporary files of every unfinished writer (called from a signal handler thread).
+/// Delete the temporary files (and folders) of every unfinished writer (called from a signal
+/// handler thread).
 pub fn remove_unfinished_outputs() {
     if let Ok(list) = OPEN_TEMP_FILES.lock() {
         for p in list.iter() {
-            let _ = std::fs::remove_file(p);
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(p);
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
         }
+    }
+}
+
+/// Register a temporary output (file or folder) for deletion on Ctrl-C.
+pub fn track_temp(path: &Path) {
+    OPEN_TEMP_FILES
+        .lock()
+        .map(|mut l| l.push(path.to_path_buf()))
+        .ok();
+}
+
+/// The temporary output at `path` is gone or renamed: stop tracking it.
+pub fn forget_temp(path: &Path) {
+    if let Ok(mut l) = OPEN_TEMP_FILES.lock() {
+        l.retain(|p| p != path);
     }
 }
 
@@ -131,7 +151,7 @@ impl GgufWriter {
             .into_owned();
         let tmp = target.with_file_name(format!(".{file_name}.smelt-tmp-{}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io(&target, e))?;
-        OPEN_TEMP_FILES.lock().map(|mut l| l.push(tmp.clone())).ok();
+        track_temp(&tmp);
         let mut w = GgufWriter {
             target,
             tmp,
@@ -242,9 +262,7 @@ impl GgufWriter {
     }
 
     fn forget_tmp(&self) {
-        if let Ok(mut l) = OPEN_TEMP_FILES.lock() {
-            l.retain(|p| p != &self.tmp);
-        }
+        forget_temp(&self.tmp);
     }
 }
 

@@ -45,6 +45,9 @@ pub struct MergePlan {
     pub inputs: Vec<Input>,
     pub tensors: Vec<OutTensor>,
     pub metadata: Metadata,
+    /// The input whose tokenizer and metadata the output carries (`tokenizer_source`, else
+    /// the base model, else the first model).
+    pub tokenizer_input: usize,
     /// The merged tensor being written (computed whole on first use, dropped on release).
     current: Mutex<Option<(usize, Vec<f32>)>>,
     /// Per-tensor remarks of methods (NearSwap's swap fractions), for the run summary.
@@ -350,11 +353,13 @@ impl MergePlan {
         }
         let tensors = plan.tensors;
 
-        let metadata = Self::metadata(recipe, recipe_text, &inputs, &slices, out_layer, origin)?;
+        let (metadata, tokenizer_input) =
+            Self::metadata(recipe, recipe_text, &inputs, &slices, out_layer, origin)?;
         Ok(MergePlan {
             inputs,
             tensors,
             metadata,
+            tokenizer_input,
             current: Mutex::new(None),
             notes: Mutex::new(Vec::new()),
         })
@@ -422,7 +427,7 @@ impl MergePlan {
         slices: &[Slice],
         n_layers: u32,
         origin: &str,
-    ) -> Result<Metadata> {
+    ) -> Result<(Metadata, usize)> {
         let base = slices[0]
             .base
             .map(|b| slices[0].sources[b].0)
@@ -522,7 +527,7 @@ impl MergePlan {
             m.set(format!("smelt.input.{i}.size"), Value::U64(size));
             m.set(format!("smelt.input.{i}.sha256"), Value::String(sha));
         }
-        Ok(m)
+        Ok((m, source))
     }
 
     /// Human summary lines: method notes per tensor.

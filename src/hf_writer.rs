@@ -1,0 +1,547 @@
+//! Hugging Face folder output (`--format safetensors`): the same tensors the GGUF writer
+//! would write, under their Hugging Face names and row order, as F32/F16/BF16 safetensors
+//! shards with `model.safetensors.index.json`, plus a `config.json` and the tokenizer files,
+//! so that a merge can be fine-tuned or loaded by `transformers` afterwards.
+//!
+//! - Names come from the architecture table in reverse ([`Architecture::hf_name`]); q/k rows
+//!   are put back into Hugging Face's order (the inverse of the converter's head permutation).
+//! - `config.json` is the template folder's (the tokenizer source, else the base model) with
+//!   `num_hidden_layers` and `torch_dtype` updated; when every input is a GGUF it is rebuilt
+//!   from the GGUF hyper-parameters through the same table.
+//! - Each shard's header is known before any data (names, shapes and the dtype fix every
+//!   offset), so tensors stream in one at a time; memory holds one tensor at most.
+//! - Everything is written into a temporary folder beside the target and moved into place
+//!   only when complete: an interrupted run leaves no partial model behind.
+
+use crate::arch::{self, Architecture, Permute};
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, Metadata, Value};
+use crate::quant::float;
+use crate::safetensors::{INDEX_NAME, ROPE_FREQS};
+use crate::store::RowOrder;
+use crate::write::TensorProducer;
+use serde_json::{json, Map, Value as Json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// mergekit's default `--out-shard-size` (5B bytes).
+pub const DEFAULT_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// Files of a Hugging Face folder that describe the tokenizer and generation, copied as they
+/// are from the tokenizer source.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+];
+
+/// What to write besides the tensors.
+pub struct HfOutput<'a> {
+    /// The model folder to create (or fill).
+    pub dir: PathBuf,
+    /// F32, F16 or BF16.
+    pub dtype: GgmlType,
+    pub shard_bytes: u64,
+    /// The output's GGUF metadata (architecture, hyper-parameters, block count).
+    pub metadata: &'a Metadata,
+    /// An HF folder whose `config.json` is the template.
+    pub config_from: Option<PathBuf>,
+    /// An HF folder whose tokenizer files are copied.
+    pub tokenizer_from: Option<PathBuf>,
+    /// Extra text files (name, contents), e.g. the recipe.
+    pub extra_files: Vec<(String, String)>,
+    /// Key/values for each shard's `__metadata__` (besides `format: pt`).
+    pub shard_metadata: Vec<(String, String)>,
+}
+
+/// What was written.
+#[derive(Debug)]
+pub struct HfReport {
+    pub dir: PathBuf,
+    pub bytes: u64,
+    pub n_tensors: usize,
+    pub files: Vec<String>,
+    /// Things a user should know (no tokenizer files, dropped tensors).
+    pub warnings: Vec<String>,
+}
+
+/// The Hugging Face model folder behind a model path: the folder itself, or the folder of a
+/// safetensors file or index when it has a `config.json`.
+pub fn hf_folder_of(path: &Path) -> Option<PathBuf> {
+    if path.is_dir() {
+        return Some(path.to_path_buf());
+    }
+    let dir = path.parent()?;
+    let is_safetensors = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .is_some_and(|n| n.ends_with(".safetensors") || n.ends_with(".index.json"));
+    (is_safetensors && dir.join("config.json").is_file()).then(|| dir.to_path_buf())
+}
+
+/// One tensor as it goes to a shard.
+struct Planned {
+    index: usize,
+    hf_name: String,
+    /// torch order (outermost first).
+    shape: Vec<u64>,
+    n_bytes: u64,
+    rows: RowOrder,
+}
+
+/// Write tensors `0..n` of `producer` as a Hugging Face folder.
+pub fn write_hf_folder(
+    producer: &dyn TensorProducer,
+    n: usize,
+    out: &HfOutput,
+) -> Result<HfReport> {
+    if !matches!(out.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        return Err(Error::Invalid(format!(
+            "--format safetensors writes F32, F16 or BF16, not {}",
+            out.dtype
+        )));
+    }
+    let arch_name = out.metadata.architecture().unwrap_or_default().to_string();
+    let table = arch::by_gguf_name(&arch_name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "cannot write a Hugging Face folder for architecture `{arch_name}` (supported: {})",
+            arch::ARCHITECTURES
+                .iter()
+                .map(|a| a.gguf_name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let mut warnings = Vec::new();
+    let planned = plan_tensors(producer, n, table, out, &mut warnings)?;
+    let shards = assign_shards(&planned, out.shard_bytes);
+
+    let tmp = temp_dir_for(&out.dir)?;
+    crate::gguf::writer::track_temp(&tmp);
+    let result = (|| -> Result<HfReport> {
+        let n_shards = shards.len();
+        let mut files = Vec::new();
+        let mut weight_map = Map::new();
+        let mut total = 0u64;
+        for (k, shard) in shards.iter().enumerate() {
+            let file = if n_shards == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{:05}.safetensors", k + 1, n_shards)
+            };
+            let tensors: Vec<&Planned> = shard.iter().map(|&p| &planned[p]).collect();
+            write_shard(producer, &tmp.join(&file), &tensors, out)?;
+            for t in &tensors {
+                weight_map.insert(t.hf_name.clone(), Json::String(file.clone()));
+                total += t.n_bytes;
+            }
+            files.push(file);
+        }
+        if n_shards > 1 {
+            let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+            write_text(&tmp.join(INDEX_NAME), &pretty(&index))?;
+            files.push(INDEX_NAME.into());
+        }
+        let has_output = planned
+            .iter()
+            .any(|p| producer.name(p.index) == "output.weight");
+        let config = config_json(table, out, has_output, &mut warnings)?;
+        write_text(&tmp.join("config.json"), &pretty(&config))?;
+        files.push("config.json".into());
+        match &out.tokenizer_from {
+            Some(dir) => {
+                for name in TOKENIZER_FILES {
+                    let src = dir.join(name);
+                    if src.is_file() {
+                        std::fs::copy(&src, tmp.join(name)).map_err(|e| Error::io(&src, e))?;
+                        files.push((*name).into());
+                    }
+                }
+            }
+            None => warnings.push(
+                "no tokenizer files written: the tokenizer source is not a Hugging Face folder"
+                    .into(),
+            ),
+        }
+        for (name, text) in &out.extra_files {
+            write_text(&tmp.join(name), text)?;
+            files.push(name.clone());
+        }
+        Ok(HfReport {
+            dir: out.dir.clone(),
+            bytes: total,
+            n_tensors: planned.len(),
+            files,
+            warnings: Vec::new(),
+        })
+    })()
+    .and_then(|mut report| {
+        move_into_place(&tmp, &out.dir, &report.files)?;
+        report.warnings = std::mem::take(&mut warnings);
+        Ok(report)
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    crate::gguf::writer::forget_temp(&tmp);
+    result
+}
+
+/// Names, shapes and row orders of every tensor, checked before anything is written.
+fn plan_tensors(
+    producer: &dyn TensorProducer,
+    n: usize,
+    table: &Architecture,
+    out: &HfOutput,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Planned>> {
+    let arch_name = table.gguf_name;
+    let head_count = |key: &str| {
+        out.metadata
+            .get_u64(&format!("{arch_name}.attention.{key}"))
+    };
+    let n_head = head_count("head_count");
+    let n_head_kv = head_count("head_count_kv").or(n_head);
+    let mut planned = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = producer.name(i);
+        if name == ROPE_FREQS {
+            // Generated by the converter from config.json's rope_scaling, which the config
+            // template carries; not a Hugging Face tensor.
+            warnings.push(format!(
+                "`{name}` is not written (config.json's rope_scaling holds it)"
+            ));
+            continue;
+        }
+        let hf_name = table.hf_name(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "tensor `{name}` has no Hugging Face name in the `{arch_name}` table"
+            ))
+        })?;
+        let shape: Vec<u64> = producer.shape(i).iter().rev().copied().collect();
+        let n_rows = producer.shape(i)[1..].iter().product::<u64>() as usize;
+        let permute = table
+            .rule_for_canonical(name)
+            .map(|(r, _)| r.permute)
+            .unwrap_or(Permute::None);
+        let heads = match permute {
+            Permute::None => None,
+            Permute::Heads => n_head,
+            Permute::KvHeads => n_head_kv,
+        };
+        let rows = match (permute, heads) {
+            (Permute::None, _) => RowOrder::AsStored,
+            (_, Some(h)) if h > 0 && n_rows % (2 * h as usize) == 0 => RowOrder::HeadPermute {
+                n_head: h as usize,
+            },
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "tensor `{name}`: cannot undo the q/k head permutation ({n_rows} rows, head counts {n_head:?}/{n_head_kv:?})"
+                )))
+            }
+        };
+        let n_elements: u64 = shape.iter().product();
+        planned.push(Planned {
+            index: i,
+            hf_name,
+            shape,
+            n_bytes: n_elements * out.dtype.type_size() as u64,
+            rows,
+        });
+    }
+    Ok(planned)
+}
+
+/// Tensors in order, cut into shards of at most `limit` bytes (a bigger tensor gets a shard
+/// of its own), as mergekit and `transformers` shard.
+fn assign_shards(planned: &[Planned], limit: u64) -> Vec<Vec<usize>> {
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for (k, p) in planned.iter().enumerate() {
+        let last = shards.last_mut().expect("one shard");
+        if !last.is_empty() && size + p.n_bytes > limit {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        shards.last_mut().expect("one shard").push(k);
+        size += p.n_bytes;
+    }
+    shards
+}
+
+/// One safetensors file: header, then each tensor streamed in row chunks.
+fn write_shard(
+    producer: &dyn TensorProducer,
+    path: &Path,
+    tensors: &[&Planned],
+    out: &HfOutput,
+) -> Result<()> {
+    let dtype = match out.dtype {
+        GgmlType::F32 => "F32",
+        GgmlType::F16 => "F16",
+        _ => "BF16",
+    };
+    let mut header = Map::new();
+    let mut meta = Map::new();
+    meta.insert("format".into(), Json::String("pt".into()));
+    for (k, v) in &out.shard_metadata {
+        meta.insert(k.clone(), Json::String(v.clone()));
+    }
+    header.insert("__metadata__".into(), Json::Object(meta));
+    let mut offset = 0u64;
+    for t in tensors {
+        header.insert(
+            t.hf_name.clone(),
+            json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + t.n_bytes]}),
+        );
+        offset += t.n_bytes;
+    }
+    let mut text = serde_json::to_string(&header).expect("a JSON map serializes");
+    // Data starts 8-byte aligned, as the reference writer pads it.
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let io = |e| Error::io(path, e);
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(8 << 20, file);
+    w.write_all(&(text.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(text.as_bytes()).map_err(io)?;
+    let elem = out.dtype.type_size();
+    for t in tensors {
+        let i = t.index;
+        let shape = producer.shape(i);
+        let row_len = shape[0] as usize;
+        let n_rows = shape[1..].iter().product::<u64>() as usize;
+        let name = producer.name(i).to_string();
+        match t.rows {
+            RowOrder::AsStored => {
+                // Row chunks of at most 16 MiB of f32.
+                let chunk_rows = ((4 << 20) / row_len.max(1)).clamp(1, n_rows.max(1));
+                let mut values = vec![0f32; chunk_rows * row_len];
+                let mut bytes = vec![0u8; chunk_rows * row_len * elem];
+                let mut first = 0;
+                while first < n_rows {
+                    let rows = chunk_rows.min(n_rows - first);
+                    let (v, b) = (
+                        &mut values[..rows * row_len],
+                        &mut bytes[..rows * row_len * elem],
+                    );
+                    producer.read_rows(i, first, v)?;
+                    float::quantize_row(out.dtype, v, b).map_err(|e| Error::quant(&name, e))?;
+                    w.write_all(b).map_err(io)?;
+                    producer.release_rows(i, first, rows);
+                    first += rows;
+                }
+            }
+            order => {
+                // Presented (GGUF) row r is Hugging Face row order.stored_row(r).
+                let mut values = vec![0f32; row_len * n_rows];
+                producer.read_rows(i, 0, &mut values)?;
+                let mut hf = vec![0f32; values.len()];
+                for (r, row) in values.chunks_exact(row_len).enumerate() {
+                    let s = order.stored_row(r, n_rows);
+                    hf[s * row_len..(s + 1) * row_len].copy_from_slice(row);
+                }
+                let mut bytes = vec![0u8; hf.len() * elem];
+                float::quantize_row(out.dtype, &hf, &mut bytes)
+                    .map_err(|e| Error::quant(&name, e))?;
+                w.write_all(&bytes).map_err(io)?;
+            }
+        }
+        producer.release(i);
+    }
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    file.sync_all().map_err(io)
+}
+
+/// `config.json`: the template's with the layer count and dtype updated, else one rebuilt
+/// from the GGUF hyper-parameters.
+fn config_json(
+    table: &Architecture,
+    out: &HfOutput,
+    has_output: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Json> {
+    let md = out.metadata;
+    let arch_name = table.gguf_name;
+    let mut config = match &out.config_from {
+        Some(dir) => {
+            let path = dir.join("config.json");
+            let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let json: Json = serde_json::from_slice(&text)
+                .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+            match json {
+                Json::Object(m) => m,
+                _ => return Err(Error::format(&path, "not a JSON object")),
+            }
+        }
+        None => {
+            warnings.push(
+                "config.json rebuilt from GGUF metadata (no input is a Hugging Face folder): check rope_scaling and other keys the GGUF does not carry"
+                    .into(),
+            );
+            config_from_gguf(table, md, has_output)
+        }
+    };
+    if let Some(n) = md.get_u64(&format!("{arch_name}.block_count")) {
+        for key in ["num_hidden_layers", "n_layer", "n_layers", "num_layers"] {
+            if config.contains_key(key) || key == "num_hidden_layers" {
+                config.insert(key.into(), json!(n));
+                break;
+            }
+        }
+    }
+    let dtype = match out.dtype {
+        GgmlType::F32 => "float32",
+        GgmlType::F16 => "float16",
+        _ => "bfloat16",
+    };
+    config.insert("torch_dtype".into(), json!(dtype));
+    Ok(Json::Object(config))
+}
+
+/// A `config.json` from GGUF hyper-parameters: each table entry's first `config.json` key.
+fn config_from_gguf(table: &Architecture, md: &Metadata, has_output: bool) -> Map<String, Json> {
+    use crate::arch::Source;
+    let mut c = Map::new();
+    c.insert(
+        "architectures".into(),
+        json!([table.hf_architectures.first().copied().unwrap_or_default()]),
+    );
+    c.insert("model_type".into(), json!(table.gguf_name));
+    let number = |v: &Value| -> Option<Json> {
+        match v {
+            Value::F32(x) => Some(json!(*x as f64)),
+            Value::F64(x) => Some(json!(*x)),
+            other => other.as_u64().map(|n| json!(n)),
+        }
+    };
+    for hp in table.hparams {
+        let hf_key = match hp.source {
+            Source::U32(keys) | Source::F32(keys) | Source::RopeTheta(keys) => keys.first(),
+            Source::HeadDim | Source::ExplicitHeadDim => Some(&"head_dim"),
+            Source::RopeScaling => None,
+        };
+        let value = md
+            .get(&format!("{}.{}", table.gguf_name, hp.key))
+            .and_then(number);
+        if let (Some(k), Some(v)) = (hf_key, value) {
+            c.entry(k.to_string()).or_insert(v);
+        }
+    }
+    for (gguf_key, hf_key) in [
+        ("attention.head_count", table.n_head_keys.first()),
+        ("attention.head_count_kv", table.n_head_kv_keys.first()),
+    ] {
+        if let (Some(k), Some(v)) = (
+            hf_key,
+            md.get_u64(&format!("{}.{gguf_key}", table.gguf_name)),
+        ) {
+            c.entry(k.to_string()).or_insert(json!(v));
+        }
+    }
+    if let Some(n) = md
+        .get("tokenizer.ggml.tokens")
+        .and_then(Value::as_array)
+        .map(|a| a.len())
+    {
+        c.entry("vocab_size").or_insert(json!(n));
+    }
+    for (gguf_key, hf_key) in [
+        ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+        ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+        ("tokenizer.ggml.padding_token_id", "pad_token_id"),
+    ] {
+        if let Some(v) = md.get_u64(gguf_key) {
+            c.insert(hf_key.into(), json!(v));
+        }
+    }
+    c.insert("tie_word_embeddings".into(), json!(!has_output));
+    c
+}
+
+fn pretty(j: &Json) -> String {
+    let mut s = serde_json::to_string_pretty(j).expect("JSON serializes");
+    s.push('\n');
+    s
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+/// A fresh temporary folder beside `dir` (same file system, so moving files out is a rename).
+fn temp_dir_for(dir: &Path) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("output path {} has no name", dir.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.with_file_name(format!(".{name}.smelt-tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// Move the finished files into `dir`: shards first, `config.json` last, so a folder that has
+/// a new `config.json` has all of its new weights. Stale shards of an earlier run that the new
+/// index does not name are removed, so `transformers` never loads a mix.
+fn move_into_place(tmp: &Path, dir: &Path, files: &[String]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale_weights =
+                (name.ends_with(".safetensors") || name == INDEX_NAME) && !files.contains(&name);
+            if stale_weights {
+                std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+            }
+        }
+    }
+    let mut ordered: Vec<&String> = files.iter().filter(|f| *f != "config.json").collect();
+    ordered.extend(files.iter().filter(|f| *f == "config.json"));
+    for f in ordered {
+        let (from, to) = (tmp.join(f), dir.join(f));
+        std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(sizes: &[u64]) -> Vec<Planned> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Planned {
+                index: i,
+                hf_name: format!("t{i}"),
+                shape: vec![n],
+                n_bytes: n,
+                rows: RowOrder::AsStored,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shards_fill_up_to_the_limit_and_big_tensors_stand_alone() {
+        let p = planned(&[4, 4, 4, 20, 1, 1]);
+        assert_eq!(
+            assign_shards(&p, 10),
+            vec![vec![0, 1], vec![2], vec![3], vec![4, 5]]
+        );
+        assert_eq!(assign_shards(&p, 1000), vec![vec![0, 1, 2, 3, 4, 5]]);
+    }
+}
