@@ -125,6 +125,9 @@ fn top_k_mask(x: &[f32], k: usize) -> Vec<bool> {
         .collect()
 }
 
+/// Elements per block of the random mask (each block seeks the stream on its own).
+const RNG_BLOCK: usize = 1 << 16;
+
 /// Uniform draw in [0, 1) from the stream, one per element in order.
 fn uniform(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u32() as f64) / 4_294_967_296.0
@@ -153,6 +156,7 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
         return Ok(());
     }
     let n = delta.len();
+    let before = l1(delta);
     let keep: Vec<bool> = match method {
         Sparsify::Magnitude => {
             if density <= 0.0 || n == 0 {
@@ -161,7 +165,34 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
             }
             top_k_mask(delta, ((density * n as f64) as usize).max(1))
         }
-        Sparsify::Random => (0..n).map(|_| uniform(rng) < density).collect(),
+        Sparsify::Random => {
+            // Element j draws word j of the tensor's ChaCha stream, kept when
+            // word / 2^32 < density. Blocks seek straight to their first word, so this is the
+            // serial stream computed in parallel: the same mask at any thread count. The mask
+            // is applied as it is drawn.
+            let first = rng.get_word_pos();
+            let threshold = density * 4_294_967_296.0;
+            delta
+                .par_chunks_mut(RNG_BLOCK)
+                .enumerate()
+                .for_each(|(b, block)| {
+                    let mut r = rng.clone();
+                    r.set_word_pos(first + (b * RNG_BLOCK) as u128);
+                    let mut words = [0u8; 4 * 1024];
+                    for part in block.chunks_mut(1024) {
+                        // fill_bytes takes whole words in stream order, as next_u32 would.
+                        let bytes = &mut words[..4 * part.len()];
+                        r.fill_bytes(bytes);
+                        for (d, w) in part.iter_mut().zip(bytes.chunks_exact(4)) {
+                            let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                            if (word as f64) >= threshold {
+                                *d = 0.0;
+                            }
+                        }
+                    }
+                });
+            return rescale_l1(delta, before, rescale);
+        }
         Sparsify::MagnitudeOutliers => {
             let target = (density * n as f64) as usize;
             let n_top = (gamma * n as f64) as usize;
@@ -195,24 +226,31 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
                 )));
             }
             // Rank by magnitude within each row; keep with probability rising with the rank.
+            // Row r draws words r*row_len.. of the stream (rows in parallel, same mask).
+            let first = rng.get_word_pos();
+            let row_len = row_len.max(1);
             let mut keep = vec![false; n];
-            for (r, row) in delta.chunks(row_len.max(1)).enumerate() {
-                let mut idx: Vec<usize> = (0..row.len()).collect();
-                idx.sort_by(|&a, &b| row[a].abs().total_cmp(&row[b].abs()).then(a.cmp(&b)));
-                let span = (row.len().max(2) - 1) as f64;
-                let mut rank = vec![0usize; row.len()];
-                for (pos, &i) in idx.iter().enumerate() {
-                    rank[i] = pos;
-                }
-                for (j, &rk) in rank.iter().enumerate() {
-                    let p = (density - epsilon) + (rk as f64 / span) * 2.0 * epsilon;
-                    keep[r * row_len + j] = uniform(rng) < p;
-                }
-            }
+            keep.par_chunks_mut(row_len)
+                .zip(delta.par_chunks(row_len))
+                .enumerate()
+                .for_each(|(r, (keep, row))| {
+                    let mut rng = rng.clone();
+                    rng.set_word_pos(first + (r * row_len) as u128);
+                    let mut idx: Vec<usize> = (0..row.len()).collect();
+                    idx.sort_by(|&a, &b| row[a].abs().total_cmp(&row[b].abs()).then(a.cmp(&b)));
+                    let span = (row.len().max(2) - 1) as f64;
+                    let mut rank = vec![0usize; row.len()];
+                    for (pos, &i) in idx.iter().enumerate() {
+                        rank[i] = pos;
+                    }
+                    for (k, &rk) in keep.iter_mut().zip(&rank) {
+                        let p = (density - epsilon) + (rk as f64 / span) * 2.0 * epsilon;
+                        *k = uniform(&mut rng) < p;
+                    }
+                });
             keep
         }
     };
-    let before = l1(delta);
     delta
         .par_iter_mut()
         .zip(keep.par_iter())
@@ -221,6 +259,11 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
                 *d = 0.0;
             }
         });
+    rescale_l1(delta, before, rescale)
+}
+
+/// DARE's rescale: bring the thinned delta's L1 norm back to `before`.
+fn rescale_l1(delta: &mut [f32], before: f64, rescale: bool) -> Result<()> {
     if rescale {
         let after = l1(delta);
         if before >= 1e-7 && after >= 1e-7 {
@@ -310,13 +353,17 @@ impl Method for TaskArithmetic {
                     }
                 }
                 for (d, &w) in deltas.iter().zip(&weights) {
-                    for jj in 0..len {
-                        let x = d[start + jj];
-                        let agree = if total[jj] >= 0.0 { x > 0.0 } else { x < 0.0 };
-                        if agree {
-                            mixed[jj] += x;
-                            divisor[jj] += w;
-                        }
+                    // Branch-free, so it vectorizes: adding 0.0 leaves a sum unchanged (the
+                    // sums never hold -0.0: only non-zero deltas are ever added).
+                    let lanes = mixed[..len]
+                        .iter_mut()
+                        .zip(&mut divisor[..len])
+                        .zip(&total[..len])
+                        .zip(&d[start..start + len]);
+                    for (((m, dv), &t), &x) in lanes {
+                        let agree = (t >= 0.0 && x > 0.0) | (t < 0.0 && x < 0.0);
+                        *m += if agree { x } else { 0.0 };
+                        *dv += if agree { w } else { 0.0 };
                     }
                 }
                 for v in divisor[..len].iter_mut() {
@@ -417,6 +464,20 @@ mod tests {
         assert!((200..400).contains(&kept), "{kept}");
         assert_eq!(out, run(&DARE_LINEAR, &[&base, &a], 1.0, 0.3, 42));
         assert_ne!(out, run(&DARE_LINEAR, &[&base, &a], 1.0, 0.3, 43));
+    }
+
+    #[test]
+    fn the_parallel_random_mask_is_the_serial_stream() {
+        // Three RNG blocks and a bit: each block seeks the stream, the result must be the mask
+        // a single serial pass over the stream draws.
+        let n = 3 * RNG_BLOCK + 123;
+        let base = vec![0.0f32; n];
+        let a = vec![1.0f32; n];
+        let out = run(&DARE_LINEAR, &[&base, &a], 1.0, 0.5, 7);
+        let mut rng = ChaCha8Rng::seed_from_u64(7 ^ 0x9e37_79b9_7f4a_7c15);
+        for (j, &v) in out.iter().enumerate() {
+            assert_eq!(v != 0.0, uniform(&mut rng) < 0.5, "element {j}");
+        }
     }
 
     #[test]
