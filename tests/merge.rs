@@ -361,3 +361,106 @@ fn multi_document_recipes_feed_named_results_forward() {
     // slerp at t = 0 is its base: the first document's result.
     assert_eq!(values(&last, "blk.2.ffn_up.weight"), want);
 }
+
+#[test]
+fn different_vocabularies_are_laid_out_in_the_chosen_one() {
+    let e = Env::new();
+    // b's vocabulary is a's plus 8 merges; `<|endoftext|>` is last in both (511 vs 519).
+    let a = e.model(
+        "a.gguf",
+        TinyLlama {
+            seed: 1,
+            vocab: 512,
+            dtype: GgmlType::F32,
+            ..Default::default()
+        },
+    );
+    let b = e.model(
+        "b.gguf",
+        TinyLlama {
+            seed: 2,
+            vocab: 520,
+            dtype: GgmlType::F32,
+            ..Default::default()
+        },
+    );
+    let models = "merge_method: linear\nmodels:\n  - model: a.gguf\n    parameters: {weight: 0.5}\n  - model: b.gguf\n    parameters: {weight: 0.5}\n";
+    let r = e.recipe("plain.yaml", models);
+    let err = e.merge(&r, "o0", &["--types", "F32"]).unwrap_err();
+    assert!(err.contains("tokenizer_source"), "{err}");
+
+    let (sa, sb) = (Store::open(&a).unwrap(), Store::open(&b).unwrap());
+    let row = |s: &Store, name: &str, r: usize| -> Vec<f32> {
+        let v = values(s, name);
+        let n = s.tensors[s.find(name).unwrap()].shape[0] as usize;
+        v[r * n..(r + 1) * n].to_vec()
+    };
+    let mix = |x: Vec<f32>, y: Vec<f32>| -> Vec<f32> {
+        x.iter().zip(&y).map(|(p, q)| 0.5 * p + 0.5 * q).collect()
+    };
+    let tokens = |s: &Store| -> Vec<String> {
+        s.metadata
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .unwrap()
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
+    };
+
+    let r = e.recipe("src.yaml", &format!("{models}tokenizer_source: a.gguf\n"));
+    e.merge(&r, "o1", &["--types", "F32"]).unwrap();
+    let o = Store::open(e.path("o1/src-F32.gguf")).unwrap();
+    assert_eq!(tokens(&o), tokens(&sa));
+    for name in ["token_embd.weight", "output.weight"] {
+        assert_eq!(o.tensors[o.find(name).unwrap()].shape[1], 512);
+        assert_eq!(row(&o, name, 7), mix(row(&sa, name, 7), row(&sb, name, 7)));
+        // The end-of-text token matched by its text, not its id.
+        assert_eq!(
+            row(&o, name, 511),
+            mix(row(&sa, name, 511), row(&sb, name, 519))
+        );
+    }
+
+    let r = e.recipe("union.yaml", &format!("{models}tokenizer_source: union\n"));
+    e.merge(&r, "o2", &["--types", "F32"]).unwrap();
+    let o = Store::open(e.path("o2/union-F32.gguf")).unwrap();
+    let (ta, tb, to) = (tokens(&sa), tokens(&sb), tokens(&o));
+    assert_eq!(to.len(), 520);
+    assert_eq!(to[..512], ta[..]);
+    assert_eq!(to[512..], tb[511..519]);
+    // Tokens only b has: its rows, for both inputs (mergekit's donor rule).
+    for k in 0..8 {
+        assert_eq!(
+            row(&o, "token_embd.weight", 512 + k),
+            row(&sb, "token_embd.weight", 511 + k)
+        );
+    }
+    // `tokenizer:` block with padding: mean rows after the vocabulary, [PAD] tokens.
+    let r = e.recipe(
+        "pad.yaml",
+        &format!("{models}tokenizer:\n  source: base\n  pad_to_multiple_of: 64\n"),
+    );
+    e.merge(&r, "o3", &["--types", "F32"]).unwrap();
+    let o = Store::open(e.path("o3/pad-F32.gguf")).unwrap();
+    assert_eq!(tokens(&o).len(), 512);
+    let r = e.recipe(
+        "pad2.yaml",
+        &format!("{models}tokenizer:\n  source: union\n  pad_to_multiple_of: 64\n  tokens:\n    \"<|endoftext|>\":\n      source: b.gguf\n      force: true\n"),
+    );
+    e.merge(&r, "o4", &["--types", "F32"]).unwrap();
+    let o = Store::open(e.path("o4/pad2-F32.gguf")).unwrap();
+    let to = tokens(&o);
+    assert_eq!(to.len(), 576);
+    assert_eq!(to[575], "\"[PAD575]\"");
+    assert_eq!(
+        row(&o, "token_embd.weight", 511),
+        row(&sb, "token_embd.weight", 519)
+    );
+    let bad = e.recipe(
+        "bad.yaml",
+        &format!("{models}tokenizer:\n  source: c.gguf\n"),
+    );
+    let err = e.merge(&bad, "o5", &["--types", "F32"]).unwrap_err();
+    assert!(err.contains("bad.yaml:") && err.contains("c.gguf"), "{err}");
+}

@@ -5,6 +5,7 @@
 
 pub mod methods;
 pub mod prune;
+pub mod vocab;
 
 use crate::arch;
 use crate::error::{Error, Result};
@@ -16,6 +17,7 @@ use methods::{Base, MergeInput, Method, Scope};
 use serde_saphyr::Spanned;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use vocab::{InputVocab, VocabPlan, VocabRequest};
 
 /// One model a recipe names.
 pub struct Input {
@@ -38,6 +40,8 @@ pub struct OutTensor {
     pub shared: Vec<(&'static str, f64)>,
     pub per_input: Vec<Vec<(&'static str, f64)>>,
     pub seed: u64,
+    /// Token-indexed rows laid out in the output vocabulary first (vocabularies differ).
+    pub remap_vocab: bool,
 }
 
 /// A planned merge: inputs, output tensors and the output's metadata.
@@ -48,11 +52,16 @@ pub struct MergePlan {
     /// The input whose tokenizer and metadata the output carries (`tokenizer_source`, else
     /// the base model, else the first model).
     pub tokenizer_input: usize,
+    /// Set when the inputs' vocabularies differ from the output's.
+    pub vocab: Option<VocabPlan>,
     /// The merged tensor being written (computed whole on first use, dropped on release).
     current: Mutex<Option<(usize, Vec<f32>)>>,
     /// Per-tensor remarks of methods (NearSwap's swap fractions), for the run summary.
     pub notes: Mutex<Vec<(String, String)>>,
 }
+
+/// Tensors with one row per token.
+const VOCAB_TENSORS: &[&str] = &["token_embd.weight", "output.weight"];
 
 /// `recipe.yaml:LINE: message`.
 fn at<T>(origin: &str, s: &Spanned<T>, msg: impl std::fmt::Display) -> Error {
@@ -287,12 +296,14 @@ impl MergePlan {
             .metadata
             .architecture()
             .and_then(arch::by_gguf_name);
+        let (tokenizer_input, vocab) = Self::vocabulary(recipe, &inputs, &slices, origin)?;
         let mut plan = PlanBuilder {
             inputs: &inputs,
             recipe,
             origin,
             seed,
             arch_table,
+            vocab: vocab.as_ref(),
             tensors: Vec::new(),
         };
 
@@ -353,13 +364,20 @@ impl MergePlan {
         }
         let tensors = plan.tensors;
 
-        let (metadata, tokenizer_input) =
-            Self::metadata(recipe, recipe_text, &inputs, &slices, out_layer, origin)?;
+        let metadata = Self::metadata(
+            recipe,
+            recipe_text,
+            &inputs,
+            tokenizer_input,
+            vocab.as_ref(),
+            out_layer,
+        )?;
         Ok(MergePlan {
             inputs,
             tensors,
             metadata,
             tokenizer_input,
+            vocab,
             current: Mutex::new(None),
             notes: Mutex::new(Vec::new()),
         })
@@ -418,52 +436,77 @@ impl MergePlan {
         })
     }
 
-    /// The output's metadata: the tokenizer source's (or base's, or first model's) metadata,
-    /// the new block count, and provenance.
-    fn metadata(
+    /// Which input's tokenizer the output carries, and the vocabulary plan when the inputs'
+    /// vocabularies differ from it (mergekit's `tokenizer_source` and `tokenizer:` block).
+    fn vocabulary(
         recipe: &Recipe,
-        recipe_text: &str,
         inputs: &[Input],
         slices: &[Slice],
-        n_layers: u32,
         origin: &str,
-    ) -> Result<(Metadata, usize)> {
+    ) -> Result<(usize, Option<VocabPlan>)> {
         let base = slices[0]
             .base
             .map(|b| slices[0].sources[b].0)
             .unwrap_or(slices[0].sources[0].0);
-        let source = match &recipe.tokenizer_source {
-            None => base,
-            Some(t) if t.value == "base" => base,
-            Some(t) if t.value == "union" => {
-                return Err(at(
-                    origin,
-                    t,
-                    "tokenizer_source: union is not supported yet (use base or a model)",
-                ))
+        let empty = serde_json::Map::new();
+        // (source as written, its line, tokens, pad_to_multiple_of)
+        let (written, spanned_line, tokens, pad) = match (
+            &recipe.tokenizer_source,
+            &recipe.tokenizer,
+        ) {
+            (Some(t), _) => (Some(t.value.clone()), t.referenced.line(), &empty, None),
+            (None, Some(block)) => {
+                let line = block.referenced.line();
+                let obj = block.value.as_object().ok_or_else(|| {
+                    Error::Invalid(format!("{origin}:{line}: `tokenizer:` must be a mapping"))
+                })?;
+                for k in obj.keys() {
+                    if !matches!(k.as_str(), "source" | "tokens" | "pad_to_multiple_of") {
+                        return Err(Error::Invalid(format!(
+                            "{origin}:{line}: unknown key `tokenizer.{k}` (source, tokens, pad_to_multiple_of)"
+                        )));
+                    }
+                }
+                let source = match obj.get("source") {
+                    None => "union".to_string(),
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(other) => {
+                        return Err(Error::Invalid(format!(
+                            "{origin}:{line}: tokenizer.source must be base, union or a model, not {other}"
+                        )))
+                    }
+                };
+                let tokens = match obj.get("tokens") {
+                    None => &empty,
+                    Some(serde_json::Value::Object(m)) => m,
+                    Some(_) => {
+                        return Err(Error::Invalid(format!(
+                        "{origin}:{line}: tokenizer.tokens must be a mapping of token to settings"
+                    )))
+                    }
+                };
+                let pad = match obj.get("pad_to_multiple_of") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(v) => Some(v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "{origin}:{line}: tokenizer.pad_to_multiple_of must be a positive integer"
+                        ))
+                    })? as usize),
+                };
+                (Some(source), line, tokens, pad)
             }
-            Some(t) => inputs
-                .iter()
-                .position(|i| i.reference == t.value)
-                .ok_or_else(|| {
-                    at(
-                        origin,
-                        t,
-                        format!(
-                            "tokenizer_source `{}` is not one of the recipe's models",
-                            t.value
-                        ),
-                    )
-                })?,
+            (None, None) => (None, 0, &empty, None),
         };
-        if let Some(t) = &recipe.tokenizer {
-            return Err(at(
-                origin,
-                t,
-                "the `tokenizer:` block is not supported yet (use tokenizer_source)",
-            ));
-        }
-        let vocab = |i: usize| {
+        let source = match written.as_deref() {
+            None | Some("base") => Some(base),
+            Some("union") => None,
+            Some(name) => Some(inputs.iter().position(|i| i.reference == name).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{origin}:{spanned_line}: tokenizer source `{name}` is not one of the recipe's models"
+                ))
+            })?),
+        };
+        let vocab_len = |i: usize| {
             inputs[i]
                 .store
                 .metadata
@@ -471,16 +514,57 @@ impl MergePlan {
                 .and_then(Value::as_array)
                 .map(|a| a.len())
         };
-        for (i, inp) in inputs.iter().enumerate() {
-            if let (Some(a), Some(b)) = (vocab(i), vocab(source)) {
-                if a != b {
-                    return Err(Error::Invalid(format!(
-                        "{origin}: `{}` has {a} tokens but the tokenizer source `{}` has {b}: merging different vocabularies is not supported yet",
-                        inp.reference, inputs[source].reference
-                    )));
+        if written.is_none() {
+            // No tokenizer handling asked for: the vocabularies must already agree.
+            for (i, inp) in inputs.iter().enumerate() {
+                if let (Some(a), Some(b)) = (vocab_len(i), vocab_len(base)) {
+                    if a != b {
+                        return Err(Error::Invalid(format!(
+                            "{origin}: `{}` has {a} tokens but `{}` has {b}: set `tokenizer_source` (base, a model or union) to merge different vocabularies",
+                            inp.reference, inputs[base].reference
+                        )));
+                    }
                 }
             }
+            return Ok((base, None));
         }
+        let rows = |i: usize| {
+            let st = &inputs[i].store;
+            st.find("token_embd.weight")
+                .map(|t| st.tensors[t].n_rows())
+                .or_else(|| vocab_len(i))
+                .unwrap_or(0)
+        };
+        let views: Vec<InputVocab> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, inp)| InputVocab {
+                name: &inp.reference,
+                metadata: &inp.store.metadata,
+                n_rows: rows(i),
+            })
+            .collect();
+        let req = VocabRequest {
+            source,
+            base,
+            tokens,
+            pad_to_multiple_of: pad,
+        };
+        let plan = VocabPlan::new(&views, &req)
+            .map_err(|e| Error::Invalid(format!("{origin}:{spanned_line}: {e}")))?;
+        Ok((source.unwrap_or(base), plan))
+    }
+
+    /// The output's metadata: the tokenizer source's metadata (with the planned vocabulary),
+    /// the new block count, and provenance.
+    fn metadata(
+        recipe: &Recipe,
+        recipe_text: &str,
+        inputs: &[Input],
+        source: usize,
+        vocab: Option<&VocabPlan>,
+        n_layers: u32,
+    ) -> Result<Metadata> {
         let mut m = inputs[source].store.metadata.clone();
         m.retain(|k, _| {
             !matches!(k, "general.file_type" | "general.quantization_version")
@@ -488,6 +572,12 @@ impl MergePlan {
         });
         let arch = m.architecture().unwrap_or("llama").to_string();
         m.set(format!("{arch}.block_count"), Value::U32(n_layers));
+        if let Some(v) = vocab {
+            v.apply(&mut m);
+            if m.get(&format!("{arch}.vocab_size")).is_some() {
+                m.set(format!("{arch}.vocab_size"), Value::U32(v.n_rows as u32));
+            }
+        }
         let name = recipe
             .output
             .as_ref()
@@ -527,7 +617,7 @@ impl MergePlan {
             m.set(format!("smelt.input.{i}.size"), Value::U64(size));
             m.set(format!("smelt.input.{i}.sha256"), Value::String(sha));
         }
-        Ok((m, source))
+        Ok(m)
     }
 
     /// Human summary lines: method notes per tensor.
@@ -538,7 +628,7 @@ impl MergePlan {
 
     fn compute(&self, i: usize) -> Result<Vec<f32>> {
         let t = &self.tensors[i];
-        let data: Vec<Vec<f32>> = t
+        let mut data: Vec<Vec<f32>> = t
             .sources
             .iter()
             .map(|&(inp, ti)| {
@@ -548,6 +638,10 @@ impl MergePlan {
                 v
             })
             .collect::<Result<_>>()?;
+        if let (true, Some(v)) = (t.remap_vocab, &self.vocab) {
+            let tagged: Vec<(usize, Vec<f32>)> = t.sources.iter().map(|s| s.0).zip(data).collect();
+            data = v.remap(&tagged, t.shape[0] as usize);
+        }
         let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
         let shared = |name: &str| {
             t.shared
@@ -587,6 +681,7 @@ struct PlanBuilder<'a> {
     origin: &'a str,
     seed: u64,
     arch_table: Option<&'static arch::Architecture>,
+    vocab: Option<&'a VocabPlan>,
     tensors: Vec<OutTensor>,
 }
 
@@ -602,6 +697,9 @@ impl PlanBuilder<'_> {
     ) -> Result<()> {
         let mut sources = Vec::new();
         let mut shape: Option<Vec<u64>> = None;
+        // Token-indexed tensors are laid out in the output vocabulary when it differs; then
+        // only their row length must agree.
+        let remap_vocab = self.vocab.is_some() && VOCAB_TENSORS.contains(&out_name);
         for (k, src) in sl.sources.iter().enumerate() {
             let inp = &self.inputs[src.0];
             let name = source_name(k);
@@ -613,7 +711,12 @@ impl PlanBuilder<'_> {
             };
             let s = &inp.store.tensors[ti].shape;
             if let Some(first) = &shape {
-                if first != s {
+                let agree = if remap_vocab {
+                    first.len() == 2 && s.len() == 2 && first[0] == s[0]
+                } else {
+                    first == s
+                };
+                if !agree {
                     return Err(Error::Invalid(format!(
                         "{}: tensor `{name}` has shape {s:?} in `{}` but {first:?} in `{}`",
                         self.origin, inp.reference, self.inputs[sl.sources[0].0].reference
@@ -623,7 +726,10 @@ impl PlanBuilder<'_> {
             shape = Some(s.clone());
             sources.push((src.0, ti));
         }
-        let shape = shape.expect("a slice has sources");
+        let mut shape = shape.expect("a slice has sources");
+        if let (true, Some(v)) = (remap_vocab, self.vocab) {
+            shape[1] = v.n_rows as u64;
+        }
         // Filters match the canonical name, and the Hugging Face name where the architecture
         // table knows it (`o_proj`, `self_attn`, `mlp` ...).
         let hf = self.arch_table.and_then(|a| a.hf_name(out_name));
@@ -696,6 +802,7 @@ impl PlanBuilder<'_> {
             shared,
             per_input,
             seed: crate::seed::fnv1a(self.seed, out_name),
+            remap_vocab,
         });
         Ok(())
     }
@@ -730,7 +837,7 @@ impl TensorProducer for MergePlan {
             .first()
             .and_then(|p| p.iter().find(|(n, _)| *n == "scale"))
             .is_none_or(|s| s.1 == 1.0);
-        if t.method.name() != "passthrough" || !unscaled {
+        if t.method.name() != "passthrough" || !unscaled || t.remap_vocab {
             return None;
         }
         let (inp, ti) = t.sources[0];
