@@ -196,31 +196,11 @@ const Q_PERM: [usize; 16] = [0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 1
 const K_PERM: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7]; // n_head_kv 1
 
 fn check_tiny_llama(store: &Store, name: &str) {
-    let order = [
-        "token_embd.weight",
-        "blk.0.attn_norm.weight",
-        "blk.0.attn_q.weight",
-        "blk.0.attn_q.bias",
-        "blk.0.attn_k.weight",
-        "blk.0.attn_v.weight",
-        "blk.0.attn_output.weight",
-        "blk.0.ffn_norm.weight",
-        "blk.0.ffn_gate.weight",
-        "blk.0.ffn_up.weight",
-        "blk.0.ffn_down.weight",
-        "blk.1.attn_norm.weight",
-        "blk.1.attn_q.weight",
-        "blk.1.attn_q.bias",
-        "blk.1.attn_k.weight",
-        "blk.1.attn_v.weight",
-        "blk.1.attn_output.weight",
-        "blk.1.ffn_norm.weight",
-        "blk.1.ffn_gate.weight",
-        "blk.1.ffn_up.weight",
-        "blk.1.ffn_down.weight",
-        "output_norm.weight",
-    ];
-    assert_eq!(names(store), order);
+    let mut got = names(store);
+    got.sort();
+    let mut want = tiny_llama_order(&["0", "1"]);
+    want.sort();
+    assert_eq!(got, want);
 
     // Shapes (ggml order) and types.
     let (_, t) = tensor(store, "token_embd.weight");
@@ -295,6 +275,30 @@ fn check_tiny_llama(store: &Store, name: &str) {
     assert_eq!(store.hparam("block_count"), Some(2));
 }
 
+/// convert_hf_to_gguf.py's order for the tiny llama's tensors in one file: sorted by Hugging
+/// Face name (`blocks` in string order).
+fn tiny_llama_order(blocks: &[&str]) -> Vec<&'static str> {
+    let mut order = vec!["token_embd.weight"];
+    for l in blocks {
+        for t in [
+            "attn_norm.weight",
+            "ffn_down.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            "ffn_norm.weight",
+            "attn_k.weight",
+            "attn_output.weight",
+            "attn_q.bias",
+            "attn_q.weight",
+            "attn_v.weight",
+        ] {
+            order.push(&*Box::leak(format!("blk.{l}.{t}").into_boxed_str()));
+        }
+    }
+    order.push("output_norm.weight");
+    order
+}
+
 fn tiny_llama_tensors() -> Vec<(String, &'static str, Vec<u64>, Vec<u8>)> {
     let mut all = globals();
     all.extend(layer(1)); // out of order on purpose: the store sorts by block
@@ -316,6 +320,7 @@ fn hf_folder_single_file() {
     );
     let store = Store::open(&model).unwrap();
     check_tiny_llama(&store, "Tiny-Llama");
+    assert_eq!(names(&store), tiny_llama_order(&["0", "1"]));
     // The file itself, with config.json beside it, gives the same store.
     let store = Store::open(model.join("model.safetensors")).unwrap();
     check_tiny_llama(&store, "Tiny-Llama");
@@ -352,6 +357,12 @@ fn hf_folder_sharded_with_index() {
 
     let store = Store::open(&model).unwrap();
     check_tiny_llama(&store, "sharded");
+    // Shard by shard, each in name order (blk.0 lives in the second shard).
+    let mut order = tiny_llama_order(&["1"]);
+    order.extend(tiny_llama_order(&["0"]).into_iter().skip(1));
+    order.retain(|n| *n != "output_norm.weight");
+    order.insert(11, "output_norm.weight");
+    assert_eq!(names(&store), order);
     assert_eq!(store.files.len(), 3); // two shards + the generated q biases
     let store = Store::open(&index_path).unwrap();
     check_tiny_llama(&store, "sharded");
@@ -475,8 +486,9 @@ fn untied_output_and_unknown_tensor() {
     ));
     write(&dir.path().join("model.safetensors"), &as_t(&t));
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(*names(&store).last().unwrap(), "output.weight");
-    assert_eq!(store.tensors.last().unwrap().shape, [16, 10]);
+    // convert_hf_to_gguf.py's order: `lm_head.weight` sorts first.
+    assert_eq!(names(&store)[0], "output.weight");
+    assert_eq!(store.tensors[0].shape, [16, 10]);
 
     t.push((
         "model.extra.weight".into(),
@@ -522,7 +534,7 @@ fn config_errors() {
     write(&dir.path().join("model.safetensors"), &as_t(&t));
     let e = err_text(Store::open(dir.path()));
     assert!(
-        e.contains("model.layers.0.self_attn.q_proj") && e.contains("3 heads"),
+        e.contains("model.layers.0.self_attn.k_proj") && e.contains("3 heads"),
         "{e}"
     );
 }
