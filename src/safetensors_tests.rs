@@ -249,6 +249,9 @@ fn check_tiny_llama(store: &Store, name: &str) {
             "llama.attention.head_count_kv",
             "llama.rope.freq_base",
             "llama.attention.layer_norm_rms_epsilon",
+            // transformers' LlamaConfig fills in head_dim, so the converter writes these.
+            "llama.attention.key_length",
+            "llama.attention.value_length",
             "llama.vocab_size",
             "llama.rope.dimension_count",
         ]

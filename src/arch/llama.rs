@@ -85,7 +85,12 @@ pub static LLAMA: Architecture = Architecture {
         ),
         hp("expert_count", Source::U32(EXPERT_COUNT), false),
         hp("expert_used_count", Source::U32(EXPERT_USED_COUNT), false),
-        hp("attention.key_length", Source::KeyValueLength, false),
+        // transformers' LlamaConfig fills in head_dim; Mistral's and Mixtral's leave it None.
+        hp(
+            "attention.key_length",
+            Source::KeyValueLengthComputedFor(&["LlamaForCausalLM"]),
+            false,
+        ),
         hp("vocab_size", Source::U32(&["vocab_size"]), true),
         hp("rope.dimension_count", Source::HeadDim, true),
     ],
@@ -199,6 +204,9 @@ mod tests {
                 "llama.rope.scaling.factor",
                 "llama.rope.freq_base",
                 "llama.attention.layer_norm_rms_epsilon",
+                // transformers' LlamaConfig fills in head_dim, so the converter writes these.
+                "llama.attention.key_length",
+                "llama.attention.value_length",
                 "llama.vocab_size",
                 "llama.rope.dimension_count",
             ]

@@ -162,6 +162,10 @@ pub enum Source {
     /// `head_dim`, else the [`HParam`]'s default, written under the key and under
     /// `attention.value_length`; nothing when neither is there.
     KeyValueLength,
+    /// Like [`Source::KeyValueLength`], with `hidden_size / num_attention_heads` when
+    /// `architectures[0]` is one of these (HF config classes that always fill in `head_dim`,
+    /// which the converter sees through `AutoConfig`).
+    KeyValueLengthComputedFor(&'static [&'static str]),
     /// The sliding-window RoPE base: `rope_theta` of `rope_parameters.sliding_attention`, else
     /// the first of these top-level keys (f32); nothing when absent.
     RopeThetaSwa(&'static [&'static str]),
@@ -506,10 +510,21 @@ impl Architecture {
                         rope_scaling(self.gguf_name, r, &mut md)?;
                     }
                 }
-                Source::KeyValueLength => {
+                Source::KeyValueLength | Source::KeyValueLengthComputedFor(_) => {
+                    let computed = match hp.source {
+                        Source::KeyValueLengthComputedFor(archs) => {
+                            let hf = config
+                                .get("architectures")
+                                .and_then(|a| a.get(0))
+                                .and_then(Json::as_str);
+                            hf.is_some_and(|h| archs.contains(&h))
+                        }
+                        _ => false,
+                    };
                     let d = match (find(config, &["head_dim"]), hp.default) {
                         (Some((k, v)), _) => Some(as_u32(k, v)?),
                         (None, Some(d)) => Some(d as u32),
+                        (None, None) if computed => head_dim(config, self)?,
                         (None, None) => None,
                     };
                     if let Some(d) = d {

@@ -30,41 +30,52 @@ macro_rules! qwen_tensors {
 }
 pub(crate) use qwen_tensors;
 
-/// `TextModel.set_gguf_parameters` in its order, for a model without experts.
-pub const TEXT_MODEL_HPARAMS: &[HParam] = &[
-    hp("block_count", Source::U32(BLOCK_COUNT), true),
-    hp("context_length", Source::U32(CONTEXT_LENGTH), false),
-    hp("embedding_length", Source::U32(EMBEDDING_LENGTH), false),
-    hp(
-        "feed_forward_length",
-        Source::U32(FEED_FORWARD_LENGTH),
-        false,
-    ),
-    hp("attention.head_count", Source::U32(HEAD_COUNT), false),
-    hp("attention.head_count_kv", Source::U32(HEAD_COUNT_KV), false),
-    hp("", Source::RopeScaling, false),
-    hp("rope.freq_base", Source::RopeTheta(ROPE_THETA), false),
-    hp(
-        "rope.freq_base_swa",
-        Source::RopeThetaSwa(ROPE_THETA_SWA),
-        false,
-    ),
-    hp(
-        "attention.layer_norm_rms_epsilon",
-        Source::F32(RMS_EPS),
-        false,
-    ),
-    hp("expert_count", Source::U32(EXPERT_COUNT), false),
-    hp("expert_used_count", Source::U32(EXPERT_USED_COUNT), false),
-    hp("attention.key_length", Source::KeyValueLength, false),
-];
+/// `TextModel.set_gguf_parameters` in its order, for a model without experts, with the
+/// defaults of transformers' Qwen2/Qwen3 configs (`head_dim`: the key/value length default).
+macro_rules! qwen_hparams {
+    ($head_dim:expr) => {
+        &[
+            hp("block_count", Source::U32(BLOCK_COUNT), true),
+            hp_or("context_length", Source::U32(CONTEXT_LENGTH), 32768.0),
+            hp("embedding_length", Source::U32(EMBEDDING_LENGTH), false),
+            hp(
+                "feed_forward_length",
+                Source::U32(FEED_FORWARD_LENGTH),
+                false,
+            ),
+            hp("attention.head_count", Source::U32(HEAD_COUNT), false),
+            hp_or("attention.head_count_kv", Source::U32(HEAD_COUNT_KV), 32.0),
+            hp("", Source::RopeScaling, false),
+            hp_or("rope.freq_base", Source::RopeTheta(ROPE_THETA), 10000.0),
+            hp(
+                "rope.freq_base_swa",
+                Source::RopeThetaSwa(ROPE_THETA_SWA),
+                false,
+            ),
+            hp_or(
+                "attention.layer_norm_rms_epsilon",
+                Source::F32(RMS_EPS),
+                1e-6,
+            ),
+            hp("expert_count", Source::U32(EXPERT_COUNT), false),
+            hp("expert_used_count", Source::U32(EXPERT_USED_COUNT), false),
+            HParam {
+                key: "attention.key_length",
+                source: Source::KeyValueLength,
+                default: $head_dim,
+                required: false,
+            },
+        ]
+    };
+}
+pub(crate) use qwen_hparams;
 
 pub static QWEN2: Architecture = Architecture {
     gguf_name: "qwen2",
     hf_architectures: &["Qwen2ForCausalLM"],
     tensors: qwen_tensors!(),
     ignored_suffixes: &[".rotary_emb.inv_freq"],
-    hparams: TEXT_MODEL_HPARAMS,
+    hparams: qwen_hparams!(None),
     n_head_keys: &["n_heads", "num_attention_heads"],
     n_head_kv_keys: &["n_kv_heads", "num_key_value_heads"],
     n_expert_keys: &[],

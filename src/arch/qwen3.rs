@@ -1,7 +1,7 @@
 //! Qwen3 (GGUF architecture `qwen3`), after `convert_hf_to_gguf.py`'s `Qwen3Model`: Qwen2's
 //! tensors plus per-head q/k RMS norms, no biases; `head_dim` gives the key/value lengths.
 
-use super::qwen2::{qwen_tensors, TEXT_MODEL_HPARAMS};
+use super::qwen2::{qwen_hparams, qwen_tensors};
 use super::*;
 
 pub static QWEN3: Architecture = Architecture {
@@ -12,7 +12,7 @@ pub static QWEN3: Architecture = Architecture {
         rule("model.layers.{N}.self_attn.k_norm", "blk.{N}.attn_k_norm"),
     ),
     ignored_suffixes: &[".rotary_emb.inv_freq"],
-    hparams: TEXT_MODEL_HPARAMS,
+    hparams: qwen_hparams!(Some(128.0)),
     n_head_keys: &["n_heads", "num_attention_heads"],
     n_head_kv_keys: &["n_kv_heads", "num_key_value_heads"],
     n_expert_keys: &[],
