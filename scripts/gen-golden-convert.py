@@ -172,6 +172,19 @@ def base_config(arch, model_type, **kw):
     return c
 
 
+def llama():
+    t = globals_(tied=False)
+    for i in range(L):
+        t += llama_layer(f"model.layers.{i}.")
+    # No head_dim: transformers' LlamaConfig fills it in, so the converter writes key_length.
+    cfg = base_config("LlamaForCausalLM", "llama", rope_theta=500000.0, rms_norm_eps=1e-5,
+                      rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": 64},
+                      hidden_act="silu", attention_bias=False, mlp_bias=False)
+    return cfg, t, "BF16", 1
+
+
 def qwen2():
     t = globals_(tied=True)
     for i in range(L):
@@ -258,7 +271,7 @@ def mixtral():
     return cfg, t, "BF16", 3
 
 
-ARCHS = {"qwen2": qwen2, "qwen3": qwen3, "gemma2": gemma2, "gemma3": gemma3,
+ARCHS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "gemma2": gemma2, "gemma3": gemma3,
          "phi3": phi3, "mixtral": mixtral}
 
 
