@@ -271,6 +271,10 @@ def mixtral():
     return cfg, t, "BF16", 3
 
 
+# Tensors placed in the last shard, out of name order: the converter emits a layer's stacked
+# experts where the layer's last expert tensor is read, whichever of w1/w2/w3 that is.
+MOVED_TO_LAST_SHARD = {"model.layers.0.block_sparse_moe.experts.1.w2.weight"}
+
 ARCHS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "gemma2": gemma2, "gemma3": gemma3,
          "phi3": phi3, "mixtral": mixtral}
 
@@ -285,7 +289,9 @@ def write_folder(arch, out, tokenizer):
     per = -(-len(items) // shards)
     weight_map = {}
     for k in range(shards):
-        part = items[k * per:(k + 1) * per]
+        part = [x for x in items[k * per:(k + 1) * per] if x[0] not in MOVED_TO_LAST_SHARD]
+        if k == shards - 1:
+            part += [x for x in items if x[0] in MOVED_TO_LAST_SHARD]
         fname = "model.safetensors" if shards == 1 else f"model-{k + 1:05}-of-{shards:05}.safetensors"
         # Header order is not name order on purpose: readers must sort.
         rows = [(n, dtype, s, encode(values(n, s, kind), dtype)) for n, s, kind in reversed(part)]

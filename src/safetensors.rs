@@ -597,9 +597,20 @@ fn build(
         source_files.push(SourceFile { path, map });
     }
 
-    // Stacked tensors: every expert present once, all parts alike.
+    // Stacked tensors: every expert present once, all parts alike. The converter emits a
+    // layer's stacks together once the layer's last expert tensor has been read.
     let mut stacks: Vec<(String, Stack)> = stacks.into_iter().collect();
     stacks.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut layer_last: HashMap<Option<usize>, Key> = HashMap::new();
+    for (name, stack) in &stacks {
+        let block = arch::layer_index(name).map(|(b, _)| b);
+        for p in &stack.parts {
+            let last = layer_last.entry(block).or_insert_with(|| p.key.clone());
+            if p.key > *last {
+                *last = p.key.clone();
+            }
+        }
+    }
     for (name, mut stack) in stacks {
         stack.parts.sort_by_key(|p| p.expert);
         let first = &stack.parts[0];
@@ -630,12 +641,7 @@ fn build(
                 ));
             }
         }
-        let key = stack
-            .parts
-            .iter()
-            .map(|p| p.key.clone())
-            .max()
-            .expect("at least one part");
+        let key = layer_last[&arch::layer_index(&name).map(|(b, _)| b)].clone();
         let key = (key.0, key.1, key.2, stack.rule);
         let mut tensor = first.tensor.clone();
         tensor.shape.push(stack.parts.len() as u64);
