@@ -15,7 +15,11 @@
 //!
 //! With a `config.json`, its `architectures[0]` picks the [`Architecture`](crate::arch) table:
 //! names become llama.cpp's canonical names, q/k rows are presented in llama.cpp's head order
-//! ([`RowOrder::HeadPermute`]) and the metadata holds the hyper-parameters.
+//! ([`RowOrder::HeadPermute`]), Gemma's norms get their `+ 1` as they are read
+//! ([`Transform`]), MoE experts are stacked into one tensor whose rows come from each
+//! expert's own bytes ([`StoreTensor::parts`]), 16-bit 1-D tensors, norms and routers present
+//! as F32, and the metadata holds the hyper-parameters. Tensors come in the converter's order:
+//! generated ones (RoPE factors) first, then shard by shard, each shard's tensors by name.
 //!
 //! Without a `config.json` (a bare file), when every tensor name matches an architecture's
 //! table the names are converted and `general.architecture` is the only metadata; otherwise

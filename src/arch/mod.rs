@@ -202,8 +202,8 @@ pub struct Architecture {
     pub gguf_name: &'static str,
     /// `config.json` `architectures[0]` values handled.
     pub hf_architectures: &'static [&'static str],
-    /// Tensor rules in the order tensors are presented: rules before the first `{N}` rule
-    /// come first, then blocks in index order, then the rest.
+    /// Tensor rules, tried in order (the first match wins). The store presents tensors in
+    /// `convert_hf_to_gguf.py`'s order, not the table's (see `safetensors.rs`).
     pub tensors: &'static [TensorRule],
     /// HF tensor-name suffixes dropped without a look (e.g. `.rotary_emb.inv_freq`).
     pub ignored_suffixes: &'static [&'static str],
@@ -398,26 +398,6 @@ impl Architecture {
     /// Whether HF tensor `hf` is one llama.cpp's converter drops.
     pub fn is_ignored(&self, hf: &str) -> bool {
         self.ignored_suffixes.iter().any(|s| hf.ends_with(s))
-    }
-
-    /// Sort key presenting tensors as the table orders them (see [`Architecture::tensors`]),
-    /// `.weight` before `.bias`.
-    pub fn order_key(&self, m: &Mapped) -> (u8, usize, usize, u8) {
-        let first_layer_rule = self
-            .tensors
-            .iter()
-            .position(|r| r.hf.contains("{N}"))
-            .unwrap_or(self.tensors.len());
-        let suffix = match split_suffix(&m.name).1 {
-            ".weight" => 0,
-            ".bias" => 1,
-            _ => 2,
-        };
-        match m.block {
-            Some(b) => (1, b, m.rule, suffix),
-            None if m.rule < first_layer_rule => (0, 0, m.rule, suffix),
-            None => (2, 0, m.rule, suffix),
-        }
     }
 
     /// Head counts from `config.json` (`n_head_kv` defaults to `n_head`, as in HF).
@@ -629,10 +609,9 @@ fn longrope_attn_factor(config: &Json, _arch: &Architecture) -> Result<Option<f3
     let Some(r) = rope_parameters(config) else {
         return Ok(None);
     };
-    if !r
-        .get("long_factor")
+    if r.get("long_factor")
         .and_then(Json::as_array)
-        .is_some_and(|a| !a.is_empty())
+        .is_none_or(|a| a.is_empty())
     {
         return Ok(None);
     }
@@ -660,12 +639,15 @@ fn longrope_attn_factor(config: &Json, _arch: &Architecture) -> Result<Option<f3
     Ok(Some(f as f32))
 }
 
+/// The long and the short RoPE factors.
+pub type LongRopeFactors = (Vec<f32>, Vec<f32>);
+
 /// Phi-3's `rope_factors_long` and `rope_factors_short` values (`None` without
 /// `long_factor`), checked against the rope dimension count as the converter checks them.
 pub fn longrope_factors(
     config: &Json,
     arch: &Architecture,
-) -> Result<Option<(Vec<f32>, Vec<f32>)>, String> {
+) -> Result<Option<LongRopeFactors>, String> {
     let Some(r) = rope_parameters(config) else {
         return Ok(None);
     };
