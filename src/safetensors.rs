@@ -47,6 +47,7 @@ use std::sync::Arc;
 pub const INDEX_NAME: &str = "model.safetensors.index.json";
 /// Tensor name of llama.cpp's llama3 RoPE frequency factors.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
+const TOKEN_EMBD: &str = "token_embd.weight";
 /// Tensor names of Phi-3's long-context RoPE factors.
 pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
 pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
@@ -689,6 +690,19 @@ fn build(
             }
         }
     }
+    if let (Some(a), Some(cp)) = (arch, &config_path) {
+        if a.trim_embd_to_tokenizer {
+            if let Some(n) = tokenizer_vocab_len(cp)? {
+                if let Some(p) = pending.iter_mut().find(|p| p.tensor.name == TOKEN_EMBD) {
+                    let t = &mut p.tensor;
+                    if t.shape.len() == 2 && t.parts.is_empty() && (n as u64) < t.shape[1] {
+                        t.shape[1] = n as u64;
+                        t.n_bytes = (n * t.row_bytes()) as u64;
+                    }
+                }
+            }
+        }
+    }
     if let Some((file, tensors)) = generated.into_file(origin, source_files.len())? {
         source_files.push(file);
         pending.extend(tensors);
@@ -699,6 +713,34 @@ fn build(
         tensors: pending.into_iter().map(|p| p.tensor).collect(),
         files: source_files,
     })
+}
+
+/// The real vocabulary size as `Gemma3Model.modify_tensors` counts it: `None` when the folder
+/// has a `tokenizer.model` (the converter pads that vocabulary to `vocab_size`, so nothing is
+/// trimmed) or no `tokenizer.json`.
+fn tokenizer_vocab_len(config_path: &Path) -> Result<Option<usize>> {
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let path = dir.join("tokenizer.json");
+    if dir.join("tokenizer.model").is_file() || !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let json: Json = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    let vocab = json
+        .get("model")
+        .and_then(|m| m.get("vocab"))
+        .and_then(|v| {
+            v.as_object()
+                .map(|o| o.len())
+                .or(v.as_array().map(Vec::len))
+        })
+        .ok_or_else(|| Error::format(&path, "no `model.vocab`"))?;
+    let added = json
+        .get("added_tokens")
+        .and_then(Json::as_array)
+        .map_or(0, Vec::len);
+    Ok(Some(vocab + added))
 }
 
 /// One expert's part of a stacked tensor.

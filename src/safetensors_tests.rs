@@ -891,3 +891,42 @@ fn gemma_norms_get_plus_one_as_read() {
     let (i, _) = tensor(&store, "token_embd.weight");
     assert!(store.passthrough(i).is_some());
 }
+
+#[test]
+fn gemma3_token_embd_trimmed_to_tokenizer_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "architectures": ["Gemma3ForCausalLM"], "hidden_size": 16, "intermediate_size": 24,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1,
+        "head_dim": 8, "vocab_size": 10
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let t: Vec<(String, &'static str, Vec<u64>, Vec<u8>)> = vec![(
+        "model.embed_tokens.weight".into(),
+        "BF16",
+        vec![10, 16],
+        bf16s(seq(0.0, 160)),
+    )];
+    write(&dir.path().join("model.safetensors"), &as_t(&t));
+    let open = || Store::open(dir.path()).unwrap();
+    // No tokenizer files: all rows.
+    assert_eq!(open().tensors[0].shape, [16, 10]);
+    // tokenizer.json: model.vocab (6) + added_tokens (1) rows, as Gemma3Model counts them.
+    let tok = serde_json::json!({
+        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5}},
+        "added_tokens": [{"id": 6, "content": "<x>"}]
+    });
+    std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+    let store = open();
+    assert_eq!(store.tensors[0].shape, [16, 7]);
+    assert_eq!(store.tensors[0].n_bytes, 7 * 16 * 2);
+    assert_eq!(
+        store.read_f32(0).unwrap(),
+        seq(0.0, 112)
+            .map(|x| bf16::from_f32(x).to_f32())
+            .collect::<Vec<_>>()
+    );
+    // With tokenizer.model the converter pads the vocabulary to vocab_size: nothing trimmed.
+    std::fs::write(dir.path().join("tokenizer.model"), b"sp").unwrap();
+    assert_eq!(open().tensors[0].shape, [16, 10]);
+}

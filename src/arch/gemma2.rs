@@ -95,6 +95,7 @@ pub static GEMMA2: Architecture = Architecture {
     n_head_kv_keys: &["num_key_value_heads"],
     n_expert_keys: &[],
     longrope_factors: false,
+    trim_embd_to_tokenizer: false,
 };
 
 #[cfg(test)]

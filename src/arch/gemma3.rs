@@ -67,6 +67,7 @@ pub static GEMMA3: Architecture = Architecture {
     n_head_kv_keys: &["num_key_value_heads"],
     n_expert_keys: &[],
     longrope_factors: false,
+    trim_embd_to_tokenizer: true,
 };
 
 #[cfg(test)]

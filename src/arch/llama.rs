@@ -98,6 +98,7 @@ pub static LLAMA: Architecture = Architecture {
     n_head_kv_keys: &["n_kv_heads", "num_key_value_heads"],
     n_expert_keys: &["num_local_experts"],
     longrope_factors: false,
+    trim_embd_to_tokenizer: false,
 };
 
 #[cfg(test)]

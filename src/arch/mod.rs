@@ -217,6 +217,9 @@ pub struct Architecture {
     /// Phi-3's `rope_factors_long` / `rope_factors_short` tensors from the config's long-RoPE
     /// factors.
     pub longrope_factors: bool,
+    /// Gemma 3: `token_embd` keeps only the tokenizer's real vocabulary (`tokenizer.json`'s
+    /// `model.vocab` plus `added_tokens`) when the folder has no `tokenizer.model`.
+    pub trim_embd_to_tokenizer: bool,
 }
 
 /// A Hugging Face tensor name resolved by an [`Architecture`].

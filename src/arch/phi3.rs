@@ -86,6 +86,7 @@ pub static PHI3: Architecture = Architecture {
     n_head_kv_keys: &["num_key_value_heads", "n_head_kv"],
     n_expert_keys: &[],
     longrope_factors: true,
+    trim_embd_to_tokenizer: false,
 };
 
 #[cfg(test)]

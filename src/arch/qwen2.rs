@@ -80,6 +80,7 @@ pub static QWEN2: Architecture = Architecture {
     n_head_kv_keys: &["n_kv_heads", "num_key_value_heads"],
     n_expert_keys: &[],
     longrope_factors: false,
+    trim_embd_to_tokenizer: false,
 };
 
 #[cfg(test)]
