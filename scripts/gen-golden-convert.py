@@ -7,9 +7,13 @@ Face folder (config.json shaped like the real family's, random weights from a nu
 SplitMix64, bf16 / f16 / f32 safetensors, some sharded with an index), converts it with
 llama.cpp's convert_hf_to_gguf.py at --outtype f32 and f16, and records per output type:
 
-  - every metadata key except general.* (provenance: name, file type, quantization version,
-    size label...) and tokenizer.* (vocabulary; not smelt's job here), in file order, with
-    its GGUF type and value (arrays longer than 16: length + sha256 of their JSON);
+  - every metadata key except general.* and tokenizer.* (vocabulary; another module's job),
+    in file order, with its GGUF type and value (arrays longer than 16: length + sha256 of
+    their JSON). general.* is provenance and differs on purpose: the converter writes
+    general.architecture, type, name (from the folder name, capitalized: "Model"),
+    size_label ("70K", "4x79K"), file_type and quantization_version; smelt writes
+    architecture, type, name (the folder name as is), then quantization_version and
+    file_type last, as llama-quantize places them, and no size_label;
   - every tensor in file order: name, ggml shape, ggml type, sha256 of its bytes.
 
     # golden mode: needs torch + transformers + sentencepiece (a venv OUTSIDE the repo)

@@ -646,8 +646,19 @@ fn build(
                 ));
             }
         }
-        let key = layer_last[&arch::layer_index(&name).map(|(b, _)| b)].clone();
-        let key = (key.0, key.1, key.2, stack.rule);
+        if first.tensor.shape.len() >= MAX_DIMS {
+            return Err(Error::format(
+                &first.path,
+                format!(
+                    "tensor `{}`: stacking {} dimensions of experts gives more than ggml's {MAX_DIMS}",
+                    first.hf_name,
+                    first.tensor.shape.len()
+                ),
+            ));
+        }
+        let block = arch::layer_index(&name).map(|(b, _)| b);
+        let (k0, k1, k2, _) = layer_last.get(&block).cloned().unwrap_or_default();
+        let key = (k0, k1, k2, stack.rule);
         let mut tensor = first.tensor.clone();
         tensor.shape.push(stack.parts.len() as u64);
         tensor.n_bytes *= stack.parts.len() as u64;

@@ -170,6 +170,24 @@ mod tests {
         assert!(LLAMA.canonical("model.other.weight").is_none());
         assert!(LLAMA.is_ignored("model.layers.0.self_attn.rotary_emb.inv_freq"));
         assert!(LLAMA.hf_name("blk.0.nonsense.weight").is_none());
+        // Mixtral: the router renames; experts are parts of one stacked tensor.
+        assert_eq!(
+            LLAMA.hf_name("blk.2.ffn_gate_inp.weight").unwrap(),
+            "model.layers.2.block_sparse_moe.gate.weight"
+        );
+        let m = LLAMA
+            .canonical("model.layers.2.block_sparse_moe.experts.5.w2.weight")
+            .unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.block, m.expert),
+            ("blk.2.ffn_down_exps.weight", Some(2), Some(5))
+        );
+        assert!(LLAMA.hf_name("blk.2.ffn_down_exps.weight").is_none());
+        assert_eq!(
+            LLAMA.hf_expert_name("blk.2.ffn_up_exps.weight", 7).unwrap(),
+            "model.layers.2.block_sparse_moe.experts.7.w3.weight"
+        );
+        assert!(LLAMA.hf_expert_name("blk.2.attn_q.weight", 0).is_none());
         assert_eq!(
             super::super::by_hf_name("MistralForCausalLM")
                 .unwrap()
