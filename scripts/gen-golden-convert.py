@@ -189,6 +189,16 @@ def llama():
     return cfg, t, "BF16", 1
 
 
+def mistral():
+    t = globals_(tied=False)
+    for i in range(L):
+        t += llama_layer(f"model.layers.{i}.")
+    # No head_dim: MistralConfig leaves it None, so no key_length (unlike Llama).
+    cfg = base_config("MistralForCausalLM", "mistral", rope_theta=1000000.0, rms_norm_eps=1e-5,
+                      sliding_window=None, hidden_act="silu", torch_dtype="float16")
+    return cfg, t, "F16", 1
+
+
 def qwen2():
     t = globals_(tied=True)
     for i in range(L):
@@ -279,7 +289,7 @@ def mixtral():
 # experts where the layer's last expert tensor is read, whichever of w1/w2/w3 that is.
 MOVED_TO_LAST_SHARD = {"model.layers.0.block_sparse_moe.experts.1.w2.weight"}
 
-ARCHS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "gemma2": gemma2, "gemma3": gemma3,
+ARCHS = {"llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "gemma2": gemma2, "gemma3": gemma3,
          "phi3": phi3, "mixtral": mixtral}
 
 
