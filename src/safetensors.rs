@@ -15,7 +15,11 @@
 //!
 //! With a `config.json`, its `architectures[0]` picks the [`Architecture`](crate::arch) table:
 //! names become llama.cpp's canonical names, q/k rows are presented in llama.cpp's head order
-//! ([`RowOrder::HeadPermute`]) and the metadata holds the hyper-parameters.
+//! ([`RowOrder::HeadPermute`]), Gemma's norms get their `+ 1` as they are read
+//! ([`Transform`]), MoE experts are stacked into one tensor whose rows come from each
+//! expert's own bytes ([`StoreTensor::parts`]), 16-bit 1-D tensors, norms and routers present
+//! as F32, and the metadata holds the hyper-parameters. Tensors come in the converter's order:
+//! generated ones (RoPE factors) first, then shard by shard, each shard's tensors by name.
 //!
 //! Without a `config.json` (a bare file), when every tensor name matches an architecture's
 //! table the names are converted and `general.architecture` is the only metadata; otherwise
@@ -31,7 +35,7 @@ use crate::arch::{self, Architecture, Heads, Permute};
 use crate::error::{Error, Result};
 use crate::gguf::reader::MAX_DIMS;
 use crate::gguf::{GgmlType, Metadata, Value};
-use crate::store::{RowOrder, SourceFile, Store, StoreTensor};
+use crate::store::{RowOrder, SourceFile, Store, StoreTensor, Transform};
 use memmap2::Mmap;
 use serde_json::Value as Json;
 use std::collections::{HashMap, HashSet};
@@ -43,6 +47,10 @@ use std::sync::Arc;
 pub const INDEX_NAME: &str = "model.safetensors.index.json";
 /// Tensor name of llama.cpp's llama3 RoPE frequency factors.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
+const TOKEN_EMBD: &str = "token_embd.weight";
+/// Tensor names of Phi-3's long-context RoPE factors.
+pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
 
 /// Open a Hugging Face model folder.
 pub fn open_hf_folder(path: &Path) -> Result<Store> {
@@ -322,9 +330,15 @@ fn parse_header(path: &Path, map: &[u8]) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// Where a tensor goes in the store: `convert_hf_to_gguf.py`'s order. Generated tensors
+/// (RoPE factors) first, then the shards in file-name order, each shard's tensors in name
+/// order (as gguf-py's `SafetensorsLocal` lists them); a stacked tensor goes where its last
+/// part is, its siblings in rule order.
+type Key = (u8, usize, String, usize);
+
 /// A tensor on its way into the store, with its sort key.
 struct Pending {
-    key: (u8, usize, usize, u8),
+    key: Key,
     tensor: StoreTensor,
 }
 
@@ -337,14 +351,7 @@ struct Generated {
 }
 
 impl Generated {
-    fn push(
-        &mut self,
-        key: (u8, usize, usize, u8),
-        name: String,
-        shape: Vec<u64>,
-        ty: GgmlType,
-        data: &[u8],
-    ) {
+    fn push(&mut self, key: Key, name: String, shape: Vec<u64>, ty: GgmlType, data: &[u8]) {
         while self.bytes.len() % 32 != 0 {
             self.bytes.push(0);
         }
@@ -352,15 +359,8 @@ impl Generated {
         self.bytes.extend_from_slice(data);
         self.tensors.push(Pending {
             key,
-            tensor: StoreTensor {
-                name,
-                shape,
-                ty,
-                file: usize::MAX, // set once the file exists
-                offset,
-                n_bytes: data.len() as u64,
-                rows: RowOrder::AsStored,
-            },
+            // The file index is set once the file exists.
+            tensor: StoreTensor::plain(name, shape, ty, usize::MAX, offset, data.len() as u64),
         });
     }
 
@@ -483,18 +483,27 @@ fn build(
         }
     };
 
+    let n_expert = match (arch, &config_json, &config_path) {
+        (Some(a), Some(json), Some(cp)) => a.n_expert(json).map_err(|m| Error::format(cp, m))?,
+        _ => None,
+    };
     let mut pending = Vec::new();
     let mut generated = Generated::default();
     let mut owner: HashMap<String, PathBuf> = HashMap::new();
+    let mut stacks: HashMap<String, Stack> = HashMap::new();
     let mut source_files = Vec::new();
     let mut serial = 0usize;
     for (fi, (path, map, entries)) in parsed.into_iter().enumerate() {
+        let mut entries = entries;
+        if arch.is_some() {
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         for e in entries {
             if arch.is_some_and(|a| a.is_ignored(&e.name)) {
                 continue;
             }
             let bad = |m: String| Error::format(&path, format!("tensor `{}`: {m}", e.name));
-            let ty = dtype_info(&e.dtype).0.ok_or_else(|| {
+            let stored = dtype_info(&e.dtype).0.ok_or_else(|| {
                 Error::format(
                     &path,
                     format!(
@@ -522,26 +531,48 @@ fn build(
                 })?),
                 None => None,
             };
-            let (name, key, permute) = match &mapped {
-                Some(m) => (m.name.clone(), arch.unwrap().order_key(m), m.permute),
-                None => (e.name.clone(), (3, 0, serial, 0), Permute::None),
+            let key: Key = match &mapped {
+                Some(_) => (1, fi, e.name.clone(), 0),
+                None => (1, fi, String::new(), serial),
             };
             serial += 1;
+            let name = mapped.as_ref().map_or(e.name.clone(), |m| m.name.clone());
+            let ty = if mapped.is_some() {
+                converted_type(&name, e.shape.len(), stored)
+            } else {
+                stored
+            };
+            let mut tensor = StoreTensor {
+                ty,
+                stored,
+                transform: mapped.as_ref().map_or(Transform::None, |m| m.transform),
+                ..StoreTensor::plain(name.clone(), shape, stored, fi, e.start, e.end - e.start)
+            };
+            if let Some(expert) = mapped.as_ref().and_then(|m| m.expert) {
+                let rule = mapped.as_ref().map_or(0, |m| m.rule);
+                let stack = stacks.entry(name.clone()).or_insert_with(|| Stack {
+                    rule,
+                    parts: Vec::new(),
+                });
+                if stack.parts.iter().any(|p| p.expert == expert) {
+                    return Err(bad(format!("expert {expert} of `{name}` appears twice")));
+                }
+                stack.parts.push(StackPart {
+                    expert,
+                    key,
+                    path: path.clone(),
+                    hf_name: e.name.clone(),
+                    tensor,
+                });
+                continue;
+            }
             if let Some(prev) = owner.insert(name.clone(), path.clone()) {
                 return Err(Error::format(
                     &path,
                     format!("tensor `{}` ({name}) is also in {}", e.name, prev.display()),
                 ));
             }
-            let mut tensor = StoreTensor {
-                name,
-                shape,
-                ty,
-                file: fi,
-                offset: e.start,
-                n_bytes: e.end - e.start,
-                rows: RowOrder::AsStored,
-            };
+            let permute = mapped.as_ref().map_or(Permute::None, |m| m.permute);
             if let (Some(a), Some(h)) = (arch, heads) {
                 if permute != Permute::None {
                     let one_d = tensor.shape.len() == 1;
@@ -552,9 +583,15 @@ fn build(
                     };
                     let order = a.row_order(permute, h, n).map_err(bad)?;
                     if one_d {
+                        // Small: permuted (and widened to F32, exactly) at open time.
                         let raw = &map[e.start as usize..e.end as usize];
-                        let data = permute_elements(raw, ty.type_size(), order);
-                        generated.push(key, tensor.name, tensor.shape, ty, &data);
+                        let data = permute_elements(raw, stored.type_size(), order);
+                        let mut values = vec![0f32; data.len() / stored.type_size()];
+                        crate::quant::dequantize_row(stored, &data, &mut values)
+                            .map_err(|q| bad(q.to_string()))?;
+                        tensor.transform.apply_to(stored, &mut values);
+                        let (gty, bytes) = encode_presented(tensor.ty, &values);
+                        generated.push(key, tensor.name, tensor.shape, gty, &bytes);
                         continue;
                     }
                     tensor.rows = order;
@@ -565,30 +602,198 @@ fn build(
         source_files.push(SourceFile { path, map });
     }
 
+    // Stacked tensors: every expert present once, all parts alike. The converter emits a
+    // layer's stacks together once the layer's last expert tensor has been read.
+    let mut stacks: Vec<(String, Stack)> = stacks.into_iter().collect();
+    stacks.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut layer_last: HashMap<Option<usize>, Key> = HashMap::new();
+    for (name, stack) in &stacks {
+        let block = arch::layer_index(name).map(|(b, _)| b);
+        for p in &stack.parts {
+            let last = layer_last.entry(block).or_insert_with(|| p.key.clone());
+            if p.key > *last {
+                *last = p.key.clone();
+            }
+        }
+    }
+    for (name, mut stack) in stacks {
+        stack.parts.sort_by_key(|p| p.expert);
+        let first = &stack.parts[0];
+        let want = n_expert.unwrap_or(stack.parts.len());
+        let missing = (0..want).find(|&x| stack.parts.get(x).is_none_or(|p| p.expert != x));
+        if missing.is_some() || stack.parts.len() != want {
+            let what = match missing {
+                Some(x) => format!("expert {x} is missing"),
+                None => format!(
+                    "it has {} experts, the config says {want}",
+                    stack.parts.len()
+                ),
+            };
+            return Err(Error::format(
+                &first.path,
+                format!("stacked tensor `{name}` (from `{}`): {what}", first.hf_name),
+            ));
+        }
+        for p in &stack.parts[1..] {
+            let (a, b) = (&first.tensor, &p.tensor);
+            if (&a.shape, a.stored) != (&b.shape, b.stored) {
+                return Err(Error::format(
+                    &p.path,
+                    format!(
+                        "tensor `{}` is {} {:?} but expert 0 of `{name}` (`{}`) is {} {:?}; the experts of one tensor must match",
+                        p.hf_name, b.stored, b.shape, first.hf_name, a.stored, a.shape
+                    ),
+                ));
+            }
+        }
+        if first.tensor.shape.len() >= MAX_DIMS {
+            return Err(Error::format(
+                &first.path,
+                format!(
+                    "tensor `{}`: stacking {} dimensions of experts gives more than ggml's {MAX_DIMS}",
+                    first.hf_name,
+                    first.tensor.shape.len()
+                ),
+            ));
+        }
+        let block = arch::layer_index(&name).map(|(b, _)| b);
+        let (k0, k1, k2, _) = layer_last.get(&block).cloned().unwrap_or_default();
+        let key = (k0, k1, k2, stack.rule);
+        let mut tensor = first.tensor.clone();
+        tensor.shape.push(stack.parts.len() as u64);
+        tensor.n_bytes *= stack.parts.len() as u64;
+        tensor.parts = stack
+            .parts
+            .iter()
+            .map(|p| (p.tensor.file, p.tensor.offset))
+            .collect();
+        pending.push(Pending { key, tensor });
+    }
+
     if let (Some(a), Some(json), Some(cp)) = (arch, &config_json, &config_path) {
         let freqs = arch::llama3_rope_freqs(json, a).map_err(|m| Error::format(cp, m))?;
         if let Some(f) = freqs {
             let bytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
             generated.push(
-                (0, 0, 0, 0),
+                (0, 0, String::new(), 0),
                 ROPE_FREQS.into(),
                 vec![f.len() as u64],
                 GgmlType::F32,
                 &bytes,
             );
         }
+        if a.longrope_factors {
+            let factors = arch::longrope_factors(json, a).map_err(|m| Error::format(cp, m))?;
+            if let Some((long, short)) = factors {
+                for (k, (name, values)) in [(ROPE_FACTORS_LONG, long), (ROPE_FACTORS_SHORT, short)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    generated.push(
+                        (0, 0, String::new(), k),
+                        name.into(),
+                        vec![values.len() as u64],
+                        GgmlType::F32,
+                        &bytes,
+                    );
+                }
+            }
+        }
+    }
+    if let (Some(a), Some(cp)) = (arch, &config_path) {
+        if a.trim_embd_to_tokenizer {
+            if let Some(n) = tokenizer_vocab_len(cp)? {
+                if let Some(p) = pending.iter_mut().find(|p| p.tensor.name == TOKEN_EMBD) {
+                    let t = &mut p.tensor;
+                    if t.shape.len() == 2 && t.parts.is_empty() && (n as u64) < t.shape[1] {
+                        t.shape[1] = n as u64;
+                        t.n_bytes = (n * t.row_bytes()) as u64;
+                    }
+                }
+            }
+        }
     }
     if let Some((file, tensors)) = generated.into_file(origin, source_files.len())? {
         source_files.push(file);
         pending.extend(tensors);
     }
-    // rope_freqs first (where llama.cpp's converter puts generated tensors), then table order.
-    pending.sort_by_key(|p| (p.tensor.name != ROPE_FREQS, p.key));
+    pending.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(Store {
         metadata,
         tensors: pending.into_iter().map(|p| p.tensor).collect(),
         files: source_files,
     })
+}
+
+/// The real vocabulary size as `Gemma3Model.modify_tensors` counts it: `None` when the folder
+/// has a `tokenizer.model` (the converter pads that vocabulary to `vocab_size`, so nothing is
+/// trimmed) or no `tokenizer.json`.
+fn tokenizer_vocab_len(config_path: &Path) -> Result<Option<usize>> {
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let path = dir.join("tokenizer.json");
+    if dir.join("tokenizer.model").is_file() || !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let json: Json = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    let vocab = json
+        .get("model")
+        .and_then(|m| m.get("vocab"))
+        .and_then(|v| {
+            v.as_object()
+                .map(|o| o.len())
+                .or(v.as_array().map(Vec::len))
+        })
+        .ok_or_else(|| Error::format(&path, "no `model.vocab`"))?;
+    let added = json
+        .get("added_tokens")
+        .and_then(Json::as_array)
+        .map_or(0, Vec::len);
+    Ok(Some(vocab + added))
+}
+
+/// One expert's part of a stacked tensor.
+struct StackPart {
+    expert: usize,
+    key: Key,
+    path: PathBuf,
+    hf_name: String,
+    tensor: StoreTensor,
+}
+
+/// The parts of one stacked tensor found so far.
+struct Stack {
+    rule: usize,
+    parts: Vec<StackPart>,
+}
+
+/// The type `convert_hf_to_gguf.py` gives tensor `name` (with `n_dims` dimensions) stored as
+/// `stored`: 1-D tensors, norms, biases and MoE routers are widened to F32 whatever the output
+/// type; the rest keep their type (and are converted by the output type later).
+fn converted_type(name: &str, n_dims: usize, stored: GgmlType) -> GgmlType {
+    let widened = n_dims <= 1
+        || name.ends_with("_norm.weight")
+        || !name.ends_with(".weight")
+        || name.ends_with(".ffn_gate_inp.weight");
+    if widened && matches!(stored, GgmlType::F16 | GgmlType::BF16) {
+        GgmlType::F32
+    } else {
+        stored
+    }
+}
+
+/// Values as bytes of `ty` (F32, or the 16-bit type they came from).
+fn encode_presented(ty: GgmlType, values: &[f32]) -> (GgmlType, Vec<u8>) {
+    let mut out = vec![0u8; values.len() * ty.type_size()];
+    match crate::quant::float::quantize_row(ty, values, &mut out) {
+        Ok(()) => (ty, out),
+        Err(_) => (
+            GgmlType::F32,
+            values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+    }
 }
 
 #[cfg(test)]

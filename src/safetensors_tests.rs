@@ -196,31 +196,11 @@ const Q_PERM: [usize; 16] = [0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 1
 const K_PERM: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7]; // n_head_kv 1
 
 fn check_tiny_llama(store: &Store, name: &str) {
-    let order = [
-        "token_embd.weight",
-        "blk.0.attn_norm.weight",
-        "blk.0.attn_q.weight",
-        "blk.0.attn_q.bias",
-        "blk.0.attn_k.weight",
-        "blk.0.attn_v.weight",
-        "blk.0.attn_output.weight",
-        "blk.0.ffn_norm.weight",
-        "blk.0.ffn_gate.weight",
-        "blk.0.ffn_up.weight",
-        "blk.0.ffn_down.weight",
-        "blk.1.attn_norm.weight",
-        "blk.1.attn_q.weight",
-        "blk.1.attn_q.bias",
-        "blk.1.attn_k.weight",
-        "blk.1.attn_v.weight",
-        "blk.1.attn_output.weight",
-        "blk.1.ffn_norm.weight",
-        "blk.1.ffn_gate.weight",
-        "blk.1.ffn_up.weight",
-        "blk.1.ffn_down.weight",
-        "output_norm.weight",
-    ];
-    assert_eq!(names(store), order);
+    let mut got = names(store);
+    got.sort();
+    let mut want = tiny_llama_order(&["0", "1"]);
+    want.sort();
+    assert_eq!(got, want);
 
     // Shapes (ggml order) and types.
     let (_, t) = tensor(store, "token_embd.weight");
@@ -269,6 +249,9 @@ fn check_tiny_llama(store: &Store, name: &str) {
             "llama.attention.head_count_kv",
             "llama.rope.freq_base",
             "llama.attention.layer_norm_rms_epsilon",
+            // transformers' LlamaConfig fills in head_dim, so the converter writes these.
+            "llama.attention.key_length",
+            "llama.attention.value_length",
             "llama.vocab_size",
             "llama.rope.dimension_count",
         ]
@@ -295,6 +278,30 @@ fn check_tiny_llama(store: &Store, name: &str) {
     assert_eq!(store.hparam("block_count"), Some(2));
 }
 
+/// convert_hf_to_gguf.py's order for the tiny llama's tensors in one file: sorted by Hugging
+/// Face name (`blocks` in string order).
+fn tiny_llama_order(blocks: &[&str]) -> Vec<&'static str> {
+    let mut order = vec!["token_embd.weight"];
+    for l in blocks {
+        for t in [
+            "attn_norm.weight",
+            "ffn_down.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            "ffn_norm.weight",
+            "attn_k.weight",
+            "attn_output.weight",
+            "attn_q.bias",
+            "attn_q.weight",
+            "attn_v.weight",
+        ] {
+            order.push(&*Box::leak(format!("blk.{l}.{t}").into_boxed_str()));
+        }
+    }
+    order.push("output_norm.weight");
+    order
+}
+
 fn tiny_llama_tensors() -> Vec<(String, &'static str, Vec<u64>, Vec<u8>)> {
     let mut all = globals();
     all.extend(layer(1)); // out of order on purpose: the store sorts by block
@@ -316,6 +323,7 @@ fn hf_folder_single_file() {
     );
     let store = Store::open(&model).unwrap();
     check_tiny_llama(&store, "Tiny-Llama");
+    assert_eq!(names(&store), tiny_llama_order(&["0", "1"]));
     // The file itself, with config.json beside it, gives the same store.
     let store = Store::open(model.join("model.safetensors")).unwrap();
     check_tiny_llama(&store, "Tiny-Llama");
@@ -352,6 +360,12 @@ fn hf_folder_sharded_with_index() {
 
     let store = Store::open(&model).unwrap();
     check_tiny_llama(&store, "sharded");
+    // Shard by shard, each in name order (blk.0 lives in the second shard).
+    let mut order = tiny_llama_order(&["1"]);
+    order.extend(tiny_llama_order(&["0"]).into_iter().skip(1));
+    order.retain(|n| *n != "output_norm.weight");
+    order.insert(11, "output_norm.weight");
+    assert_eq!(names(&store), order);
     assert_eq!(store.files.len(), 3); // two shards + the generated q biases
     let store = Store::open(&index_path).unwrap();
     check_tiny_llama(&store, "sharded");
@@ -475,8 +489,9 @@ fn untied_output_and_unknown_tensor() {
     ));
     write(&dir.path().join("model.safetensors"), &as_t(&t));
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(*names(&store).last().unwrap(), "output.weight");
-    assert_eq!(store.tensors.last().unwrap().shape, [16, 10]);
+    // convert_hf_to_gguf.py's order: `lm_head.weight` sorts first.
+    assert_eq!(names(&store)[0], "output.weight");
+    assert_eq!(store.tensors[0].shape, [16, 10]);
 
     t.push((
         "model.extra.weight".into(),
@@ -522,7 +537,7 @@ fn config_errors() {
     write(&dir.path().join("model.safetensors"), &as_t(&t));
     let e = err_text(Store::open(dir.path()));
     assert!(
-        e.contains("model.layers.0.self_attn.q_proj") && e.contains("3 heads"),
+        e.contains("model.layers.0.self_attn.k_proj") && e.contains("3 heads"),
         "{e}"
     );
 }
@@ -657,4 +672,261 @@ fn python_crosscheck() {
             .collect();
         assert_eq!(store.read_f32(i).unwrap(), values, "{name}");
     }
+}
+
+/// A Mixtral folder: the tiny llama's layers with the MLP replaced by 3 experts of
+/// ffn 4 (experts in two shards, one expert's w2 in the other shard).
+fn tiny_mixtral(dir: &Path, tweak: impl Fn(&mut Vec<(String, &'static str, Vec<u64>, Vec<u8>)>)) {
+    let mut config: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
+    config["architectures"] = serde_json::json!(["MixtralForCausalLM"]);
+    config["num_local_experts"] = serde_json::json!(3);
+    config["num_experts_per_tok"] = serde_json::json!(2);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut t = globals();
+    for l in 0..2 {
+        t.extend(layer(l).into_iter().filter(|(n, ..)| !n.contains(".mlp.")));
+        let p = |s: &str| format!("model.layers.{l}.block_sparse_moe.{s}");
+        t.push((p("gate.weight"), "BF16", vec![3, 16], bf16s(seq(0.0, 48))));
+        for e in 0..3 {
+            let b = 100.0 * (10 * l + e) as f32;
+            t.push((
+                p(&format!("experts.{e}.w1.weight")),
+                "BF16",
+                vec![4, 16],
+                bf16s(seq(b, 64)),
+            ));
+            t.push((
+                p(&format!("experts.{e}.w2.weight")),
+                "F16",
+                vec![16, 4],
+                f16s(seq(b + 1.0, 64)),
+            ));
+            t.push((
+                p(&format!("experts.{e}.w3.weight")),
+                "BF16",
+                vec![4, 16],
+                bf16s(seq(b + 2.0, 64)),
+            ));
+        }
+    }
+    tweak(&mut t);
+    let (a, b): (Vec<_>, Vec<_>) = t
+        .into_iter()
+        .partition(|(n, ..)| !n.contains("experts.2.w2") && !n.starts_with("model.layers.1"));
+    write(&dir.join("model-00001-of-00002.safetensors"), &as_t(&a));
+    write(&dir.join("model-00002-of-00002.safetensors"), &as_t(&b));
+}
+
+#[test]
+fn mixtral_experts_are_stacked() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mixtral(dir.path(), |_| {});
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.hparam("expert_count"), Some(3));
+    assert_eq!(store.hparam("expert_used_count"), Some(2));
+    let (i, t) = tensor(&store, "blk.0.ffn_down_exps.weight");
+    assert_eq!((t.shape.as_slice(), t.ty), (&[4, 16, 3][..], GgmlType::F16));
+    assert_eq!(t.parts.len(), 3);
+    assert_ne!(
+        t.parts[2].0, t.parts[0].0,
+        "expert 2's w2 lives in the other shard"
+    );
+    assert!(store.raw(i).is_none() && store.passthrough(i).is_none());
+    // Whole tensor: the experts one after the other.
+    let want: Vec<f32> = (0..3)
+        .flat_map(|e| seq(100.0 * e as f32 + 1.0, 64))
+        .collect();
+    assert_eq!(store.read_f32(i).unwrap(), want);
+    // Rows across a part boundary (expert 0's last rows, expert 1's first).
+    let mut rows = vec![0f32; 4 * 3];
+    store.read_rows(i, 14, &mut rows).unwrap();
+    assert_eq!(rows, want[14 * 4..17 * 4]);
+    store.release_range(i, 14, 3);
+    store.release(i);
+    // Gate/up stacked the same way; the router is widened to F32 like the converter does.
+    let (g, t) = tensor(&store, "blk.1.ffn_gate_exps.weight");
+    assert_eq!(t.shape, [16, 4, 3]);
+    let v = store.read_f32(g).unwrap();
+    let b = |x: f32| bf16::from_f32(x).to_f32();
+    // Expert e of layer 1 holds 1000 + 100 e + k (as bf16).
+    assert_eq!(
+        (v[0], v[3], v[64], v[129]),
+        (b(1000.0), b(1003.0), b(1100.0), b(1201.0))
+    );
+    let (_, t) = tensor(&store, "blk.0.ffn_gate_inp.weight");
+    assert_eq!((t.ty, t.stored), (GgmlType::F32, GgmlType::BF16));
+    // convert_hf_to_gguf.py's order: a layer's stacks together where the layer's last expert
+    // tensor is (layer 0's expert 2 w2 is in the second shard), w1, w2, w3.
+    let n = names(&store);
+    let pos = |x: &str| n.iter().position(|m| *m == x).unwrap();
+    // Shard 1 ends with output_norm; shard 2 starts with layer 0's expert 2 w2.
+    assert_eq!(
+        pos("blk.0.ffn_gate_exps.weight"),
+        pos("output_norm.weight") + 1
+    );
+    assert_eq!(
+        pos("blk.0.ffn_down_exps.weight"),
+        pos("blk.0.ffn_gate_exps.weight") + 1
+    );
+    assert_eq!(
+        pos("blk.0.ffn_up_exps.weight"),
+        pos("blk.0.ffn_gate_exps.weight") + 2
+    );
+    assert!(pos("blk.1.ffn_up_exps.weight") < pos("blk.1.ffn_gate_inp.weight"));
+}
+
+#[test]
+fn mixtral_expert_errors_name_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    // An expert of another shape.
+    tiny_mixtral(dir.path(), |t| {
+        let e = t
+            .iter_mut()
+            .find(|(n, ..)| n == "model.layers.0.block_sparse_moe.experts.1.w1.weight")
+            .unwrap();
+        e.2 = vec![2, 16];
+        e.3.truncate(64);
+    });
+    let e = err_text(Store::open(dir.path()));
+    assert!(
+        e.contains("experts.1.w1.weight")
+            && e.contains("blk.0.ffn_gate_exps.weight")
+            && e.contains("model-00001-of-00002.safetensors"),
+        "{e}"
+    );
+    // An expert of another dtype.
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mixtral(dir.path(), |t| {
+        let e = t
+            .iter_mut()
+            .find(|(n, ..)| n == "model.layers.1.block_sparse_moe.experts.1.w2.weight")
+            .unwrap();
+        e.1 = "BF16";
+    });
+    let e = err_text(Store::open(dir.path()));
+    assert!(
+        e.contains("experts.1.w2.weight") && e.contains("must match"),
+        "{e}"
+    );
+    // A missing expert.
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mixtral(dir.path(), |t| {
+        t.retain(|(n, ..)| n != "model.layers.1.block_sparse_moe.experts.1.w3.weight")
+    });
+    let e = err_text(Store::open(dir.path()));
+    assert!(
+        e.contains("blk.1.ffn_up_exps.weight") && e.contains("expert 1 is missing"),
+        "{e}"
+    );
+    // More experts than the config says.
+    let dir = tempfile::tempdir().unwrap();
+    tiny_mixtral(dir.path(), |t| {
+        t.push((
+            "model.layers.0.block_sparse_moe.experts.3.w1.weight".into(),
+            "BF16",
+            vec![4, 16],
+            bf16s(seq(0.0, 64)),
+        ))
+    });
+    let e = err_text(Store::open(dir.path()));
+    assert!(e.contains("the config says 3"), "{e}");
+}
+
+#[test]
+fn gemma_norms_get_plus_one_as_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "architectures": ["Gemma2ForCausalLM"], "hidden_size": 16, "intermediate_size": 24,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1,
+        "head_dim": 8, "vocab_size": 10
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let small = [0.25f32, -0.5, 1e-4, 3.0];
+    let t: Vec<(String, &'static str, Vec<u64>, Vec<u8>)> = vec![
+        (
+            "model.embed_tokens.weight".into(),
+            "BF16",
+            vec![10, 16],
+            bf16s(seq(0.0, 160)),
+        ),
+        ("model.norm.weight".into(), "F16", vec![4], f16s(small)),
+        (
+            "model.layers.0.input_layernorm.weight".into(),
+            "BF16",
+            vec![4],
+            bf16s(small),
+        ),
+        (
+            "model.layers.0.post_feedforward_layernorm.weight".into(),
+            "F32",
+            vec![4],
+            f32s(small),
+        ),
+        // Tied: a stray lm_head is dropped, as the converter drops it.
+        (
+            "lm_head.weight".into(),
+            "BF16",
+            vec![10, 16],
+            bf16s(seq(0.0, 160)),
+        ),
+    ];
+    write(&dir.path().join("model.safetensors"), &as_t(&t));
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.find("output.weight").is_none());
+    // F16: the sum rounds to f16 (torch adds in the tensor's dtype); 1 + 1e-4 -> 1.0.
+    let (i, t) = tensor(&store, "output_norm.weight");
+    assert_eq!((t.ty, t.stored), (GgmlType::F32, GgmlType::F16));
+    assert!(store.passthrough(i).is_none());
+    assert_eq!(store.read_f32(i).unwrap(), [1.25, 0.5, 1.0, 4.0]);
+    // BF16 is widened first, then shifted in f32.
+    let (i, _) = tensor(&store, "blk.0.attn_norm.weight");
+    let bf = bf16::from_f32(1e-4).to_f32();
+    assert_eq!(store.read_f32(i).unwrap(), [1.25, 0.5, 1.0 + bf, 4.0]);
+    // F32 passthrough is off for a shifted tensor even though the types agree.
+    let (i, t) = tensor(&store, "blk.0.post_ffw_norm.weight");
+    assert_eq!((t.ty, t.stored), (GgmlType::F32, GgmlType::F32));
+    assert!(store.passthrough(i).is_none() && store.raw(i).is_some());
+    assert_eq!(store.read_f32(i).unwrap(), [1.25, 0.5, 1.0001, 4.0]);
+    // The 2-D embedding is untouched and may be copied as stored.
+    let (i, _) = tensor(&store, "token_embd.weight");
+    assert!(store.passthrough(i).is_some());
+}
+
+#[test]
+fn gemma3_token_embd_trimmed_to_tokenizer_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "architectures": ["Gemma3ForCausalLM"], "hidden_size": 16, "intermediate_size": 24,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1,
+        "head_dim": 8, "vocab_size": 10
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let t: Vec<(String, &'static str, Vec<u64>, Vec<u8>)> = vec![(
+        "model.embed_tokens.weight".into(),
+        "BF16",
+        vec![10, 16],
+        bf16s(seq(0.0, 160)),
+    )];
+    write(&dir.path().join("model.safetensors"), &as_t(&t));
+    let open = || Store::open(dir.path()).unwrap();
+    // No tokenizer files: all rows.
+    assert_eq!(open().tensors[0].shape, [16, 10]);
+    // tokenizer.json: model.vocab (6) + added_tokens (1) rows, as Gemma3Model counts them.
+    let tok = serde_json::json!({
+        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5}},
+        "added_tokens": [{"id": 6, "content": "<x>"}]
+    });
+    std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+    let store = open();
+    assert_eq!(store.tensors[0].shape, [16, 7]);
+    assert_eq!(store.tensors[0].n_bytes, 7 * 16 * 2);
+    assert_eq!(
+        store.read_f32(0).unwrap(),
+        seq(0.0, 112)
+            .map(|x| bf16::from_f32(x).to_f32())
+            .collect::<Vec<_>>()
+    );
+    // With tokenizer.model the converter pads the vocabulary to vocab_size: nothing trimmed.
+    std::fs::write(dir.path().join("tokenizer.model"), b"sp").unwrap();
+    assert_eq!(open().tensors[0].shape, [16, 10]);
 }

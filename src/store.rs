@@ -42,6 +42,35 @@ impl RowOrder {
     }
 }
 
+/// An element-wise change applied to a tensor's values as its rows are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    None,
+    /// `x + 1` (Gemma's RMS norm weights, which llama.cpp's converter stores shifted). The sum
+    /// is taken in the stored precision where that is what `convert_hf_to_gguf.py` does (torch
+    /// adds in f16 for an F16 tensor, in f32 after widening for BF16 and F32).
+    AddOne,
+}
+
+impl Transform {
+    /// Apply to `values` read from bytes of type `stored`.
+    pub fn apply_to(self, stored: GgmlType, values: &mut [f32]) {
+        match self {
+            Transform::None => {}
+            Transform::AddOne if stored == GgmlType::F16 => {
+                for v in values {
+                    *v = half::f16::from_f32(*v + 1.0).to_f32();
+                }
+            }
+            Transform::AddOne => {
+                for v in values {
+                    *v += 1.0;
+                }
+            }
+        }
+    }
+}
+
 /// One tensor of a store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoreTensor {
@@ -49,16 +78,48 @@ pub struct StoreTensor {
     pub name: String,
     /// ggml order: `shape[0]` is the row length.
     pub shape: Vec<u64>,
+    /// The type the tensor presents: what copying it unchanged writes. Usually `stored`;
+    /// F32 where llama.cpp's converter widens a 16-bit tensor (norms, biases, router).
     pub ty: GgmlType,
-    /// Index into the store's files.
+    /// The type of the bytes in the file.
+    pub stored: GgmlType,
+    /// Index into the store's files (of the first part, for a stacked tensor).
     pub file: usize,
     /// Absolute offset of the first byte in that file.
     pub offset: u64,
+    /// Stored bytes, all parts together.
     pub n_bytes: u64,
     pub rows: RowOrder,
+    pub transform: Transform,
+    /// A tensor stacked from equal parts along its outermost dimension (MoE experts): the
+    /// file and offset of each part, each `n_bytes / parts.len()` bytes in stored row order.
+    /// Empty for a tensor stored in one piece at `file` / `offset`.
+    pub parts: Vec<(usize, u64)>,
 }
 
 impl StoreTensor {
+    /// A tensor stored in one piece, presented as stored.
+    pub fn plain(
+        name: String,
+        shape: Vec<u64>,
+        ty: GgmlType,
+        file: usize,
+        offset: u64,
+        n_bytes: u64,
+    ) -> StoreTensor {
+        StoreTensor {
+            name,
+            shape,
+            ty,
+            stored: ty,
+            file,
+            offset,
+            n_bytes,
+            rows: RowOrder::AsStored,
+            transform: Transform::None,
+            parts: Vec::new(),
+        }
+    }
     pub fn n_elements(&self) -> u64 {
         self.shape.iter().product()
     }
@@ -70,7 +131,23 @@ impl StoreTensor {
     }
     /// Stored bytes per row.
     pub fn row_bytes(&self) -> usize {
-        self.row_len() / self.ty.block_size() * self.ty.type_size()
+        self.row_len() / self.stored.block_size() * self.stored.type_size()
+    }
+    /// Whether the stored bytes are exactly what the tensor presents (no reordering, no
+    /// transform, no widening, one piece), so they may be copied unchanged.
+    pub fn is_passthrough(&self) -> bool {
+        self.rows == RowOrder::AsStored
+            && self.transform == Transform::None
+            && self.ty == self.stored
+            && self.parts.is_empty()
+    }
+    /// The (file, offset) of every part, a one-piece tensor being one part.
+    fn pieces(&self) -> Vec<(usize, u64)> {
+        if self.parts.is_empty() {
+            vec![(self.file, self.offset)]
+        } else {
+            self.parts.clone()
+        }
     }
 }
 
@@ -170,15 +247,14 @@ impl Store {
                         format!("duplicate tensor name `{}` across splits", t.name),
                     ));
                 }
-                tensors.push(StoreTensor {
-                    name: t.name.clone(),
-                    shape: t.shape.clone(),
-                    ty: t.ty,
-                    file: fi,
-                    offset: part.data_offset + t.offset,
-                    n_bytes: t.n_bytes,
-                    rows: RowOrder::AsStored,
-                });
+                tensors.push(StoreTensor::plain(
+                    t.name.clone(),
+                    t.shape.clone(),
+                    t.ty,
+                    fi,
+                    part.data_offset + t.offset,
+                    t.n_bytes,
+                ));
             }
             files.push(SourceFile {
                 path: part.path,
@@ -201,11 +277,37 @@ impl Store {
         self.files.iter().map(|f| f.path.as_path()).collect()
     }
 
-    /// The stored bytes of tensor `t`, in stored row order.
-    pub fn raw(&self, t: usize) -> &[u8] {
+    /// The stored bytes of tensor `t`, in stored row order; `None` for a stacked tensor,
+    /// whose parts do not lie in one range.
+    pub fn raw(&self, t: usize) -> Option<&[u8]> {
         let st = &self.tensors[t];
+        if !st.parts.is_empty() {
+            return None;
+        }
         let start = st.offset as usize;
-        &self.files[st.file].map[start..start + st.n_bytes as usize]
+        Some(&self.files[st.file].map[start..start + st.n_bytes as usize])
+    }
+
+    /// The bytes of tensor `t` when they may be written unchanged (see
+    /// [`StoreTensor::is_passthrough`]).
+    pub fn passthrough(&self, t: usize) -> Option<&[u8]> {
+        if self.tensors[t].is_passthrough() {
+            self.raw(t)
+        } else {
+            None
+        }
+    }
+
+    /// The stored bytes of part `k` of tensor `t` (the whole tensor for a one-piece tensor).
+    fn part_bytes(&self, st: &StoreTensor, k: usize) -> &[u8] {
+        let pieces = st.parts.len().max(1);
+        let len = (st.n_bytes / pieces as u64) as usize;
+        let (file, offset) = if st.parts.is_empty() {
+            (st.file, st.offset)
+        } else {
+            st.parts[k]
+        };
+        &self.files[file].map[offset as usize..offset as usize + len]
     }
 
     /// Dequantize presented rows `first_row..first_row + out.len() / row_len` of tensor `t`
@@ -221,21 +323,42 @@ impl Store {
                 out.len()
             )));
         }
-        let raw = self.raw(t);
+        let n_parts = st.parts.len().max(1);
+        let part_rows = n_rows / n_parts;
         let result = match st.rows {
             RowOrder::AsStored => {
-                let bytes = &raw[first_row * rb..(first_row + out.len() / row_len) * rb];
-                quant::dequantize_rows(st.ty, bytes, row_len, out)
+                // Contiguous runs of rows, one per part touched.
+                let mut row = first_row;
+                let mut done = 0;
+                let mut result = Ok(());
+                while done < out.len() && result.is_ok() {
+                    let (k, local) = (row / part_rows, row % part_rows);
+                    let n = (part_rows - local).min((out.len() - done) / row_len);
+                    let raw = self.part_bytes(st, k);
+                    result = quant::dequantize_rows(
+                        st.stored,
+                        &raw[local * rb..(local + n) * rb],
+                        row_len,
+                        &mut out[done..done + n * row_len],
+                    );
+                    row += n;
+                    done += n * row_len;
+                }
+                result
             }
-            order => out
-                .par_chunks_mut(row_len)
-                .enumerate()
-                .try_for_each(|(i, dst)| {
-                    let r = order.stored_row(first_row + i, n_rows);
-                    quant::dequantize_row(st.ty, &raw[r * rb..(r + 1) * rb], dst)
-                }),
+            order => {
+                let raw = self.part_bytes(st, 0);
+                out.par_chunks_mut(row_len)
+                    .enumerate()
+                    .try_for_each(|(i, dst)| {
+                        let r = order.stored_row(first_row + i, n_rows);
+                        quant::dequantize_row(st.stored, &raw[r * rb..(r + 1) * rb], dst)
+                    })
+            }
         };
-        result.map_err(|e| Error::quant(&st.name, e))
+        result.map_err(|e| Error::quant(&st.name, e))?;
+        st.transform.apply_to(st.stored, out);
+        Ok(())
     }
 
     /// The whole tensor as f32.
@@ -249,14 +372,29 @@ impl Store {
     /// so that resident memory stays bounded by the tensors in flight, not the model size.
     pub fn release(&self, t: usize) {
         let st = &self.tensors[t];
-        self.release_bytes(st.file, st.offset as usize, st.n_bytes as usize);
+        let len = (st.n_bytes / st.parts.len().max(1) as u64) as usize;
+        for (file, offset) in st.pieces() {
+            self.release_bytes(file, offset as usize, len);
+        }
     }
 
-    /// Like `release`, for stored rows `first_row..first_row + n_rows` only.
+    /// Like `release`, for stored rows `first_row..first_row + n_rows` only (rows counted
+    /// across the parts of a stacked tensor).
     pub fn release_range(&self, t: usize, first_row: usize, n_rows: usize) {
         let st = &self.tensors[t];
         let rb = st.row_bytes();
-        self.release_bytes(st.file, st.offset as usize + first_row * rb, n_rows * rb);
+        let pieces = st.pieces();
+        let part_rows = (st.n_rows() / pieces.len()).max(1);
+        let (mut row, end) = (first_row, first_row + n_rows);
+        while row < end {
+            let (k, local) = (row / part_rows, row % part_rows);
+            let Some(&(file, offset)) = pieces.get(k) else {
+                break;
+            };
+            let n = (part_rows - local).min(end - row);
+            self.release_bytes(file, offset as usize + local * rb, n * rb);
+            row += n;
+        }
     }
 
     /// Total size and SHA-256 of the files behind this store, concatenated in order. Pages are

@@ -53,7 +53,7 @@ impl TensorProducer for Store {
         Store::read_rows(self, i, first_row, out)
     }
     fn raw(&self, i: usize) -> Option<&[u8]> {
-        (self.tensors[i].rows == RowOrder::AsStored).then(|| Store::raw(self, i))
+        self.passthrough(i)
     }
     fn release(&self, i: usize) {
         Store::release(self, i)

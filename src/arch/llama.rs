@@ -1,41 +1,28 @@
 //! Llama and Mistral (GGUF architecture `llama`), after `convert_hf_to_gguf.py`'s `LlamaModel`
 //! and gguf-py's `tensor_mapping.py`.
 
-use super::{Architecture, HParam, Permute, Source, TensorRule};
-
-const fn rule(hf: &'static str, gguf: &'static str) -> TensorRule {
-    TensorRule {
-        hf,
-        gguf,
-        permute: Permute::None,
-    }
-}
-
-const fn hp(key: &'static str, source: Source, required: bool) -> HParam {
-    HParam {
-        key,
-        source,
-        default: None,
-        required,
-    }
-}
+use super::*;
 
 pub static LLAMA: Architecture = Architecture {
     gguf_name: "llama",
-    hf_architectures: &["LlamaForCausalLM", "MistralForCausalLM"],
+    hf_architectures: &[
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+    ],
     tensors: &[
         rule("model.embed_tokens", "token_embd"),
         rule("model.layers.{N}.input_layernorm", "blk.{N}.attn_norm"),
-        TensorRule {
-            hf: "model.layers.{N}.self_attn.q_proj",
-            gguf: "blk.{N}.attn_q",
-            permute: Permute::Heads,
-        },
-        TensorRule {
-            hf: "model.layers.{N}.self_attn.k_proj",
-            gguf: "blk.{N}.attn_k",
-            permute: Permute::KvHeads,
-        },
+        permuted(
+            "model.layers.{N}.self_attn.q_proj",
+            "blk.{N}.attn_q",
+            Permute::Heads,
+        ),
+        permuted(
+            "model.layers.{N}.self_attn.k_proj",
+            "blk.{N}.attn_k",
+            Permute::KvHeads,
+        ),
         rule("model.layers.{N}.self_attn.v_proj", "blk.{N}.attn_v"),
         rule("model.layers.{N}.self_attn.o_proj", "blk.{N}.attn_output"),
         rule(
@@ -45,43 +32,37 @@ pub static LLAMA: Architecture = Architecture {
         rule("model.layers.{N}.mlp.gate_proj", "blk.{N}.ffn_gate"),
         rule("model.layers.{N}.mlp.up_proj", "blk.{N}.ffn_up"),
         rule("model.layers.{N}.mlp.down_proj", "blk.{N}.ffn_down"),
+        // Mixtral: the router, and each expert's w1/w2/w3 stacked into one 3-D tensor.
+        rule(
+            "model.layers.{N}.block_sparse_moe.gate",
+            "blk.{N}.ffn_gate_inp",
+        ),
+        rule(
+            "model.layers.{N}.block_sparse_moe.experts.{E}.w1",
+            "blk.{N}.ffn_gate_exps",
+        ),
+        rule(
+            "model.layers.{N}.block_sparse_moe.experts.{E}.w2",
+            "blk.{N}.ffn_down_exps",
+        ),
+        rule(
+            "model.layers.{N}.block_sparse_moe.experts.{E}.w3",
+            "blk.{N}.ffn_up_exps",
+        ),
         rule("model.norm", "output_norm"),
         rule("lm_head", "output"),
     ],
     ignored_suffixes: &[".rotary_emb.inv_freq"],
     hparams: &[
-        hp(
-            "block_count",
-            Source::U32(&["n_layers", "num_hidden_layers", "n_layer", "num_layers"]),
-            true,
-        ),
-        hp(
-            "context_length",
-            Source::U32(&[
-                "max_position_embeddings",
-                "n_ctx",
-                "n_positions",
-                "max_length",
-                "max_sequence_length",
-                "model_max_length",
-            ]),
-            false,
-        ),
-        hp(
-            "embedding_length",
-            Source::U32(&["hidden_size", "n_embd", "dim"]),
-            true,
-        ),
+        hp("block_count", Source::U32(BLOCK_COUNT), true),
+        hp("context_length", Source::U32(CONTEXT_LENGTH), false),
+        hp("embedding_length", Source::U32(EMBEDDING_LENGTH), true),
         hp(
             "feed_forward_length",
-            Source::U32(&["intermediate_size", "n_inner", "hidden_dim"]),
+            Source::U32(FEED_FORWARD_LENGTH),
             false,
         ),
-        hp(
-            "attention.head_count",
-            Source::U32(&["num_attention_heads", "n_head", "n_heads"]),
-            true,
-        ),
+        hp("attention.head_count", Source::U32(HEAD_COUNT), true),
         // HF's LlamaConfig defaults the key/value head count to the head count; llama.cpp's
         // converter sees that default through AutoConfig.
         hp(
@@ -96,30 +77,28 @@ pub static LLAMA: Architecture = Architecture {
             false,
         ),
         hp("", Source::RopeScaling, false),
-        HParam {
-            key: "rope.freq_base",
-            source: Source::RopeTheta(&[
-                "global_rope_theta",
-                "rope_global_theta",
-                "rope_theta_global",
-                "rope_theta",
-                "rotary_emb_base",
-            ]),
-            default: Some(10000.0),
-            required: false,
-        },
-        HParam {
-            key: "attention.layer_norm_rms_epsilon",
-            source: Source::F32(&["rms_norm_eps", "norm_eps"]),
-            default: Some(1e-6),
-            required: false,
-        },
-        hp("attention.key_length", Source::ExplicitHeadDim, false),
+        hp_or("rope.freq_base", Source::RopeTheta(ROPE_THETA), 10000.0),
+        hp_or(
+            "attention.layer_norm_rms_epsilon",
+            Source::F32(RMS_EPS),
+            1e-6,
+        ),
+        hp("expert_count", Source::U32(EXPERT_COUNT), false),
+        hp("expert_used_count", Source::U32(EXPERT_USED_COUNT), false),
+        // transformers' LlamaConfig fills in head_dim; Mistral's and Mixtral's leave it None.
+        hp(
+            "attention.key_length",
+            Source::KeyValueLengthComputedFor(&["LlamaForCausalLM"]),
+            false,
+        ),
         hp("vocab_size", Source::U32(&["vocab_size"]), true),
         hp("rope.dimension_count", Source::HeadDim, true),
     ],
     n_head_keys: &["n_heads", "num_attention_heads"],
     n_head_kv_keys: &["n_kv_heads", "num_key_value_heads"],
+    n_expert_keys: &["num_local_experts"],
+    longrope_factors: false,
+    trim_embd_to_tokenizer: false,
 };
 
 #[cfg(test)]
@@ -191,6 +170,24 @@ mod tests {
         assert!(LLAMA.canonical("model.other.weight").is_none());
         assert!(LLAMA.is_ignored("model.layers.0.self_attn.rotary_emb.inv_freq"));
         assert!(LLAMA.hf_name("blk.0.nonsense.weight").is_none());
+        // Mixtral: the router renames; experts are parts of one stacked tensor.
+        assert_eq!(
+            LLAMA.hf_name("blk.2.ffn_gate_inp.weight").unwrap(),
+            "model.layers.2.block_sparse_moe.gate.weight"
+        );
+        let m = LLAMA
+            .canonical("model.layers.2.block_sparse_moe.experts.5.w2.weight")
+            .unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.block, m.expert),
+            ("blk.2.ffn_down_exps.weight", Some(2), Some(5))
+        );
+        assert!(LLAMA.hf_name("blk.2.ffn_down_exps.weight").is_none());
+        assert_eq!(
+            LLAMA.hf_expert_name("blk.2.ffn_up_exps.weight", 7).unwrap(),
+            "model.layers.2.block_sparse_moe.experts.7.w3.weight"
+        );
+        assert!(LLAMA.hf_expert_name("blk.2.attn_q.weight", 0).is_none());
         assert_eq!(
             super::super::by_hf_name("MistralForCausalLM")
                 .unwrap()
@@ -226,6 +223,9 @@ mod tests {
                 "llama.rope.scaling.factor",
                 "llama.rope.freq_base",
                 "llama.attention.layer_norm_rms_epsilon",
+                // transformers' LlamaConfig fills in head_dim, so the converter writes these.
+                "llama.attention.key_length",
+                "llama.attention.value_length",
                 "llama.vocab_size",
                 "llama.rope.dimension_count",
             ]

@@ -8,14 +8,26 @@
 //! Only the model's tensors and hyper-parameters are described here; tokenizer metadata
 //! (`tokenizer.ggml.*`) is added by the tokenizer module.
 
+pub mod gemma2;
+pub mod gemma3;
 pub mod llama;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 
 use crate::gguf::{Metadata, Value};
-use crate::store::RowOrder;
+use crate::store::{RowOrder, Transform};
 use serde_json::Value as Json;
 
 /// Every architecture smelt knows, searched in order.
-pub static ARCHITECTURES: &[&Architecture] = &[&llama::LLAMA];
+pub static ARCHITECTURES: &[&Architecture] = &[
+    &llama::LLAMA,
+    &qwen2::QWEN2,
+    &qwen3::QWEN3,
+    &gemma2::GEMMA2,
+    &gemma3::GEMMA3,
+    &phi3::PHI3,
+];
 
 /// How a tensor's rows are reordered on the way from Hugging Face to GGUF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,13 +40,109 @@ pub enum Permute {
 }
 
 /// One tensor-name rule. Both names leave out the `.weight` / `.bias` suffix, which is kept
-/// as is; `{N}` stands for the block index.
+/// as is; `{N}` stands for the block index. An HF name with `{E}` (the expert index) names one
+/// part of a stacked tensor: the parts `{E} = 0..n_expert` become one GGUF tensor with one more
+/// (outermost) dimension, as `torch.stack(parts)` in `convert_hf_to_gguf.py`.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorRule {
     pub hf: &'static str,
     pub gguf: &'static str,
     pub permute: Permute,
+    /// Applied to the values as they are read.
+    pub transform: Transform,
 }
+
+/// A rule that renames only.
+pub const fn rule(hf: &'static str, gguf: &'static str) -> TensorRule {
+    TensorRule {
+        hf,
+        gguf,
+        permute: Permute::None,
+        transform: Transform::None,
+    }
+}
+
+/// A rule whose rows are permuted (llama's q and k).
+pub const fn permuted(hf: &'static str, gguf: &'static str, permute: Permute) -> TensorRule {
+    TensorRule {
+        hf,
+        gguf,
+        permute,
+        transform: Transform::None,
+    }
+}
+
+/// A rule whose values get `+ 1` (Gemma's norms).
+pub const fn shifted(hf: &'static str, gguf: &'static str) -> TensorRule {
+    TensorRule {
+        hf,
+        gguf,
+        permute: Permute::None,
+        transform: Transform::AddOne,
+    }
+}
+
+/// A hyper-parameter without a default.
+pub const fn hp(key: &'static str, source: Source, required: bool) -> HParam {
+    HParam {
+        key,
+        source,
+        default: None,
+        required,
+    }
+}
+
+/// A hyper-parameter written with `default` when the config has no value.
+pub const fn hp_or(key: &'static str, source: Source, default: f64) -> HParam {
+    HParam {
+        key,
+        source,
+        default: Some(default),
+        required: false,
+    }
+}
+
+/// `config.json` keys `TextModel.set_gguf_parameters` reads, in its order of preference.
+pub const BLOCK_COUNT: &[&str] = &["n_layers", "num_hidden_layers", "n_layer", "num_layers"];
+pub const CONTEXT_LENGTH: &[&str] = &[
+    "max_position_embeddings",
+    "n_ctx",
+    "n_positions",
+    "max_length",
+    "max_sequence_length",
+    "model_max_length",
+];
+pub const EMBEDDING_LENGTH: &[&str] = &["hidden_size", "n_embd", "dim"];
+pub const FEED_FORWARD_LENGTH: &[&str] = &[
+    "prefix_dense_intermediate_size",
+    "dense_intermediate_size",
+    "intermediate_size",
+    "n_inner",
+    "hidden_dim",
+];
+pub const HEAD_COUNT: &[&str] = &["num_attention_heads", "n_head", "n_heads"];
+pub const HEAD_COUNT_KV: &[&str] = &["num_key_value_heads", "n_kv_heads"];
+pub const ROPE_THETA: &[&str] = &[
+    "global_rope_theta",
+    "rope_global_theta",
+    "rope_theta_global",
+    "rope_theta",
+    "rotary_emb_base",
+];
+pub const ROPE_THETA_SWA: &[&str] = &[
+    "local_rope_theta",
+    "rope_local_theta",
+    "rope_theta_local",
+    "swa_rope_theta",
+    "rope_local_base_freq",
+];
+pub const RMS_EPS: &[&str] = &["rms_norm_eps", "norm_eps"];
+pub const EXPERT_COUNT: &[&str] = &["num_local_experts", "num_experts", "n_routed_experts"];
+pub const EXPERT_USED_COUNT: &[&str] = &[
+    "num_experts_per_tok",
+    "num_experts_per_token",
+    "top_k_experts",
+];
 
 /// Where one hyper-parameter comes from.
 #[derive(Clone, Copy, Debug)]
@@ -45,15 +153,35 @@ pub enum Source {
     F32(&'static [&'static str]),
     /// `head_dim`, else `hidden_size / num_attention_heads` (u32).
     HeadDim,
-    /// `head_dim` when `config.json` states it, written under the key and under
-    /// `attention.value_length` (llama.cpp writes `key_length` and `value_length` then).
-    ExplicitHeadDim,
     /// The RoPE base: `rope_theta` inside `rope_parameters` / `rope_scaling`, else the
     /// top-level keys given (f32).
     RopeTheta(&'static [&'static str]),
     /// `rope.scaling.*` keys from `rope_scaling` / `rope_parameters` (linear, yarn, longrope);
     /// the key of the [`HParam`] is not used.
     RopeScaling,
+    /// `head_dim`, else the [`HParam`]'s default, written under the key and under
+    /// `attention.value_length`; nothing when neither is there.
+    KeyValueLength,
+    /// Like [`Source::KeyValueLength`], with `hidden_size / num_attention_heads` when
+    /// `architectures[0]` is one of these (HF config classes that always fill in `head_dim`,
+    /// which the converter sees through `AutoConfig`).
+    KeyValueLengthComputedFor(&'static [&'static str]),
+    /// The sliding-window RoPE base: `rope_theta` of `rope_parameters.sliding_attention`, else
+    /// the first of these top-level keys (f32); nothing when absent.
+    RopeThetaSwa(&'static [&'static str]),
+    /// A f32 written only when present and not zero (Python's `if value:`).
+    F32NonZero(&'static [&'static str]),
+    /// A u32 written unless the config key `.1` holds the integer `.2` (Gemma 3's
+    /// `sliding_window` unless `sliding_window_pattern == 1`).
+    U32Unless(&'static [&'static str], &'static str, u64),
+    /// `original_max_position_embeddings` of the RoPE parameters, else the top-level key (u32).
+    RopeOriginalContext,
+    /// `int(partial_rotary_factor * n_embd) // n_head` (Phi-3's rope dimension count;
+    /// `partial_rotary_factor` defaults to 1).
+    PartialRopeDim,
+    /// Phi-3's long-RoPE attention factor, written when the RoPE parameters hold
+    /// `long_factor` (f32).
+    LongRopeAttnFactor,
 }
 
 /// One GGUF hyper-parameter key (`{arch}.` + `key`), written in table order.
@@ -74,8 +202,8 @@ pub struct Architecture {
     pub gguf_name: &'static str,
     /// `config.json` `architectures[0]` values handled.
     pub hf_architectures: &'static [&'static str],
-    /// Tensor rules in the order tensors are presented: rules before the first `{N}` rule
-    /// come first, then blocks in index order, then the rest.
+    /// Tensor rules, tried in order (the first match wins). The store presents tensors in
+    /// `convert_hf_to_gguf.py`'s order, not the table's (see `safetensors.rs`).
     pub tensors: &'static [TensorRule],
     /// HF tensor-name suffixes dropped without a look (e.g. `.rotary_emb.inv_freq`).
     pub ignored_suffixes: &'static [&'static str],
@@ -84,6 +212,14 @@ pub struct Architecture {
     /// `config.json` keys for the attention head count and the key/value head count.
     pub n_head_keys: &'static [&'static str],
     pub n_head_kv_keys: &'static [&'static str],
+    /// `config.json` keys for the number of experts a `{E}` rule stacks.
+    pub n_expert_keys: &'static [&'static str],
+    /// Phi-3's `rope_factors_long` / `rope_factors_short` tensors from the config's long-RoPE
+    /// factors.
+    pub longrope_factors: bool,
+    /// Gemma 3: `token_embd` keeps only the tokenizer's real vocabulary (`tokenizer.json`'s
+    /// `model.vocab` plus `added_tokens`) when the folder has no `tokenizer.model`.
+    pub trim_embd_to_tokenizer: bool,
 }
 
 /// A Hugging Face tensor name resolved by an [`Architecture`].
@@ -95,6 +231,9 @@ pub struct Mapped {
     /// Index of the rule in [`Architecture::tensors`].
     pub rule: usize,
     pub permute: Permute,
+    pub transform: Transform,
+    /// The expert index of one part of a stacked tensor (`{E}` rules).
+    pub expert: Option<usize>,
 }
 
 /// Attention head counts, for the q/k permutation.
@@ -144,16 +283,42 @@ fn parse_index(s: &str) -> Option<usize> {
     }
 }
 
+/// Indices found by [`match_indices`]: the block (`{N}`) and the expert (`{E}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Indices {
+    block: Option<usize>,
+    expert: Option<usize>,
+}
+
+/// Match `name` against a pattern with at most one `{N}` and at most one `{E}`.
+fn match_indices(pattern: &str, name: &str) -> Option<Indices> {
+    let mut found = Indices::default();
+    let (mut pat, mut rest) = (pattern, name);
+    loop {
+        let next = [("{N}", 0), ("{E}", 1)]
+            .into_iter()
+            .filter_map(|(p, which)| pat.find(p).map(|at| (at, which)))
+            .min();
+        let Some((at, which)) = next else {
+            return (pat == rest).then_some(found);
+        };
+        rest = rest.strip_prefix(&pat[..at])?;
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n = parse_index(&rest[..digits])?;
+        match which {
+            0 => found.block = Some(n),
+            _ => found.expert = Some(n),
+        }
+        rest = &rest[digits..];
+        pat = &pat[at + 3..];
+    }
+}
+
 /// Match `name` against a pattern with at most one `{N}`: `Some(None)` for a match without
 /// an index, `Some(Some(n))` with one.
+#[cfg(test)]
 fn match_pattern(pattern: &str, name: &str) -> Option<Option<usize>> {
-    match pattern.split_once("{N}") {
-        None => (pattern == name).then_some(None),
-        Some((pre, post)) => {
-            let mid = name.strip_prefix(pre)?.strip_suffix(post)?;
-            parse_index(mid).map(Some)
-        }
-    }
+    match_indices(pattern, name).map(|i| i.block)
 }
 
 fn fill_pattern(pattern: &str, block: Option<usize>) -> Option<String> {
@@ -187,12 +352,14 @@ impl Architecture {
     pub fn canonical(&self, hf: &str) -> Option<Mapped> {
         let (base, suffix) = split_suffix(hf);
         self.tensors.iter().enumerate().find_map(|(i, rule)| {
-            let block = match_pattern(rule.hf, base)?;
+            let idx = match_indices(rule.hf, base)?;
             Some(Mapped {
-                name: format!("{}{suffix}", fill_pattern(rule.gguf, block)?),
-                block,
+                name: format!("{}{suffix}", fill_pattern(rule.gguf, idx.block)?),
+                block: idx.block,
                 rule: i,
                 permute: rule.permute,
+                transform: rule.transform,
+                expert: idx.expert,
             })
         })
     }
@@ -200,43 +367,40 @@ impl Architecture {
     /// The rule and block index behind canonical name `canonical`.
     pub fn rule_for_canonical(&self, canonical: &str) -> Option<(&TensorRule, Option<usize>)> {
         let (base, _) = split_suffix(canonical);
-        self.tensors
-            .iter()
-            .find_map(|rule| Some((rule, match_pattern(rule.gguf, base)?)))
+        self.tensors.iter().find_map(|rule| {
+            let idx = match_indices(rule.gguf, base)?;
+            Some((rule, idx.block))
+        })
     }
 
     /// The Hugging Face name of canonical tensor `canonical` (`blk.0.attn_q.weight` →
     /// `model.layers.0.self_attn.q_proj.weight`), for writing HF folders. The rows of a
-    /// tensor whose rule has a [`Permute`] must be un-permuted too.
+    /// tensor whose rule has a [`Permute`] must be un-permuted too, and a [`Transform`]
+    /// undone. `None` for a stacked tensor (see [`Architecture::hf_expert_name`]).
     pub fn hf_name(&self, canonical: &str) -> Option<String> {
         let (_, suffix) = split_suffix(canonical);
         let (rule, block) = self.rule_for_canonical(canonical)?;
+        if rule.hf.contains("{E}") {
+            return None;
+        }
         Some(format!("{}{suffix}", fill_pattern(rule.hf, block)?))
+    }
+
+    /// The Hugging Face name of expert `expert`'s part of stacked tensor `canonical`
+    /// (`blk.0.ffn_gate_exps.weight`, 3 → `model.layers.0.block_sparse_moe.experts.3.w1.weight`).
+    pub fn hf_expert_name(&self, canonical: &str, expert: usize) -> Option<String> {
+        let (_, suffix) = split_suffix(canonical);
+        let (rule, block) = self.rule_for_canonical(canonical)?;
+        if !rule.hf.contains("{E}") {
+            return None;
+        }
+        let name = fill_pattern(rule.hf, block)?.replace("{E}", &expert.to_string());
+        Some(format!("{name}{suffix}"))
     }
 
     /// Whether HF tensor `hf` is one llama.cpp's converter drops.
     pub fn is_ignored(&self, hf: &str) -> bool {
         self.ignored_suffixes.iter().any(|s| hf.ends_with(s))
-    }
-
-    /// Sort key presenting tensors as the table orders them (see [`Architecture::tensors`]),
-    /// `.weight` before `.bias`.
-    pub fn order_key(&self, m: &Mapped) -> (u8, usize, usize, u8) {
-        let first_layer_rule = self
-            .tensors
-            .iter()
-            .position(|r| r.hf.contains("{N}"))
-            .unwrap_or(self.tensors.len());
-        let suffix = match split_suffix(&m.name).1 {
-            ".weight" => 0,
-            ".bias" => 1,
-            _ => 2,
-        };
-        match m.block {
-            Some(b) => (1, b, m.rule, suffix),
-            None if m.rule < first_layer_rule => (0, 0, m.rule, suffix),
-            None => (2, 0, m.rule, suffix),
-        }
     }
 
     /// Head counts from `config.json` (`n_head_kv` defaults to `n_head`, as in HF).
@@ -324,9 +488,29 @@ impl Architecture {
                     Some(d) => md.set(key, Value::U32(d)),
                     None => missing()?,
                 },
-                Source::ExplicitHeadDim => {
-                    if let Some((k, v)) = find(config, &["head_dim"]) {
-                        let d = as_u32(k, v)?;
+                Source::RopeScaling => {
+                    if let Some(r) = rope {
+                        rope_scaling(self.gguf_name, r, &mut md)?;
+                    }
+                }
+                Source::KeyValueLength | Source::KeyValueLengthComputedFor(_) => {
+                    let computed = match hp.source {
+                        Source::KeyValueLengthComputedFor(archs) => {
+                            let hf = config
+                                .get("architectures")
+                                .and_then(|a| a.get(0))
+                                .and_then(Json::as_str);
+                            hf.is_some_and(|h| archs.contains(&h))
+                        }
+                        _ => false,
+                    };
+                    let d = match (find(config, &["head_dim"]), hp.default) {
+                        (Some((k, v)), _) => Some(as_u32(k, v)?),
+                        (None, Some(d)) => Some(d as u32),
+                        (None, None) if computed => head_dim(config, self)?,
+                        (None, None) => None,
+                    };
+                    if let Some(d) = d {
                         md.set(key, Value::U32(d));
                         md.set(
                             format!("{}.attention.value_length", self.gguf_name),
@@ -334,20 +518,172 @@ impl Architecture {
                         );
                     }
                 }
-                Source::RopeScaling => {
-                    if let Some(r) = rope {
-                        rope_scaling(self.gguf_name, r, &mut md)?;
+                Source::RopeThetaSwa(keys) => {
+                    let swa = find(config, &["rope_parameters", "rope_scaling"])
+                        .map(|(_, r)| r)
+                        .filter(|r| {
+                            r.get("full_attention").is_some()
+                                || r.get("sliding_attention").is_some()
+                        });
+                    let found = match swa {
+                        Some(r) => r
+                            .get("sliding_attention")
+                            .and_then(|s| find(s, &["rope_theta"])),
+                        None => find(config, keys),
+                    };
+                    match (found, hp.default) {
+                        (Some((k, v)), _) => md.set(key, Value::F32(as_f32(k, v)?)),
+                        (None, Some(d)) => md.set(key, Value::F32(d as f32)),
+                        (None, None) => {}
+                    }
+                }
+                Source::F32NonZero(keys) => {
+                    if let Some((k, v)) = find(config, keys) {
+                        let x = as_f32(k, v)?;
+                        if x != 0.0 {
+                            md.set(key, Value::F32(x));
+                        }
+                    }
+                }
+                Source::U32Unless(keys, cond, value) => {
+                    let skip = find(config, &[cond]).and_then(|(_, v)| v.as_u64()) == Some(value);
+                    if !skip {
+                        match (find(config, keys), hp.default) {
+                            (Some((k, v)), _) => md.set(key, Value::U32(as_u32(k, v)?)),
+                            (None, Some(d)) => md.set(key, Value::U32(d as u32)),
+                            (None, None) => missing()?,
+                        }
+                    }
+                }
+                Source::RopeOriginalContext => {
+                    let found = rope
+                        .and_then(|r| find(r, &["original_max_position_embeddings"]))
+                        .or_else(|| find(config, &["original_max_position_embeddings"]));
+                    match found {
+                        Some((k, v)) => md.set(key, Value::U32(as_u32(k, v)?)),
+                        None => missing()?,
+                    }
+                }
+                Source::PartialRopeDim => {
+                    md.set(key, Value::U32(partial_rope_dim(config, self)?));
+                }
+                Source::LongRopeAttnFactor => {
+                    if let Some(f) = longrope_attn_factor(config, self)? {
+                        md.set(key, Value::F32(f));
                     }
                 }
             }
         }
         Ok(md)
     }
+
+    /// The number of parts a stacked (`{E}`) tensor must have.
+    pub fn n_expert(&self, config: &Json) -> Result<Option<usize>, String> {
+        match find(config, self.n_expert_keys) {
+            None => Ok(None),
+            Some((k, v)) => as_u32(k, v).map(|n| Some(n as usize)),
+        }
+    }
+}
+
+/// A number from the RoPE parameters, else from the top level of the config.
+fn rope_number(config: &Json, key: &str) -> Option<f64> {
+    rope_parameters(config)
+        .and_then(|r| find(r, &[key]))
+        .or_else(|| find(config, &[key]))
+        .and_then(|(_, v)| v.as_f64())
+}
+
+/// `int(partial_rotary_factor * n_embd) // n_head`.
+fn partial_rope_dim(config: &Json, arch: &Architecture) -> Result<u32, String> {
+    let pct = rope_number(config, "partial_rotary_factor").unwrap_or(1.0);
+    let (ek, e) = find(config, &["hidden_size", "n_embd"]).ok_or("no `hidden_size`")?;
+    let (hk, h) = find(config, arch.n_head_keys).ok_or("no head count")?;
+    let (e, h) = (as_u32(ek, e)?, as_u32(hk, h)?);
+    if h == 0 {
+        return Err(format!("`{hk}` is 0"));
+    }
+    Ok(((pct * e as f64) as u64 / h as u64) as u32)
+}
+
+/// Phi-3's long-RoPE attention factor (`Phi3MiniModel.generate_extra_tensors`), computed in
+/// f64 like Python; `None` without `long_factor`.
+fn longrope_attn_factor(config: &Json, _arch: &Architecture) -> Result<Option<f32>, String> {
+    let Some(r) = rope_parameters(config) else {
+        return Ok(None);
+    };
+    if r.get("long_factor")
+        .and_then(Json::as_array)
+        .is_none_or(|a| a.is_empty())
+    {
+        return Ok(None);
+    }
+    let ctx = find(config, &["n_positions", "max_position_embeddings"])
+        .and_then(|(_, v)| v.as_f64())
+        .ok_or("long-RoPE factors without `max_position_embeddings`")?;
+    let orig = rope_number(config, "original_max_position_embeddings")
+        .ok_or("long-RoPE factors without `original_max_position_embeddings`")?;
+    let scale = ctx / orig;
+    let ty = find(r, &["rope_type", "type"])
+        .and_then(|(_, v)| v.as_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let f = match ty.as_str() {
+        "su" | "longrope" if scale > 1.0 => (1.0 + scale.ln() / orig.ln()).sqrt(),
+        "yarn" if scale > 1.0 => 0.1 * scale.ln() + 1.0,
+        "su" | "longrope" | "yarn" => 1.0,
+        "" => return Err("long-RoPE factors without a rope `type`".into()),
+        t => {
+            return Err(format!(
+                "rope scaling type `{t}` with long factors is not supported"
+            ))
+        }
+    };
+    Ok(Some(f as f32))
+}
+
+/// The long and the short RoPE factors.
+pub type LongRopeFactors = (Vec<f32>, Vec<f32>);
+
+/// Phi-3's `rope_factors_long` and `rope_factors_short` values (`None` without
+/// `long_factor`), checked against the rope dimension count as the converter checks them.
+pub fn longrope_factors(
+    config: &Json,
+    arch: &Architecture,
+) -> Result<Option<LongRopeFactors>, String> {
+    let Some(r) = rope_parameters(config) else {
+        return Ok(None);
+    };
+    let list = |k: &str| -> Result<Option<Vec<f32>>, String> {
+        match r.get(k).filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(Json::Array(a)) => a
+                .iter()
+                .map(|v| as_f32(k, v))
+                .collect::<Result<Vec<f32>, String>>()
+                .map(Some),
+            Some(v) => Err(format!("`{k}` is {v}, expected a list of numbers")),
+        }
+    };
+    let Some(long) = list("long_factor")?.filter(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    let short = list("short_factor")?.ok_or("`long_factor` without `short_factor`")?;
+    let dims = partial_rope_dim(config, arch)? as usize;
+    if long.len() != short.len() || 2 * long.len() != dims {
+        return Err(format!(
+            "the rope long and short factors must hold {} values each, not {} and {}",
+            dims / 2,
+            long.len(),
+            short.len()
+        ));
+    }
+    Ok(Some((long, short)))
 }
 
 /// `rope_parameters` (transformers 5) or `rope_scaling`, the `full_attention` entry when
 /// there is one; `None` when absent or null.
-fn rope_parameters(config: &Json) -> Option<&Json> {
+pub fn rope_parameters(config: &Json) -> Option<&Json> {
     let (_, r) = find(config, &["rope_parameters", "rope_scaling"])?;
     let r = r.get("full_attention").unwrap_or(r);
     r.is_object().then_some(r)
@@ -491,6 +827,26 @@ mod tests {
         assert_eq!(layer_index("blk.x.attn_q.weight"), None);
         assert_eq!(layer_index("blk.01.attn_q.weight"), None);
         assert_eq!(layer_index("blk.3"), None);
+    }
+
+    #[test]
+    fn expert_patterns() {
+        let p = "model.layers.{N}.block_sparse_moe.experts.{E}.w1";
+        assert_eq!(
+            match_indices(p, "model.layers.12.block_sparse_moe.experts.3.w1"),
+            Some(Indices {
+                block: Some(12),
+                expert: Some(3)
+            })
+        );
+        assert_eq!(
+            match_indices(p, "model.layers.1.block_sparse_moe.experts.03.w1"),
+            None
+        );
+        assert_eq!(
+            match_indices(p, "model.layers.1.block_sparse_moe.experts.3.w2"),
+            None
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::arch;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Metadata, Value};
 use crate::recipe::{self, InputSlice, OutputSlice, Params, Recipe, Scalar};
-use crate::store::{RowOrder, Store};
+use crate::store::Store;
 use crate::write::TensorProducer;
 use methods::{Base, MergeInput, Method, Scope};
 use serde_saphyr::Spanned;
@@ -842,7 +842,7 @@ impl TensorProducer for MergePlan {
         }
         let (inp, ti) = t.sources[0];
         let store = &self.inputs[inp].store;
-        (store.tensors[ti].rows == RowOrder::AsStored).then(|| store.raw(ti))
+        store.passthrough(ti)
     }
     fn release(&self, i: usize) {
         *self.current.lock().expect("merge cache lock") = None;
