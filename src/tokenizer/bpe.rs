@@ -2,11 +2,14 @@
 //! `_set_vocab_gpt2`): the tokens by id, padded to `config.json`'s `vocab_size`, and their
 //! types from the added-token table.
 //!
-//! The script loads the folder with transformers' `AutoTokenizer`, a thin wrapper around HF's
-//! `tokenizers` library; smelt loads `tokenizer.json` with the same library's Rust crate, so the
-//! vocabulary, the added tokens and the check-text encoding are the ones transformers sees.
+//! The script loads the folder with transformers' `AutoTokenizer`, a wrapper around HF's
+//! `tokenizers` library; smelt loads `tokenizer.json` with the same library's Rust crate and
+//! applies what transformers changes on load ([`hf_load`]), so the vocabulary, the added
+//! tokens and the check-text encoding are the ones the script sees.
 
-use super::{looks_special, pre, token_type, truthy, unescape_spaces, TokenizerOptions};
+use super::{
+    hf_load, looks_special, pre, read_json, token_type, unescape_spaces, TokenizerOptions,
+};
 use crate::error::{Error, Result};
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -21,13 +24,21 @@ pub(super) struct BpeVocab {
 
 pub(super) fn vocab(
     path: &Path,
-    config_vocab: Option<u64>,
+    dir: &Path,
+    config: Option<&Json>,
     tokenizer_config: Option<&Json>,
     opts: &TokenizerOptions,
 ) -> Result<BpeVocab> {
-    check_model(path)?;
-    let tok = Tokenizer::from_file(path)
-        .map_err(|e| Error::format(path, format!("cannot load this tokenizer: {e}")))?;
+    let json = read_json(path)?.unwrap_or(Json::Null);
+    check_model(path, &json)?;
+    let model_type = config
+        .and_then(|c| c.get("model_type"))
+        .and_then(Json::as_str);
+    let hf_load::Loaded { tok, clean_up } =
+        hf_load::load(path, dir, json, tokenizer_config, model_type)?;
+    let config_vocab = config
+        .and_then(|c| c.get("vocab_size"))
+        .and_then(Json::as_u64);
     let vocab = tok.get_vocab(true);
     let n_ids = vocab.len() as u64;
     let vocab_size = config_vocab.unwrap_or(n_ids);
@@ -72,12 +83,6 @@ pub(super) fn vocab(
         .iter()
         .map(|(id, t)| (t.content.as_str(), *id))
         .collect();
-    // transformers decodes with its own `clean_up_tokenization_spaces` pass when the config
-    // asks for it (off by default in the versions the script pins).
-    let clean_up = tokenizer_config
-        .and_then(|c| c.get("clean_up_tokenization_spaces"))
-        .is_some_and(|v| truthy(Some(v)));
-
     let mut tokens = Vec::with_capacity(vocab_size as usize);
     let mut types = Vec::with_capacity(vocab_size as usize);
     for i in 0..vocab_size {
@@ -111,10 +116,7 @@ pub(super) fn vocab(
 
 /// `tokenizer.json` must hold a BPE model; the SentencePiece-converted kind (byte fallback,
 /// a `Sequence` decoder) goes through the script's `LlamaHfVocab`, which smelt lacks.
-fn check_model(path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let json: Json = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+fn check_model(path: &Path, json: &Json) -> Result<()> {
     let model = json
         .get("model")
         .ok_or_else(|| Error::format(path, "no `model` object"))?;
@@ -139,7 +141,8 @@ fn check_model(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// transformers' `decode(encode(token, add_special_tokens=False))`.
+/// transformers' `decode(encode(token, add_special_tokens=False))`, with its
+/// `clean_up_tokenization_spaces` pass when the tokenizer has it on.
 fn round_trip(path: &Path, tok: &Tokenizer, token: &str, clean_up: bool) -> Result<String> {
     let enc = tok
         .encode(token, false)

@@ -12,6 +12,7 @@
 //! that smelt does not handle yet, is an error naming the file.
 
 mod bpe;
+mod hf_load;
 pub mod pre;
 mod pre_table;
 mod special;
@@ -126,7 +127,13 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
         let sv = special::SpecialVocab::load(dir, false, special_types, Some(n_vocab))?;
         sv.write(&mut md);
     } else {
-        let vocab = bpe::vocab(&json_path, config_vocab, tokenizer_config.as_ref(), opts)?;
+        let vocab = bpe::vocab(
+            &json_path,
+            dir,
+            config.as_ref(),
+            tokenizer_config.as_ref(),
+            opts,
+        )?;
         md.set("tokenizer.ggml.model", Value::String("gpt2".into()));
         md.set("tokenizer.ggml.pre", Value::String(vocab.pre));
         md.set("tokenizer.ggml.tokens", strings(vocab.tokens));

@@ -196,3 +196,208 @@ def test_smollm2_llama_tokenize_matches_hf(smol_folder, smol_gguf):
     hf = AutoTokenizer.from_pretrained(smol_folder)
     for text in [TEXT, *TEXT.splitlines()]:
         assert llama_tokenize(smol_gguf, text) == hf.encode(text), text
+
+
+# ---------------------------------------------------------------- SentencePiece (Llama 2 style)
+
+# Characters absent from the training text: llama.cpp and sentencepiece must both fall back
+# to byte pieces for them.
+UNSEEN = "Ünïcödé ∑∫ 🎉 ไทย ñandú"
+
+
+@pytest.fixture(scope="module")
+def spm_folder(scratch) -> Path:
+    """A SentencePiece BPE trained as Llama 2's was (byte fallback, digits split, identity
+    normalization, whitespace kept), saved as transformers saves a Llama tokenizer
+    (tokenizer.model + tokenizer.json + tokenizer_config.json)."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizerFast
+
+    folder = scratch / "spm-hf"
+    train = scratch / "spm-train.txt"
+    train.write_text(TEXT * 3, encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(train), model_prefix=str(scratch / "spm"), model_type="bpe", vocab_size=700,
+        hard_vocab_limit=False, byte_fallback=True, split_digits=True, character_coverage=1.0,
+        allow_whitespace_only_pieces=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=True, max_sentence_length=100000,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(scratch / "spm.model"))
+    make_weights(folder, sp.get_piece_size(), seed=2)
+    set_config(folder, bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id())
+    hf = LlamaTokenizerFast(vocab_file=str(scratch / "spm.model"), legacy=True, add_bos_token=True,
+                            add_eos_token=False, from_slow=True)
+    hf.chat_template = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    hf.save_pretrained(folder)
+    assert (folder / "tokenizer.model").is_file() and (folder / "tokenizer.json").is_file()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def spm_gguf(spm_folder, scratch) -> Path:
+    return convert(spm_folder, scratch / "spm-smelt.gguf")
+
+
+def test_sentencepiece_matches_the_convert_script(spm_folder, spm_gguf):
+    got = tokenizer_kv(spm_gguf)
+    assert_same_kv(got, oracle_kv(spm_folder))
+    md = dict(got)
+    assert md["tokenizer.ggml.model"] == "llama"
+    assert md["tokenizer.ggml.add_bos_token"] is True
+    assert 6 in md["tokenizer.ggml.token_type"], "byte pieces"
+
+
+def test_sentencepiece_llama_tokenize_matches_sentencepiece(spm_folder, spm_gguf):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(spm_folder / "tokenizer.model"))
+    for text in [TEXT, UNSEEN, *TEXT.splitlines()]:
+        if not text:
+            continue  # sentencepiece gives no dummy-prefix piece for "", llama.cpp gives "▁"
+        want = [sp.bos_id()] + sp.encode(text)
+        assert llama_tokenize(spm_gguf, text) == want, text
+
+
+# ---------------------------------------------------------------- byte-level BPE (Llama 3 style)
+
+@pytest.fixture(scope="module")
+def llama3_folder(scratch) -> Path:
+    """A byte-level BPE trained with `tokenizers` on the Llama 3 split regex, laid out as
+    Llama 3's folder is (BOS added by a TemplateProcessing post-processor, ignore_merges),
+    plus a non-special added token; config.json's vocab_size leaves 3 unused ids."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    specials = ["<|begin_of_text|>", "<|end_of_text|>"]
+    trainer = trainers.BpeTrainer(vocab_size=900, min_frequency=1, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([TEXT] * 3, trainer)
+    tok.add_tokens([AddedToken("<tool>", special=False, normalized=False)])
+    bos = tok.token_to_id(specials[0])
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
+        processors.TemplateProcessing(single=f"{specials[0]} $A", pair=f"{specials[0]} $A {specials[0]}:1 $B:1",
+                                      special_tokens=[(specials[0], bos)]),
+    ])
+    folder = scratch / "llama3-hf"
+    vocab = tok.get_vocab_size(with_added_tokens=True) + 3
+    make_weights(folder, vocab, seed=3)
+    set_config(folder, bos_token_id=bos, eos_token_id=tok.token_to_id(specials[1]))
+    tok.save(str(folder / "tokenizer.json"))
+    tc = {"bos_token": specials[0], "eos_token": specials[1], "clean_up_tokenization_spaces": True,
+          "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 131072,
+          "tokenizer_class": "PreTrainedTokenizerFast"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc, indent=2))
+    (folder / "chat_template.jinja").write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama3_gguf(llama3_folder, scratch) -> Path:
+    return convert(llama3_folder, scratch / "llama3-smelt.gguf", "--tokenizer-pre", "llama-bpe")
+
+
+def test_unknown_pre_tokenizer_asks_for_the_override(llama3_folder, scratch):
+    p = run_smelt("quantize", llama3_folder, "-o", scratch / "never.gguf", "--type", "F16", check=False)
+    assert p.returncode != 0
+    assert "tokenizer.json" in p.stderr and "--tokenizer-pre" in p.stderr, p.stderr
+
+
+def test_llama3_bpe_matches_the_convert_script(llama3_folder, llama3_gguf):
+    got = tokenizer_kv(llama3_gguf)
+    assert_same_kv(got, oracle_kv(llama3_folder, pre="llama-bpe"))
+    md = dict(got)
+    assert md["tokenizer.ggml.pre"] == "llama-bpe"
+    assert md["tokenizer.ggml.tokens"][-3:] == [f"[PAD{i}]" for i in range(len(md["tokenizer.ggml.tokens"]) - 3,
+                                                                           len(md["tokenizer.ggml.tokens"]))]
+    assert md["tokenizer.ggml.token_type"][-4:] == [4, 5, 5, 5]  # <tool> user-defined, then unused
+    assert md["tokenizer.ggml.add_bos_token"] is True
+    assert md["tokenizer.chat_template"].startswith("{{ bos_token }}")
+
+
+def test_llama3_bpe_llama_tokenize_matches_hf(llama3_folder, llama3_gguf):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(llama3_folder)
+    for text in [TEXT, UNSEEN, *TEXT.splitlines()]:
+        assert llama_tokenize(llama3_gguf, text) == hf.encode(text), text
+
+
+# ---------------------------------------------------------------- what transformers changes on load
+
+def _unknown_hash(stderr: str) -> str | None:
+    """The check-text hash from the script's or smelt's "not recognized" report."""
+    import re
+
+    m = re.search(r"(?:chkhsh:\s*|check-text hash )([0-9a-f]{64})", stderr)
+    return m.group(1) if m else None
+
+
+def _variant(smol_folder: Path, scratch: Path, name: str, vocab: int, edit) -> Path:
+    """A copy of the SmolLM2 folder with tokenizer.json / tokenizer_config.json edited."""
+    folder = scratch / f"smol-{name}"
+    make_weights(folder, vocab)
+    set_config(folder, bos_token_id=1, eos_token_id=2, vocab_size=vocab)
+    tj = json.loads((smol_folder / "tokenizer.json").read_text())
+    tc = json.loads((smol_folder / "tokenizer_config.json").read_text())
+    edit(tj, tc)
+    (folder / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False))
+    return folder
+
+
+def _llama_class(tj, tc):
+    # A byte-level BPE under LlamaTokenizerFast (as DeepSeek-Coder ships): transformers
+    # rebuilds the post-processor to add BOS, which changes the check-text ids.
+    # (Without add_prefix_space: with it, LlamaTokenizerFast insists on a tokenizer.model.)
+    tc["tokenizer_class"] = "LlamaTokenizerFast"
+    tc["add_bos_token"] = True
+    del tc["add_prefix_space"]
+
+
+def _byte_level_prefix(tj, tc):
+    # A plain ByteLevel pre-tokenizer with add_prefix_space on, and a tokenizer_config that
+    # does not say: transformers turns it off.
+    tj["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    del tc["add_prefix_space"]
+
+
+def _specials_not_added(tj, tc):
+    # Special tokens named only in tokenizer_config.json: transformers adds them as special
+    # tokens (CONTROL), a new one (<pad>) at a new id; a plain token promoted by
+    # additional_special_tokens too.
+    tj["added_tokens"] = [t for t in tj["added_tokens"] if t["content"] != "<|im_end|>"]
+    del tc["added_tokens_decoder"]
+    tc["pad_token"] = "<pad>"
+    tc["additional_special_tokens"] = ["<|im_end|>", "hello"]
+
+
+@pytest.mark.parametrize("name, vocab, edit", [
+    ("llama-class", 49152, _llama_class),
+    ("byte-level-prefix", 49152, _byte_level_prefix),
+    ("specials-not-added", 49160, _specials_not_added),
+])
+def test_transformers_load_changes(smol_folder, scratch, name, vocab, edit):
+    folder = _variant(smol_folder, scratch, name, vocab, edit)
+    cmd = [sys.executable, str(ORACLE), str(LLAMA_CPP_SRC), str(folder)]
+    ref = subprocess.run(cmd, capture_output=True, text=True)
+    out = scratch / f"smol-{name}.gguf"
+    got = run_smelt("quantize", folder, "-o", out, "--type", "F16", check=False)
+    if ref.returncode != 0:
+        want = _unknown_hash(ref.stderr)
+        assert want, ref.stderr[-2000:]
+        assert got.returncode != 0 and _unknown_hash(got.stderr) == want, got.stderr
+    else:
+        assert got.returncode == 0, got.stderr
+        assert_same_kv(tokenizer_kv(out), [(k, v) for k, _, v in json.loads(ref.stdout)])
+    if name == "specials-not-added":
+        md = dict(tokenizer_kv(out))
+        toks, types = md["tokenizer.ggml.tokens"], md["tokenizer.ggml.token_type"]
+        assert toks[49152] == "<pad>" and types[49152] == 3
+        assert types[toks.index("hello")] == 3 and types[2] == 3
