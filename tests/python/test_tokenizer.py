@@ -401,3 +401,31 @@ def test_transformers_load_changes(smol_folder, scratch, name, vocab, edit):
         toks, types = md["tokenizer.ggml.tokens"], md["tokenizer.ggml.token_type"]
         assert toks[49152] == "<pad>" and types[49152] == 3
         assert types[toks.index("hello")] == 3 and types[2] == 3
+
+
+def test_sentencepiece_added_tokens_and_padding(spm_folder, scratch):
+    """added_tokens.json and tokenizer_config's added_tokens_decoder on top of the model, ids
+    past the model's pieces and past vocab_size, and [PAD] fill, against the script."""
+    import shutil
+
+    folder = scratch / "spm-added"
+    make_weights(folder, 705, seed=4)
+    set_config(folder, bos_token_id=1, eos_token_id=2, vocab_size=705)
+    for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(spm_folder / f, folder / f)
+    (folder / "added_tokens.json").write_text(json.dumps({"<tool>": 700, "<far>": 999}))
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    tc["added_tokens_decoder"].update({
+        "701": {"content": "\u2581user\u2581x", "special": False, "normalized": False},
+        "702": {"content": "<|im_end|>", "special": False},
+        "5": {"content": "<replaced>", "special": True},
+        "9999": {"content": "<beyond>", "special": True},
+    })
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False))
+    out = convert(folder, scratch / "spm-added.gguf")
+    got = tokenizer_kv(out)
+    assert_same_kv(got, oracle_kv(folder))
+    md = dict(got)
+    assert md["tokenizer.ggml.tokens"][700:] == ["<tool>", " user x", "<|im_end|>", "[PAD703]", "[PAD704]"]
+    assert md["tokenizer.ggml.token_type"][700:] == [4, 4, 3, 5, 5]
+    assert md["tokenizer.ggml.tokens"][5] == "<replaced>" and md["tokenizer.ggml.token_type"][5] == 3
