@@ -539,3 +539,67 @@ fn bad_files_are_errors_naming_them() {
     ));
     assert!(e.contains("tokenizer_config.json"), "{e}");
 }
+
+#[test]
+fn merges_txt_when_tokenizer_json_has_none() {
+    let opts = TokenizerOptions {
+        pre: Some("gpt-2".into()),
+    };
+    let dir = bpe_folder(json!([]), 10);
+    std::fs::write(
+        dir.path().join("merges.txt"),
+        "#version: 0.2\na b\nmalformed line here\n\nĠ ab\n",
+    )
+    .unwrap();
+    let md = metadata(dir.path(), &opts).unwrap();
+    assert_eq!(strs(&md, "tokenizer.ggml.merges"), ["a b", "Ġ ab"]);
+}
+
+#[test]
+fn hf_folder_store_gets_tokenizer_keys_after_the_hyper_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = crate::fixture::TinyLlama {
+        n_layer: 1,
+        vocab: 300,
+        ..Default::default()
+    };
+    tiny.write_hf(dir.path(), 1).unwrap();
+    let plain = crate::store::Store::open(dir.path()).unwrap();
+    assert!(!plain
+        .metadata
+        .iter()
+        .any(|(k, _)| k.starts_with("tokenizer.")));
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        js(bpe_tokenizer(json!(["a b"]))),
+    )
+    .unwrap();
+    // Not the Llama class AutoTokenizer would pick from model_type: that one adds its default
+    // `<unk>` and `</s>` (checked against the script separately).
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        js(json!({"tokenizer_class": "PreTrainedTokenizerFast"})),
+    )
+    .unwrap();
+    let opts = TokenizerOptions {
+        pre: Some("gpt-2".into()),
+    };
+    let store = crate::store::Store::open_with(dir.path(), &opts).unwrap();
+    let keys: Vec<&str> = store.metadata.iter().map(|(k, _)| k).collect();
+    let n = plain.metadata.len();
+    assert_eq!(
+        keys[..n],
+        plain.metadata.iter().map(|(k, _)| k).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(keys[n], "tokenizer.ggml.model");
+    assert_eq!(store.metadata.get_str("tokenizer.ggml.pre"), Some("gpt-2"));
+    // Without the override the unknown hash is an error naming tokenizer.json.
+    let e = crate::store::Store::open(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("--tokenizer-pre"),
+        "{e}"
+    );
+}

@@ -378,8 +378,16 @@ def _specials_not_added(tj, tc):
     tc["additional_special_tokens"] = ["<|im_end|>", "hello"]
 
 
+def _class_from_model_type(tj, tc):
+    # No tokenizer_class: AutoTokenizer picks LlamaTokenizerFast from config.json's
+    # model_type, whose default unk_token `<unk>` is not in the vocabulary (a new id).
+    for k in ("tokenizer_class", "add_prefix_space", "unk_token"):
+        del tc[k]
+
+
 @pytest.mark.parametrize("name, vocab, edit", [
     ("llama-class", 49152, _llama_class),
+    ("class-from-model-type", 49160, _class_from_model_type),
     ("byte-level-prefix", 49152, _byte_level_prefix),
     ("specials-not-added", 49160, _specials_not_added),
 ])
@@ -393,6 +401,9 @@ def test_transformers_load_changes(smol_folder, scratch, name, vocab, edit):
         want = _unknown_hash(ref.stderr)
         assert want, ref.stderr[-2000:]
         assert got.returncode != 0 and _unknown_hash(got.stderr) == want, got.stderr
+        # The rest of the metadata, with the pre-tokenizer named by hand on both sides.
+        convert(folder, out, "--tokenizer-pre", "smollm")
+        assert_same_kv(tokenizer_kv(out), oracle_kv(folder, pre="smollm"))
     else:
         assert got.returncode == 0, got.stderr
         assert_same_kv(tokenizer_kv(out), [(k, v) for k, _, v in json.loads(ref.stdout)])
