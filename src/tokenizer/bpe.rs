@@ -8,7 +8,8 @@
 //! tokens and the check-text encoding are the ones the script sees.
 
 use super::{
-    hf_load, looks_special, pre, read_json, token_type, unescape_spaces, TokenizerOptions,
+    check_vocab_size, hf_load, looks_special, pre, read_json, token_type, unescape_spaces,
+    TokenizerOptions,
 };
 use crate::error::{Error, Result};
 use serde_json::Value as Json;
@@ -38,7 +39,9 @@ pub(super) fn vocab(
         hf_load::load(path, dir, json, tokenizer_config, model_type)?;
     let config_vocab = config
         .and_then(|c| c.get("vocab_size"))
-        .and_then(Json::as_u64);
+        .and_then(Json::as_u64)
+        .map(|n| check_vocab_size(&dir.join("config.json"), n))
+        .transpose()?;
     let vocab = tok.get_vocab(true);
     let n_ids = vocab.len() as u64;
     let vocab_size = config_vocab.unwrap_or(n_ids);

@@ -10,6 +10,11 @@
 //! A folder with none of the tokenizer files gives no metadata (not an error): such a GGUF
 //! still loads in tools that do not tokenize. Everything else the script would reject, or
 //! that smelt does not handle yet, is an error naming the file.
+//!
+//! The script's `set_vocab` differs per model class; this follows `LlamaModel.set_vocab`
+//! (the llama family, smelt's architectures today). Other classes get the same common path
+//! (SentencePiece if `tokenizer.model`, else BPE) without the llama-only keys; a new
+//! architecture whose script class adds its own keys (Gemma's, Qwen's) needs them here.
 
 mod bpe;
 mod hf_load;
@@ -110,11 +115,13 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
                     .and_then(|c| c.get(*k))
                     .and_then(Json::as_u64)
             })
-            .filter(|&n| n > 0);
+            .filter(|&n| n > 0)
+            .map(|n| check_vocab_size(&dir.join("config.json"), n))
+            .transpose()?;
         let vocab = spm::vocab(&spm_path, dir, vocab_size, tokenizer_config.as_ref())?;
         md.set("tokenizer.ggml.model", Value::String("llama".into()));
         md.set("tokenizer.ggml.pre", Value::String("default".into()));
-        md.set("tokenizer.ggml.tokens", strings(vocab.tokens));
+        md.set("tokenizer.ggml.tokens", Value::strings(vocab.tokens));
         md.set(
             "tokenizer.ggml.scores",
             Value::Array(
@@ -136,7 +143,7 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
         )?;
         md.set("tokenizer.ggml.model", Value::String("gpt2".into()));
         md.set("tokenizer.ggml.pre", Value::String(vocab.pre));
-        md.set("tokenizer.ggml.tokens", strings(vocab.tokens));
+        md.set("tokenizer.ggml.tokens", Value::strings(vocab.tokens));
         md.set("tokenizer.ggml.token_type", ints(vocab.types));
         let sv = special::SpecialVocab::load(dir, true, special_types, None)?;
         sv.write(&mut md);
@@ -174,11 +181,19 @@ fn md_len(md: &Metadata, key: &str) -> u64 {
     }
 }
 
-fn strings(v: Vec<String>) -> Value {
-    Value::Array(
-        ValueType::String,
-        v.into_iter().map(Value::String).collect(),
-    )
+/// Largest vocabulary accepted from config.json: far above any real model (Gemma 3 has
+/// 262144), low enough that a corrupt `vocab_size` cannot make smelt allocate gigabytes of
+/// `[PAD]` tokens.
+const MAX_VOCAB: u64 = 1 << 24;
+
+fn check_vocab_size(path: &Path, n: u64) -> Result<u64> {
+    if n > MAX_VOCAB {
+        return Err(Error::format(
+            path,
+            format!("vocab_size {n} is implausible (more than {MAX_VOCAB})"),
+        ));
+    }
+    Ok(n)
 }
 
 fn ints(v: Vec<i32>) -> Value {

@@ -603,3 +603,27 @@ fn hf_folder_store_gets_tokenizer_keys_after_the_hyper_parameters() {
         "{e}"
     );
 }
+
+#[test]
+fn implausible_vocab_size_is_an_error() {
+    let dir = folder(&[
+        ("tokenizer.model", spm_model(PIECES)),
+        ("config.json", js(json!({"vocab_size": 1u64 << 40}))),
+    ]);
+    let e = err_text(metadata(dir.path(), &TokenizerOptions::default()));
+    assert!(
+        e.contains("config.json") && e.contains("implausible"),
+        "{e}"
+    );
+    let dir = bpe_folder(json!(["a b"]), 1 << 40);
+    let e = err_text(metadata(
+        dir.path(),
+        &TokenizerOptions {
+            pre: Some("gpt-2".into()),
+        },
+    ));
+    assert!(
+        e.contains("config.json") && e.contains("implausible"),
+        "{e}"
+    );
+}
