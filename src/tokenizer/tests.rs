@@ -627,3 +627,41 @@ fn implausible_vocab_size_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn chat_template_json_and_additional_templates() {
+    let opts = TokenizerOptions {
+        pre: Some("gpt-2".into()),
+    };
+    let dir = bpe_folder(json!(["a b"]), 10);
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        js(json!({"bos_token": "<s>"})),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("chat_template.json"),
+        js(json!({"chat_template": "{{ from_json }}"})),
+    )
+    .unwrap();
+    let md = metadata(dir.path(), &opts).unwrap();
+    assert_eq!(
+        md.get_str("tokenizer.chat_template"),
+        Some("{{ from_json }}")
+    );
+
+    // chat_template.jinja wins over chat_template.json; extra templates make the named form.
+    std::fs::write(dir.path().join("chat_template.jinja"), "{{ main }}").unwrap();
+    let extra = dir.path().join("additional_chat_templates");
+    std::fs::create_dir(&extra).unwrap();
+    std::fs::write(extra.join("tool-use.jinja"), "{{ tools }}").unwrap();
+    std::fs::write(extra.join("rag.jinja"), "{{ rag }}").unwrap();
+    let md = metadata(dir.path(), &opts).unwrap();
+    assert_eq!(md.get_str("tokenizer.chat_template"), Some("{{ main }}"));
+    assert_eq!(md.get_str("tokenizer.chat_template.rag"), Some("{{ rag }}"));
+    assert_eq!(
+        md.get_str("tokenizer.chat_template.tool_use"),
+        Some("{{ tools }}")
+    );
+    assert_eq!(strs(&md, "tokenizer.chat_templates"), ["rag", "tool_use"]);
+}
