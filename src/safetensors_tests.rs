@@ -308,7 +308,7 @@ fn hf_folder_single_file() {
     let model = dir.path().join("Tiny-Llama");
     std::fs::create_dir(&model).unwrap();
     std::fs::write(model.join("config.json"), CONFIG).unwrap();
-    std::fs::write(model.join("tokenizer.json"), "{}").unwrap();
+    // A tokenizer_config.json alone adds no tokenizer metadata (no tokenizer.json/.model).
     std::fs::write(model.join("tokenizer_config.json"), "{}").unwrap();
     write(
         &model.join("model.safetensors"),
