@@ -171,6 +171,10 @@ pub struct QuantizeArgs {
     /// when the source is coarser than the target).
     #[arg(long)]
     pub allow_requantize: bool,
+    /// `tokenizer.ggml.pre` for an HF folder whose BPE pre-tokenizer llama.cpp's hash table
+    /// does not know (e.g. llama-bpe, qwen2, gpt-2).
+    #[arg(long)]
+    pub tokenizer_pre: Option<String>,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -358,7 +362,10 @@ fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
 
 fn quantize(args: &QuantizeArgs) -> Result<()> {
     use crate::quantize::{self as q, KvOverride, QuantizeOptions};
-    let store = Store::open(&args.input)?;
+    let tok = crate::tokenizer::TokenizerOptions {
+        pre: args.tokenizer_pre.clone(),
+    };
+    let store = Store::open_with(&args.input, &tok)?;
     let file_types = args
         .types
         .iter()

@@ -13,6 +13,7 @@ pub mod recipe;
 pub mod safetensors;
 pub mod seed;
 pub mod store;
+pub mod tokenizer;
 pub mod write;
 
 pub use error::{Error, Result};

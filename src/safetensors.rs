@@ -54,6 +54,11 @@ pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
 
 /// Open a Hugging Face model folder.
 pub fn open_hf_folder(path: &Path) -> Result<Store> {
+    open_hf_folder_with(path, &crate::tokenizer::TokenizerOptions::default())
+}
+
+/// Open a Hugging Face model folder; `tok` steers its tokenizer metadata.
+pub fn open_hf_folder_with(path: &Path, tok: &crate::tokenizer::TokenizerOptions) -> Result<Store> {
     let config = read_config(path)?;
     let index = path.join(INDEX_NAME);
     let files = if index.is_file() {
@@ -86,7 +91,11 @@ pub fn open_hf_folder(path: &Path) -> Result<Store> {
         }
         found.into_iter().map(|p| (p, Vec::new())).collect()
     };
-    build(path, files, config, &folder_name(path))
+    let mut store = build(path, files, config, &folder_name(path))?;
+    for (k, v) in crate::tokenizer::metadata(path, tok)?.iter() {
+        store.metadata.set(k, v.clone());
+    }
+    Ok(store)
 }
 
 /// Open one `.safetensors` file or a `*.safetensors.index.json` index.

@@ -315,7 +315,7 @@ fn hf_folder_single_file() {
     let model = dir.path().join("Tiny-Llama");
     std::fs::create_dir(&model).unwrap();
     std::fs::write(model.join("config.json"), CONFIG).unwrap();
-    std::fs::write(model.join("tokenizer.json"), "{}").unwrap();
+    // A tokenizer_config.json alone adds no tokenizer metadata (no tokenizer.json/.model).
     std::fs::write(model.join("tokenizer_config.json"), "{}").unwrap();
     write(
         &model.join("model.safetensors"),
@@ -912,12 +912,23 @@ fn gemma3_token_embd_trimmed_to_tokenizer_json() {
     // No tokenizer files: all rows.
     assert_eq!(open().tensors[0].shape, [16, 10]);
     // tokenizer.json: model.vocab (6) + added_tokens (1) rows, as Gemma3Model counts them.
+    // A complete tokenizer.json (the tokenizer module loads it); `pre` is named, so no
+    // check-text hash is needed for this made-up vocabulary.
     let tok = serde_json::json!({
-        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5}},
-        "added_tokens": [{"id": 6, "content": "<x>"}]
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 6, "content": "<x>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false,
+                  "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5}, "merges": []}
     });
     std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
-    let store = open();
+    let named_pre = crate::tokenizer::TokenizerOptions {
+        pre: Some("gpt-2".into()),
+    };
+    let store = Store::open_with(dir.path(), &named_pre).unwrap();
     assert_eq!(store.tensors[0].shape, [16, 7]);
     assert_eq!(store.tensors[0].n_bytes, 7 * 16 * 2);
     assert_eq!(
@@ -927,6 +938,25 @@ fn gemma3_token_embd_trimmed_to_tokenizer_json() {
             .collect::<Vec<_>>()
     );
     // With tokenizer.model the converter pads the vocabulary to vocab_size: nothing trimmed.
-    std::fs::write(dir.path().join("tokenizer.model"), b"sp").unwrap();
+    // A SentencePiece ModelProto of 7 pieces: field 1 { 1: piece, 2: score, 3: type }.
+    let mut proto = Vec::new();
+    for (k, piece) in ["<unk>", "<s>", "</s>", "a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+    {
+        let ty: u8 = match k {
+            0 => 2,
+            1 | 2 => 3,
+            _ => 1,
+        };
+        let mut m = vec![0x0a, piece.len() as u8];
+        m.extend_from_slice(piece.as_bytes());
+        m.push(0x15);
+        m.extend_from_slice(&(-(k as f32)).to_le_bytes());
+        m.extend_from_slice(&[0x18, ty]);
+        proto.extend_from_slice(&[0x0a, m.len() as u8]);
+        proto.extend_from_slice(&m);
+    }
+    std::fs::write(dir.path().join("tokenizer.model"), proto).unwrap();
     assert_eq!(open().tensors[0].shape, [16, 10]);
 }

@@ -162,9 +162,17 @@ impl Store {
     /// Open a GGUF file (or the first file of a split set), a safetensors file, a sharded
     /// safetensors index, or a Hugging Face model folder.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(path, &crate::tokenizer::TokenizerOptions::default())
+    }
+
+    /// [`Store::open`], with tokenizer options for a Hugging Face folder.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        tok: &crate::tokenizer::TokenizerOptions,
+    ) -> Result<Store> {
         let path = path.as_ref();
         if path.is_dir() {
-            return crate::safetensors::open_hf_folder(path);
+            return crate::safetensors::open_hf_folder_with(path, tok);
         }
         let name = path
             .file_name()

@@ -1,0 +1,59 @@
+"""Every architecture smelt converts runs in llama.cpp and tokenizes as the HF tokenizer does.
+
+For each fixture of scripts/gen-golden-convert.py (with its sentencepiece tokenizer.model),
+`smelt convert DIR -o OUT --types F16,Q8_0` must give files that llama.cpp (built by
+scripts/build-llama-cpp) loads and generates from, and `llama-tokenize` must give the same
+ids as the `sentencepiece` library on a test text.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_smelt
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral"]
+TEXT = "abc defg hij klmno pqrs tuv wxyz abcabc 123 ab-cd"
+
+
+@pytest.fixture(scope="module")
+def llama_bin() -> Path:
+    out = subprocess.run([str(ROOT / "scripts" / "build-llama-cpp")], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def write_fixture(arch: str, work: Path) -> Path:
+    # The golden script's fixture, with the tokenizer.model its golden mode adds.
+    code = ("import sys, importlib.util as u; from pathlib import Path; "
+            f"s = u.spec_from_file_location('g', {str(ROOT / 'scripts' / 'gen-golden-convert.py')!r}); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); "
+            "m.write_folder(sys.argv[1], Path(sys.argv[2]), tokenizer=True)")
+    d = work / arch
+    subprocess.run([sys.executable, "-c", code, arch, str(d)], check=True)
+    return d
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_converted_model_runs_and_tokenizes_like_sentencepiece(arch, scratch, llama_bin):
+    import sentencepiece as spm
+
+    work = scratch / f"convert-{arch}"
+    src = write_fixture(arch, work)
+    out = work / "out"
+    run_smelt("convert", src, "-o", out, "--types", "F16,Q8_0")
+    files = sorted(out.glob("*.gguf"))
+    assert [f.name.rsplit("-", 1)[1] for f in files] == ["F16.gguf", "Q8_0.gguf"]
+    for f in files:
+        p = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(f), "-n", "4", "abc"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, f"{f.name}: {p.stderr[-2000:]}"
+        assert "abc" in p.stdout, p.stdout
+    sp = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
+    want = sp.encode(TEXT)
+    p = subprocess.run([str(llama_bin / "llama-tokenize"), "-m", str(files[0]), "-p", TEXT, "--ids",
+                        "--no-bos", "--log-disable"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got == want, (got, want)
