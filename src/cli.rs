@@ -36,6 +36,10 @@ pub enum Command {
     },
     /// Quantize a model (GGUF of any type, safetensors or HF folder) to GGUF.
     Quantize(QuantizeArgs),
+    /// Convert a Hugging Face folder (config.json, safetensors, tokenizer files) to GGUF, as
+    /// llama.cpp's convert_hf_to_gguf.py does, at every type of --types in one pass into the
+    /// folder OUTPUT (`<folder name>-<TYPE>.gguf`). Same options as `quantize`.
+    Convert(QuantizeArgs),
     /// Merge models as a YAML recipe (mergekit's schema) says, straight to GGUF.
     Merge(MergeArgs),
     /// Propose the K most redundant layers to prune, as a passthrough recipe.
@@ -186,7 +190,16 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Inspect { path, json, full } => inspect(&path, json, full),
-        Command::Quantize(args) => quantize(&args),
+        Command::Quantize(args) => quantize(&args, false),
+        Command::Convert(args) => {
+            if !args.input.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "{}: convert takes a Hugging Face folder (config.json + safetensors); use `smelt quantize` for files",
+                    args.input.display()
+                )));
+            }
+            quantize(&args, true)
+        }
         Command::Merge(args) => merge(&args),
         Command::PrunePlan {
             model,
@@ -360,7 +373,8 @@ fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
     }
 }
 
-fn quantize(args: &QuantizeArgs) -> Result<()> {
+/// `quantize`, and `convert` (`to_folder`: the output is always a folder of one file per type).
+fn quantize(args: &QuantizeArgs, to_folder: bool) -> Result<()> {
     use crate::quantize::{self as q, KvOverride, QuantizeOptions};
     let tok = crate::tokenizer::TokenizerOptions {
         pre: args.tokenizer_pre.clone(),
@@ -408,7 +422,7 @@ fn quantize(args: &QuantizeArgs) -> Result<()> {
         },
         keep_split: args.keep_split,
     };
-    let multiple = file_types.len() > 1 || args.output.is_dir();
+    let multiple = to_folder || file_types.len() > 1 || args.output.is_dir();
     let stem = model_stem(&args.input);
     let plan = q::plan(
         &store,
