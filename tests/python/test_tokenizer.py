@@ -440,3 +440,48 @@ def test_sentencepiece_added_tokens_and_padding(spm_folder, scratch):
     assert md["tokenizer.ggml.tokens"][700:] == ["<tool>", " user x", "<|im_end|>", "[PAD703]", "[PAD704]"]
     assert md["tokenizer.ggml.token_type"][700:] == [4, 4, 3, 5, 5]
     assert md["tokenizer.ggml.tokens"][5] == "<replaced>" and md["tokenizer.ggml.token_type"][5] == 3
+
+
+def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, smol_folder, scratch):
+    """GGUF -> HF folder -> GGUF: SmolLM2's real weights leave as F32 safetensors (smelt merge
+    --format safetensors, config.json rebuilt from the GGUF), its tokenizer as the folder
+    above; `smelt convert` of that folder at F32 equals gguf-py's dequantization of the
+    original Q4_1 file tensor for tensor, with the same llama.* and tokenizer.* metadata."""
+    import shutil
+
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    work = scratch / "smollm2-round-trip"
+    work.mkdir(exist_ok=True)
+    n_layer = int(GGUFReader(smollm2).fields["llama.block_count"].parts[-1][0])
+    recipe = work / "all.yaml"
+    recipe.write_text(f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {smollm2}\n"
+                      f"        layer_range: [0, {n_layer}]\n")
+    hf = work / "hf"
+    run_smelt("merge", recipe, "-o", hf, "--format", "safetensors", "--type", "F32")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smol_folder / f, hf / f)
+    out = work / "gguf"
+    run_smelt("convert", hf, "-o", out, "--types", "F32")
+    (back,) = out.glob("*.gguf")
+
+    orig, got = GGUFReader(smollm2), GGUFReader(back)
+    want_t = {t.name: dequantize(t.data, t.tensor_type).reshape(-1) for t in orig.tensors}
+    got_t = {t.name: np.asarray(t.data).reshape(-1) for t in got.tensors}
+    assert want_t.keys() == got_t.keys()
+    for name in want_t:
+        assert np.array_equal(want_t[name].astype(np.float32), got_t[name]), name
+
+    def kv(r, prefix):
+        return {k: (f.types, [bytes(f.parts[i]) for i in f.data]) for k, f in r.fields.items()
+                if k.startswith(prefix)}
+    for prefix in ("llama.", "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+                   "tokenizer.ggml.pre", "tokenizer.chat_template", "tokenizer.ggml.bos_token_id",
+                   "tokenizer.ggml.eos_token_id"):
+        a, b = kv(orig, prefix), kv(got, prefix)
+        # convert_hf_to_gguf writes key/value_length (transformers fills in head_dim) where
+        # the original, made by an older script, has none.
+        b = {k: v for k, v in b.items() if k in a or not k.endswith(("key_length", "value_length"))}
+        assert a and a == b, prefix
