@@ -108,6 +108,11 @@ fn inverse(d: f32) -> f32 {
 /// Pack the fifth bits of 32 codes into ggml's `qh` word: code j → bit j (first half) / j+16.
 #[inline(always)]
 fn high_bits(codes: &[u8; QK]) -> [u8; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if super::use_avx2() {
+        // SAFETY: the CPU has AVX2, the only requirement of `avx2::high_bits`.
+        return unsafe { avx2::high_bits(codes) };
+    }
     let mut qh = 0u32;
     for j in 0..QK / 2 {
         qh |= ((codes[j] as u32 & 0x10) >> 4) << j;
@@ -213,6 +218,19 @@ mod avx2 {
     unsafe fn in_range(y: __m256) -> __m256 {
         let abs = _mm256_and_ps(y, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)));
         _mm256_cmp_ps::<_CMP_LT_OQ>(abs, _mm256_set1_ps(LIMIT))
+    }
+
+    /// `super::high_bits` (bit k of the word is bit 4 of code k): shifting each 16-bit lane
+    /// left by 3 moves bit 4 of every byte to that byte's top bit (the bits carried from a
+    /// low byte land in the high byte's bits 0..2), and `movemask` gathers the 32 top bits.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn high_bits(codes: &[u8; QK]) -> [u8; 4] {
+        // SAFETY: an unaligned load of exactly the 32 bytes of `codes`.
+        let v = _mm256_loadu_si256(codes.as_ptr().cast());
+        (_mm256_movemask_epi8(_mm256_slli_epi16::<3>(v)) as u32).to_le_bytes()
     }
 
     /// See `super::trunc_codes_fast`.
