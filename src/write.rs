@@ -166,8 +166,10 @@ pub fn write_matrix(
         let writer = scope.spawn(move || -> Result<Vec<GgufWriter>> {
             for msg in from_main {
                 match msg {
-                    Msg::Data { out, bytes } => {
-                        writers[out].write_data(bytes.as_slice())?;
+                    Msg::Data { outs, bytes } => {
+                        for out in outs {
+                            writers[out].write_data(bytes.as_slice())?;
+                        }
                         if let Chunk::Owned(v) = bytes {
                             let _ = recycle.send(v);
                         }
@@ -219,9 +221,20 @@ impl Chunk<'_> {
 }
 
 enum Msg<'a> {
-    Data { out: usize, bytes: Chunk<'a> },
-    ReleaseRows { src: usize, row: usize, rows: usize },
-    Release { src: usize },
+    /// The same bytes for every output in `outs` (outputs that agree on a tensor's type and
+    /// imatrix share one quantization).
+    Data {
+        outs: Vec<usize>,
+        bytes: Chunk<'a>,
+    },
+    ReleaseRows {
+        src: usize,
+        row: usize,
+        rows: usize,
+    },
+    Release {
+        src: usize,
+    },
 }
 
 /// The compute side of `write_matrix`: every tensor in row chunks, every output per chunk.
@@ -248,6 +261,7 @@ fn produce_chunks<'a>(
         let needs_f32 = outputs
             .iter()
             .any(|o| o.tensors[k].as_ref().is_some_and(|pt| !copies(pt.ty)));
+        let groups = same_bytes_groups(outputs, k);
         let rows_per_chunk = (CHUNK_VALUES / row_len.max(1)).clamp(1, n_rows.max(1));
         let mut row = 0;
         while row < n_rows {
@@ -256,8 +270,7 @@ fn produce_chunks<'a>(
                 f32_buf.resize(rows * row_len, 0.0);
                 producer.read_rows(src, row, &mut f32_buf)?;
             }
-            for (out, o) in outputs.iter().enumerate() {
-                let Some(pt) = &o.tensors[k] else { continue };
+            for (pt, outs) in &groups {
                 let bytes = match raw {
                     Some(raw) if copies(pt.ty) => {
                         let rb =
@@ -275,7 +288,10 @@ fn produce_chunks<'a>(
                     }
                 };
                 to_writer
-                    .send(Msg::Data { out, bytes })
+                    .send(Msg::Data {
+                        outs: outs.clone(),
+                        bytes,
+                    })
                     .map_err(|_| writer_gone())?;
             }
             to_writer
@@ -289,6 +305,35 @@ fn produce_chunks<'a>(
             .map_err(|_| writer_gone())?;
     }
     Ok(())
+}
+
+/// The outputs that hold tensor `k`, grouped by what decides its bytes (type and imatrix),
+/// in output order: each group is quantized once and written to all its outputs.
+fn same_bytes_groups(outputs: &[OutputFile], k: usize) -> Vec<(&PlannedTensor, Vec<usize>)> {
+    let same_imatrix = |a: &Option<Arc<Vec<f32>>>, b: &Option<Arc<Vec<f32>>>| match (a, b) {
+        (None, None) => true,
+        // Bitwise, so that a NaN weight (if any) still matches itself.
+        (Some(a), Some(b)) => {
+            Arc::ptr_eq(a, b)
+                || (a.len() == b.len()
+                    && a.iter()
+                        .zip(b.iter())
+                        .all(|(x, y)| x.to_bits() == y.to_bits()))
+        }
+        _ => false,
+    };
+    let mut groups: Vec<(&PlannedTensor, Vec<usize>)> = Vec::new();
+    for (out, o) in outputs.iter().enumerate() {
+        let Some(pt) = &o.tensors[k] else { continue };
+        match groups
+            .iter_mut()
+            .find(|(g, _)| g.ty == pt.ty && same_imatrix(&g.imatrix, &pt.imatrix))
+        {
+            Some((_, outs)) => outs.push(out),
+            None => groups.push((pt, vec![out])),
+        }
+    }
+    groups
 }
 
 /// Quantize rows `first_row..` of a tensor of `n_rows` rows. An imatrix longer than one row

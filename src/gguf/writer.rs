@@ -155,7 +155,9 @@ impl GgufWriter {
         let mut w = GgufWriter {
             target,
             tmp,
-            out: Some(BufWriter::with_capacity(8 << 20, file)),
+            // Small enough that quantized chunks (usually larger) go straight from their buffer to
+            // the file instead of being copied into this one first.
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
             alignment,
             sizes: Vec::with_capacity(tensors.len()),
             current: 0,

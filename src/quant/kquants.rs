@@ -36,13 +36,13 @@ pub(crate) fn nearest_int(fval: f32) -> i32 {
 }
 
 /// `GGML_FP32_TO_FP16`: round to nearest even.
-#[inline]
+#[inline(always)]
 pub(crate) fn fp32_to_fp16(x: f32) -> u16 {
     f16::from_f32(x).to_bits()
 }
 
 /// `GGML_FP16_TO_FP32` (exact).
-#[inline]
+#[inline(always)]
 pub(crate) fn fp16_to_fp32(h: u16) -> f32 {
     f16::from_bits(h).to_f32()
 }
@@ -50,6 +50,7 @@ pub(crate) fn fp16_to_fp32(h: u16) -> f32 {
 /// ggml's `make_qx_quants` with `rmse_type == 1` (the only variant any ggml quantizer uses):
 /// symmetric quantization of `x` to `l` in `0..2*nmax` (stored as `q + nmax`), weights `qw` or
 /// `x²`, searching 18 scales around `nmax/max` for the best weighted fit. Returns the scale.
+#[inline(always)]
 pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     assert!(n <= MAX_GROUP && l.len() >= n);
@@ -93,7 +94,6 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: Option<&[f3
     // The 18 trial scales (is = -9..=-1, 1..=9) are independent of each other (only the
     // comparison with `best` is sequential), so their sums run side by side in lanes: same
     // per-lane operation order as C, but vectorizable.
-    const STEPS: usize = 18;
     let mut isc = [0.0f32; STEPS];
     for (k, v) in isc.iter_mut().enumerate() {
         let is = if k < 9 { k as i32 - 9 } else { k as i32 - 8 };
@@ -101,13 +101,25 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: Option<&[f3
     }
     let mut sumlx = [0.0f32; STEPS];
     let mut suml2 = [0.0f32; STEPS];
-    for i in 0..n {
-        let (xi, wi) = (x[i], w[i]);
-        let wx = wi * xi;
-        for k in 0..STEPS {
-            let q = nearest_int(isc[k] * xi).clamp(-nmax, nmax - 1) as f32;
-            sumlx[k] += wx * q;
-            suml2[k] += wi * q * q;
+    #[cfg(target_arch = "x86_64")]
+    let done = if super::use_avx2() {
+        // SAFETY: the CPU has AVX2, the only requirement of `qx_sums`.
+        unsafe { avx2::qx_sums(nmax, x, w, &isc, &mut sumlx, &mut suml2) };
+        true
+    } else {
+        false
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = false;
+    if !done {
+        for i in 0..n {
+            let (xi, wi) = (x[i], w[i]);
+            let wx = wi * xi;
+            for k in 0..STEPS {
+                let q = nearest_int(isc[k] * xi).clamp(-nmax, nmax - 1) as f32;
+                sumlx[k] += wx * q;
+                suml2[k] += wi * q * q;
+            }
         }
     }
     let mut winner = None;
@@ -126,8 +138,12 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: Option<&[f3
     scale
 }
 
+/// The trial scales of `make_qx_quants` (is = -9..=-1, 1..=9).
+const STEPS: usize = 18;
+
 /// ggml's `make_q3_quants`: symmetric quantization to `l` in `0..2*nmax` (stored as
 /// `q + nmax`) with weights `x²`; with `do_rmse` a few rounds of coordinate descent.
+#[inline(always)]
 pub(crate) fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [u8], do_rmse: bool) -> f32 {
     let n = x.len();
     assert!(n <= MAX_GROUP && l.len() >= n);
@@ -202,6 +218,7 @@ pub(crate) fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [u8], do_rmse: bool) 
 /// qkx3's optional weights, which every caller supplies). Asymmetric quantization of `x` to
 /// `l` in `0..=nmax`; returns `(scale, the_min)` where `x ≈ scale*l - the_min`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn make_qkx_quants(
     nmax: i32,
     x: &[f32],
@@ -304,6 +321,8 @@ fn qkx_search<const MAD: bool>(
     let n = x.len();
     let nmaxf = nmax as f32;
     let mut ql = [[0.0f32; QKX_LANES]; MAX_GROUP];
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = super::use_avx2();
     let mut is0 = 0i32;
     while is0 <= nstep {
         let min = st.min;
@@ -312,42 +331,29 @@ fn qkx_search<const MAD: bool>(
         for (s, v) in iscale.iter_mut().enumerate() {
             *v = (rmin + rdelta * (is0 + s as i32) as f32 + nmaxf) / span;
         }
-        let mut sum_l = [0.0f32; QKX_LANES];
-        let mut sum_l2 = [0.0f32; QKX_LANES];
-        let mut sum_xl = [0.0f32; QKX_LANES];
-        for i in 0..n {
-            let (xi, w) = (x[i], weights[i]);
-            let xm = xi - min;
-            let qi = &mut ql[i];
-            for s in 0..QKX_LANES {
-                let q = nearest_int(iscale[s] * xm).clamp(0, nmax) as f32;
-                qi[s] = q;
-                sum_l[s] += w * q;
-                sum_l2[s] += w * q * q;
-                sum_xl[s] += w * q * xi;
-            }
-        }
-        // Branch-free per lane (vectorizes); lanes with d <= 0 get garbage that is never used.
         let mut d = [0.0f32; QKX_LANES];
         let mut this_scale = [0.0f32; QKX_LANES];
         let mut this_min = [0.0f32; QKX_LANES];
-        for s in 0..QKX_LANES {
-            d[s] = sum_w * sum_l2[s] - sum_l[s] * sum_l[s];
-            let sc = (sum_w * sum_xl[s] - sum_x * sum_l[s]) / d[s];
-            let mn = (sum_l2[s] * sum_x - sum_l[s] * sum_xl[s]) / d[s];
-            let clamp = mn > 0.0;
-            this_scale[s] = if clamp { sum_xl[s] / sum_l2[s] } else { sc };
-            this_min[s] = if clamp { 0.0 } else { mn };
-        }
         let mut err = [0.0f32; QKX_LANES];
-        for i in 0..n {
-            let (xi, w) = (x[i], weights[i]);
-            for s in 0..QKX_LANES {
-                let diff = this_scale[s] * ql[i][s] + this_min[s] - xi;
-                let diff = if MAD { diff.abs() } else { diff * diff };
-                err[s] += w * diff;
-            }
+        let mut out = QkxBatch {
+            ql: &mut ql,
+            d: &mut d,
+            this_scale: &mut this_scale,
+            this_min: &mut this_min,
+            err: &mut err,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `avx2` is true only when the CPU has AVX2, the only requirement of
+            // `qkx_batch`.
+            unsafe {
+                avx2::qkx_batch::<MAD>(nmax, x, weights, min, &iscale, sum_w, sum_x, &mut out)
+            };
+        } else {
+            qkx_batch::<MAD>(nmax, x, weights, min, &iscale, sum_w, sum_x, &mut out);
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        qkx_batch::<MAD>(nmax, x, weights, min, &iscale, sum_w, sum_x, &mut out);
         let mut advance = QKX_LANES as i32;
         for s in 0..QKX_LANES {
             if is0 + s as i32 > nstep {
@@ -371,9 +377,219 @@ fn qkx_search<const MAD: bool>(
     }
 }
 
+/// One batch of `qkx_search`: per lane, the codes, the determinant `d`, the fitted scale and
+/// min, and the weighted error.
+struct QkxBatch<'a> {
+    ql: &'a mut [[f32; QKX_LANES]; MAX_GROUP],
+    d: &'a mut [f32; QKX_LANES],
+    this_scale: &'a mut [f32; QKX_LANES],
+    this_min: &'a mut [f32; QKX_LANES],
+    err: &'a mut [f32; QKX_LANES],
+}
+
+/// `QKX_LANES` steps of the search from the same `min`, lane `s` with scale `iscale[s]`, each
+/// in C's operation order.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn qkx_batch<const MAD: bool>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    min: f32,
+    iscale: &[f32; QKX_LANES],
+    sum_w: f32,
+    sum_x: f32,
+    out: &mut QkxBatch,
+) {
+    let n = x.len();
+    let ql = &mut *out.ql;
+    let mut sum_l = [0.0f32; QKX_LANES];
+    let mut sum_l2 = [0.0f32; QKX_LANES];
+    let mut sum_xl = [0.0f32; QKX_LANES];
+    for i in 0..n {
+        let (xi, w) = (x[i], weights[i]);
+        let xm = xi - min;
+        let qi = &mut ql[i];
+        for s in 0..QKX_LANES {
+            let q = nearest_int(iscale[s] * xm).clamp(0, nmax) as f32;
+            qi[s] = q;
+            sum_l[s] += w * q;
+            sum_l2[s] += w * q * q;
+            sum_xl[s] += w * q * xi;
+        }
+    }
+    // Branch-free per lane (vectorizes); lanes with d <= 0 get garbage that is never used.
+    for s in 0..QKX_LANES {
+        out.d[s] = sum_w * sum_l2[s] - sum_l[s] * sum_l[s];
+        let sc = (sum_w * sum_xl[s] - sum_x * sum_l[s]) / out.d[s];
+        let mn = (sum_l2[s] * sum_x - sum_l[s] * sum_xl[s]) / out.d[s];
+        let clamp = mn > 0.0;
+        out.this_scale[s] = if clamp { sum_xl[s] / sum_l2[s] } else { sc };
+        out.this_min[s] = if clamp { 0.0 } else { mn };
+    }
+    for i in 0..n {
+        let (xi, w) = (x[i], weights[i]);
+        for s in 0..QKX_LANES {
+            let diff = out.this_scale[s] * ql[i][s] + out.this_min[s] - xi;
+            let diff = if MAD { diff.abs() } else { diff * diff };
+            out.err[s] += w * diff;
+        }
+    }
+}
+
+/// AVX2 versions of the two lane loops that LLVM leaves scalar (it vectorizes the codes but
+/// keeps the per-lane running sums in separate scalar registers). Each lane performs the
+/// same IEEE-754 single-precision operations, in the same order, as the portable loop it
+/// replaces: vector add/sub/mul/div round each lane exactly as the scalar instructions do,
+/// no FMA is used, and `nearest_int` is the same magic-number bit trick. The bytes are the
+/// same (`quant::tests::dispatched_kernels_match_baseline` and the golden tests check it).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{QkxBatch, MAX_GROUP, QKX_LANES, STEPS};
+    use std::arch::x86_64::*;
+
+    /// `nearest_int(v).clamp(lo, hi) as f32`, lane-wise.
+    #[inline(always)]
+    unsafe fn nearest_clamped(v: __m256, lo: __m256i, hi: __m256i) -> __m256 {
+        let bits = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12_582_912.0)));
+        let q = _mm256_sub_epi32(
+            _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
+            _mm256_set1_epi32(0x0040_0000),
+        );
+        _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(q, lo), hi))
+    }
+
+    /// The step sums of `make_qx_quants`: for each trial scale `isc[k]`, `sumlx[k]` and
+    /// `suml2[k]` accumulated over `i` in order, as the portable loop does.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn qx_sums(
+        nmax: i32,
+        x: &[f32],
+        w: &[f32],
+        isc: &[f32; STEPS],
+        sumlx: &mut [f32; STEPS],
+        suml2: &mut [f32; STEPS],
+    ) {
+        // Three vectors of 8 lanes; lanes 18..24 repeat the last scale and are dropped.
+        let mut scales = [isc[STEPS - 1]; 24];
+        scales[..STEPS].copy_from_slice(isc);
+        // SAFETY (all loads and stores here): unaligned accesses of 8 f32 inside arrays of
+        // 24 (offsets 0, 8, 16).
+        let sc = [
+            _mm256_loadu_ps(scales.as_ptr()),
+            _mm256_loadu_ps(scales.as_ptr().add(8)),
+            _mm256_loadu_ps(scales.as_ptr().add(16)),
+        ];
+        let lo = _mm256_set1_epi32(-nmax);
+        let hi = _mm256_set1_epi32(nmax - 1);
+        let mut slx = [_mm256_setzero_ps(); 3];
+        let mut sl2 = [_mm256_setzero_ps(); 3];
+        for (&xi, &wi) in x.iter().zip(w) {
+            let wx = _mm256_set1_ps(wi * xi);
+            let xv = _mm256_set1_ps(xi);
+            let wv = _mm256_set1_ps(wi);
+            for k in 0..3 {
+                let q = nearest_clamped(_mm256_mul_ps(sc[k], xv), lo, hi);
+                // sumlx += (w*x)*q; suml2 += (w*q)*q
+                slx[k] = _mm256_add_ps(slx[k], _mm256_mul_ps(wx, q));
+                sl2[k] = _mm256_add_ps(sl2[k], _mm256_mul_ps(_mm256_mul_ps(wv, q), q));
+            }
+        }
+        let mut a = [0.0f32; 24];
+        let mut b = [0.0f32; 24];
+        for k in 0..3 {
+            _mm256_storeu_ps(a.as_mut_ptr().add(8 * k), slx[k]);
+            _mm256_storeu_ps(b.as_mut_ptr().add(8 * k), sl2[k]);
+        }
+        sumlx.copy_from_slice(&a[..STEPS]);
+        suml2.copy_from_slice(&b[..STEPS]);
+    }
+
+    /// `super::qkx_batch` with the 8 lanes in one vector.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn qkx_batch<const MAD: bool>(
+        nmax: i32,
+        x: &[f32],
+        weights: &[f32],
+        min: f32,
+        iscale: &[f32; QKX_LANES],
+        sum_w: f32,
+        sum_x: f32,
+        out: &mut QkxBatch,
+    ) {
+        const _: () = assert!(QKX_LANES == 8);
+        let n = x.len().min(MAX_GROUP);
+        // SAFETY (all loads and stores here): unaligned accesses of exactly 8 f32 to
+        // `[f32; QKX_LANES]` arrays (QKX_LANES == 8).
+        let isv = _mm256_loadu_ps(iscale.as_ptr());
+        let lo = _mm256_setzero_si256();
+        let hi = _mm256_set1_epi32(nmax);
+        let mut sum_l = _mm256_setzero_ps();
+        let mut sum_l2 = _mm256_setzero_ps();
+        let mut sum_xl = _mm256_setzero_ps();
+        for i in 0..n {
+            let (xi, w) = (x[i], weights[i]);
+            let xv = _mm256_set1_ps(xi);
+            let wv = _mm256_set1_ps(w);
+            let q = nearest_clamped(_mm256_mul_ps(isv, _mm256_set1_ps(xi - min)), lo, hi);
+            _mm256_storeu_ps(out.ql[i].as_mut_ptr(), q);
+            // sum_l += w*q; sum_l2 += (w*q)*q; sum_xl += (w*q)*x
+            let wq = _mm256_mul_ps(wv, q);
+            sum_l = _mm256_add_ps(sum_l, wq);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wq, q));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wq, xv));
+        }
+        let swv = _mm256_set1_ps(sum_w);
+        let sxv = _mm256_set1_ps(sum_x);
+        // d = sum_w*sum_l2 - sum_l*sum_l
+        let d = _mm256_sub_ps(_mm256_mul_ps(swv, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        // sc = (sum_w*sum_xl - sum_x*sum_l)/d; mn = (sum_l2*sum_x - sum_l*sum_xl)/d
+        let sc = _mm256_div_ps(
+            _mm256_sub_ps(_mm256_mul_ps(swv, sum_xl), _mm256_mul_ps(sxv, sum_l)),
+            d,
+        );
+        let mn = _mm256_div_ps(
+            _mm256_sub_ps(_mm256_mul_ps(sum_l2, sxv), _mm256_mul_ps(sum_l, sum_xl)),
+            d,
+        );
+        // mn > 0 (false for NaN, as in Rust and C): scale = sum_xl/sum_l2, min = 0.
+        let clamp = _mm256_cmp_ps::<_CMP_GT_OQ>(mn, _mm256_setzero_ps());
+        let this_scale = _mm256_blendv_ps(sc, _mm256_div_ps(sum_xl, sum_l2), clamp);
+        let this_min = _mm256_blendv_ps(mn, _mm256_setzero_ps(), clamp);
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut err = _mm256_setzero_ps();
+        for i in 0..n {
+            let (xi, w) = (x[i], weights[i]);
+            let q = _mm256_loadu_ps(out.ql[i].as_ptr());
+            // diff = scale*q + min - x
+            let diff = _mm256_sub_ps(
+                _mm256_add_ps(_mm256_mul_ps(this_scale, q), this_min),
+                _mm256_set1_ps(xi),
+            );
+            let diff = if MAD {
+                _mm256_and_ps(diff, abs_mask)
+            } else {
+                _mm256_mul_ps(diff, diff)
+            };
+            err = _mm256_add_ps(err, _mm256_mul_ps(_mm256_set1_ps(w), diff));
+        }
+        _mm256_storeu_ps(out.d.as_mut_ptr(), d);
+        _mm256_storeu_ps(out.this_scale.as_mut_ptr(), this_scale);
+        _mm256_storeu_ps(out.this_min.as_mut_ptr(), this_min);
+        _mm256_storeu_ps(out.err.as_mut_ptr(), err);
+    }
+}
+
 /// ggml's `make_qkx2_quants` (used by the weightless Q2_K/Q4_K/Q5_K paths).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 pub(crate) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
@@ -389,7 +605,7 @@ pub(crate) fn make_qkx2_quants(
 
 /// ggml's `make_qkx3_quants` with explicit weights (the importance-weighted paths).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 pub(crate) fn make_qkx3_quants(
     nmax: i32,
     x: &[f32],
@@ -405,6 +621,7 @@ pub(crate) fn make_qkx3_quants(
 
 /// ggml's `make_qp_quants`: quantizes non-negative `x` (block scales or mins) to
 /// `l` in `0..=nmax` with weights `qw`. Returns the scale.
+#[inline(always)]
 pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
     let n = x.len();
     assert!(n <= MAX_GROUP && l.len() >= n && qw.len() >= n);
@@ -490,6 +707,7 @@ pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> 
 }
 
 /// Bytes per super-block of each K type.
+#[inline(always)]
 fn block_bytes(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q2_K => 84,
@@ -502,25 +720,22 @@ fn block_bytes(ty: GgmlType) -> usize {
 
 /// Quantize one row (a multiple of 256 values) to a K type, exactly as ggml's
 /// `quantize_q*_K` does for a single row.
+#[inline(always)]
 pub fn quantize_row(
     ty: GgmlType,
     src: &[f32],
     dst: &mut [u8],
     w: Option<&[f32]>,
 ) -> Result<(), QuantError> {
-    let kernel: fn(&[f32], &mut [u8], Option<&[f32]>) = match ty {
-        GgmlType::Q2_K => q2_k_block,
-        GgmlType::Q3_K => q3_k_block,
-        GgmlType::Q4_K => q4_k_block,
-        GgmlType::Q5_K => q5_k_block,
-        GgmlType::Q6_K => q6_k_block,
-        _ => {
-            return Err(QuantError::Unsupported {
-                ty,
-                op: "k-quant quantize",
-            })
-        }
-    };
+    if !matches!(
+        ty,
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
+    ) {
+        return Err(QuantError::Unsupported {
+            ty,
+            op: "k-quant quantize",
+        });
+    }
     let bb = block_bytes(ty);
     let nb = src.len() / QK_K;
     if src.len() % QK_K != 0 {
@@ -546,13 +761,22 @@ pub fn quantize_row(
         .zip(dst.chunks_exact_mut(bb))
         .enumerate()
     {
-        kernel(x, y, w.map(|w| &w[i * QK_K..(i + 1) * QK_K]));
+        // A direct call (no function pointer), so the kernels inline into the caller and
+        // take its target features (see `quant::quantize_row`).
+        let w = w.map(|w| &w[i * QK_K..(i + 1) * QK_K]);
+        match ty {
+            GgmlType::Q2_K => q2_k_block(x, y, w),
+            GgmlType::Q3_K => q3_k_block(x, y, w),
+            GgmlType::Q4_K => q4_k_block(x, y, w),
+            GgmlType::Q5_K => q5_k_block(x, y, w),
+            _ => q6_k_block(x, y, w),
+        }
     }
     Ok(())
 }
 
 /// Sum of squares in C order (one accumulator).
-#[inline]
+#[inline(always)]
 fn sum_sq(x: &[f32]) -> f32 {
     let mut s = 0.0f32;
     for &v in x {
@@ -563,7 +787,7 @@ fn sum_sq(x: &[f32]) -> f32 {
 
 /// Packs 2-bit values `l[0..256]` the Q2_K/Q3_K way: byte `j/4 + k` of each 128-value half
 /// holds values `k, k+32, k+64, k+96`.
-#[inline]
+#[inline(always)]
 fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     for (half, q) in l.chunks_exact(128).zip(qs.chunks_exact_mut(32)) {
         for k in 0..32 {
@@ -572,6 +796,7 @@ fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
+#[inline(always)]
 fn q2_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     let mut l = [0u8; QK_K];
     let mut mins = [0.0f32; 16];
@@ -687,7 +912,7 @@ fn q2_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
 }
 
 /// Writes 6-bit Q3_K scale `q` (already offset by 32) for sub-block `j` into `sc[12]`.
-#[inline]
+#[inline(always)]
 fn q3_put_scale(sc: &mut [u8], j: usize, q: u8) {
     if j < 8 {
         sc[j] = q & 0xF;
@@ -698,13 +923,14 @@ fn q3_put_scale(sc: &mut [u8], j: usize, q: u8) {
 }
 
 /// Reads back the signed Q3_K scale of sub-block `j`.
-#[inline]
+#[inline(always)]
 fn q3_get_scale(sc: &[u8], j: usize) -> i32 {
     let lo = if j < 8 { sc[j] & 0xF } else { sc[j - 8] >> 4 };
     let hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
     (lo | (hi << 4)) as i32 - 32
 }
 
+#[inline(always)]
 fn q3_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     let mut l = [0u8; QK_K];
     let mut scales = [0.0f32; 16];
@@ -787,7 +1013,7 @@ fn q3_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
 }
 
 /// Packs Q4_K/Q5_K 6-bit scale `ls` and min `lm` of sub-block `j` into `sc[12]`.
-#[inline]
+#[inline(always)]
 fn k4_put_scale_min(sc: &mut [u8], j: usize, ls: u8, lm: u8) {
     if j < 4 {
         sc[j] = ls;
@@ -800,7 +1026,7 @@ fn k4_put_scale_min(sc: &mut [u8], j: usize, ls: u8, lm: u8) {
 }
 
 /// ggml's `get_scale_min_k4`.
-#[inline]
+#[inline(always)]
 fn k4_get_scale_min(sc: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (sc[j] & 63, sc[j + 4] & 63)
@@ -814,6 +1040,7 @@ fn k4_get_scale_min(sc: &[u8], j: usize) -> (u8, u8) {
 
 /// Shared Q4_K/Q5_K front half: fills the 12 scale bytes and d/dmin, requantizes `l` with
 /// the stored (rounded) scales. `nmax` is 15 or 31.
+#[inline(always)]
 fn k45_scales(
     x: &[f32],
     qw: Option<&[f32]>,
@@ -929,6 +1156,7 @@ fn k45_scales(
     }
 }
 
+#[inline(always)]
 fn q4_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     let mut l = [0u8; QK_K];
     let (dd, rest) = y.split_at_mut(4);
@@ -941,6 +1169,7 @@ fn q4_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     }
 }
 
+#[inline(always)]
 fn q5_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     let mut l = [0u8; QK_K];
     let (dd, rest) = y.split_at_mut(4);
@@ -967,6 +1196,7 @@ fn q5_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     }
 }
 
+#[inline(always)]
 fn q6_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     let mut l = [0u8; QK_K];
     let mut scales = [0.0f32; 16];

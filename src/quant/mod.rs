@@ -102,7 +102,6 @@ pub fn quantize_row(
     dst: &mut [u8],
     imatrix: Option<&[f32]>,
 ) -> Result<(), QuantError> {
-    use GgmlType::*;
     check_sizes(ty, src.len(), dst.len())?;
     if let Some(w) = imatrix {
         if w.len() != src.len() {
@@ -112,6 +111,66 @@ pub fn quantize_row(
             });
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: `quantize_row_avx2` only requires AVX2 (and the SSE/AVX levels it
+        // implies), which the CPU has just been checked for.
+        return unsafe { quantize_row_avx2(ty, src, dst, imatrix) };
+    }
+    quantize_row_checked(ty, src, dst, imatrix)
+}
+
+/// Whether the AVX2 kernels may run: the CPU has AVX2 (detected once, then a cached load),
+/// and, in tests, the calling thread has not asked for the portable code.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn use_avx2() -> bool {
+    #[cfg(test)]
+    if tests::PORTABLE.with(|p| p.get()) {
+        return false;
+    }
+    std::is_x86_feature_detected!("avx2")
+}
+
+/// The same kernels compiled for AVX2: the block kernels are `#[inline(always)]` down to
+/// their inner loops, so they are compiled again here with 8-lane vectors. Rust never fuses
+/// `a * b + c` into an FMA on its own (and the feature set here has no FMA), so every f32
+/// operation rounds exactly as in the baseline build: the bytes are the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(
+    ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+    imatrix: Option<&[f32]>,
+) -> Result<(), QuantError> {
+    quantize_row_checked(ty, src, dst, imatrix)
+}
+
+/// `quantize_row` with the portable code only (no AVX2 anywhere), on this thread; the tests
+/// compare it with the dispatched path.
+#[cfg(test)]
+pub(crate) fn quantize_row_baseline(
+    ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+    imatrix: Option<&[f32]>,
+) -> Result<(), QuantError> {
+    tests::PORTABLE.with(|p| p.set(true));
+    let r = quantize_row_checked(ty, src, dst, imatrix);
+    tests::PORTABLE.with(|p| p.set(false));
+    r
+}
+
+/// The kernel dispatch of `quantize_row`, sizes already checked.
+#[inline(always)]
+fn quantize_row_checked(
+    ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+    imatrix: Option<&[f32]>,
+) -> Result<(), QuantError> {
+    use GgmlType::*;
     match (ty, imatrix) {
         (F32 | F16 | BF16, _) => float::quantize_row(ty, src, dst),
         (Q8_0, _) | (Q4_0 | Q4_1 | Q5_0 | Q5_1, None) => legacy::quantize_row(ty, src, dst),
@@ -168,4 +227,95 @@ pub fn dequantize_rows(
     src.par_chunks(rb)
         .zip(dst.par_chunks_mut(n_per_row))
         .try_for_each(|(s, d)| dequantize_row(ty, s, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        /// Set while `quantize_row_baseline` runs: no AVX2 kernels on this thread.
+        pub(super) static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Pseudo-normal values with a few outliers, zeros and repeated magnitudes per block.
+    fn synth(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        (0..n)
+            .map(|i| match i % 97 {
+                0 => 0.0,
+                13 => 0.5,
+                14 => -0.5,
+                _ => (next() + next() + next() - 1.5) * if i % 31 == 0 { 3.0 } else { 0.05 },
+            })
+            .collect()
+    }
+
+    /// The run-time dispatched kernels (AVX2 where the CPU has it) write the same bytes as
+    /// the baseline build of the same code, for every type, with and without weights.
+    #[test]
+    fn dispatched_kernels_match_baseline() {
+        use GgmlType::*;
+        let cols = 1024;
+        let rows = 48;
+        let x = synth(rows * cols, 3);
+        let w: Vec<f32> = synth(cols, 9).iter().map(|v| v * v * 1e3 + 0.01).collect();
+        for ty in [
+            Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16, BF16,
+            TQ1_0, TQ2_0,
+        ] {
+            let rb = row_bytes(ty, cols).unwrap();
+            for wi in [None, Some(w.as_slice())] {
+                for (r, row) in x.chunks_exact(cols).enumerate() {
+                    // Scaled rows reach the tiny and the large ends of the ranges too.
+                    let scale = [1.0f32, 1e-3, 1e3, 1e-20][r % 4];
+                    let row: Vec<f32> = row.iter().map(|v| v * scale).collect();
+                    let mut a = vec![0u8; rb];
+                    let mut b = vec![0u8; rb];
+                    quantize_row(ty, &row, &mut a, wi).unwrap();
+                    quantize_row_baseline(ty, &row, &mut b, wi).unwrap();
+                    assert_eq!(a, b, "{ty} row {r} weighted={}", wi.is_some());
+                }
+            }
+        }
+    }
+
+    /// The legacy fast paths fall back to the portable loops for blocks they cannot convert
+    /// exactly (NaN, infinities, huge quotients): same bytes there too.
+    #[test]
+    fn legacy_fast_paths_match_baseline_on_special_values() {
+        use GgmlType::*;
+        let mut x = synth(32 * 64, 5);
+        for (b, block) in x.chunks_exact_mut(32).enumerate() {
+            match b % 8 {
+                0 => block[b % 32] = f32::NAN,
+                1 => block[3] = f32::INFINITY,
+                2 => block[7] = f32::NEG_INFINITY,
+                3 => block.iter_mut().for_each(|v| *v *= 1e-38),
+                4 => block.iter_mut().for_each(|v| *v = -0.0),
+                5 => block[1] = f32::MAX,
+                6 => block
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, v)| *v = j as f32 - 16.0),
+                _ => {}
+            }
+        }
+        for ty in [Q8_0, Q4_0, Q4_1, Q5_0, Q5_1] {
+            let rb = row_bytes(ty, 32).unwrap();
+            for block in x.chunks_exact(32) {
+                let mut a = vec![0u8; rb];
+                let mut b = vec![0u8; rb];
+                quantize_row(ty, block, &mut a, None).unwrap();
+                quantize_row_baseline(ty, block, &mut b, None).unwrap();
+                assert_eq!(a, b, "{ty} {block:?}");
+            }
+        }
+    }
 }
