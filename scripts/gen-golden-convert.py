@@ -7,14 +7,15 @@ Face folder (config.json shaped like the real family's, random weights from a nu
 SplitMix64, bf16 / f16 / f32 safetensors, some sharded with an index), converts it with
 llama.cpp's convert_hf_to_gguf.py at --outtype f32 and f16, and records per output type:
 
-  - every metadata key except general.* and tokenizer.* (vocabulary; another module's job),
-    in file order, with its GGUF type and value (arrays longer than 16: length + sha256 of
+  - every metadata key except general.* and tokenizer.*, in file order, with its GGUF type and value (arrays longer than 16: length + sha256 of
     their JSON). general.* is provenance and differs on purpose: the converter writes
     general.architecture, type, name (from the folder name, capitalized: "Model"),
     size_label ("70K", "4x79K"), file_type and quantization_version; smelt writes
     architecture, type, name (the folder name as is), then quantization_version and
     file_type last, as llama-quantize places them, and no size_label;
-  - every tensor in file order: name, ggml shape, ggml type, sha256 of its bytes.
+  - every tensor in file order: name, ggml shape, ggml type, sha256 of its bytes;
+  - separately, the tokenizer.* keys of the f32 file (the fixture's 64-piece sentencepiece
+    model), in order, with types and values.
 
     # golden mode: needs torch + transformers + sentencepiece (a venv OUTSIDE the repo)
     python3 -m venv /work/convert-venv
@@ -25,7 +26,8 @@ llama.cpp's convert_hf_to_gguf.py at --outtype f32 and f16, and records per outp
     # check mode (CI, scripts/test): the .venv of scripts/setup-python (numpy + gguf)
     python scripts/gen-golden-convert.py --check
 
---check regenerates the same folders (without the tokenizer.model the converter needs),
+--check regenerates the same folders (with the tokenizer.model when the `sentencepiece`
+package is there to train it, as in scripts/setup-python's venv; then tokenizer.* is compared),
 runs `smelt quantize DIR -o out.gguf --type F32` (and F16) and `smelt inspect --json DIR`,
 and compares with the golden: the same keys, types and values in the same order, the same
 tensors with the same shapes, types and bytes. smelt's store presents the tensors in the
@@ -37,9 +39,8 @@ Environment: SMELT_BIN (default ./target/release/smelt), LLAMA_CPP (llama.cpp so
 convert_hf_to_gguf.py and gguf-py; default third_party/llama_cpp_python-0.3.36/vendor/llama.cpp
 of this checkout or of /work/main).
 
-The fixture folders carry a tokenizer.model only in golden mode: every converter class here
-reads one (sentencepiece), but its keys are left out of the comparison, so smelt's check
-needs none.
+Every converter class here reads a tokenizer.model (sentencepiece); --check without the
+sentencepiece package compares everything but the tokenizer.* keys.
 """
 
 import argparse
@@ -345,13 +346,17 @@ def jsonable(v):
     return v
 
 
-def summarize(path):
+def summarize(path, tokenizer=False):
+    """Metadata (all but general.* and tokenizer.*) and tensors; with `tokenizer`, the
+    tokenizer.* keys only."""
     from gguf import GGUFReader, GGUFValueType
 
     r = GGUFReader(str(path))
     meta = []
     for f in r.fields.values():
-        if f.name.startswith(("general.", "tokenizer.", "GGUF.")):
+        if tokenizer != f.name.startswith("tokenizer."):
+            continue
+        if f.name.startswith(("general.", "GGUF.")):
             continue
         ty = GGUFValueType(f.types[0]).name
         v = jsonable(f.contents())
@@ -361,6 +366,8 @@ def summarize(path):
                 text = json.dumps(v, separators=(",", ":"))
                 v = {"len": len(v), "sha256": hashlib.sha256(text.encode()).hexdigest()}
         meta.append([f.name, ty, v])
+    if tokenizer:
+        return meta
     tensors = []
     for t in r.tensors:
         start = int(t.data_offset)
@@ -412,6 +419,8 @@ def generate(only, work):
             if p.returncode != 0:
                 sys.exit(f"{arch}: convert_hf_to_gguf.py failed:\n{p.stderr[-4000:]}")
             doc[ot] = summarize(out)
+            if ot == "f32":
+                doc["tokenizer"] = summarize(out, tokenizer=True)
         path = GOLDEN / f"{arch}.json"
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"{path.relative_to(ROOT)}: {len(doc['f32']['tensors'])} tensors, "
@@ -456,6 +465,17 @@ def compare(arch, ot, golden, got, store_names, errors):
             errors.append(f"{tag}: tensor {t[0]}: smelt {s[1:]} != convert {t[1:]}")
 
 
+def compare_tokenizer(arch, golden, got, errors):
+    """tokenizer.* keys: the same keys, types and values in the same order."""
+    gk, sk = [m[0] for m in golden], [m[0] for m in got]
+    if gk != sk:
+        errors.append(f"{arch} tokenizer: keys {sk} != convert's {gk}")
+    want = {m[0]: m for m in golden}
+    for m in got:
+        if m[0] in want and m != want[m[0]]:
+            errors.append(f"{arch} tokenizer: {m[0]} is {m[1:]}, convert writes {want[m[0]][1:]}")
+
+
 def check(only, smelt):
     errors = []
     n_tensors = 0
@@ -468,7 +488,14 @@ def check(only, smelt):
                 continue
             golden = json.loads(path.read_text())
             d = tmp / arch / "model"
-            write_folder(arch, d, tokenizer=False)
+            # With the golden's tokenizer.model when sentencepiece (scripts/setup-python) is
+            # there to train it: then the tokenizer.* keys are compared too.
+            try:
+                import sentencepiece  # noqa: F401
+                with_tokenizer = "tokenizer" in golden
+            except ImportError:
+                with_tokenizer = False
+            write_folder(arch, d, tokenizer=with_tokenizer)
             if json.loads((d / "config.json").read_text()) != golden["config"]:
                 errors.append(f"{arch}: the script's config.json differs from the golden's")
             try:
@@ -478,6 +505,8 @@ def check(only, smelt):
                     out = tmp / arch / f"{ot}.gguf"
                     run([smelt, "quantize", str(d), "-o", str(out), "--type", SMELT_TYPE[ot]])
                     compare(arch, ot, golden[ot], summarize(out), store_names, errors)
+                    if with_tokenizer and ot == "f32":
+                        compare_tokenizer(arch, golden["tokenizer"], summarize(out, tokenizer=True), errors)
                     n_tensors += len(golden[ot]["tensors"])
             except RuntimeError as e:
                 errors.append(f"{arch}: {e}")

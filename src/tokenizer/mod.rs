@@ -12,9 +12,9 @@
 //! that smelt does not handle yet, is an error naming the file.
 //!
 //! The script's `set_vocab` differs per model class; this follows `LlamaModel.set_vocab`
-//! (the llama family, smelt's architectures today). Other classes get the same common path
-//! (SentencePiece if `tokenizer.model`, else BPE) without the llama-only keys; a new
-//! architecture whose script class adds its own keys (Gemma's, Qwen's) needs them here.
+//! (the llama family) and Gemma 2/3's `add_space_prefix = false`. Other classes get the same
+//! common path (SentencePiece if `tokenizer.model`, else BPE); a new architecture whose script
+//! class adds its own keys needs them here (fixtures/golden/convert checks every table's).
 
 mod bpe;
 mod hf_load;
@@ -170,6 +170,12 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
         if script_vocab == 49152 {
             md.set("tokenizer.ggml.add_bos_token", Value::Bool(false));
         }
+    }
+    // Gemma 2 and 3 (`conversion/gemma.py`): a SentencePiece vocabulary, then
+    // `add_space_prefix = false`.
+    let gemma = matches!(hf_class, Some("Gemma2ForCausalLM" | "Gemma3ForCausalLM"));
+    if gemma && spm_path.is_file() {
+        md.set("tokenizer.ggml.add_space_prefix", Value::Bool(false));
     }
     Ok(md)
 }
