@@ -78,6 +78,10 @@ pub struct MergeArgs {
     /// Largest safetensors shard, in bytes (with --format safetensors; default 5e9 as mergekit).
     #[arg(long, default_value_t = crate::hf_writer::DEFAULT_SHARD_BYTES)]
     pub shard_size: u64,
+    /// `tokenizer.ggml.pre` for HF folder inputs whose BPE pre-tokenizer llama.cpp's hash
+    /// table does not know (as `quantize --tokenizer-pre`).
+    #[arg(long)]
+    pub tokenizer_pre: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -515,7 +519,10 @@ fn merge(args: &MergeArgs) -> Result<()> {
                 .and_then(|o| o.types.clone())
                 .unwrap_or_else(|| vec!["F16".into()])
         };
-        let plan = MergePlan::new(doc, &text, &origin, &recipe_dir, &named)?;
+        let tok = crate::tokenizer::TokenizerOptions {
+            pre: args.tokenizer_pre.clone(),
+        };
+        let plan = MergePlan::new(doc, &text, &origin, &recipe_dir, &named, &tok)?;
         if last && args.format == OutputFormat::Safetensors {
             return write_merge_as_hf(args, doc, &plan, &text);
         }

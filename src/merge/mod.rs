@@ -121,6 +121,7 @@ impl MergePlan {
         origin: &str,
         recipe_dir: &Path,
         named: &[(String, PathBuf)],
+        tokenizer: &crate::tokenizer::TokenizerOptions,
     ) -> Result<MergePlan> {
         // Inputs, each opened once.
         let mut inputs: Vec<Input> = Vec::new();
@@ -135,7 +136,7 @@ impl MergePlan {
                     format!("model `{}`: no such file or folder", r.value),
                 )
             })?;
-            let store = Store::open(&path)
+            let store = Store::open_with(&path, tokenizer)
                 .map_err(|e| at(origin, r, format!("model `{}`: {e}", r.value)))?;
             inputs.push(Input {
                 reference: r.value.clone(),

@@ -485,3 +485,17 @@ def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, smol_folder, scra
         # the original, made by an older script, has none.
         b = {k: v for k, v in b.items() if k in a or not k.endswith(("key_length", "value_length"))}
         assert a and a == b, prefix
+
+
+def test_merge_takes_the_pre_tokenizer_override_too(llama3_folder, llama3_gguf, scratch):
+    """A merge of HF folders with an unknown BPE pre-tokenizer: the same error, and the same
+    override as quantize; the merged file's tokenizer is the converted one's."""
+    recipe = scratch / "llama3-self.yaml"
+    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {llama3_folder}\n    parameters: {{weight: 1}}\n"
+                      f"  - model: {llama3_folder}\n    parameters: {{weight: 1}}\n")
+    p = run_smelt("merge", recipe, "-o", scratch / "never", "--types", "F16", check=False)
+    assert p.returncode != 0 and "--tokenizer-pre" in p.stderr, p.stderr
+    out = scratch / "llama3-merge"
+    run_smelt("merge", recipe, "-o", out, "--types", "F16", "--tokenizer-pre", "llama-bpe")
+    (merged,) = out.glob("*.gguf")
+    assert dict(tokenizer_kv(merged)) == dict(tokenizer_kv(llama3_gguf))
