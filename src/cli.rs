@@ -592,6 +592,18 @@ fn write_merge_as_hf(
         }
     };
     let folder = |i: usize| hf_folder_of(&plan.inputs[i].path);
+    // Writing over an input folder would replace the weights being read.
+    if let Ok(out) = std::fs::canonicalize(&args.output) {
+        for (i, inp) in plan.inputs.iter().enumerate() {
+            if folder(i).and_then(|f| std::fs::canonicalize(f).ok()) == Some(out.clone()) {
+                return Err(Error::Invalid(format!(
+                    "{}: the output folder is the input `{}`: write the merge elsewhere",
+                    args.output.display(),
+                    inp.reference
+                )));
+            }
+        }
+    }
     // config.json from the tokenizer source, else from any input that is an HF folder.
     let config_from =
         folder(plan.tokenizer_input).or_else(|| (0..plan.inputs.len()).find_map(folder));

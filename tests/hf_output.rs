@@ -256,3 +256,36 @@ fn quantized_types_are_refused_before_anything_is_written() {
     assert!(err.contains("F32, F16 or BF16"), "{err}");
     assert!(!d.path().join("o/model.safetensors").exists());
 }
+
+#[test]
+fn an_input_folder_is_never_the_output() {
+    let d = tempfile::tempdir().unwrap();
+    tiny(1, GgmlType::F32)
+        .write_hf(&d.path().join("a"), 1)
+        .unwrap();
+    let before = std::fs::read(d.path().join("a/model.safetensors")).unwrap();
+    let r = write(
+        d.path(),
+        "r.yaml",
+        "merge_method: passthrough\nslices:\n  - sources:\n      - model: a\n        layer_range: [0, 6]\n",
+    );
+    let err = smelt(
+        d.path(),
+        &[
+            "merge",
+            r.to_str().unwrap(),
+            "-o",
+            "a",
+            "--format",
+            "safetensors",
+            "--type",
+            "F16",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("is the input `a`"), "{err}");
+    assert_eq!(
+        std::fs::read(d.path().join("a/model.safetensors")).unwrap(),
+        before
+    );
+}
