@@ -581,16 +581,11 @@ fn write_merge_as_hf(
             )))
         }
     };
-    let dtype = match dtype_name.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => GgmlType::F32,
-        "f16" | "float16" => GgmlType::F16,
-        "bf16" | "bfloat16" => GgmlType::BF16,
-        other => {
-            return Err(Error::Invalid(format!(
-                "--format safetensors writes F32, F16 or BF16, not `{other}`"
-            )))
-        }
-    };
+    let dtype = crate::safetensors::float_type_named(&dtype_name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "--format safetensors writes F32, F16 or BF16, not `{dtype_name}`"
+        ))
+    })?;
     let folder = |i: usize| hf_folder_of(&plan.inputs[i].path);
     // Writing over an input folder would replace the weights being read.
     if let Ok(out) = std::fs::canonicalize(&args.output) {

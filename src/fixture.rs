@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::writer::TensorDecl;
-use crate::gguf::{GgmlType, GgufWriter, Metadata, Value, ValueType};
+use crate::gguf::{GgmlType, GgufWriter, Metadata, Value};
 use crate::quant;
 use crate::store::RowOrder;
 use std::io::Write;
@@ -214,7 +214,7 @@ impl TinyLlama {
             "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0,
             "tie_word_embeddings": self.tied,
-            "torch_dtype": match self.dtype { GgmlType::F32 => "float32", GgmlType::BF16 => "bfloat16", _ => "float16" },
+            "torch_dtype": crate::safetensors::torch_dtype(self.dtype).unwrap_or("float16"),
             "bos_token_id": self.vocab - 1,
             "eos_token_id": self.vocab - 1,
         })
@@ -296,10 +296,7 @@ impl TinyLlama {
         m.set("tokenizer.ggml.model", Value::String("gpt2".into()));
         m.set("tokenizer.ggml.pre", Value::String("default".into()));
         m.set("tokenizer.ggml.tokens", Value::strings(tokens));
-        m.set(
-            "tokenizer.ggml.token_type",
-            Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect()),
-        );
+        m.set("tokenizer.ggml.token_type", Value::i32s(types));
         m.set("tokenizer.ggml.merges", Value::strings(merges));
         m.set(
             "tokenizer.ggml.bos_token_id",
@@ -398,31 +395,22 @@ pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, GgmlType, Vec<usize>, Vec<u8>)],
 ) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, ty, shape, bytes) in tensors {
-        let dtype = match ty {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::BF16 => "BF16",
-            other => return Err(Error::Invalid(format!("safetensors cannot hold {other}"))),
-        };
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
-        );
-        offset += bytes.len();
-    }
-    let mut text = serde_json::to_string(&header).expect("json");
-    while text.len() % 8 != 0 {
-        text.push(' ');
-    }
+    let shapes: Vec<Vec<u64>> = tensors
+        .iter()
+        .map(|t| t.2.iter().map(|&d| d as u64).collect())
+        .collect();
+    let decls: Vec<(&str, GgmlType, &[u64], u64)> = tensors
+        .iter()
+        .zip(&shapes)
+        .map(|((name, ty, _, bytes), shape)| {
+            (name.as_str(), *ty, shape.as_slice(), bytes.len() as u64)
+        })
+        .collect();
+    let head = crate::safetensors::encode_header(&[], &decls)?;
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::new(file);
     let io = |e| Error::io(path, e);
-    w.write_all(&(text.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(text.as_bytes()).map_err(io)?;
+    w.write_all(&head).map_err(io)?;
     for (.., bytes) in tensors {
         w.write_all(bytes).map_err(io)?;
     }

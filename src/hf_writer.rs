@@ -17,7 +17,9 @@ use crate::arch::{self, Architecture, Permute};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Metadata, Value};
 use crate::quant::float;
-use crate::safetensors::{INDEX_NAME, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS};
+use crate::safetensors::{
+    dtype_name, torch_dtype, INDEX_NAME, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
+};
 use crate::store::{RowOrder, Transform};
 use crate::write::TensorProducer;
 use serde_json::{json, Map, Value as Json};
@@ -107,7 +109,7 @@ pub fn write_hf_folder(
     n: usize,
     out: &HfOutput,
 ) -> Result<HfReport> {
-    if !matches!(out.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+    if dtype_name(out.dtype).is_none() {
         return Err(Error::Invalid(format!(
             "--format safetensors writes F32, F16 or BF16, not {}",
             out.dtype
@@ -308,37 +310,17 @@ fn write_shard(
     tensors: &[&Planned],
     out: &HfOutput,
 ) -> Result<()> {
-    let dtype = match out.dtype {
-        GgmlType::F32 => "F32",
-        GgmlType::F16 => "F16",
-        _ => "BF16",
-    };
-    let mut header = Map::new();
-    let mut meta = Map::new();
-    meta.insert("format".into(), Json::String("pt".into()));
-    for (k, v) in &out.shard_metadata {
-        meta.insert(k.clone(), Json::String(v.clone()));
-    }
-    header.insert("__metadata__".into(), Json::Object(meta));
-    let mut offset = 0u64;
-    for t in tensors {
-        header.insert(
-            t.hf_name.clone(),
-            json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + t.n_bytes]}),
-        );
-        offset += t.n_bytes;
-    }
-    let mut text = serde_json::to_string(&header).expect("a JSON map serializes");
-    // Data starts 8-byte aligned, as the reference writer pads it.
-    while text.len() % 8 != 0 {
-        text.push(' ');
-    }
+    let mut metadata = vec![("format".to_string(), "pt".to_string())];
+    metadata.extend(out.shard_metadata.iter().cloned());
+    let decls: Vec<(&str, GgmlType, &[u64], u64)> = tensors
+        .iter()
+        .map(|t| (t.hf_name.as_str(), out.dtype, t.shape.as_slice(), t.n_bytes))
+        .collect();
+    let head = crate::safetensors::encode_header(&metadata, &decls)?;
     let io = |e| Error::io(path, e);
     let file = std::fs::File::create(path).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(8 << 20, file);
-    w.write_all(&(text.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(text.as_bytes()).map_err(io)?;
+    w.write_all(&head).map_err(io)?;
     let elem = out.dtype.type_size();
     for (k, t) in tensors.iter().enumerate() {
         let i = t.index;
@@ -434,12 +416,7 @@ fn config_json(
             }
         }
     }
-    let dtype = match out.dtype {
-        GgmlType::F32 => "float32",
-        GgmlType::F16 => "float16",
-        _ => "bfloat16",
-    };
-    config.insert("torch_dtype".into(), json!(dtype));
+    config.insert("torch_dtype".into(), json!(torch_dtype(out.dtype)));
     Ok(Json::Object(config))
 }
 

@@ -199,6 +199,72 @@ struct Entry {
     end: u64,
 }
 
+/// The safetensors dtype of a float type (`F32`, `F16`, `BF16`); `None` for other types.
+pub fn dtype_name(ty: GgmlType) -> Option<&'static str> {
+    match ty {
+        GgmlType::F32 => Some("F32"),
+        GgmlType::F16 => Some("F16"),
+        GgmlType::BF16 => Some("BF16"),
+        _ => None,
+    }
+}
+
+/// `config.json`'s `torch_dtype` of a float type (`float32`, `float16`, `bfloat16`).
+pub fn torch_dtype(ty: GgmlType) -> Option<&'static str> {
+    match ty {
+        GgmlType::F32 => Some("float32"),
+        GgmlType::F16 => Some("float16"),
+        GgmlType::BF16 => Some("bfloat16"),
+        _ => None,
+    }
+}
+
+/// A float type from its torch or ggml name, any case (`bfloat16`, `BF16`, `f32`).
+pub fn float_type_named(name: &str) -> Option<GgmlType> {
+    [GgmlType::F32, GgmlType::F16, GgmlType::BF16]
+        .into_iter()
+        .find(|&ty| {
+            dtype_name(ty).is_some_and(|n| n.eq_ignore_ascii_case(name))
+                || torch_dtype(ty).is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+}
+
+/// The head of a safetensors file whose tensors (name, type, torch shape, bytes) follow it
+/// back to back in this order: the 8-byte header length, then the JSON header (with
+/// `__metadata__` when `metadata` is not empty), padded with spaces so the data starts
+/// 8-byte aligned, as the reference writer pads it.
+pub fn encode_header(
+    metadata: &[(String, String)],
+    tensors: &[(&str, GgmlType, &[u64], u64)],
+) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta: serde_json::Map<String, Json> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+            .collect();
+        header.insert("__metadata__".into(), Json::Object(meta));
+    }
+    let mut offset = 0u64;
+    for &(name, ty, shape, n_bytes) in tensors {
+        let dtype = dtype_name(ty).ok_or_else(|| {
+            Error::Invalid(format!("tensor `{name}`: safetensors cannot hold {ty}"))
+        })?;
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n_bytes]}),
+        );
+        offset += n_bytes;
+    }
+    let mut text = serde_json::to_string(&header).expect("a JSON map serializes");
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    Ok(out)
+}
+
 /// ggml type and element size of a safetensors dtype (`None` type: not supported).
 fn dtype_info(dtype: &str) -> (Option<GgmlType>, Option<u64>) {
     match dtype {

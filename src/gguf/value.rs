@@ -123,6 +123,16 @@ impl Value {
             items.into_iter().map(|s| Value::String(s.into())).collect(),
         )
     }
+
+    /// An array of i32 (token types).
+    pub fn i32s(items: impl IntoIterator<Item = i32>) -> Value {
+        Value::Array(ValueType::I32, items.into_iter().map(Value::I32).collect())
+    }
+
+    /// An array of f32 (token scores).
+    pub fn f32s(items: impl IntoIterator<Item = f32>) -> Value {
+        Value::Array(ValueType::F32, items.into_iter().map(Value::F32).collect())
+    }
 }
 
 impl fmt::Display for Value {

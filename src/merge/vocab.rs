@@ -16,8 +16,8 @@
 //! tokenizer module's), so the same token spelled the same way matches across models.
 
 use crate::error::{Error, Result};
-use crate::gguf::{Metadata, Value, ValueType};
-use std::collections::HashMap;
+use crate::gguf::{Metadata, Value};
+use std::collections::{HashMap, HashSet};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
@@ -133,11 +133,11 @@ impl VocabPlan {
         }
         if req.source.is_none() {
             // Union: the base's tokens, then each model's new ones (with its token type).
-            let mut seen: HashMap<String, ()> = tokens.iter().map(|t| (t.clone(), ())).collect();
+            let mut seen: HashSet<String> = tokens.iter().cloned().collect();
             for (i, vocab) in vocabs.iter().enumerate() {
                 let types = i32_array(inputs[i].metadata, "tokenizer.ggml.token_type");
                 for (id, tok) in vocab.iter().enumerate() {
-                    if seen.insert(tok.clone(), ()).is_none() {
+                    if seen.insert(tok.clone()) {
                         tokens.push(tok.clone());
                         let ty = types
                             .as_ref()
@@ -380,16 +380,10 @@ impl VocabPlan {
         }
         md.set("tokenizer.ggml.tokens", Value::strings(tokens));
         if let Some(s) = scores {
-            md.set(
-                "tokenizer.ggml.scores",
-                Value::Array(ValueType::F32, s.into_iter().map(Value::F32).collect()),
-            );
+            md.set("tokenizer.ggml.scores", Value::f32s(s));
         }
         if let Some(t) = types {
-            md.set(
-                "tokenizer.ggml.token_type",
-                Value::Array(ValueType::I32, t.into_iter().map(Value::I32).collect()),
-            );
+            md.set("tokenizer.ggml.token_type", Value::i32s(t));
         }
     }
 }

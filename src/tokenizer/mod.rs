@@ -27,7 +27,7 @@ mod spm;
 mod tests;
 
 use crate::error::{Error, Result};
-use crate::gguf::{Metadata, Value, ValueType};
+use crate::gguf::{Metadata, Value};
 use serde_json::Value as Json;
 use std::path::Path;
 
@@ -122,14 +122,8 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
         md.set("tokenizer.ggml.model", Value::String("llama".into()));
         md.set("tokenizer.ggml.pre", Value::String("default".into()));
         md.set("tokenizer.ggml.tokens", Value::strings(vocab.tokens));
-        md.set(
-            "tokenizer.ggml.scores",
-            Value::Array(
-                ValueType::F32,
-                vocab.scores.into_iter().map(Value::F32).collect(),
-            ),
-        );
-        md.set("tokenizer.ggml.token_type", ints(vocab.types));
+        md.set("tokenizer.ggml.scores", Value::f32s(vocab.scores));
+        md.set("tokenizer.ggml.token_type", Value::i32s(vocab.types));
         let n_vocab = md_len(&md, "tokenizer.ggml.tokens");
         let sv = special::SpecialVocab::load(dir, false, special_types, Some(n_vocab))?;
         sv.write(&mut md);
@@ -144,7 +138,7 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
         md.set("tokenizer.ggml.model", Value::String("gpt2".into()));
         md.set("tokenizer.ggml.pre", Value::String(vocab.pre));
         md.set("tokenizer.ggml.tokens", Value::strings(vocab.tokens));
-        md.set("tokenizer.ggml.token_type", ints(vocab.types));
+        md.set("tokenizer.ggml.token_type", Value::i32s(vocab.types));
         let sv = special::SpecialVocab::load(dir, true, special_types, None)?;
         sv.write(&mut md);
     }
@@ -200,10 +194,6 @@ fn check_vocab_size(path: &Path, n: u64) -> Result<u64> {
         ));
     }
     Ok(n)
-}
-
-fn ints(v: Vec<i32>) -> Value {
-    Value::Array(ValueType::I32, v.into_iter().map(Value::I32).collect())
 }
 
 /// A JSON file of the folder, `None` when absent.

@@ -3,6 +3,7 @@
 
 use super::spm::{parse_model, Piece};
 use super::*;
+use crate::gguf::ValueType;
 use serde_json::json;
 
 fn folder(files: &[(&str, Vec<u8>)]) -> tempfile::TempDir {
