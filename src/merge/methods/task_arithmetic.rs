@@ -156,7 +156,8 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
         return Ok(());
     }
     let n = delta.len();
-    let before = l1(delta);
+    // The L1 norm to restore (only DARE-style rescaling needs it).
+    let before = if rescale { l1(delta) } else { 0.0 };
     let keep: Vec<bool> = match method {
         Sparsify::Magnitude => {
             if density <= 0.0 || n == 0 {
