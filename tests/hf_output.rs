@@ -5,22 +5,9 @@ use smelt::gguf::GgmlType;
 use smelt::quant::float::f32_to_bf16_bits;
 use smelt::store::Store;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn smelt(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!err.contains("panicked"), "{err}");
-    if o.status.success() {
-        Ok(err)
-    } else {
-        Err(err)
-    }
-}
+mod common;
+use common::smelt;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -74,7 +61,7 @@ fn passthrough_of_an_hf_folder_gives_back_the_same_safetensors() {
     );
     let log = smelt(
         d.path(),
-        &[
+        [
             "merge",
             r.to_str().unwrap(),
             "-o",
@@ -126,7 +113,7 @@ fn passthrough_of_an_hf_folder_gives_back_the_same_safetensors() {
         .unwrap();
     smelt(
         d.path(),
-        &[
+        [
             "merge",
             r.to_str().unwrap(),
             "-o",
@@ -168,11 +155,11 @@ fn stacked_merge_from_gguf_matches_the_gguf_output_and_shards() {
         "merge_method: passthrough\nslices:\n  - sources:\n      - model: a.gguf\n        layer_range: [0, 4]\n  - sources:\n      - model: b.gguf\n        layer_range: [2, 6]\n",
     );
     let rs = r.to_str().unwrap();
-    smelt(d.path(), &["merge", rs, "-o", "g", "--type", "F32"]).unwrap();
+    smelt(d.path(), ["merge", rs, "-o", "g", "--type", "F32"]).unwrap();
     // Shards of at most 64 KiB force several files and an index.
     let log = smelt(
         d.path(),
-        &[
+        [
             "merge",
             rs,
             "-o",
@@ -241,7 +228,7 @@ fn quantized_types_are_refused_before_anything_is_written() {
     );
     let err = smelt(
         d.path(),
-        &[
+        [
             "merge",
             r.to_str().unwrap(),
             "-o",
@@ -271,7 +258,7 @@ fn an_input_folder_is_never_the_output() {
     );
     let err = smelt(
         d.path(),
-        &[
+        [
             "merge",
             r.to_str().unwrap(),
             "-o",

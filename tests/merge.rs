@@ -3,8 +3,11 @@
 use smelt::fixture::TinyLlama;
 use smelt::gguf::GgmlType;
 use smelt::store::Store;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -43,22 +46,17 @@ impl Env {
     }
     /// Run `smelt merge`; Ok(stderr) or Err(stderr).
     fn merge(&self, recipe: &Path, out: &str, extra: &[&str]) -> Result<String, String> {
-        let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
-            .arg("merge")
-            .arg(recipe)
-            .arg("-o")
-            .arg(self.path(out))
-            .args(extra)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert!(!err.contains("panicked"), "{err}");
-        if o.status.success() {
-            Ok(err)
-        } else {
-            Err(err)
-        }
+        let out = self.path(out);
+        let args = [
+            OsStr::new("merge"),
+            recipe.as_os_str(),
+            OsStr::new("-o"),
+            out.as_os_str(),
+        ];
+        common::smelt(
+            self.dir.path(),
+            args.into_iter().chain(extra.iter().map(OsStr::new)),
+        )
     }
 }
 
