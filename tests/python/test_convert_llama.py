@@ -45,10 +45,10 @@ def write_fixture(arch: str, work: Path) -> Path:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_converted_model_runs_and_tokenizes_like_sentencepiece(arch, scratch, llama_bin):
+def test_converted_model_runs_and_tokenizes_like_sentencepiece(arch, tmp_path, llama_bin):
     import sentencepiece as spm
 
-    work = scratch / f"convert-{arch}"
+    work = tmp_path / f"convert-{arch}"
     src = write_fixture(arch, work)
     out = work / "out"
     run_smelt("convert", src, "-o", out, "--types", "F16,Q8_0")

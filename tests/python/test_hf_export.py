@@ -51,8 +51,8 @@ def gguf_tensors(p: Path) -> dict:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_hf_export_round_trip(arch, scratch):
-    work = scratch / f"export-{arch}"
+def test_hf_export_round_trip(arch, tmp_path):
+    work = tmp_path / f"export-{arch}"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-golden-convert.py"), "--only", arch,
                     "--write-fixture", str(work)], check=True)
     src = work / arch

@@ -101,16 +101,16 @@ def sha(p: Path) -> str:
 
 
 @pytest.mark.parametrize("qtype", TYPES)
-def test_synthetic_identical_to_llama_quantize(synth, llama_bin, scratch, qtype):
-    ours, theirs = scratch / f"synth-smelt-{qtype}.gguf", scratch / f"synth-llama-{qtype}.gguf"
+def test_synthetic_identical_to_llama_quantize(synth, llama_bin, tmp_path, qtype):
+    ours, theirs = tmp_path / f"synth-smelt-{qtype}.gguf", tmp_path / f"synth-llama-{qtype}.gguf"
     run_smelt("quantize", synth, "-o", ours, "--type", qtype)
     llama_quantize(llama_bin, synth, theirs, qtype)
     assert_same_file(ours, theirs)
 
 
 @pytest.mark.parametrize("qtype", TYPES)
-def test_smollm2_identical_to_llama_quantize(smol_f16, llama_bin, scratch, qtype):
-    ours, theirs = scratch / f"smol-smelt-{qtype}.gguf", scratch / f"smol-llama-{qtype}.gguf"
+def test_smollm2_identical_to_llama_quantize(smol_f16, llama_bin, tmp_path, qtype):
+    ours, theirs = tmp_path / f"smol-smelt-{qtype}.gguf", tmp_path / f"smol-llama-{qtype}.gguf"
     run_smelt("quantize", smol_f16, "-o", ours, "--type", qtype)
     llama_quantize(llama_bin, smol_f16, theirs, qtype)
     assert_same_file(ours, theirs)
@@ -121,9 +121,9 @@ IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5
 
 @pytest.mark.parametrize("fmt", ["gguf", "dat"])
 @pytest.mark.parametrize("qtype", IMATRIX_TYPES)
-def test_imatrix_identical_to_llama_quantize(synth, llama_bin, scratch, qtype, fmt):
+def test_imatrix_identical_to_llama_quantize(synth, llama_bin, scratch, tmp_path, qtype, fmt):
     im = imatrix_for(synth, llama_bin, scratch, fmt)
-    ours, theirs = scratch / f"synth-im-smelt-{qtype}.gguf", scratch / f"synth-im-llama-{qtype}.gguf"
+    ours, theirs = tmp_path / f"synth-im-smelt-{qtype}.gguf", tmp_path / f"synth-im-llama-{qtype}.gguf"
     run_smelt("quantize", synth, "-o", ours, "--type", qtype, "--imatrix", im)
     llama_quantize(llama_bin, synth, theirs, qtype, "--imatrix", im)
     assert_same_file(ours, theirs)
@@ -140,34 +140,34 @@ OPTION_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(OPTION_CASES))
-def test_options_identical_to_llama_quantize(synth, llama_bin, scratch, case):
+def test_options_identical_to_llama_quantize(synth, llama_bin, tmp_path, case):
     opts = OPTION_CASES[case]
-    ours, theirs = scratch / f"synth-opt-smelt-{case}.gguf", scratch / f"synth-opt-llama-{case}.gguf"
+    ours, theirs = tmp_path / f"synth-opt-smelt-{case}.gguf", tmp_path / f"synth-opt-llama-{case}.gguf"
     run_smelt("quantize", synth, "-o", ours, "--type", "Q4_K_M", *opts)
     llama_quantize(llama_bin, synth, theirs, "Q4_K_M", *opts)
     assert_same_file(ours, theirs)
 
 
-def test_matrix_in_one_pass_equals_single_runs(synth, scratch):
+def test_matrix_in_one_pass_equals_single_runs(synth, tmp_path):
     types = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]
-    outdir = scratch / "matrix"
+    outdir = tmp_path / "matrix"
     run_smelt("quantize", synth, "-o", outdir, "--types", ",".join(types))
     for t in types:
-        single = scratch / f"synth-single-{t}.gguf"
+        single = tmp_path / f"synth-single-{t}.gguf"
         run_smelt("quantize", synth, "-o", single, "--type", t)
         assert sha(outdir / f"synth-{t}.gguf") == sha(single), t
 
 
-def test_q2_k_s_requires_imatrix(synth, scratch):
-    p = run_smelt("quantize", synth, "-o", scratch / "x.gguf", "--type", "Q2_K_S", check=False)
+def test_q2_k_s_requires_imatrix(synth, tmp_path):
+    p = run_smelt("quantize", synth, "-o", tmp_path / "x.gguf", "--type", "Q2_K_S", check=False)
     assert p.returncode != 0 and "imatrix" in p.stderr
-    assert not (scratch / "x.gguf").exists()
+    assert not (tmp_path / "x.gguf").exists()
 
 
-def test_keep_split_identical_to_llama_quantize(synth, llama_bin, scratch):
+def test_keep_split_identical_to_llama_quantize(synth, llama_bin, tmp_path):
     """A split input (made by llama-gguf-split) quantized with --keep-split: the same split
     files, byte for byte."""
-    split_dir = scratch / "split"
+    split_dir = tmp_path / "split"
     split_dir.mkdir(exist_ok=True)
     subprocess.run([str(llama_bin / "llama-gguf-split"), "--split", "--split-max-tensors", "30", str(synth),
                     str(split_dir / "synth")], check=True, capture_output=True)

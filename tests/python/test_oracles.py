@@ -40,8 +40,8 @@ def tiny_f32(scratch):
 
 
 @pytest.mark.parametrize("qtype", LEGACY + ["F16", "BF16"])
-def test_legacy_quantize_matches_gguf_on_tiny_model(tiny_f32, scratch, qtype):
-    out = scratch / f"tiny-{qtype}.gguf"
+def test_legacy_quantize_matches_gguf_on_tiny_model(tiny_f32, tmp_path, qtype):
+    out = tmp_path / f"tiny-{qtype}.gguf"
     # --pure: every quantizable tensor gets the type itself (the mixes' Q6_K output tensor
     # would need a K-quant oracle; test_llama_quantize covers the mixes).
     run_smelt("quantize", tiny_f32, "-o", out, "--type", qtype, "--pure")
@@ -62,9 +62,9 @@ def test_legacy_quantize_matches_gguf_on_tiny_model(tiny_f32, scratch, qtype):
     assert checked >= 20
 
 
-def test_smollm2_dequantize_matches_gguf(smollm2, scratch):
+def test_smollm2_dequantize_matches_gguf(smollm2, tmp_path):
     """smelt's F32 output holds exactly gguf.quants.dequantize of every Q4_1/Q8_0 tensor."""
-    out = scratch / "smol-F32.gguf"
+    out = tmp_path / "smol-F32.gguf"
     run_smelt("quantize", smollm2, "-o", out, "--type", "F32")
     _, src = tensors_by_name(smollm2)
     _, dst = tensors_by_name(out)
@@ -77,8 +77,8 @@ def test_smollm2_dequantize_matches_gguf(smollm2, scratch):
     assert {T.Q4_1, T.Q8_0, T.F32} <= types
 
 
-def test_smollm2_q8_0_reads_back_with_same_tensors_and_tokenizer(smollm2, scratch):
-    out = scratch / "smol-Q8_0.gguf"
+def test_smollm2_q8_0_reads_back_with_same_tensors_and_tokenizer(smollm2, tmp_path):
+    out = tmp_path / "smol-Q8_0.gguf"
     run_smelt("quantize", smollm2, "-o", out, "--type", "Q8_0")
     rs, src = tensors_by_name(smollm2)
     rd, dst = tensors_by_name(out)
@@ -107,12 +107,12 @@ ALL_QUANTIZED = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K,
                  T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4]
 
 
-def test_dequantize_every_type_matches_gguf(scratch):
+def test_dequantize_every_type_matches_gguf(tmp_path):
     """A GGUF holding one tensor of every quantized type, made by ggml's quantizers (libgguf)
     and written by gguf's own writer; smelt's F32 output must equal gguf's dequantize bit for bit."""
     import libgguf
     rng = np.random.default_rng(7)
-    src = scratch / "all-types.gguf"
+    src = tmp_path / "all-types.gguf"
     w = gguf.GGUFWriter(src, "llama")
     expected = {}
     for qt in ALL_QUANTIZED:
@@ -126,7 +126,7 @@ def test_dequantize_every_type_matches_gguf(scratch):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    out = scratch / "all-types-F32.gguf"
+    out = tmp_path / "all-types-F32.gguf"
     run_smelt("quantize", src, "-o", out, "--type", "F32")
     _, dst = tensors_by_name(out)
     for name, exp in expected.items():

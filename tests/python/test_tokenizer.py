@@ -339,9 +339,9 @@ def _unknown_hash(stderr: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _variant(smol_folder: Path, scratch: Path, name: str, vocab: int, edit) -> Path:
+def _variant(smol_folder: Path, work: Path, name: str, vocab: int, edit) -> Path:
     """A copy of the SmolLM2 folder with tokenizer.json / tokenizer_config.json edited."""
-    folder = scratch / f"smol-{name}"
+    folder = work / f"smol-{name}"
     make_weights(folder, vocab)
     set_config(folder, bos_token_id=1, eos_token_id=2, vocab_size=vocab)
     tj = json.loads((smol_folder / "tokenizer.json").read_text())
@@ -391,11 +391,11 @@ def _class_from_model_type(tj, tc):
     ("byte-level-prefix", 49152, _byte_level_prefix),
     ("specials-not-added", 49160, _specials_not_added),
 ])
-def test_transformers_load_changes(smol_folder, scratch, name, vocab, edit):
-    folder = _variant(smol_folder, scratch, name, vocab, edit)
+def test_transformers_load_changes(smol_folder, tmp_path, name, vocab, edit):
+    folder = _variant(smol_folder, tmp_path, name, vocab, edit)
     cmd = [sys.executable, str(ORACLE), str(LLAMA_CPP_SRC), str(folder)]
     ref = subprocess.run(cmd, capture_output=True, text=True)
-    out = scratch / f"smol-{name}.gguf"
+    out = tmp_path / f"smol-{name}.gguf"
     got = run_smelt("quantize", folder, "-o", out, "--type", "F16", check=False)
     if ref.returncode != 0:
         want = _unknown_hash(ref.stderr)
@@ -414,12 +414,12 @@ def test_transformers_load_changes(smol_folder, scratch, name, vocab, edit):
         assert types[toks.index("hello")] == 3 and types[2] == 3
 
 
-def test_sentencepiece_added_tokens_and_padding(spm_folder, scratch):
+def test_sentencepiece_added_tokens_and_padding(spm_folder, tmp_path):
     """added_tokens.json and tokenizer_config's added_tokens_decoder on top of the model, ids
     past the model's pieces and past vocab_size, and [PAD] fill, against the script."""
     import shutil
 
-    folder = scratch / "spm-added"
+    folder = tmp_path / "spm-added"
     make_weights(folder, 705, seed=4)
     set_config(folder, bos_token_id=1, eos_token_id=2, vocab_size=705)
     for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json"]:
@@ -433,7 +433,7 @@ def test_sentencepiece_added_tokens_and_padding(spm_folder, scratch):
         "9999": {"content": "<beyond>", "special": True},
     })
     (folder / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False))
-    out = convert(folder, scratch / "spm-added.gguf")
+    out = convert(folder, tmp_path / "spm-added.gguf")
     got = tokenizer_kv(out)
     assert_same_kv(got, oracle_kv(folder))
     md = dict(got)
@@ -442,7 +442,7 @@ def test_sentencepiece_added_tokens_and_padding(spm_folder, scratch):
     assert md["tokenizer.ggml.tokens"][5] == "<replaced>" and md["tokenizer.ggml.token_type"][5] == 3
 
 
-def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, smol_folder, scratch):
+def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, smol_folder, tmp_path):
     """GGUF -> HF folder -> GGUF: SmolLM2's real weights leave as F32 safetensors (smelt merge
     --format safetensors, config.json rebuilt from the GGUF), its tokenizer as the folder
     above; `smelt convert` of that folder at F32 equals gguf-py's dequantization of the
@@ -453,8 +453,7 @@ def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, smol_folder, scra
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    work = scratch / "smollm2-round-trip"
-    work.mkdir(exist_ok=True)
+    work = tmp_path
     n_layer = int(GGUFReader(smollm2).fields["llama.block_count"].parts[-1][0])
     recipe = work / "all.yaml"
     recipe.write_text(f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {smollm2}\n"
@@ -487,15 +486,15 @@ def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, smol_folder, scra
         assert a and a == b, prefix
 
 
-def test_merge_takes_the_pre_tokenizer_override_too(llama3_folder, llama3_gguf, scratch):
+def test_merge_takes_the_pre_tokenizer_override_too(llama3_folder, llama3_gguf, tmp_path):
     """A merge of HF folders with an unknown BPE pre-tokenizer: the same error, and the same
     override as quantize; the merged file's tokenizer is the converted one's."""
-    recipe = scratch / "llama3-self.yaml"
+    recipe = tmp_path / "llama3-self.yaml"
     recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {llama3_folder}\n    parameters: {{weight: 1}}\n"
                       f"  - model: {llama3_folder}\n    parameters: {{weight: 1}}\n")
-    p = run_smelt("merge", recipe, "-o", scratch / "never", "--types", "F16", check=False)
+    p = run_smelt("merge", recipe, "-o", tmp_path / "never", "--types", "F16", check=False)
     assert p.returncode != 0 and "--tokenizer-pre" in p.stderr, p.stderr
-    out = scratch / "llama3-merge"
+    out = tmp_path / "llama3-merge"
     run_smelt("merge", recipe, "-o", out, "--types", "F16", "--tokenizer-pre", "llama-bpe")
     (merged,) = out.glob("*.gguf")
     assert dict(tokenizer_kv(merged)) == dict(tokenizer_kv(llama3_gguf))
