@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod gguf;
 pub mod hf_writer;
 pub mod merge;
+pub mod model_card;
 pub mod quant;
 pub mod quantize;
 pub mod recipe;

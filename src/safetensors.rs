@@ -35,6 +35,7 @@ use crate::arch::{self, Architecture, Heads, Permute};
 use crate::error::{Error, Result};
 use crate::gguf::reader::MAX_DIMS;
 use crate::gguf::{GgmlType, Metadata, Value};
+use crate::model_card::ParamCount;
 use crate::store::{RowOrder, SourceFile, Store, StoreTensor, Transform};
 use memmap2::Mmap;
 use serde_json::Value as Json;
@@ -91,7 +92,11 @@ pub fn open_hf_folder_with(path: &Path, tok: &crate::tokenizer::TokenizerOptions
         }
         found.into_iter().map(|p| (p, Vec::new())).collect()
     };
+    let config_json = config.as_ref().map(|c| c.json.clone());
     let mut store = build(path, files, config, &folder_name(path))?;
+    if let Some(config) = config_json {
+        add_general_metadata(&mut store, path, &config);
+    }
     for (k, v) in crate::tokenizer::metadata(path, tok)?.iter() {
         store.metadata.set(k, v.clone());
     }
@@ -113,7 +118,36 @@ pub fn open_file(path: &Path) -> Result<Store> {
     } else {
         vec![(path.to_path_buf(), Vec::new())]
     };
-    build(path, files, config, &folder_name(&dir))
+    let config_json = config.as_ref().map(|c| c.json.clone());
+    let mut store = build(path, files, config, &folder_name(&dir))?;
+    if let Some(config) = config_json {
+        add_general_metadata(&mut store, &dir, &config);
+    }
+    Ok(store)
+}
+
+/// The converter's `general.*` keys (name, size label, model card, sampling defaults) for the
+/// model in `folder`, right after `general.architecture` and `general.type`, before the
+/// hyper-parameters.
+fn add_general_metadata(store: &mut Store, folder: &Path, config: &Json) {
+    let params = ParamCount::of(
+        store
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.as_slice())),
+    );
+    let general = crate::model_card::general_metadata(folder, config, params);
+    let mut md = Metadata::new();
+    for key in ["general.architecture", "general.type"] {
+        if let Some(v) = store.metadata.remove(key) {
+            md.set(key, v);
+        }
+    }
+    store.metadata.remove("general.name");
+    for (k, v) in general.iter().chain(store.metadata.iter()) {
+        md.set(k, v.clone());
+    }
+    store.metadata = md;
 }
 
 /// A parsed `config.json`.

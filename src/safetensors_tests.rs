@@ -241,6 +241,7 @@ fn check_tiny_llama(store: &Store, name: &str) {
             "general.architecture",
             "general.type",
             "general.name",
+            "general.size_label",
             "llama.block_count",
             "llama.context_length",
             "llama.embedding_length",
@@ -257,7 +258,11 @@ fn check_tiny_llama(store: &Store, name: &str) {
         ]
     );
     assert_eq!(md.architecture(), Some("llama"));
-    assert_eq!(md.get_str("general.name"), Some(name));
+    // The folder's name as the converter titles it (`tiny-llama` → `Tiny Llama`).
+    assert_eq!(
+        md.get_str("general.name"),
+        Some(crate::model_card::id_to_title(name).as_str())
+    );
     for (k, v) in [
         ("llama.block_count", 2),
         ("llama.context_length", 128),

@@ -151,6 +151,23 @@ fn stacking_overlapping_ranges_renumbers_layers() {
     );
     // mergekit's layer_range is half-open: 20 + 20 layers. (Blocks 20..40 repeat 10..30.)
     assert_eq!(so.hparam("block_count"), Some(40));
+    // The size label counts the merged model's 40 blocks, not the source's 30.
+    let params: u64 = so
+        .tensors
+        .iter()
+        .map(|t| t.shape.iter().product::<u64>())
+        .sum();
+    assert!(
+        params
+            > sa.tensors
+                .iter()
+                .map(|t| t.shape.iter().product::<u64>())
+                .sum()
+    );
+    assert_eq!(
+        so.metadata.get_str("general.size_label"),
+        Some(format!("{:.0}K", params as f64 * 1e-3).as_str())
+    );
     for l in 20..40 {
         for s in ["attn_q.weight", "ffn_down.weight", "attn_norm.weight"] {
             let (o, i) = (

@@ -10,6 +10,7 @@ pub mod vocab;
 use crate::arch;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Metadata, Value};
+use crate::model_card::ParamCount;
 use crate::recipe::{self, InputSlice, OutputSlice, Params, Recipe, Scalar};
 use crate::store::Store;
 use crate::write::TensorProducer;
@@ -365,7 +366,7 @@ impl MergePlan {
         }
         let tensors = plan.tensors;
 
-        let metadata = Self::metadata(
+        let mut metadata = Self::metadata(
             recipe,
             recipe_text,
             &inputs,
@@ -373,6 +374,14 @@ impl MergePlan {
             vocab.as_ref(),
             out_layer,
         )?;
+        // The merge's own size, not its tokenizer source's (a stack of 20 + 20 layers of a
+        // 30-layer model is a bigger model), labelled as convert_hf_to_gguf.py labels one.
+        let params = ParamCount::of(
+            tensors
+                .iter()
+                .map(|t| (t.name.as_str(), t.shape.as_slice())),
+        );
+        metadata.set("general.size_label", Value::String(params.size_label()));
         Ok(MergePlan {
             inputs,
             tensors,

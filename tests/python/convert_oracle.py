@@ -2,6 +2,13 @@
 the `tokenizer.*` keys it writes, in order, as JSON: [[key, gguf type name, value], ...].
 
     python convert_oracle.py LLAMA_CPP_SRC FOLDER [--pre NAME]
+    python convert_oracle.py LLAMA_CPP_SRC FOLDER --general GGUF
+
+`--general` prints the `general.*` keys instead: the script's own `ModelBase.prepare_metadata`
+(gguf-py's `Metadata.load` over the model card, config.json, generation_config.json and the
+folder name; the size label from the parameter count) on a writer holding GGUF's tensor
+shapes (smelt's output for the folder, whose tensors the convert goldens show are the
+script's), with the hyper-parameters left out.
 
 The script itself cannot be imported here (it imports torch at the top), so this takes the
 methods that build the vocabulary (`TextModel.get_vocab_base`, `_create_vocab_sentencepiece`,
@@ -21,12 +28,13 @@ from pathlib import Path
 
 src, folder = Path(sys.argv[1]), Path(sys.argv[2])
 pre = sys.argv[sys.argv.index("--pre") + 1] if "--pre" in sys.argv else None
+general = Path(sys.argv[sys.argv.index("--general") + 1]) if "--general" in sys.argv else None
 sys.path.insert(0, str(src / "gguf-py"))
 import gguf  # noqa: E402  (the vendored one)
 
 WANT = {
     "conversion/base.py": {
-        "ModelBase": ["find_hparam"],
+        "ModelBase": ["find_hparam", "prepare_metadata", "set_type"],
         "TextModel": [
             "does_token_look_special", "get_vocab_base", "get_vocab_base_pre", "_set_vocab_gpt2",
             "_set_vocab_sentencepiece", "_create_vocab_sentencepiece", "_set_vocab_llama_hf",
@@ -74,7 +82,27 @@ o.hparams = json.loads((folder / "config.json").read_text(encoding="utf-8"))
 o.origin_hf_arch = o.hparams["architectures"][0]
 o.is_mistral_format = False
 o.gguf_writer = gguf.GGUFWriter(path=None, arch="llama")
-o.set_vocab()
+if general is None:
+    o.set_vocab()
+    prefix = "tokenizer."
+else:
+    # The state prepare_metadata reads, as ModelBase.__init__ leaves it for a local folder
+    # converted at F32 with no --metadata / --model-name.
+    o.dir_model_card = folder
+    o.metadata_override = None
+    o.model_name = None
+    o.remote_hf_model_id = None
+    o.ftype = gguf.LlamaFileType.ALL_F32
+    o._is_nvfp4 = o._is_mxfp4 = False
+    o._prec_a4 = {}
+    o.set_gguf_parameters = lambda: None
+    import numpy as np
+
+    for t in gguf.GGUFReader(general).tensors:
+        shape = [int(x) for x in reversed(t.shape.tolist())]
+        o.gguf_writer.add_tensor_info(t.name, shape, np.dtype(np.float32), int(t.n_bytes))
+    o.prepare_metadata(vocab_only=False)
+    prefix = "general."
 
 
 def plain(v):
@@ -87,5 +115,5 @@ def plain(v):
     return v
 
 
-out = [[k, v.type.name, plain(v.value)] for k, v in o.gguf_writer.kv_data[0].items() if k.startswith("tokenizer.")]
+out = [[k, v.type.name, plain(v.value)] for k, v in o.gguf_writer.kv_data[0].items() if k.startswith(prefix)]
 json.dump(out, sys.stdout, ensure_ascii=False)
