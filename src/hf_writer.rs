@@ -172,10 +172,16 @@ pub fn write_hf_folder(
                     }
                 }
             }
-            None => warnings.push(
-                "no tokenizer files written: the tokenizer source is not a Hugging Face folder"
-                    .into(),
-            ),
+            // A GGUF source: the tokenizer files rebuilt from its `tokenizer.*` keys.
+            None => match crate::tokenizer::export::hf_tokenizer_files(out.metadata) {
+                Ok(rebuilt) => {
+                    for (name, text) in rebuilt {
+                        write_text(&tmp.join(&name), &text)?;
+                        files.push(name);
+                    }
+                }
+                Err(why) => warnings.push(format!("no tokenizer files written: {why}")),
+            },
         }
         for (name, text) in &out.extra_files {
             write_text(&tmp.join(name), text)?;

@@ -442,13 +442,12 @@ def test_sentencepiece_added_tokens_and_padding(spm_folder, tmp_path):
     assert md["tokenizer.ggml.tokens"][5] == "<replaced>" and md["tokenizer.ggml.token_type"][5] == 3
 
 
-def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, smol_folder, tmp_path):
+def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, tmp_path):
     """GGUF -> HF folder -> GGUF: SmolLM2's real weights leave as F32 safetensors (smelt merge
-    --format safetensors, config.json rebuilt from the GGUF), its tokenizer as the folder
-    above; `smelt convert` of that folder at F32 equals gguf-py's dequantization of the
-    original Q4_1 file tensor for tensor, with the same llama.* and tokenizer.* metadata."""
-    import shutil
-
+    --format safetensors, config.json and the tokenizer files rebuilt from the GGUF);
+    `smelt convert` of that folder at F32 equals gguf-py's dequantization of the original
+    Q4_1 file tensor for tensor, with the same llama.* and tokenizer.* metadata (the
+    pre-tokenizer found again by llama.cpp's check-text hash)."""
     import numpy as np
     from gguf import GGUFReader
     from gguf.quants import dequantize
@@ -460,8 +459,13 @@ def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, smol_folder, tmp_
                       f"        layer_range: [0, {n_layer}]\n")
     hf = work / "hf"
     run_smelt("merge", recipe, "-o", hf, "--format", "safetensors", "--type", "F32")
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(smol_folder / f, hf / f)
+    # The tokenizer files are smelt's, rebuilt from the GGUF's keys: transformers loads them
+    # and tokenizes as llama.cpp does with the original file.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf)
+    for text in [TEXT, *TEXT.splitlines()]:
+        assert tok.encode(text) == llama_tokenize(smollm2, text), text
     out = work / "gguf"
     run_smelt("convert", hf, "-o", out, "--types", "F32")
     (back,) = out.glob("*.gguf")
@@ -476,9 +480,7 @@ def test_smollm2_full_round_trip_through_an_hf_folder(smollm2, smol_folder, tmp_
     def kv(r, prefix):
         return {k: (f.types, [bytes(f.parts[i]) for i in f.data]) for k, f in r.fields.items()
                 if k.startswith(prefix)}
-    for prefix in ("llama.", "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-                   "tokenizer.ggml.pre", "tokenizer.chat_template", "tokenizer.ggml.bos_token_id",
-                   "tokenizer.ggml.eos_token_id"):
+    for prefix in ("llama.", "tokenizer."):
         a, b = kv(orig, prefix), kv(got, prefix)
         # convert_hf_to_gguf writes key/value_length (transformers fills in head_dim) where
         # the original, made by an older script, has none.
@@ -498,3 +500,34 @@ def test_merge_takes_the_pre_tokenizer_override_too(llama3_folder, llama3_gguf, 
     run_smelt("merge", recipe, "-o", out, "--types", "F16", "--tokenizer-pre", "llama-bpe")
     (merged,) = out.glob("*.gguf")
     assert dict(tokenizer_kv(merged)) == dict(tokenizer_kv(llama3_gguf))
+
+
+def test_tokenizer_files_rebuilt_from_a_gguf(llama3_folder, llama3_gguf, tmp_path):
+    """A merge of a GGUF written as an HF folder carries a tokenizer rebuilt from the GGUF's
+    keys (Llama 3 layout: BOS template, ignore_merges, a non-special added token, [PAD] ids
+    left to config.json): transformers tokenizes with it as with the original folder, and
+    converting the folder again gives the GGUF's tokenizer keys."""
+    from transformers import AutoTokenizer
+
+    n_layer = dict(gguf.GGUFReader(llama3_gguf).fields.items())["llama.block_count"].contents()
+    recipe = tmp_path / "self.yaml"
+    recipe.write_text(f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {llama3_gguf}\n"
+                      f"        layer_range: [0, {n_layer}]\n")
+    hf = tmp_path / "hf"
+    run_smelt("merge", recipe, "-o", hf, "--format", "safetensors", "--type", "F16")
+    assert (hf / "tokenizer.json").is_file() and (hf / "tokenizer_config.json").is_file()
+    want, got = AutoTokenizer.from_pretrained(llama3_folder), AutoTokenizer.from_pretrained(hf)
+    for text in [TEXT, UNSEEN, *TEXT.splitlines()]:
+        assert got.encode(text) == want.encode(text), text
+    back = convert(hf, tmp_path / "back.gguf", "--tokenizer-pre", "llama-bpe")
+    assert tokenizer_kv(back) == tokenizer_kv(llama3_gguf)
+
+
+def test_sentencepiece_gguf_gives_no_tokenizer_files_but_says_so(spm_gguf, tmp_path):
+    n_layer = dict(gguf.GGUFReader(spm_gguf).fields.items())["llama.block_count"].contents()
+    recipe = tmp_path / "self.yaml"
+    recipe.write_text(f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {spm_gguf}\n"
+                      f"        layer_range: [0, {n_layer}]\n")
+    p = run_smelt("merge", recipe, "-o", tmp_path / "hf", "--format", "safetensors", "--type", "F16")
+    assert "no tokenizer files written" in p.stderr and "llama" in p.stderr, p.stderr
+    assert not (tmp_path / "hf" / "tokenizer.json").exists()
