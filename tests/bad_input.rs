@@ -280,3 +280,93 @@ fn fuzzed_headers_never_panic() {
     }
     assert!(mutated > 100);
 }
+
+#[test]
+fn tensor_byte_size_overflow() {
+    // 2^62 F64 elements need 2^65 bytes: formerly a multiply overflow (a panic in debug
+    // builds, a wrapped-around size and a huge allocation in release).
+    let c = Case::new();
+    let p = c.file(
+        "ovf.gguf",
+        &gguf_bytes(3, &[("w.weight", &[1 << 62], 28, 0)], 64),
+    );
+    let err = quantize_fails(&p, &c.out());
+    assert!(
+        err.contains("ovf.gguf") && err.contains("`w.weight`") && err.contains("2^64 bytes"),
+        "{err}"
+    );
+}
+
+/// A GGUF header with one string-array key `key` of `n` claimed elements and `body` after it.
+fn gguf_with_array(key: &str, elem_type: u32, n: u64, body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(&9u32.to_le_bytes());
+    b.extend_from_slice(&elem_type.to_le_bytes());
+    b.extend_from_slice(&n.to_le_bytes());
+    b.extend_from_slice(body);
+    b
+}
+
+#[test]
+fn array_length_is_checked_against_the_element_size() {
+    // 4096 strings claimed in 4096 bytes: each string takes at least 8 bytes, so this cannot
+    // be real. Formerly accepted up to one element per byte and reserved 32 bytes per claimed
+    // element before reading any (a 10 GB model with a corrupt count asked for 320 GB).
+    let c = Case::new();
+    let p = c.file(
+        "arr.gguf",
+        &gguf_with_array("tokenizer.ggml.tokens", 8, 4096, &[0u8; 4096]),
+    );
+    let err = smelt::gguf::GgufFile::open(&p).err().unwrap().to_string();
+    assert!(
+        err.contains("arr.gguf")
+            && err.contains("`tokenizer.ggml.tokens`")
+            && err.contains("array of 4096 String elements"),
+        "{err}"
+    );
+    // Arrays of arrays: each inner array takes at least its 12-byte header.
+    let p = c.file("nest.gguf", &gguf_with_array("k", 9, 100, &[0u8; 1199]));
+    let err = smelt::gguf::GgufFile::open(&p).err().unwrap().to_string();
+    assert!(err.contains("nest.gguf") && err.contains("`k`"), "{err}");
+}
+
+#[test]
+fn many_metadata_keys_parse_in_linear_time() {
+    // 200k distinct keys: the duplicate check used to scan every earlier key (2 * 10^10
+    // comparisons, minutes); now a set makes it instant.
+    let n = 200_000u64;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&n.to_le_bytes());
+    for i in 0..n {
+        let key = format!("k{i:07}");
+        b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        b.extend_from_slice(key.as_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.push(1);
+    }
+    let c = Case::new();
+    let p = c.file("keys.gguf", &b);
+    let t0 = std::time::Instant::now();
+    let f = smelt::gguf::GgufFile::open(&p).unwrap();
+    assert_eq!(f.metadata.len(), n as usize);
+    assert!(t0.elapsed().as_secs() < 10, "took {:?}", t0.elapsed());
+    // A duplicate among them is still found, and named.
+    let dup = b"k0000007";
+    let at = b.len() - 21; // the last entry: length, key, type, value
+    b[at + 8..at + 16].copy_from_slice(dup);
+    let p = c.file("dupkeys.gguf", &b);
+    let err = smelt::gguf::GgufFile::open(&p).err().unwrap().to_string();
+    assert!(
+        err.contains("dupkeys.gguf") && err.contains("duplicate metadata key `k0000007`"),
+        "{err}"
+    );
+}
