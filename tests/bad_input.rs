@@ -370,3 +370,39 @@ fn many_metadata_keys_parse_in_linear_time() {
         "{err}"
     );
 }
+
+/// A tiny HF folder (config.json + two shards with an index).
+fn hf_folder(c: &Case) -> PathBuf {
+    let dir = c.dir.path().join("hf");
+    smelt::fixture::TinyLlama {
+        n_layer: 1,
+        hidden: 32,
+        ff: 64,
+        n_head: 2,
+        n_head_kv: 1,
+        vocab: 260,
+        ..Default::default()
+    }
+    .write_hf(&dir, 2)
+    .unwrap();
+    dir
+}
+
+#[test]
+fn huge_head_dim_with_llama3_rope_is_an_error() {
+    // llama3 RoPE scaling makes head_dim / 2 factors: head_dim 2^32 - 1 formerly allocated
+    // 8 GiB (and aborted where that failed).
+    let c = Case::new();
+    let dir = hf_folder(&c);
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["head_dim"] = serde_json::json!(u32::MAX);
+    cfg["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let err = quantize_fails(&dir, &c.out());
+    assert!(
+        err.contains("config.json") && err.contains("head_dim 4294967295 is implausible"),
+        "{err}"
+    );
+}
