@@ -406,3 +406,30 @@ fn huge_head_dim_with_llama3_rope_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn index_shards_must_be_files_beside_the_index() {
+    // A weight_map entry naming `/etc/passwd` or `../x` used to open that file (and report
+    // its bytes as a bad safetensors header, without naming the index).
+    let c = Case::new();
+    let dir = hf_folder(&c);
+    let index_path = dir.join("model.safetensors.index.json");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    for shard in [
+        "/etc/passwd",
+        "../hf/model-00001-of-00002.safetensors",
+        "sub/x.safetensors",
+    ] {
+        let mut v = index.clone();
+        v["weight_map"]["model.norm.weight"] = serde_json::json!(shard);
+        std::fs::write(&index_path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let err = quantize_fails(&dir, &c.out());
+        assert!(
+            err.contains("model.safetensors.index.json")
+                && err.contains("`model.norm.weight`")
+                && err.contains(&format!("`{shard}` is not a file name")),
+            "{err}"
+        );
+    }
+}
