@@ -281,6 +281,19 @@ fn fuzzed_headers_never_panic() {
     assert!(mutated > 100);
 }
 
+/// Run the binary in `dir` with `args`: it must fail without a panic; return stderr.
+fn fails_in(dir: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let o = smelt().args(args).current_dir(dir).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "expected failure; stderr: {err}");
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    assert!(err.contains("error"), "{err}");
+    err
+}
+
 #[test]
 fn tensor_byte_size_overflow() {
     // 2^62 F64 elements need 2^65 bytes: formerly a multiply overflow (a panic in debug
@@ -431,5 +444,57 @@ fn index_shards_must_be_files_beside_the_index() {
                 && err.contains(&format!("`{shard}` is not a file name")),
             "{err}"
         );
+    }
+}
+
+#[test]
+fn hostile_recipes_are_errors_naming_the_line() {
+    let c = Case::new();
+    let model = c.dir.path().join("m.gguf");
+    assert!(smelt()
+        .args(["make-test-model", "--layers", "1", "--vocab", "300", "-o"])
+        .arg(&model)
+        .status()
+        .unwrap()
+        .success());
+    let cases = [
+        // Formerly an index-out-of-bounds panic (`slices[0]`, `sources[0]`).
+        ("empty-models.yaml", "merge_method: linear\nmodels: []\n", "empty-models.yaml:1"),
+        ("empty-slices.yaml", "merge_method: passthrough\nslices: []\n", "empty-slices.yaml:1"),
+        (
+            "empty-globals.yaml",
+            "merge_method: passthrough\nslices:\n  - sources:\n      - model: m.gguf\n        layer_range: [0, 1]\nglobals:\n  models: []\n",
+            "empty-globals.yaml",
+        ),
+        // Formerly a u32 overflow (panic) or four billion planned layers (a hang).
+        (
+            "repeat.yaml",
+            "merge_method: passthrough\nslices:\n  - sources:\n      - model: m.gguf\n        layer_range: [0, 1]\n    repeat: 4294967295\n",
+            "repeat.yaml:6",
+        ),
+        // Formerly an overflow or a vocabulary padded to 2^62 rows.
+        (
+            "pad.yaml",
+            "merge_method: linear\nmodels:\n  - model: m.gguf\n    parameters: {weight: 1}\ntokenizer:\n  source: base\n  pad_to_multiple_of: 4611686018427387904\n",
+            "pad.yaml",
+        ),
+    ];
+    for (file, text, needle) in cases {
+        let r = c.file(file, text.as_bytes());
+        let out = c.dir.path().join(format!("out-{file}"));
+        let err = fails_in(
+            c.dir.path(),
+            &[
+                "merge".as_ref(),
+                r.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+                "--types".as_ref(),
+                "F16".as_ref(),
+            ],
+        );
+        assert!(err.contains(needle), "{file}: {err}");
+        let written = std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(written, 0, "{file}: output written");
     }
 }
