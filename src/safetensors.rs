@@ -387,6 +387,16 @@ fn parse_header(path: &Path, map: &[u8]) -> Result<Vec<Entry>> {
             )));
         }
         if let (_, Some(size)) = dtype_info(&dtype) {
+            // Zero dimensions aside, the size must fit: then so does a row's, even in a tensor
+            // with a zero dimension and no data.
+            if (shape.iter())
+                .try_fold(size, |acc, &d| acc.checked_mul(d.max(1)))
+                .is_none()
+            {
+                return Err(bad(&format!(
+                    "shape {shape:?} of dtype {dtype} needs more than 2^64 bytes"
+                )));
+            }
             let need = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
             if need != Some(end - begin) {
                 return Err(bad(&format!(

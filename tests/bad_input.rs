@@ -498,3 +498,29 @@ fn hostile_recipes_are_errors_naming_the_line() {
         assert_eq!(written, 0, "{file}: output written");
     }
 }
+
+#[test]
+fn zero_dimension_beside_a_huge_one() {
+    // [2^62, 0] holds no data, but a row of 2^62 F64 values is 2^65 bytes: reading it used to
+    // overflow computing the row size (a panic).
+    let c = Case::new();
+    let p = c.file(
+        "zero.gguf",
+        &gguf_bytes(3, &[("w.weight", &[1 << 62, 0], 28, 0)], 64),
+    );
+    let err = quantize_fails(&p, &c.out());
+    assert!(
+        err.contains("zero.gguf") && err.contains("`w.weight`") && err.contains("2^64 bytes"),
+        "{err}"
+    );
+    let header = serde_json::json!({"w": {"dtype": "F32", "shape": [0, 1u64 << 62], "data_offsets": [0, 0]}});
+    let text = serde_json::to_string(&header).unwrap();
+    let mut b = (text.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(text.as_bytes());
+    let p = c.file("zero.safetensors", &b);
+    let err = quantize_fails(&p, &c.out());
+    assert!(
+        err.contains("zero.safetensors") && err.contains("`w`") && err.contains("2^64 bytes"),
+        "{err}"
+    );
+}

@@ -178,8 +178,11 @@ impl GgufFile {
                     ),
                 ));
             }
-            let n_bytes = (n_elements / ty.block_size() as u64)
-                .checked_mul(ty.type_size() as u64)
+            // Zero dimensions aside, the byte size must fit in u64: then so does every part of
+            // it (a row's bytes), even in a tensor with a zero dimension and no data.
+            (shape.iter())
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d.max(1)))
+                .and_then(|n| (n / ty.block_size() as u64).checked_mul(ty.type_size() as u64))
                 .ok_or_else(|| {
                     Error::format(
                         path,
@@ -188,6 +191,7 @@ impl GgufFile {
                         ),
                     )
                 })?;
+            let n_bytes = n_elements / ty.block_size() as u64 * ty.type_size() as u64;
             if offset % alignment != 0 {
                 return Err(Error::format(
                     path,
