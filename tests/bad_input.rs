@@ -500,6 +500,81 @@ fn hostile_recipes_are_errors_naming_the_line() {
 }
 
 #[test]
+fn negative_imatrix_name_length_is_named() {
+    // Formerly read as an empty name, then reported as a truncated call count.
+    let c = Case::new();
+    let mut b = 1i32.to_le_bytes().to_vec();
+    b.extend_from_slice(&(-5i32).to_le_bytes());
+    b.extend_from_slice(&[0u8; 64]);
+    let p = c.file("neg.dat", &b);
+    let err = smelt::quant::imatrix::Imatrix::load(&p)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("neg.dat") && err.contains("entry 1 has a name of -5 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn damaged_files_fail_cleanly_in_inspect_and_quantize() {
+    let c = Case::new();
+    let model = c.dir.path().join("tiny.gguf");
+    assert!(smelt()
+        .args(["make-test-model", "--layers", "1", "--vocab", "300", "-o"])
+        .arg(&model)
+        .status()
+        .unwrap()
+        .success());
+    let ok = std::fs::read(&model).unwrap();
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("half.gguf", ok[..ok.len() / 2].to_vec()),
+        ("hdr.gguf", ok[..100].to_vec()),
+    ];
+    for (name, at, v) in [
+        ("nt.gguf", 8, 1u64 << 62),
+        ("kv.gguf", 16, 1 << 40),
+        ("key.gguf", 24, u64::MAX),
+    ] {
+        let mut b = ok.clone();
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        cases.push((name, b));
+    }
+    for (name, bytes) in cases {
+        let p = c.file(name, &bytes);
+        let o = smelt().arg("inspect").arg(&p).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("error: ") && err.contains(name),
+            "inspect {name}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        let o = smelt()
+            .arg("quantize")
+            .arg(&p)
+            .arg("-o")
+            .arg(c.out())
+            .args(["--type", "Q8_0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("error: ") && err.contains(name),
+            "quantize {name}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(c.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("out") || n.contains("smelt-tmp"))
+            .collect();
+        assert!(left.is_empty(), "{name}: left behind {left:?}");
+    }
+}
+
+#[test]
 fn zero_dimension_beside_a_huge_one() {
     // [2^62, 0] holds no data, but a row of 2^62 F64 values is 2^65 bytes: reading it used to
     // overflow computing the row size (a panic).

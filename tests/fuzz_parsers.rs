@@ -11,7 +11,9 @@
 //!
 //! The default run takes a few seconds. `SMELT_FUZZ_CASES=N cargo test --test fuzz_parsers`
 //! runs N random mutations per seed instead of the default few hundred (the structural
-//! mutations always run in full); `SMELT_FUZZ_SEED` changes the random stream.
+//! mutations always run in full); `SMELT_FUZZ_SEED` changes the random stream. To replay one
+//! failure with its panic message and backtrace: `SMELT_FUZZ_ONLY='<case label>'
+//! SMELT_FUZZ_VERBOSE=1` with the same seed and case count.
 
 use smelt::fixture::TinyLlama;
 use smelt::gguf::{GgmlType, GgufFile};
@@ -121,6 +123,11 @@ impl Report {
         f: impl FnOnce() -> Result<T, String>,
         check_err: impl Fn(&str) -> bool,
     ) {
+        if let Ok(only) = std::env::var("SMELT_FUZZ_ONLY") {
+            if !label.contains(&only) {
+                return;
+            }
+        }
         self.cases += 1;
         LABEL.with(|l| {
             let mut l = l.borrow_mut();
@@ -184,7 +191,9 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        assert!(self.cases >= min_cases, "{what}: only {} cases", self.cases);
+        if std::env::var_os("SMELT_FUZZ_ONLY").is_none() {
+            assert!(self.cases >= min_cases, "{what}: only {} cases", self.cases);
+        }
     }
 }
 
