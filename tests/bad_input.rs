@@ -599,3 +599,67 @@ fn zero_dimension_beside_a_huge_one() {
         "{err}"
     );
 }
+
+#[test]
+fn hostile_method_parameters() {
+    let c = Case::new();
+    for (name, seed) in [("a.gguf", "1"), ("b.gguf", "2")] {
+        assert!(smelt()
+            .args([
+                "make-test-model",
+                "--layers",
+                "1",
+                "--vocab",
+                "300",
+                "--seed",
+                seed,
+                "-o"
+            ])
+            .arg(c.dir.path().join(name))
+            .status()
+            .unwrap()
+            .success());
+    }
+    let run = |file: &str, text: &str| {
+        let r = c.file(file, text.as_bytes());
+        let out = c.dir.path().join(format!("out-{file}"));
+        let o = smelt()
+            .current_dir(c.dir.path())
+            .arg("merge")
+            .arg(&r)
+            .arg("-o")
+            .arg(&out)
+            .args(["--types", "F16"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!err.contains("panicked"), "{file}: {err}");
+        (o.status.success(), err, out)
+    };
+    // Formerly `target + n_top` overflowed (a panic) when gamma cast to usize::MAX.
+    let (ok, err, _) = run(
+        "gamma.yaml",
+        "merge_method: breadcrumbs_ties\nbase_model: a.gguf\nmodels:\n  - model: b.gguf\n    parameters: {weight: 1, density: 0.5, gamma: 1e30}\n",
+    );
+    assert!(ok, "{err}");
+    // Formerly 2^60 iterations with nothing to stop them early (a hang).
+    let (ok, err, out) = run(
+        "karcher.yaml",
+        "merge_method: karcher\nmodels:\n  - model: a.gguf\n  - model: b.gguf\nparameters:\n  max_iter: 1152921504606846976\n  tol: 0\n",
+    );
+    assert!(
+        !ok && err.contains("tensor `")
+            && err.contains("karcher: max_iter must be from 0 to 10000"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0), 0);
+    // A method's parameter error names the tensor it was merging.
+    let (ok, err, _) = run(
+        "della.yaml",
+        "merge_method: della\nbase_model: a.gguf\nmodels:\n  - model: b.gguf\n    parameters: {weight: 1, density: 0.5, epsilon: 2}\n",
+    );
+    assert!(
+        !ok && err.contains("tensor `") && err.contains("della: epsilon 2"),
+        "{err}"
+    );
+}

@@ -692,7 +692,11 @@ impl MergePlan {
             per_input: &per,
             seed: t.seed,
         };
-        let note = t.method.merge(&input, &mut out)?;
+        // A method's complaint about its parameters names the tensor it was merging.
+        let note = t.method.merge(&input, &mut out).map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("tensor `{}`: {m}", t.name)),
+            other => other,
+        })?;
         if let Some(text) = note.text {
             self.notes
                 .lock()
