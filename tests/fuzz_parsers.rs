@@ -1167,8 +1167,12 @@ const RECIPE_SEEDS: [&str; 4] = [
     "merge_method: task_arithmetic\nbase_model: a.gguf\nslices:\n  - sources:\n      - model: a.gguf\n        layer_range: [0, 1]\n      - model: b.gguf\n        layer_range: [1, 2]\n        parameters: {weight: -1}\nglobals:\n  merge_method: linear\n  models:\n    - model: a.gguf\n      parameters: {weight: 1}\n",
 ];
 
-const RECIPE_HOSTILE: [&str; 23] = [
+const RECIPE_HOSTILE: [&str; 27] = [
     "",
+    "0",
+    "1e30",
+    "-1e30",
+    "1e-300",
     "~",
     "[]",
     "{}",
@@ -1334,6 +1338,22 @@ fn fuzz_merge_plans() {
             mutate(&mut rng, &mut b, seed.len());
             let t = String::from_utf8_lossy(&b).into_owned();
             r.case(&format!("plan {si} random {i}"), || plan(&t), err_ok);
+            // Two or three values hostile at once (e.g. `tol: 0` with a huge `max_iter`).
+            let mut t = seed.to_string();
+            let mut what = String::new();
+            for _ in 0..2 + rng.below(2) {
+                let spots: Vec<usize> = t.match_indices(": ").map(|(i, _)| i + 2).collect();
+                let at = *rng.pick(&spots);
+                let end = t[at..].find('\n').map_or(t.len(), |e| at + e);
+                let h = *rng.pick(&RECIPE_HOSTILE[..]);
+                what.push_str(&format!(" @{at}={h:?}"));
+                t = format!("{}{h}{}", &t[..at], &t[end..]);
+            }
+            r.case(
+                &format!("plan {si} combined {i}{what}"),
+                || plan(&t),
+                err_ok,
+            );
         }
     }
     r.finish("merge plans", 500);
