@@ -1358,3 +1358,64 @@ fn fuzz_merge_plans() {
     }
     r.finish("merge plans", 500);
 }
+
+// ---------------------------------------------------------------------------------------------
+// config.json of every architecture, through the architecture tables directly
+
+#[test]
+fn fuzz_arch_configs() {
+    quiet_panics();
+    use serde_json::json;
+    use smelt::arch::{self, Permute};
+    let mut r = Report {
+        input_len: Some(64 << 10),
+        ..Report::default()
+    };
+    let ropes = [
+        json!(null),
+        json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+        json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048,
+            "beta_fast": 32, "attn_factor": 1.0}),
+        json!({"type": "longrope", "long_factor": [1.0, 2.0, 3.0, 4.0],
+            "short_factor": [1.0, 1.0, 1.0, 1.0], "original_max_position_embeddings": 1024}),
+        json!({"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_theta": 1e4}}),
+    ];
+    for a in arch::ARCHITECTURES {
+        for (ri, rope) in ropes.iter().enumerate() {
+            let config = json!({
+                "architectures": [a.hf_architectures[0]],
+                "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+                "vocab_size": 300, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0, "rope_scaling": rope, "sliding_window": 512,
+                "sliding_window_pattern": 6, "partial_rotary_factor": 0.5,
+                "num_local_experts": 4, "num_experts_per_tok": 2,
+                "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 8,
+            });
+            for (what, c) in json_variants(&config) {
+                r.case(
+                    &format!("{} rope {ri} {what}", a.gguf_name),
+                    || -> Result<(), String> {
+                        let heads = a.heads(&c)?;
+                        a.metadata(&c, "m")?;
+                        a.n_expert(&c)?;
+                        arch::llama3_rope_freqs(&c, a)?;
+                        if a.longrope_factors {
+                            arch::longrope_factors(&c, a)?;
+                        }
+                        for n_rows in [0usize, 1, 7, 8, 16, usize::MAX] {
+                            for p in [Permute::Heads, Permute::KvHeads] {
+                                let _ = a.row_order(p, heads, n_rows);
+                            }
+                        }
+                        Ok(())
+                    },
+                    |_| true,
+                );
+            }
+        }
+    }
+    r.finish("arch configs", 1000);
+}
