@@ -188,6 +188,8 @@ fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
         .ok_or_else(|| Error::format(path, "no `weight_map` object"))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut shards: Vec<(String, Vec<String>)> = Vec::new();
+    // Shard name → its index in `shards` (a linear search is quadratic in a hostile index).
+    let mut by_shard: HashMap<&str, usize> = HashMap::new();
     for (tensor, shard) in map {
         let shard = shard.as_str().ok_or_else(|| {
             Error::format(
@@ -195,9 +197,22 @@ fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
                 format!("weight_map entry `{tensor}` is {shard}, not a file name"),
             )
         })?;
-        match shards.iter_mut().find(|(s, _)| s == shard) {
-            Some((_, names)) => names.push(tensor.clone()),
-            None => shards.push((shard.to_string(), vec![tensor.clone()])),
+        // A shard is a file beside the index: no folders, no `..`, no absolute paths.
+        let plain = Path::new(shard)
+            .file_name()
+            .is_some_and(|n| n == std::ffi::OsStr::new(shard));
+        if !plain {
+            return Err(Error::format(
+                path,
+                format!("weight_map entry `{tensor}`: `{shard}` is not a file name in the index's folder"),
+            ));
+        }
+        match by_shard.get(shard) {
+            Some(&i) => shards[i].1.push(tensor.clone()),
+            None => {
+                by_shard.insert(shard, shards.len());
+                shards.push((shard.to_string(), vec![tensor.clone()]));
+            }
         }
     }
     if shards.is_empty() {
@@ -406,6 +421,16 @@ fn parse_header(path: &Path, map: &[u8]) -> Result<Vec<Entry>> {
             )));
         }
         if let (_, Some(size)) = dtype_info(&dtype) {
+            // Zero dimensions aside, the size must fit: then so does a row's, even in a tensor
+            // with a zero dimension and no data.
+            if (shape.iter())
+                .try_fold(size, |acc, &d| acc.checked_mul(d.max(1)))
+                .is_none()
+            {
+                return Err(bad(&format!(
+                    "shape {shape:?} of dtype {dtype} needs more than 2^64 bytes"
+                )));
+            }
             let need = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
             if need != Some(end - begin) {
                 return Err(bad(&format!(

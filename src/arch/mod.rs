@@ -434,7 +434,7 @@ impl Architecture {
             Permute::Heads => heads.n_head,
             Permute::KvHeads => heads.n_head_kv,
         };
-        if n_rows % (2 * n_head) != 0 {
+        if n_head.checked_mul(2).is_none_or(|h| n_rows % h != 0) {
             return Err(format!(
                 "{n_rows} rows do not split into {n_head} heads of an even size"
             ));
@@ -756,6 +756,12 @@ pub fn llama3_rope_freqs(config: &Json, arch: &Architecture) -> Result<Option<Ve
         (None, None) => 10000.0,
     };
     let dim = head_dim(config, arch)?.ok_or("no head_dim for llama3 rope scaling")? as usize;
+    if dim > MAX_HEAD_DIM {
+        // One factor per pair of dimensions: a corrupt head_dim must not allocate gigabytes.
+        return Err(format!(
+            "head_dim {dim} is implausible for llama3 rope scaling (more than {MAX_HEAD_DIM})"
+        ));
+    }
     let factor = num(&["factor"], 8.0)?;
     let low = num(&["low_freq_factor"], 1.0)?;
     let high = num(&["high_freq_factor"], 4.0)?;
@@ -779,6 +785,10 @@ pub fn llama3_rope_freqs(config: &Json, arch: &Architecture) -> Result<Option<Ve
         .collect();
     Ok(Some(out))
 }
+
+/// Largest head dimension accepted where one is used to size a buffer: far above any real model
+/// (256 and 512 are the largest in use).
+const MAX_HEAD_DIM: usize = 1 << 16;
 
 fn head_dim(config: &Json, arch: &Architecture) -> Result<Option<u32>, String> {
     if let Some((k, v)) = find(config, &["head_dim"]) {

@@ -106,19 +106,22 @@ impl GgufFile {
         }
 
         let mut metadata = Metadata::new();
+        // A set for the duplicate check: `Metadata` looks keys up linearly, which is quadratic
+        // in a (hostile) file with hundreds of thousands of keys.
+        let mut keys = HashSet::new();
         for _ in 0..n_kv {
             let key = c.string("metadata key")?;
             let ty = c.u32("metadata type")?;
             let value = c
                 .value(ty, 0)
                 .map_err(|e| rename_err(e, &format!("metadata key `{key}`")))?;
-            if metadata.contains(&key) {
+            if !keys.insert(key.clone()) {
                 return Err(Error::format(
                     path,
                     format!("duplicate metadata key `{key}`"),
                 ));
             }
-            metadata.set(key, value);
+            metadata.push_new(key, value);
         }
 
         let alignment = match metadata.get("general.alignment") {
@@ -134,7 +137,10 @@ impl GgufFile {
             },
         };
 
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        // A tensor entry takes at least 32 bytes (name length, one dimension, type, offset):
+        // reserve no more than the rest of the file can describe.
+        let room = (c.buf.len() - c.pos) / 32;
+        let mut tensors = Vec::with_capacity((n_tensors as usize).min(room));
         let mut names = HashSet::new();
         for i in 0..n_tensors {
             let name = c.string(&format!("name of tensor {i}"))?;
@@ -172,6 +178,19 @@ impl GgufFile {
                     ),
                 ));
             }
+            // Zero dimensions aside, the byte size must fit in u64: then so does every part of
+            // it (a row's bytes), even in a tensor with a zero dimension and no data.
+            (shape.iter())
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d.max(1)))
+                .and_then(|n| (n / ty.block_size() as u64).checked_mul(ty.type_size() as u64))
+                .ok_or_else(|| {
+                    Error::format(
+                        path,
+                        format!(
+                            "tensor `{name}`: shape {shape:?} of {ty} needs more than 2^64 bytes"
+                        ),
+                    )
+                })?;
             let n_bytes = n_elements / ty.block_size() as u64 * ty.type_size() as u64;
             if offset % alignment != 0 {
                 return Err(Error::format(
@@ -321,17 +340,30 @@ impl<'a> Cursor<'a> {
                     Error::format(self.path, format!("unknown array element type {elem_id}"))
                 })?;
                 let n = self.u64("array length")?;
-                // Every element takes at least one byte: reject lengths the file cannot hold.
-                if n > (self.buf.len() - self.pos) as u64 {
+                // Reject lengths the rest of the file cannot hold, counting each element's
+                // smallest encoding (a string is at least its 8-byte length, an array its
+                // 12-byte header).
+                let min_size: u64 = match elem {
+                    ValueType::U8 | ValueType::I8 | ValueType::Bool => 1,
+                    ValueType::U16 | ValueType::I16 => 2,
+                    ValueType::U32 | ValueType::I32 | ValueType::F32 => 4,
+                    ValueType::U64 | ValueType::I64 | ValueType::F64 | ValueType::String => 8,
+                    ValueType::Array => 12,
+                };
+                let left = (self.buf.len() - self.pos) as u64;
+                if n > left / min_size {
                     return Err(Error::format(
                         self.path,
                         format!(
-                            "truncated: array of {n} elements at offset {} exceeds the file",
-                            self.pos
+                            "truncated: array of {n} {elem:?} elements at offset {} needs at least {} bytes but the file has {left} left",
+                            self.pos,
+                            n.saturating_mul(min_size)
                         ),
                     ));
                 }
-                let mut items = Vec::with_capacity(n as usize);
+                // A `Value` is larger than most encodings: grow as elements are read rather
+                // than reserving for a length that a later element may prove false.
+                let mut items = Vec::with_capacity((n as usize).min(1 << 16));
                 for _ in 0..n {
                     items.push(self.value(elem_id, depth + 1)?);
                 }

@@ -199,6 +199,11 @@ impl Metadata {
         }
     }
 
+    /// Append `key`, which the caller knows is not present yet (the reader checks with a set).
+    pub(crate) fn push_new(&mut self, key: String, value: Value) {
+        self.entries.push((key, value));
+    }
+
     /// Set `key` as the last entry, as ggml's `gguf_set_val_*` does (remove, then append).
     pub fn set_last(&mut self, key: impl Into<String>, value: Value) {
         let key = key.into();

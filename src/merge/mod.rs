@@ -65,6 +65,12 @@ pub struct MergePlan {
 const VOCAB_TENSORS: &[&str] = &["token_embd.weight", "output.weight"];
 
 /// `recipe.yaml:LINE: message`.
+/// Most output layers a recipe may make (real models have at most a few hundred).
+const MAX_OUT_LAYERS: u64 = 1 << 16;
+
+/// Largest `tokenizer.pad_to_multiple_of`: padding to it adds at most this many embedding rows.
+const MAX_PAD_MULTIPLE: u64 = 1 << 16;
+
 fn at<T>(origin: &str, s: &Spanned<T>, msg: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{origin}:{}: {msg}", s.referenced.line()))
 }
@@ -220,6 +226,14 @@ impl MergePlan {
                 repeat: 1,
             });
         }
+        // `models: []`, `slices: []` or a `globals:` without models: nothing to merge.
+        if slices.is_empty() || slices.iter().chain(&globals).any(|s| s.sources.is_empty()) {
+            return Err(at(
+                origin,
+                &recipe.merge_method,
+                "the recipe names no model to merge (`models` or `slices` is empty)",
+            ));
+        }
         // Every input must be the same architecture.
         let arch_of = |i: usize| {
             inputs[i]
@@ -286,6 +300,19 @@ impl MergePlan {
             }
         }
 
+        // Output layers, repeats included: bounded so that a typo (or a hostile `repeat` or
+        // `block_count`) cannot plan billions of tensors.
+        let out_layers: u64 = slices
+            .iter()
+            .map(|sl| (sl.sources[0].1[1] - sl.sources[0].1[0]) as u64 * u64::from(sl.repeat))
+            .sum();
+        if out_layers > MAX_OUT_LAYERS {
+            return Err(at(
+                origin,
+                slices[0].method_at,
+                format!("the recipe makes {out_layers} layers, more than the {MAX_OUT_LAYERS} smelt allows"),
+            ));
+        }
         let seed = match recipe.parameters.get("seed") {
             Some(s) => match &s.value {
                 recipe::Setting::Scalar(Scalar::Num(x)) => *x as u64,
@@ -429,11 +456,11 @@ impl MergePlan {
         }
         let base = base_input.and_then(|b| sources.iter().position(|x| x.0 == b));
         let repeat = s.repeat.as_ref().map_or(1, |r| r.value);
-        if repeat == 0 {
+        if repeat == 0 || u64::from(repeat) > MAX_OUT_LAYERS {
             return Err(at(
                 origin,
                 s.repeat.as_ref().expect("set"),
-                "repeat must be at least 1",
+                format!("repeat must be from 1 to {MAX_OUT_LAYERS}, not {repeat}"),
             ));
         }
         Ok(Slice {
@@ -497,9 +524,9 @@ impl MergePlan {
                 };
                 let pad = match obj.get("pad_to_multiple_of") {
                     None | Some(serde_json::Value::Null) => None,
-                    Some(v) => Some(v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
+                    Some(v) => Some(v.as_u64().filter(|&n| n > 0 && n <= MAX_PAD_MULTIPLE).ok_or_else(|| {
                         Error::Invalid(format!(
-                            "{origin}:{line}: tokenizer.pad_to_multiple_of must be a positive integer"
+                            "{origin}:{line}: tokenizer.pad_to_multiple_of must be an integer from 1 to {MAX_PAD_MULTIPLE}, not {v}"
                         ))
                     })? as usize),
                 };
@@ -674,7 +701,11 @@ impl MergePlan {
             per_input: &per,
             seed: t.seed,
         };
-        let note = t.method.merge(&input, &mut out)?;
+        // A method's complaint about its parameters names the tensor it was merging.
+        let note = t.method.merge(&input, &mut out).map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("tensor `{}`: {m}", t.name)),
+            other => other,
+        })?;
         if let Some(text) = note.text {
             self.notes
                 .lock()

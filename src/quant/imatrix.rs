@@ -129,10 +129,15 @@ impl Imatrix {
         let mut entries = HashMap::new();
         for i in 0..n_entries {
             let len = r.i32("name length")?;
-            let name = String::from_utf8_lossy(
-                r.take(len.max(0) as usize, &format!("name of entry {}", i + 1))?,
-            )
-            .into_owned();
+            if len < 0 {
+                return Err(Error::format(
+                    path,
+                    format!("entry {} has a name of {len} bytes", i + 1),
+                ));
+            }
+            let name =
+                String::from_utf8_lossy(r.take(len as usize, &format!("name of entry {}", i + 1))?)
+                    .into_owned();
             let ncall = r.i32("call count")?;
             let nval = r.i32("value count")?;
             if nval < 1 {

@@ -141,6 +141,30 @@ fn check_model(path: &Path, json: &Json) -> Result<()> {
             "a SentencePiece-style BPE (byte fallback) without its tokenizer.model is not supported; add the model's tokenizer.model to the folder",
         ));
     }
+    // The tokenizers crate cuts `continuing_subword_prefix` off the second half of every merge
+    // without a check, and panics on one shorter than the prefix (or cut inside a character).
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(Json::as_str)
+        .unwrap_or("");
+    if !prefix.is_empty() {
+        let merges = model.get("merges").and_then(Json::as_array);
+        for (i, m) in merges.into_iter().flatten().enumerate() {
+            let second = match m {
+                Json::String(s) => s.split_once(' ').map(|(_, b)| b),
+                Json::Array(p) => p.get(1).and_then(Json::as_str),
+                _ => None,
+            };
+            if second.is_some_and(|b| b.get(prefix.len()..).is_none()) {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "merge {i} ({m}) does not fit continuing_subword_prefix {prefix:?}: its second token is shorter"
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 

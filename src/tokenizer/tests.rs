@@ -666,3 +666,195 @@ fn chat_template_json_and_additional_templates() {
     );
     assert_eq!(strs(&md, "tokenizer.chat_templates"), ["rag", "tool_use"]);
 }
+
+// ------------------------------------------------------------------ damaged tokenizer files
+
+/// `v` with each value (down to depth 4, first 3 items of each list) replaced in turn by
+/// each hostile JSON value.
+fn hostile_variants(v: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    fn paths(v: &serde_json::Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        if !at.is_empty() {
+            out.push(at.clone());
+        }
+        if at.len() >= 4 {
+            return;
+        }
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    at.push(k.clone());
+                    paths(x, at, out);
+                    at.pop();
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate().take(3) {
+                    at.push(i.to_string());
+                    paths(x, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let hostile = [
+        json!(null),
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!(u64::MAX),
+        json!(1u64 << 32),
+        json!(u32::MAX),
+        json!("\u{2581}x"),
+        json!(""),
+        json!(true),
+        json!([]),
+        json!({}),
+        json!({"content": 5}),
+    ];
+    let mut all = Vec::new();
+    paths(v, &mut Vec::new(), &mut all);
+    let mut out = Vec::new();
+    for p in all {
+        for h in &hostile {
+            let mut w = v.clone();
+            let mut slot = &mut w;
+            for k in &p {
+                slot = match slot {
+                    serde_json::Value::Object(m) => m.get_mut(k).unwrap(),
+                    serde_json::Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                    _ => unreachable!(),
+                };
+            }
+            *slot = h.clone();
+            out.push((format!("/{} = {h}", p.join("/")), w));
+        }
+    }
+    out
+}
+
+#[test]
+fn damaged_tokenizer_files_are_errors_not_panics() {
+    // Every value of every JSON file of a SentencePiece and of a BPE folder swapped for a
+    // hostile one, and the protobuf damaged byte by byte: metadata() returns Ok or an error
+    // naming a file, and never panics.
+    let spm_files: Vec<(&'static str, serde_json::Value)> = vec![
+        (
+            "config.json",
+            json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 11, "pad_token_id": 0}),
+        ),
+        ("added_tokens.json", json!({"<extra>": 8, "<far>": 40})),
+        (
+            "tokenizer_config.json",
+            json!({"add_bos_token": true, "add_eos_token": false, "add_prefix_space": true,
+                "bos_token": "<s>", "eos_token": {"content": "</s>", "__type": "AddedToken"},
+                "unk_token": "<unk>", "chat_template": "{{ messages }}",
+                "added_tokens_decoder": {"6": {"content": "<custom>", "special": false},
+                    "9": {"content": "<|x|>", "special": true}}}),
+        ),
+        (
+            "special_tokens_map.json",
+            json!({"pad_token": {"content": "<unk>"}, "additional_special_tokens": ["<custom>"]}),
+        ),
+    ];
+    let bpe_files: Vec<(&'static str, serde_json::Value)> = vec![
+        ("tokenizer.json", bpe_tokenizer(json!(["a b", "Ġ ab"]))),
+        (
+            "config.json",
+            json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 10,
+                "bos_token_id": 0, "eos_token_id": 8}),
+        ),
+        (
+            "tokenizer_config.json",
+            json!({"bos_token": "<s>", "add_bos_token": false, "chat_template": [
+                {"name": "default", "template": "D"}, {"name": "rag", "template": "R"}],
+                "added_tokens_decoder": {"7": {"content": "<tool>", "special": false}}}),
+        ),
+    ];
+    let opts = TokenizerOptions {
+        pre: Some("llama-bpe".into()),
+    };
+    let mut cases = 0;
+    let mut failures = Vec::new();
+    let mut run = |label: String, files: Vec<(&str, Vec<u8>)>| {
+        let dir = folder(&files);
+        cases += 1;
+        let r = std::panic::catch_unwind(|| metadata(dir.path(), &opts));
+        match r {
+            Err(_) => failures.push(format!("{label}: panic")),
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                let named = files.iter().any(|(n, _)| e.contains(n)) || e.contains("tokenizer");
+                if !named {
+                    failures.push(format!("{label}: error names no file: {e}"));
+                }
+            }
+            Ok(Ok(_)) => {}
+        }
+    };
+    for (kind, base, extra) in [
+        (
+            "spm",
+            &spm_files,
+            Some(("tokenizer.model", spm_model(PIECES))),
+        ),
+        ("bpe", &bpe_files, None),
+    ] {
+        let encode = |files: &[(&'static str, serde_json::Value)]| -> Vec<(&'static str, Vec<u8>)> {
+            let mut out: Vec<(&'static str, Vec<u8>)> =
+                files.iter().map(|(n, v)| (*n, js(v.clone()))).collect();
+            out.extend(extra.clone());
+            out
+        };
+        for (i, (name, v)) in base.iter().enumerate() {
+            for (what, w) in hostile_variants(v) {
+                let mut files = base.clone();
+                files[i].1 = w;
+                run(format!("{kind} {name} {what}"), encode(&files));
+            }
+        }
+        if let Some((model_name, model)) = &extra {
+            for at in 0..model.len() {
+                for x in [0x00u8, 0xff, 0x80, 0x0a, 0x7f] {
+                    let mut m = model.clone();
+                    m[at] = x;
+                    let mut files = encode(base);
+                    let last = files.len() - 1;
+                    files[last] = (model_name, m);
+                    run(format!("{kind} {model_name} byte {at} = {x:#x}"), files);
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(cases > 1000, "{cases}");
+}
+
+#[test]
+fn merge_shorter_than_the_subword_prefix_is_an_error() {
+    // The tokenizers crate used to panic (slicing `b[prefix.len()..]`) on this file.
+    let mut tok = bpe_tokenizer(json!(["a b", "Ġ ab"]));
+    tok["model"]["continuing_subword_prefix"] = json!("\u{2581}x");
+    let dir = folder(&[
+        ("tokenizer.json", js(tok)),
+        (
+            "config.json",
+            js(json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 10})),
+        ),
+    ]);
+    let opts = TokenizerOptions {
+        pre: Some("llama-bpe".into()),
+    };
+    let e = err_text(metadata(dir.path(), &opts));
+    assert!(
+        e.contains("tokenizer.json")
+            && e.contains("merge 0")
+            && e.contains("continuing_subword_prefix"),
+        "{e}"
+    );
+}

@@ -5,6 +5,9 @@ use super::*;
 
 pub struct Karcher;
 
+/// Most iterations a recipe may ask for (mergekit's default is 10).
+const MAX_ITER: f64 = 10_000.0;
+
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -32,7 +35,15 @@ impl Method for Karcher {
             out.copy_from_slice(input.tensors[0]);
             return Ok(MergeNote::default());
         }
-        let (max_iter, tol) = ((input.shared)("max_iter") as usize, (input.shared)("tol"));
+        let (max_iter, tol) = ((input.shared)("max_iter"), (input.shared)("tol"));
+        // Each iteration is a pass over every input: with `tol: 0` nothing stops the loop
+        // early, so a huge `max_iter` would never finish.
+        if !(0.0..=MAX_ITER).contains(&max_iter) {
+            return Err(Error::Invalid(format!(
+                "karcher: max_iter must be from 0 to {MAX_ITER}, not {max_iter}"
+            )));
+        }
+        let max_iter = max_iter as usize;
         let alpha = 1.0 / k as f64;
         let vs: Vec<Vec<f64>> = input
             .tensors

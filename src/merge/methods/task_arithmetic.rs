@@ -197,7 +197,8 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
         Sparsify::MagnitudeOutliers => {
             let target = (density * n as f64) as usize;
             let n_top = (gamma * n as f64) as usize;
-            let n_bot = n.saturating_sub(target + n_top);
+            // Saturating: a huge density or gamma casts to usize::MAX.
+            let n_bot = n.saturating_sub(target.saturating_add(n_top));
             // Keep ranks n_bot..n_bot+target of the ascending order: the `n_bot + target`
             // smallest minus the `n_bot` smallest.
             let smallest = |m: usize| -> Vec<bool> {
@@ -212,7 +213,7 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
                 }
                 keep
             };
-            let upper = smallest((n_bot + target).min(n));
+            let upper = smallest(n_bot.saturating_add(target).min(n));
             let lower = smallest(n_bot.min(n));
             upper.iter().zip(&lower).map(|(&u, &l)| u && !l).collect()
         }
