@@ -479,9 +479,12 @@ fn config_from_gguf(table: &Architecture, md: &Metadata, has_output: bool) -> Ma
     {
         c.entry("vocab_size").or_insert(json!(n));
     }
+    // unk too: a rebuilt SentencePiece folder has no tokenizer.json whose added tokens would
+    // name it, and this is where the converter looks next.
     for (gguf_key, hf_key) in [
         ("tokenizer.ggml.bos_token_id", "bos_token_id"),
         ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+        ("tokenizer.ggml.unknown_token_id", "unk_token_id"),
         ("tokenizer.ggml.padding_token_id", "pad_token_id"),
     ] {
         if let Some(v) = md.get_u64(gguf_key) {
@@ -498,7 +501,7 @@ fn pretty(j: &Json) -> String {
     s
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
+fn write_text(path: &Path, text: impl AsRef<[u8]>) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 

@@ -1,12 +1,14 @@
-//! The reverse of [`super::metadata`] for byte-level BPE: Hugging Face tokenizer files
-//! (`tokenizer.json`, `tokenizer_config.json`) rebuilt from a GGUF's `tokenizer.ggml.*` keys,
-//! so that `merge --format safetensors` from GGUF inputs gives a folder `transformers` can load
-//! and `convert` can turn back into the same GGUF.
+//! The reverse of [`super::metadata`]: Hugging Face tokenizer files rebuilt from a GGUF's
+//! `tokenizer.ggml.*` keys, so that `merge --format safetensors` from GGUF inputs gives a
+//! folder `transformers` can load and `convert` can turn back into the same GGUF.
 //!
-//! The vocabulary, merges, special tokens and chat template are in the GGUF; the
-//! pre-tokenizer is only named (`tokenizer.ggml.pre`), so it is rebuilt from what the named
-//! model family ships. Families whose pre-tokenizer is not known here, and SentencePiece
-//! (`llama`) vocabularies, are reported as not rebuildable rather than guessed.
+//! - `gpt2` (byte-level BPE): `tokenizer.json` + `tokenizer_config.json`. The vocabulary,
+//!   merges, special tokens and chat template are in the GGUF; the pre-tokenizer is only
+//!   named (`tokenizer.ggml.pre`), so it is rebuilt from what the named family ships.
+//!   Families whose pre-tokenizer is not known here are reported, not guessed.
+//! - `llama` (SentencePiece): `tokenizer.model` (a protobuf `ModelProto` with the pieces,
+//!   scores and types, byte fallback when there are byte pieces, the dummy prefix from
+//!   `add_space_prefix`) + `tokenizer_config.json`.
 
 use super::token_type;
 use crate::gguf::{Metadata, Value};
@@ -83,17 +85,26 @@ fn added_token(id: usize, content: &str, special: bool) -> (Json, Json) {
     (Json::Object(in_json), Json::Object(in_config))
 }
 
-/// `tokenizer.json` and `tokenizer_config.json` (file name, text) for GGUF metadata `md`, or
-/// why they cannot be rebuilt.
-pub fn hf_tokenizer_files(md: &Metadata) -> Result<Vec<(String, String)>, String> {
+/// The tokenizer files (file name, contents) for GGUF metadata `md`, or why they cannot be
+/// rebuilt.
+pub fn hf_tokenizer_files(md: &Metadata) -> Result<Vec<(String, Vec<u8>)>, String> {
     let model = md
         .get_str("tokenizer.ggml.model")
         .ok_or("the GGUF has no tokenizer")?;
-    if model != "gpt2" {
-        return Err(format!(
-            "rebuilding a `{model}` tokenizer is not supported (only byte-level BPE, `gpt2`)"
-        ));
-    }
+    let files = match model {
+        "gpt2" => bpe_files(md)?,
+        "llama" => spm_files(md)?,
+        _ => {
+            return Err(format!(
+                "rebuilding a `{model}` tokenizer is not supported (byte-level BPE `gpt2` and SentencePiece `llama` are)"
+            ))
+        }
+    };
+    Ok(files)
+}
+
+/// `tokenizer.json` and `tokenizer_config.json` for a byte-level BPE vocabulary.
+fn bpe_files(md: &Metadata) -> Result<Vec<(String, Vec<u8>)>, String> {
     let pre_name = md.get_str("tokenizer.ggml.pre").unwrap_or("default");
     let pre = pre_tokenizer(pre_name).ok_or_else(|| {
         format!("the pre-tokenizer `{pre_name}` is not one smelt can rebuild (gpt2, smollm, llama-bpe, qwen2)")
@@ -200,8 +211,29 @@ pub fn hf_tokenizer_files(md: &Metadata) -> Result<Vec<(String, String)>, String
         },
     });
 
+    let mut config = tokenizer_config(md, &tokens);
+    config.insert("added_tokens_decoder".into(), Json::Object(decoder));
+    config.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+    Ok(vec![
+        ("tokenizer.json".into(), pretty(&tokenizer)),
+        (
+            "tokenizer_config.json".into(),
+            pretty(&Json::Object(config)),
+        ),
+    ])
+}
+
+fn pretty(j: &Json) -> Vec<u8> {
+    serde_json::to_string_pretty(j)
+        .expect("JSON values serialize")
+        .into_bytes()
+}
+
+/// The `tokenizer_config.json` entries every family shares: the `add_*_token` flags the GGUF
+/// states (the converter writes each one the config has), the special tokens by text, the
+/// chat template and the context length.
+fn tokenizer_config(md: &Metadata, tokens: &[&str]) -> Map<String, Json> {
     let mut config = Map::new();
-    // Only the flags the GGUF states: the converter writes each one the config has.
     for key in ["add_bos_token", "add_eos_token"] {
         if let Some(b) = flag(md, &format!("tokenizer.ggml.{key}")) {
             config.insert(key.into(), json!(b));
@@ -210,14 +242,13 @@ pub fn hf_tokenizer_files(md: &Metadata) -> Result<Vec<(String, String)>, String
     if let Some(b) = flag(md, "tokenizer.ggml.add_space_prefix") {
         config.insert("add_prefix_space".into(), json!(b));
     }
-    config.insert("added_tokens_decoder".into(), Json::Object(decoder));
     for (name, key) in [
         ("bos_token", "tokenizer.ggml.bos_token_id"),
         ("eos_token", "tokenizer.ggml.eos_token_id"),
         ("unk_token", "tokenizer.ggml.unknown_token_id"),
         ("pad_token", "tokenizer.ggml.padding_token_id"),
     ] {
-        if let Some(t) = id_of(key).and_then(|i| tokens.get(i)) {
+        if let Some(t) = md.get_u64(key).and_then(|i| tokens.get(i as usize)) {
             config.insert(name.into(), json!(t));
         }
     }
@@ -229,13 +260,122 @@ pub fn hf_tokenizer_files(md: &Metadata) -> Result<Vec<(String, String)>, String
     if let Some(n) = md.get_u64(&format!("{arch}.context_length")) {
         config.insert("model_max_length".into(), json!(n));
     }
-    config.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
-    let pretty = |j: &Json| serde_json::to_string_pretty(j).expect("JSON values serialize");
+    config
+}
+
+/// `tokenizer.model` and `tokenizer_config.json` for a SentencePiece vocabulary.
+fn spm_files(md: &Metadata) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let tokens = strings(md, "tokenizer.ggml.tokens").ok_or("no tokenizer.ggml.tokens")?;
+    let n = tokens.len();
+    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores").and_then(Value::as_array) {
+        Some(a) => a
+            .iter()
+            .map(|v| v.as_f64().map(|x| x as f32))
+            .collect::<Option<_>>()
+            .ok_or("tokenizer.ggml.scores holds something other than numbers")?,
+        None => vec![0.0; n],
+    };
+    let types =
+        ints(md, "tokenizer.ggml.token_type").unwrap_or_else(|| vec![token_type::NORMAL as i64; n]);
+    if scores.len() != n || types.len() != n {
+        return Err("tokenizer.ggml.scores/token_type and tokens differ in length".into());
+    }
+    // The converter's trailing `[PAD{id}]` filler comes back from config.json's vocab_size.
+    let mut kept = n;
+    while kept > 0
+        && types[kept - 1] == token_type::UNUSED as i64
+        && tokens[kept - 1] == format!("[PAD{}]", kept - 1)
+    {
+        kept -= 1;
+    }
+    let mut pieces = Vec::new();
+    let mut decoder = Map::new();
+    for id in 0..kept {
+        let ty = types[id];
+        // An added (user-defined) token is restored through added_tokens_decoder, which is
+        // how the converter gave it its type and its -1000 score; SentencePiece itself keeps
+        // user-defined pieces, written with `▁` for spaces as it spells them.
+        let piece = if ty == token_type::USER_DEFINED as i64 {
+            let (_, d) = added_token(id, tokens[id], false);
+            decoder.insert(id.to_string(), d);
+            tokens[id].replace(' ', "\u{2581}")
+        } else {
+            tokens[id].to_string()
+        };
+        let mut p = Vec::new();
+        proto::bytes(&mut p, 1, piece.as_bytes());
+        proto::fixed32(&mut p, 2, scores[id].to_bits());
+        proto::varint(&mut p, 3, ty as u64);
+        pieces.push(p);
+    }
+    let id_or_none = |key: &str| md.get_u64(key).map_or(-1i64, |v| v as i64);
+    let byte_fallback = types.contains(&(token_type::BYTE as i64));
+    let mut trainer = Vec::new();
+    proto::varint(&mut trainer, 3, 2); // model_type: BPE, as Llama's and Gemma's are
+    proto::varint(&mut trainer, 4, kept as u64); // vocab_size
+    proto::varint(&mut trainer, 35, byte_fallback as u64);
+    for (field, key) in [
+        (40, "tokenizer.ggml.unknown_token_id"),
+        (41, "tokenizer.ggml.bos_token_id"),
+        (42, "tokenizer.ggml.eos_token_id"),
+        (43, "tokenizer.ggml.padding_token_id"),
+    ] {
+        // int32 fields: a negative id is its two's complement in ten varint bytes.
+        proto::varint(&mut trainer, field, id_or_none(key) as u64);
+    }
+    let mut normalizer = Vec::new();
+    proto::bytes(&mut normalizer, 1, b"identity");
+    let dummy_prefix = flag(md, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    proto::varint(&mut normalizer, 3, dummy_prefix as u64);
+    proto::varint(&mut normalizer, 4, 0); // remove_extra_whitespaces
+    proto::varint(&mut normalizer, 5, 1); // escape_whitespaces
+    let mut model = Vec::new();
+    for p in &pieces {
+        proto::bytes(&mut model, 1, p);
+    }
+    proto::bytes(&mut model, 2, &trainer);
+    proto::bytes(&mut model, 3, &normalizer);
+
+    let mut config = tokenizer_config(md, &tokens);
+    config.insert("added_tokens_decoder".into(), Json::Object(decoder));
+    config.insert("legacy".into(), json!(true));
+    config.insert("tokenizer_class".into(), json!("LlamaTokenizer"));
     Ok(vec![
-        ("tokenizer.json".into(), pretty(&tokenizer)),
+        ("tokenizer.model".into(), model),
         (
             "tokenizer_config.json".into(),
             pretty(&Json::Object(config)),
         ),
     ])
+}
+
+/// Just enough protobuf encoding for a SentencePiece `ModelProto`.
+mod proto {
+    fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
+        raw_varint(out, ((field as u64) << 3) | wire as u64);
+    }
+
+    fn raw_varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    pub fn varint(out: &mut Vec<u8>, field: u32, v: u64) {
+        key(out, field, 0);
+        raw_varint(out, v);
+    }
+
+    pub fn fixed32(out: &mut Vec<u8>, field: u32, bits: u32) {
+        key(out, field, 5);
+        out.extend_from_slice(&bits.to_le_bytes());
+    }
+
+    pub fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+        key(out, field, 2);
+        raw_varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
 }

@@ -414,12 +414,12 @@ def test_transformers_load_changes(smol_folder, tmp_path, name, vocab, edit):
         assert types[toks.index("hello")] == 3 and types[2] == 3
 
 
-def test_sentencepiece_added_tokens_and_padding(spm_folder, tmp_path):
-    """added_tokens.json and tokenizer_config's added_tokens_decoder on top of the model, ids
-    past the model's pieces and past vocab_size, and [PAD] fill, against the script."""
+def _spm_added_folder(spm_folder: Path, folder: Path) -> Path:
+    """The SentencePiece folder with added_tokens.json and added_tokens_decoder entries on top
+    of the model: ids past the model's pieces and past vocab_size, a replaced piece, and
+    [PAD] fill."""
     import shutil
 
-    folder = tmp_path / "spm-added"
     make_weights(folder, 705, seed=4)
     set_config(folder, bos_token_id=1, eos_token_id=2, vocab_size=705)
     for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json"]:
@@ -433,6 +433,13 @@ def test_sentencepiece_added_tokens_and_padding(spm_folder, tmp_path):
         "9999": {"content": "<beyond>", "special": True},
     })
     (folder / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False))
+    return folder
+
+
+def test_sentencepiece_added_tokens_and_padding(spm_folder, tmp_path):
+    """added_tokens.json and tokenizer_config's added_tokens_decoder on top of the model, ids
+    past the model's pieces and past vocab_size, and [PAD] fill, against the script."""
+    folder = _spm_added_folder(spm_folder, tmp_path / "spm-added")
     out = convert(folder, tmp_path / "spm-added.gguf")
     got = tokenizer_kv(out)
     assert_same_kv(got, oracle_kv(folder))
@@ -523,11 +530,45 @@ def test_tokenizer_files_rebuilt_from_a_gguf(llama3_folder, llama3_gguf, tmp_pat
     assert tokenizer_kv(back) == tokenizer_kv(llama3_gguf)
 
 
-def test_sentencepiece_gguf_gives_no_tokenizer_files_but_says_so(spm_gguf, tmp_path):
-    n_layer = dict(gguf.GGUFReader(spm_gguf).fields.items())["llama.block_count"].contents()
-    recipe = tmp_path / "self.yaml"
-    recipe.write_text(f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {spm_gguf}\n"
+def _export(gguf_path: Path, out: Path) -> Path:
+    """`merge --format safetensors` of every layer of `gguf_path`."""
+    n_layer = dict(gguf.GGUFReader(gguf_path).fields.items())["llama.block_count"].contents()
+    recipe = out.with_suffix(".yaml")
+    recipe.write_text(f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {gguf_path}\n"
                       f"        layer_range: [0, {n_layer}]\n")
-    p = run_smelt("merge", recipe, "-o", tmp_path / "hf", "--format", "safetensors", "--type", "F16")
-    assert "no tokenizer files written" in p.stderr and "llama" in p.stderr, p.stderr
-    assert not (tmp_path / "hf" / "tokenizer.json").exists()
+    run_smelt("merge", recipe, "-o", out, "--format", "safetensors", "--type", "F16")
+    return out
+
+
+def test_sentencepiece_model_rebuilt_from_a_gguf(spm_folder, spm_gguf, tmp_path):
+    """A SentencePiece GGUF exported as an HF folder gets a tokenizer.model of its own making:
+    the `sentencepiece` library loads it and encodes as the original model does (byte
+    fallback included), and converting the folder again gives the GGUF's tokenizer keys."""
+    import sentencepiece as spm
+
+    hf = _export(spm_gguf, tmp_path / "hf")
+    assert not (hf / "tokenizer.json").exists()
+    want = spm.SentencePieceProcessor(model_file=str(spm_folder / "tokenizer.model"))
+    got = spm.SentencePieceProcessor(model_file=str(hf / "tokenizer.model"))
+    assert got.get_piece_size() == want.get_piece_size()
+    for text in [TEXT, UNSEEN, *TEXT.splitlines()]:
+        assert got.encode(text) == want.encode(text), text
+    back = convert(hf, tmp_path / "back.gguf")
+    assert tokenizer_kv(back) == _without_sep_flag(tokenizer_kv(spm_gguf))
+
+
+def _without_sep_flag(kv: list) -> list:
+    # `add_sep_token = false` is read from the post-processor of a tokenizer.json, which a
+    # rebuilt SentencePiece folder does not have (transformers makes one from tokenizer.model
+    # on load); false is also llama.cpp's default.
+    return [(k, v) for k, v in kv if k != "tokenizer.ggml.add_sep_token"]
+
+
+def test_sentencepiece_added_tokens_survive_the_rebuild(spm_folder, tmp_path):
+    """Added (user-defined) tokens, a replaced control token and [PAD] filler, as the
+    converter lays them out, come back the same through the rebuilt tokenizer files."""
+    folder = _spm_added_folder(spm_folder, tmp_path / "spm-added")
+    original = convert(folder, tmp_path / "added.gguf")
+    hf = _export(original, tmp_path / "hf")
+    back = convert(hf, tmp_path / "back.gguf")
+    assert tokenizer_kv(back) == _without_sep_flag(tokenizer_kv(original))
