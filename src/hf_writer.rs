@@ -153,14 +153,14 @@ pub fn write_hf_folder(
         }
         if n_shards > 1 {
             let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-            write_text(&tmp.join(INDEX_NAME), &pretty(&index))?;
+            write_text(&tmp.join(INDEX_NAME), pretty(&index))?;
             files.push(INDEX_NAME.into());
         }
         let has_output = planned
             .iter()
             .any(|p| producer.name(p.index) == "output.weight");
         let config = config_json(table, out, has_output, &mut warnings)?;
-        write_text(&tmp.join("config.json"), &pretty(&config))?;
+        write_text(&tmp.join("config.json"), pretty(&config))?;
         files.push("config.json".into());
         match &out.tokenizer_from {
             Some(dir) => {
