@@ -8,6 +8,19 @@ fn smelt() -> Command {
     Command::new(env!("CARGO_BIN_EXE_smelt"))
 }
 
+/// A one-layer test model with a 300-token vocabulary at `path` (`extra` arguments added).
+fn tiny_model(path: &Path, extra: &[&str]) {
+    let ok = smelt()
+        .args(["make-test-model", "--layers", "1", "--vocab", "300"])
+        .args(extra)
+        .arg("-o")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "make-test-model {}", path.display());
+}
+
 /// Run `smelt quantize INPUT -o OUT --type Q8_0`, expect failure; return stderr.
 fn quantize_fails(input: &Path, out: &Path) -> String {
     let o = smelt()
@@ -256,12 +269,7 @@ fn fuzzed_headers_never_panic() {
     // Flip bytes of a valid header one at a time: every outcome is success or a clean error.
     let c = Case::new();
     let model = c.dir.path().join("tiny.gguf");
-    assert!(smelt()
-        .args(["make-test-model", "--layers", "1", "--vocab", "300", "-o"])
-        .arg(&model)
-        .status()
-        .unwrap()
-        .success());
+    tiny_model(&model, &[]);
     let bytes = std::fs::read(&model).unwrap();
     let header_len = 4096.min(bytes.len());
     let mut mutated = 0;
@@ -451,12 +459,7 @@ fn index_shards_must_be_files_beside_the_index() {
 fn hostile_recipes_are_errors_naming_the_line() {
     let c = Case::new();
     let model = c.dir.path().join("m.gguf");
-    assert!(smelt()
-        .args(["make-test-model", "--layers", "1", "--vocab", "300", "-o"])
-        .arg(&model)
-        .status()
-        .unwrap()
-        .success());
+    tiny_model(&model, &[]);
     let cases = [
         // Formerly an index-out-of-bounds panic (`slices[0]`, `sources[0]`).
         ("empty-models.yaml", "merge_method: linear\nmodels: []\n", "empty-models.yaml:1"),
@@ -521,12 +524,7 @@ fn negative_imatrix_name_length_is_named() {
 fn damaged_files_fail_cleanly_in_inspect_and_quantize() {
     let c = Case::new();
     let model = c.dir.path().join("tiny.gguf");
-    assert!(smelt()
-        .args(["make-test-model", "--layers", "1", "--vocab", "300", "-o"])
-        .arg(&model)
-        .status()
-        .unwrap()
-        .success());
+    tiny_model(&model, &[]);
     let ok = std::fs::read(&model).unwrap();
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("half.gguf", ok[..ok.len() / 2].to_vec()),
@@ -604,21 +602,7 @@ fn zero_dimension_beside_a_huge_one() {
 fn hostile_method_parameters() {
     let c = Case::new();
     for (name, seed) in [("a.gguf", "1"), ("b.gguf", "2")] {
-        assert!(smelt()
-            .args([
-                "make-test-model",
-                "--layers",
-                "1",
-                "--vocab",
-                "300",
-                "--seed",
-                seed,
-                "-o"
-            ])
-            .arg(c.dir.path().join(name))
-            .status()
-            .unwrap()
-            .success());
+        tiny_model(&c.dir.path().join(name), &["--seed", seed]);
     }
     let run = |file: &str, text: &str| {
         let r = c.file(file, text.as_bytes());
