@@ -110,3 +110,8 @@ fn golden_iq2_xs() {
 fn golden_iq2_s() {
     check(GgmlType::IQ2_S);
 }
+
+#[test]
+fn golden_iq1_s() {
+    check(GgmlType::IQ1_S);
+}

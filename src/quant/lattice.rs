@@ -7,7 +7,7 @@
 //! Only some level combinations are grid points; for the others ggml keeps the grid points at
 //! the `nwant` smallest squared distances, in order of (distance, grid index).
 
-use super::grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
+use super::grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
 use super::kquants::nearest_int;
 use std::sync::OnceLock;
 
@@ -216,11 +216,10 @@ pub(crate) fn iq2s() -> &'static Lattice<8> {
     L.get_or_init(|| Lattice::build(&IQ2S_GRID, 2, 1))
 }
 
-/// IQ1_S and IQ1_M share one grid (no quantizer uses it yet; the test checks its tables).
-#[cfg(test)]
+/// IQ1_S and IQ1_M share one grid.
 pub(crate) fn iq1s() -> &'static Lattice<8> {
     static L: OnceLock<Lattice<8>> = OnceLock::new();
-    L.get_or_init(|| Lattice::build(&super::grids::IQ1S_GRID, 2, 3))
+    L.get_or_init(|| Lattice::build(&IQ1S_GRID, 2, 3))
 }
 
 /// How the refinement after the scale search treats the groups (the quantizers differ).

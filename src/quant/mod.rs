@@ -15,6 +15,7 @@ mod golden_iq4;
 pub mod grids;
 pub mod imatrix;
 pub mod imatrix_legacy;
+pub mod iq1;
 pub mod iq2;
 pub mod iq3;
 pub mod iq4;
@@ -92,6 +93,7 @@ pub fn can_quantize(ty: GgmlType) -> bool {
             | Q4_K
             | Q5_K
             | Q6_K
+            | IQ1_S
             | IQ2_XXS
             | IQ2_XS
             | IQ2_S
@@ -188,6 +190,7 @@ fn quantize_row_checked(
         (Q8_0, _) | (Q4_0 | Q4_1 | Q5_0 | Q5_1, None) => legacy::quantize_row(ty, src, dst),
         (Q4_0 | Q4_1 | Q5_0 | Q5_1, Some(w)) => imatrix_legacy::quantize_row(ty, src, dst, w),
         (Q2_K | Q3_K | Q4_K | Q5_K | Q6_K, w) => kquants::quantize_row(ty, src, dst, w),
+        (IQ1_S, w) => iq1::quantize_row(ty, src, dst, w),
         (IQ2_XXS | IQ2_XS | IQ2_S, w) => iq2::quantize_row(ty, src, dst, w),
         (IQ3_XXS | IQ3_S, w) => iq3::quantize_row(ty, src, dst, w),
         (IQ4_NL | IQ4_XS, w) => iq4::quantize_row(ty, src, dst, w),
@@ -282,11 +285,11 @@ mod tests {
         let w: Vec<f32> = synth(cols, 9).iter().map(|v| v * v * 1e3 + 0.01).collect();
         for ty in [
             Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16, BF16,
-            TQ1_0, TQ2_0, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S,
+            TQ1_0, TQ2_0, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S,
         ] {
             let rb = row_bytes(ty, cols).unwrap();
             for wi in [None, Some(w.as_slice())] {
-                if wi.is_none() && matches!(ty, IQ2_XXS | IQ2_XS) {
+                if wi.is_none() && matches!(ty, IQ2_XXS | IQ2_XS | IQ1_S) {
                     continue;
                 }
                 for (r, row) in x.chunks_exact(cols).enumerate() {
@@ -366,14 +369,14 @@ mod tests {
             vec![-1.0; n],
             vec![f32::NAN; n],
         ];
-        for ty in [IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S] {
+        for ty in [IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S] {
             let mut out = vec![0u8; row_bytes(ty, n).unwrap()];
             for row in &rows {
                 for w in &weights {
                     quantize_row(ty, row, &mut out, Some(w)).unwrap();
                 }
                 let r = quantize_row(ty, row, &mut out, None);
-                if matches!(ty, IQ2_XXS | IQ2_XS) {
+                if matches!(ty, IQ2_XXS | IQ2_XS | IQ1_S) {
                     assert_eq!(r, Err(QuantError::NeedsImatrix { ty }));
                 } else {
                     r.unwrap();
