@@ -11,11 +11,17 @@ that smelt does not panic there.
 The quantized bytes are not stored, only digests (the inputs are): per case the SHA-256 of all
 rows and the first 12 hex digits of each row's SHA-256, so a mismatch names its row.
 
+IQ1_M is the exception to libgguf: libgguf 0.2.2 ports an older IQ1_M search that differs from
+the llama.cpp we compare against on a few rows, so its IQ1_M digests come from ggml itself,
+through scripts/ggml-quantize-rows.c (see there how to build it), given as --ggml-helper.
+Without the helper the committed IQ1_M cases are kept as they are (and --check compares the
+rest).
+
 Writes fixtures/golden/quant_iq.json:
   inputs: {name: {n_per_row, rows, data (base64 f32 LE), imatrix (base64 f32 LE, one per column)}}
   cases:  [{input, type, imatrix (bool), nbytes, sha256, rows (short row digests)}]
 
-Usage: scripts/gen-golden-iq.py [--check]   (run with the venv from scripts/setup-python)
+Usage: scripts/gen-golden-iq.py [--check] [--ggml-helper PATH]   (venv from scripts/setup-python)
   --check  regenerate in memory and exit 1 if the committed file differs.
 """
 
@@ -24,7 +30,9 @@ import base64
 import hashlib
 from importlib import metadata
 import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +122,26 @@ def b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode()
 
 
-def generate(seed: int = SEED) -> str:
+def ggml_quantize(helper: str, data: np.ndarray, qtype, imatrix) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        x, im, out = Path(tmp) / "x.f32", Path(tmp) / "im.f32", Path(tmp) / "out.bin"
+        data.astype("<f4").tofile(x)
+        if imatrix is not None:
+            imatrix.astype("<f4").tofile(im)
+        subprocess.run([helper, str(int(qtype)), str(data.shape[0]), str(data.shape[1]), str(x),
+                        str(im) if imatrix is not None else "-", str(out)], check=True)
+        return np.fromfile(out, dtype=np.uint8).reshape(data.shape[0], -1)
+
+
+def committed_cases(qtype) -> dict:
+    if not OUT.exists():
+        return {}
+    return {(c["input"], c["imatrix"]): c for c in json.loads(OUT.read_text())["cases"]
+            if c["type"] == qtype.name}
+
+
+def generate(seed: int = SEED, helper: str | None = None) -> str:
+    kept_iq1_m = committed_cases(T.IQ1_M)
     inputs = make_inputs(seed)
     doc_inputs = {}
     cases = []
@@ -129,7 +156,14 @@ def generate(seed: int = SEED) -> str:
         for qtype in TYPES:
             modes = (True,) if libgguf.quantize_requires_imatrix(qtype) else (False, True)
             for with_im in modes:
-                out = libgguf.quantize_rows(data, qtype, imatrix if with_im else None)
+                if qtype == T.IQ1_M and helper is None:
+                    if (name, with_im) in kept_iq1_m:
+                        cases.append(kept_iq1_m[(name, with_im)])
+                    continue
+                if qtype == T.IQ1_M:
+                    out = ggml_quantize(helper, data, qtype, imatrix if with_im else None)
+                else:
+                    out = libgguf.quantize_rows(data, qtype, imatrix if with_im else None)
                 out = np.ascontiguousarray(out)
                 raw = out.tobytes()
                 cases.append(
@@ -144,7 +178,7 @@ def generate(seed: int = SEED) -> str:
                 )
     doc = {
         "generator": "scripts/gen-golden-iq.py",
-        "oracle": f"libgguf {metadata.version('libgguf')}",
+        "oracle": f"libgguf {metadata.version('libgguf')}; IQ1_M: ggml (llama-cpp-python 0.3.36 sdist)",
         "seed": seed,
         "inputs": doc_inputs,
         "cases": cases,
@@ -155,8 +189,9 @@ def generate(seed: int = SEED) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="fail if the committed file differs")
+    ap.add_argument("--ggml-helper", metavar="PATH", help="built scripts/ggml-quantize-rows.c (IQ1_M)")
     args = ap.parse_args()
-    text = generate()
+    text = generate(helper=args.ggml_helper)
     if args.check:
         if not OUT.exists() or OUT.read_text() != text:
             print(f"{OUT.relative_to(ROOT)} is stale; rerun {Path(__file__).name}", file=sys.stderr)

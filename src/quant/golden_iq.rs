@@ -115,3 +115,31 @@ fn golden_iq2_s() {
 fn golden_iq1_s() {
     check(GgmlType::IQ1_S);
 }
+
+#[test]
+fn golden_iq1_m() {
+    check(GgmlType::IQ1_M);
+}
+
+/// Writes every golden input quantized to `SMELT_IQ_DUMP_TYPE` (with the imatrix when
+/// `SMELT_IQ_DUMP_IMATRIX` is set) to `SMELT_IQ_DUMP`, for comparing with other quantizers.
+#[test]
+#[ignore]
+fn dump() {
+    let path = std::env::var("SMELT_IQ_DUMP").expect("SMELT_IQ_DUMP");
+    let ty: GgmlType = std::env::var("SMELT_IQ_DUMP_TYPE")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let with_im = std::env::var("SMELT_IQ_DUMP_IMATRIX").is_ok();
+    let (inputs, _) = load();
+    for (name, input) in &inputs {
+        let n = input.n_per_row;
+        let rb = row_bytes(ty, n).unwrap();
+        let mut got = vec![0u8; input.data.len() / n * rb];
+        for (src, dst) in input.data.chunks_exact(n).zip(got.chunks_exact_mut(rb)) {
+            quantize_row(ty, src, dst, with_im.then_some(&input.imatrix[..])).unwrap();
+        }
+        std::fs::write(format!("{path}.{name}"), got).unwrap();
+    }
+}

@@ -94,6 +94,7 @@ pub fn can_quantize(ty: GgmlType) -> bool {
             | Q5_K
             | Q6_K
             | IQ1_S
+            | IQ1_M
             | IQ2_XXS
             | IQ2_XS
             | IQ2_S
@@ -190,7 +191,7 @@ fn quantize_row_checked(
         (Q8_0, _) | (Q4_0 | Q4_1 | Q5_0 | Q5_1, None) => legacy::quantize_row(ty, src, dst),
         (Q4_0 | Q4_1 | Q5_0 | Q5_1, Some(w)) => imatrix_legacy::quantize_row(ty, src, dst, w),
         (Q2_K | Q3_K | Q4_K | Q5_K | Q6_K, w) => kquants::quantize_row(ty, src, dst, w),
-        (IQ1_S, w) => iq1::quantize_row(ty, src, dst, w),
+        (IQ1_S | IQ1_M, w) => iq1::quantize_row(ty, src, dst, w),
         (IQ2_XXS | IQ2_XS | IQ2_S, w) => iq2::quantize_row(ty, src, dst, w),
         (IQ3_XXS | IQ3_S, w) => iq3::quantize_row(ty, src, dst, w),
         (IQ4_NL | IQ4_XS, w) => iq4::quantize_row(ty, src, dst, w),
@@ -285,7 +286,7 @@ mod tests {
         let w: Vec<f32> = synth(cols, 9).iter().map(|v| v * v * 1e3 + 0.01).collect();
         for ty in [
             Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16, BF16,
-            TQ1_0, TQ2_0, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S,
+            TQ1_0, TQ2_0, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M,
         ] {
             let rb = row_bytes(ty, cols).unwrap();
             for wi in [None, Some(w.as_slice())] {
@@ -369,7 +370,7 @@ mod tests {
             vec![-1.0; n],
             vec![f32::NAN; n],
         ];
-        for ty in [IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S] {
+        for ty in [IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M] {
             let mut out = vec![0u8; row_bytes(ty, n).unwrap()];
             for row in &rows {
                 for w in &weights {

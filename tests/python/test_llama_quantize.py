@@ -118,7 +118,7 @@ def test_smollm2_identical_to_llama_quantize(smol_f16, llama_bin, tmp_path, qtyp
 
 
 IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_S", "Q6_K", "IQ4_NL", "IQ4_XS",
-                 "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S"]
+                 "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"]
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "dat"])
@@ -160,7 +160,7 @@ def test_matrix_in_one_pass_equals_single_runs(synth, tmp_path):
         assert sha(outdir / f"synth-{t}.gguf") == sha(single), t
 
 
-@pytest.mark.parametrize("qtype", ["Q2_K_S", "IQ3_XS", "IQ3_XXS", "IQ2_S", "IQ2_M", "IQ2_XS", "IQ2_XXS", "IQ1_S"])
+@pytest.mark.parametrize("qtype", ["Q2_K_S", "IQ3_XS", "IQ3_XXS", "IQ2_S", "IQ2_M", "IQ2_XS", "IQ2_XXS", "IQ1_S", "IQ1_M"])
 def test_requires_imatrix(synth, tmp_path, qtype):
     """Mixes with tensors llama-quantize refuses to write without an imatrix."""
     p = run_smelt("quantize", synth, "-o", tmp_path / "x.gguf", "--type", qtype, check=False)
