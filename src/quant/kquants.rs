@@ -619,8 +619,9 @@ pub(crate) fn make_qkx3_quants(
     make_qkx_quants(nmax, x, weights, l, rmin, rdelta, nstep, use_mad)
 }
 
-/// ggml's `make_qp_quants`: quantizes non-negative `x` (block scales or mins) to
-/// `l` in `0..=nmax` with weights `qw`. Returns the scale.
+/// ggml's `make_qp_quants`: quantizes `x` (block scales or mins, or IQ2_XXS magnitudes, of
+/// which a few may be negative) to `l` in `0..=nmax` with weights `qw`. Returns the scale.
+/// Negative values wrap in `l` exactly as ggml's `uint8_t` store does.
 #[inline(always)]
 pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
     let n = x.len();
@@ -669,7 +670,9 @@ pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> 
     for i in 0..n {
         let q = nearest_int(iscale * x[i]).min(nmax);
         l[i] = q as u8;
-        let qf = l[i] as f32;
+        // C sums with the int, not the (wrapped) stored byte: they differ for negative x,
+        // which IQ2_XXS passes (one value per group of 8 may carry a flipped sign).
+        let qf = q as f32;
         sumlx += qw[i] * x[i] * qf;
         suml2 += qw[i] * qf * qf;
     }

@@ -9,12 +9,18 @@ pub mod float;
 #[cfg(test)]
 mod golden;
 #[cfg(test)]
+mod golden_iq;
+#[cfg(test)]
 mod golden_iq4;
 pub mod grids;
 pub mod imatrix;
 pub mod imatrix_legacy;
+pub mod iq1;
+pub mod iq2;
+pub mod iq3;
 pub mod iq4;
 pub mod kquants;
+pub(crate) mod lattice;
 pub mod legacy;
 pub mod mix;
 pub mod ternary;
@@ -33,6 +39,8 @@ pub enum QuantError {
         n: usize,
         block: usize,
     },
+    #[error("quantizing to {ty} requires an importance matrix (imatrix)")]
+    NeedsImatrix { ty: GgmlType },
     #[error("buffer size mismatch for {ty}: {what}")]
     BufferSize { ty: GgmlType, what: String },
 }
@@ -85,6 +93,13 @@ pub fn can_quantize(ty: GgmlType) -> bool {
             | Q4_K
             | Q5_K
             | Q6_K
+            | IQ1_S
+            | IQ1_M
+            | IQ2_XXS
+            | IQ2_XS
+            | IQ2_S
+            | IQ3_XXS
+            | IQ3_S
             | IQ4_NL
             | IQ4_XS
             | TQ1_0
@@ -176,6 +191,9 @@ fn quantize_row_checked(
         (Q8_0, _) | (Q4_0 | Q4_1 | Q5_0 | Q5_1, None) => legacy::quantize_row(ty, src, dst),
         (Q4_0 | Q4_1 | Q5_0 | Q5_1, Some(w)) => imatrix_legacy::quantize_row(ty, src, dst, w),
         (Q2_K | Q3_K | Q4_K | Q5_K | Q6_K, w) => kquants::quantize_row(ty, src, dst, w),
+        (IQ1_S | IQ1_M, w) => iq1::quantize_row(ty, src, dst, w),
+        (IQ2_XXS | IQ2_XS | IQ2_S, w) => iq2::quantize_row(ty, src, dst, w),
+        (IQ3_XXS | IQ3_S, w) => iq3::quantize_row(ty, src, dst, w),
         (IQ4_NL | IQ4_XS, w) => iq4::quantize_row(ty, src, dst, w),
         (TQ1_0 | TQ2_0, _) => ternary::quantize_row(ty, src, dst),
         _ => Err(QuantError::Unsupported { ty, op: "quantize" }),
@@ -268,10 +286,13 @@ mod tests {
         let w: Vec<f32> = synth(cols, 9).iter().map(|v| v * v * 1e3 + 0.01).collect();
         for ty in [
             Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16, BF16,
-            TQ1_0, TQ2_0,
+            TQ1_0, TQ2_0, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M,
         ] {
             let rb = row_bytes(ty, cols).unwrap();
             for wi in [None, Some(w.as_slice())] {
+                if wi.is_none() && matches!(ty, IQ2_XXS | IQ2_XS | IQ1_S) {
+                    continue;
+                }
                 for (r, row) in x.chunks_exact(cols).enumerate() {
                     // Scaled rows reach the tiny and the large ends of the ranges too.
                     let scale = [1.0f32, 1e-3, 1e3, 1e-20][r % 4];
@@ -315,6 +336,52 @@ mod tests {
                 quantize_row(ty, block, &mut a, None).unwrap();
                 quantize_row_baseline(ty, block, &mut b, None).unwrap();
                 assert_eq!(a, b, "{ty} {block:?}");
+            }
+        }
+    }
+
+    /// The IQ1-3 quantizers never panic, whatever the input (ggml aborts on some of these),
+    /// and the types ggml quantizes only with an imatrix refuse to quantize without one.
+    #[test]
+    fn iq_quantizers_take_any_input() {
+        use GgmlType::*;
+        let n = 512;
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        for special in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            1e30,
+            1e-45,
+        ] {
+            let mut r = synth(n, 11);
+            r[7] = special;
+            rows.push(r);
+            rows.push(vec![special; n]);
+        }
+        rows.push(vec![0.0; n]);
+        let weights = [
+            synth(n, 3)
+                .iter()
+                .map(|v| v * v + 1e-3)
+                .collect::<Vec<f32>>(),
+            vec![0.0; n],
+            vec![-1.0; n],
+            vec![f32::NAN; n],
+        ];
+        for ty in [IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M] {
+            let mut out = vec![0u8; row_bytes(ty, n).unwrap()];
+            for row in &rows {
+                for w in &weights {
+                    quantize_row(ty, row, &mut out, Some(w)).unwrap();
+                }
+                let r = quantize_row(ty, row, &mut out, None);
+                if matches!(ty, IQ2_XXS | IQ2_XS | IQ1_S) {
+                    assert_eq!(r, Err(QuantError::NeedsImatrix { ty }));
+                } else {
+                    r.unwrap();
+                }
             }
         }
     }

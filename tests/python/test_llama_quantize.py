@@ -13,7 +13,8 @@ import gguf
 from conftest import ROOT, run_smelt
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
-         "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "F16", "BF16", "F32"]
+         "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "F16", "BF16", "F32",
+         "IQ3_S", "IQ3_M"]
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 3 +
         "Quantization maps real numbers onto a small set of levels, trading precision for size. "
@@ -116,7 +117,8 @@ def test_smollm2_identical_to_llama_quantize(smol_f16, llama_bin, tmp_path, qtyp
     assert_same_file(ours, theirs)
 
 
-IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_S", "Q6_K", "IQ4_NL", "IQ4_XS"]
+IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_S", "Q6_K", "IQ4_NL", "IQ4_XS",
+                 "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"]
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "dat"])
@@ -158,8 +160,10 @@ def test_matrix_in_one_pass_equals_single_runs(synth, tmp_path):
         assert sha(outdir / f"synth-{t}.gguf") == sha(single), t
 
 
-def test_q2_k_s_requires_imatrix(synth, tmp_path):
-    p = run_smelt("quantize", synth, "-o", tmp_path / "x.gguf", "--type", "Q2_K_S", check=False)
+@pytest.mark.parametrize("qtype", ["Q2_K_S", "IQ3_XS", "IQ3_XXS", "IQ2_S", "IQ2_M", "IQ2_XS", "IQ2_XXS", "IQ1_S", "IQ1_M"])
+def test_requires_imatrix(synth, tmp_path, qtype):
+    """Mixes with tensors llama-quantize refuses to write without an imatrix."""
+    p = run_smelt("quantize", synth, "-o", tmp_path / "x.gguf", "--type", qtype, check=False)
     assert p.returncode != 0 and "imatrix" in p.stderr
     assert not (tmp_path / "x.gguf").exists()
 
