@@ -129,6 +129,23 @@ fn best_neighbour(
     best
 }
 
+/// Levels from the best split of the sorted `pairs` (value, position): positions before `i1`
+/// get 0, before `i2` 1, the rest 2; mirrored (`2 - l`) when the best scale was negative, so
+/// the caller can make it positive. Returns whether it mirrored.
+fn split_levels(pairs: &[(f32, u8)], i1: usize, i2: usize, negative: bool, l: &mut [u8]) -> bool {
+    for (j, &(_, i)) in pairs.iter().enumerate() {
+        let level = if j < i1 {
+            0
+        } else if j < i2 {
+            1
+        } else {
+            2
+        };
+        l[i as usize] = if negative { 2 - level } else { level };
+    }
+    negative
+}
+
 fn block_s(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let lat = lattice::iq1s();
     out.fill(0);
@@ -184,19 +201,7 @@ fn block_s(x: &[f32], qw: &[f32], out: &mut [u8]) {
         let Some((i1, i2, mut shift)) = best else {
             continue;
         };
-        for (j, &(_, i)) in pairs.iter().enumerate() {
-            l[i as usize] = if j < i1 {
-                0
-            } else if j < i2 {
-                1
-            } else {
-                2
-            };
-        }
-        if scale < 0.0 {
-            for v in &mut l {
-                *v = 2 - *v;
-            }
+        if split_levels(&pairs, i1, i2, scale < 0.0, &mut l) {
             scale = -scale;
             shift = -shift;
         }
@@ -358,19 +363,7 @@ fn block_m(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         let Some((i1, i2, mut code)) = best else {
             continue;
         };
-        for (j, &(_, i)) in pairs.iter().enumerate() {
-            l[i as usize] = if j < i1 {
-                0
-            } else if j < i2 {
-                1
-            } else {
-                2
-            };
-        }
-        if scale < 0.0 {
-            for v in &mut l {
-                *v = 2 - *v;
-            }
+        if split_levels(&pairs, i1, i2, scale < 0.0, &mut l) {
             scale = -scale;
             code = 3 - code;
         }
