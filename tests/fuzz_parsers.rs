@@ -254,6 +254,24 @@ fn random_cases() -> usize {
         .unwrap_or(200)
 }
 
+/// `seed` with its `width`-byte little-endian integer field at `pos` set to each hostile
+/// value of that width, with the value.
+fn field_mutations(seed: &[u8], pos: usize, width: usize) -> Vec<(u64, Vec<u8>)> {
+    let values: Vec<u64> = if width == 4 {
+        interesting_u32().into_iter().map(u64::from).collect()
+    } else {
+        interesting_u64(seed.len() as u64, pos as u64)
+    };
+    values
+        .into_iter()
+        .map(|v| {
+            let mut b = seed.to_vec();
+            b[pos..pos + width].copy_from_slice(&v.to_le_bytes()[..width]);
+            (v, b)
+        })
+        .collect()
+}
+
 /// Hostile values for a 64-bit length, count, dimension or offset.
 fn interesting_u64(file_len: u64, pos: u64) -> Vec<u64> {
     let mut v = vec![
@@ -587,14 +605,7 @@ fn fuzz_gguf_seed(seed: &[u8], tag: &str, salt: u64, r: &mut Report) {
             .is_none_or(|i| i < 4)
     };
     for (pos, width, what) in fields.iter().filter(|f| full || first_tensors(&f.2)) {
-        let values: Vec<u64> = if *width == 4 {
-            interesting_u32().into_iter().map(u64::from).collect()
-        } else {
-            interesting_u64(seed.len() as u64, *pos as u64)
-        };
-        for v in values {
-            let mut b = seed.to_vec();
-            b[*pos..*pos + width].copy_from_slice(&v.to_le_bytes()[..*width]);
+        for (v, b) in field_mutations(seed, *pos, *width) {
             std::fs::write(&path, &b).unwrap();
             r.case(
                 &format!("{tag}: {what} @{pos} = {v}"),
@@ -1116,14 +1127,7 @@ fn fuzz_imatrix() {
     let path = dir.path().join("im.gguf");
     let (fields, _) = gguf_fields(&seed);
     for (pos, width, what) in &fields {
-        let values: Vec<u64> = if *width == 4 {
-            interesting_u32().into_iter().map(u64::from).collect()
-        } else {
-            interesting_u64(seed.len() as u64, *pos as u64)
-        };
-        for v in values {
-            let mut b = seed.clone();
-            b[*pos..*pos + width].copy_from_slice(&v.to_le_bytes()[..*width]);
+        for (v, b) in field_mutations(&seed, *pos, *width) {
             std::fs::write(&path, &b).unwrap();
             r.case(
                 &format!("gguf imatrix {what} = {v}"),
