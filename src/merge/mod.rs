@@ -64,13 +64,13 @@ pub struct MergePlan {
 /// Tensors with one row per token.
 const VOCAB_TENSORS: &[&str] = &["token_embd.weight", "output.weight"];
 
-/// `recipe.yaml:LINE: message`.
 /// Most output layers a recipe may make (real models have at most a few hundred).
 const MAX_OUT_LAYERS: u64 = 1 << 16;
 
 /// Largest `tokenizer.pad_to_multiple_of`: padding to it adds at most this many embedding rows.
 const MAX_PAD_MULTIPLE: u64 = 1 << 16;
 
+/// `recipe.yaml:LINE: message`.
 fn at<T>(origin: &str, s: &Spanned<T>, msg: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{origin}:{}: {msg}", s.referenced.line()))
 }
