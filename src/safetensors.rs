@@ -92,11 +92,7 @@ pub fn open_hf_folder_with(path: &Path, tok: &crate::tokenizer::TokenizerOptions
         }
         found.into_iter().map(|p| (p, Vec::new())).collect()
     };
-    let config_json = config.as_ref().map(|c| c.json.clone());
-    let mut store = build(path, files, config, &folder_name(path))?;
-    if let Some(config) = config_json {
-        add_general_metadata(&mut store, path, &config);
-    }
+    let mut store = build(path, files, config)?;
     for (k, v) in crate::tokenizer::metadata(path, tok)?.iter() {
         store.metadata.set(k, v.clone());
     }
@@ -118,36 +114,35 @@ pub fn open_file(path: &Path) -> Result<Store> {
     } else {
         vec![(path.to_path_buf(), Vec::new())]
     };
-    let config_json = config.as_ref().map(|c| c.json.clone());
-    let mut store = build(path, files, config, &folder_name(&dir))?;
-    if let Some(config) = config_json {
-        add_general_metadata(&mut store, &dir, &config);
-    }
-    Ok(store)
+    build(path, files, config)
 }
 
 /// The converter's `general.*` keys (name, size label, model card, sampling defaults) for the
-/// model in `folder`, right after `general.architecture` and `general.type`, before the
-/// hyper-parameters.
-fn add_general_metadata(store: &mut Store, folder: &Path, config: &Json) {
+/// model of `tensors` in `folder`, right after `general.architecture` and `general.type`,
+/// before the hyper-parameters (replacing the table's plain `general.name`).
+fn with_general_metadata(
+    metadata: Metadata,
+    tensors: &[StoreTensor],
+    folder: &Path,
+    config: &Json,
+) -> Metadata {
     let params = ParamCount::of(
-        store
-            .tensors
+        tensors
             .iter()
             .map(|t| (t.name.as_str(), t.shape.as_slice())),
     );
     let general = crate::model_card::general_metadata(folder, config, params);
     let mut md = Metadata::new();
     for key in ["general.architecture", "general.type"] {
-        if let Some(v) = store.metadata.remove(key) {
-            md.set(key, v);
+        if let Some(v) = metadata.get(key) {
+            md.set(key, v.clone());
         }
     }
-    store.metadata.remove("general.name");
-    for (k, v) in general.iter().chain(store.metadata.iter()) {
+    let table_keys = metadata.iter().filter(|(k, _)| *k != "general.name");
+    for (k, v) in general.iter().chain(table_keys) {
         md.set(k, v.clone());
     }
-    store.metadata = md;
+    md
 }
 
 /// A parsed `config.json`.
@@ -554,7 +549,6 @@ fn build(
     origin: &Path,
     files: Vec<(PathBuf, Vec<String>)>,
     config: Option<Config>,
-    model_name: &str,
 ) -> Result<Store> {
     let mut parsed = Vec::new();
     for (path, expected) in files {
@@ -597,7 +591,10 @@ fn build(
             })?;
             let heads = arch.heads(&c.json).map_err(|m| Error::format(&c.path, m))?;
             let md = arch
-                .metadata(&c.json, model_name)
+                .metadata(
+                    &c.json,
+                    &folder_name(c.path.parent().unwrap_or(Path::new("."))),
+                )
                 .map_err(|m| Error::format(&c.path, m))?;
             (Some(arch), Some(heads), md, Some(c.json))
         }
@@ -853,9 +850,17 @@ fn build(
         pending.extend(tensors);
     }
     pending.sort_by(|a, b| a.key.cmp(&b.key));
+    let tensors: Vec<StoreTensor> = pending.into_iter().map(|p| p.tensor).collect();
+    let metadata = match (&config_json, &config_path) {
+        (Some(json), Some(cp)) => {
+            let folder = cp.parent().unwrap_or(Path::new("."));
+            with_general_metadata(metadata, &tensors, folder, json)
+        }
+        _ => metadata,
+    };
     Ok(Store {
         metadata,
-        tensors: pending.into_iter().map(|p| p.tensor).collect(),
+        tensors,
         files: source_files,
     })
 }
