@@ -109,6 +109,7 @@ struct Patterns {
     size: Regex,
     finetune: Regex,
     title_exempt: Regex,
+    hub_url: Regex,
 }
 
 fn patterns() -> &'static Patterns {
@@ -122,6 +123,7 @@ fn patterns() -> &'static Patterns {
         .unwrap(),
         finetune: Regex::new(r"(?i)^(?:chat|instruct|vision|lora)$").unwrap(),
         title_exempt: Regex::new(r"^(?:v\d+(?:\.\d+)*|\d.*)$").unwrap(),
+        hub_url: Regex::new(r"^https?://huggingface.co/([^/]+/[^/]+)$").unwrap(),
     })
 }
 
@@ -405,8 +407,9 @@ fn card_entry(v: &Json, total_params: u64) -> Option<Entry> {
                 .any(|p| id.starts_with(p));
             let parsed = if is_url {
                 e.push(("repo_url", id.clone()));
-                let hub = Regex::new(r"^https?://huggingface.co/([^/]+/[^/]+)$").unwrap();
-                hub.captures(id)
+                patterns()
+                    .hub_url
+                    .captures(id)
                     .map(|c| model_id_components(&c[1], total_params))
             } else {
                 Some(model_id_components(id, total_params))
