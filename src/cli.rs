@@ -5,13 +5,20 @@ use crate::gguf::{GgmlType, Value};
 use crate::store::Store;
 use crate::write;
 use clap::{Parser, Subcommand};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+
+/// `0.1.0 (commit 1a2b3c4d5e6f)`: the version with the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SMELT_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Parser, Debug)]
 #[command(
     name = "smelt",
-    version,
+    version = VERSION,
     about = "Merge and quantize LLMs straight to GGUF"
 )]
 pub struct Cli {
@@ -20,6 +27,54 @@ pub struct Cli {
     /// Worker threads (default: all cores). Never changes the output bytes.
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// More log output (-v: info, -vv: debug); RUST_LOG, if set, wins.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors and warnings: no progress, no summary lines.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl Cli {
+    /// The clap command with help text computed at run time (the quantization types table).
+    pub fn command_with_help() -> clap::Command {
+        use clap::CommandFactory;
+        let types = types_help();
+        Cli::command()
+            .mut_subcommand("quantize", |c| c.after_long_help(types.clone()))
+            .mut_subcommand("convert", |c| c.after_long_help(types))
+    }
+
+    /// Parse the process's arguments (exits with clap's message on bad arguments).
+    pub fn parse_args() -> Cli {
+        use clap::FromArgMatches;
+        let matches = Cli::command_with_help().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// `--type` values with the bits per weight of their main tensor type.
+fn types_help() -> String {
+    use crate::quant::mix::{requires_imatrix, FILE_TYPES};
+    use std::fmt::Write as _;
+    let mut s = String::from(
+        "Types (--type): bits per weight of the type most tensors get; mixes give some tensors more.\n",
+    );
+    for ft in FILE_TYPES {
+        let needs = if requires_imatrix("blk.0.ffn_down.weight", ft.default, *ft) {
+            "  needs --imatrix"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "  {:<8} {:>6.2} bpw  ({}){needs}",
+            ft.name,
+            ft.default.bits_per_weight(),
+            ft.default
+        );
+    }
+    s
 }
 
 #[derive(Subcommand, Debug)]
@@ -34,11 +89,16 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Quantize a model (GGUF of any type, safetensors or HF folder) to GGUF.
+    /// Quantize a model (GGUF of any type, safetensors or HF folder) to GGUF, as
+    /// llama-quantize does: one file per type, all from one read of the input.
     Quantize(QuantizeArgs),
-    /// Convert a Hugging Face folder (config.json, safetensors, tokenizer files) to GGUF, as
-    /// llama.cpp's convert_hf_to_gguf.py does, at every type of --types in one pass into the
-    /// folder OUTPUT (`<folder name>-<TYPE>.gguf`). Same options as `quantize`.
+    /// Convert a Hugging Face folder to GGUF, as convert_hf_to_gguf.py then llama-quantize.
+    #[command(
+        long_about = "Convert a Hugging Face folder (config.json, safetensors, tokenizer files) to GGUF, \
+as llama.cpp's convert_hf_to_gguf.py does, at every type of --types in one pass into the folder \
+OUTPUT (`<name>-<TYPE>.gguf`; the name comes from config.json's _name_or_path or the folder, \
+or --name). Takes quantize's options."
+    )]
     Convert(QuantizeArgs),
     /// Merge models as a YAML recipe (mergekit's schema) says, straight to GGUF.
     Merge(MergeArgs),
@@ -54,6 +114,11 @@ pub enum Command {
     },
     /// Generate a deterministic random llama-family model (test fixtures, benchmarks).
     MakeTestModel(MakeTestModelArgs),
+    /// Print a shell completion script (`smelt completions bash > /etc/bash_completion.d/smelt`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,9 +189,13 @@ pub struct MakeTestModelArgs {
 pub struct QuantizeArgs {
     /// Input: GGUF file (first of a split set), .safetensors, index.json or HF folder.
     pub input: PathBuf,
-    /// Output file (one --type) or folder (several types).
+    /// Output: a .gguf file (one --type) or a folder (several types, and always for convert).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Model name in output file names (`<NAME>-<TYPE>.gguf`); default: config.json's
+    /// `_name_or_path`, else the input's file or folder name.
+    #[arg(long)]
+    pub name: Option<String>,
     /// Target type, llama-quantize's names (Q8_0, Q4_K_M, F16, ...). Repeat or comma-separate
     /// for several outputs from one read.
     #[arg(
@@ -186,15 +255,29 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .map_err(|e| Error::Invalid(format!("--threads {n}: {e}")))?;
-    }
+    // Started here, not lazily on first use, so that threads the system refuses are an error
+    // before any output exists (rayon panics when its lazy start fails).
+    let n_threads = match cli.threads {
+        Some(n) => n.max(1),
+        None => 0, // rayon's default: one per core
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n_threads)
+        .build_global()
+        .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
+    let display = crate::progress::Display::for_stderr(cli.quiet);
+    let ui = Ui {
+        display,
+        quiet: cli.quiet,
+    };
     match cli.command {
         Command::Inspect { path, json, full } => inspect(&path, json, full),
-        Command::Quantize(args) => quantize(&args, false),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command_with_help(), "smelt", &mut out);
+            print_stdout(&String::from_utf8_lossy(&out))
+        }
+        Command::Quantize(args) => quantize(&args, false, ui),
         Command::Convert(args) => {
             if !args.input.is_dir() {
                 return Err(Error::Invalid(format!(
@@ -202,9 +285,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     args.input.display()
                 )));
             }
-            quantize(&args, true)
+            quantize(&args, true, ui)
         }
-        Command::Merge(args) => merge(&args),
+        Command::Merge(args) => merge(&args, ui),
         Command::PrunePlan {
             model,
             count,
@@ -212,6 +295,9 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             use crate::merge::prune;
             let store = Store::open(&model)?;
+            if let Some(p) = &output {
+                crate::output_files::check_outputs(&store.paths(), &[p])?;
+            }
             let n = store.hparam("block_count").unwrap_or(0) as u32;
             let scores = prune::redundancy(&store)?;
             if count > scores.len() {
@@ -223,7 +309,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let drop = prune::most_redundant(&scores, count);
             let text = prune::recipe(&model.to_string_lossy(), n, &drop, &scores);
             match output {
-                Some(p) => std::fs::write(&p, text).map_err(|e| Error::io(&p, e)),
+                Some(p) => write_text_output(&p, &text, &store.paths()),
                 None => print_stdout(&text),
             }
         }
@@ -261,6 +347,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {
+    use crate::error::printable;
     let store = Store::open(path)?;
     let total_elems: u64 = store.tensors.iter().map(|t| t.n_elements()).sum();
     let total_bytes: u64 = store.tensors.iter().map(|t| t.n_bytes).sum();
@@ -300,9 +387,32 @@ fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {
     for p in store.paths() {
         outln!(out, "file: {}", p.display());
     }
+    // The summary first: what a user looks for, before hundreds of keys and tensors.
+    let md = &store.metadata;
+    let arch = md.architecture().unwrap_or("?");
+    outln!(out, "architecture: {}", printable(arch));
+    if let Some(name) = md.get_str("general.name") {
+        outln!(out, "name: {}", printable(name));
+    }
+    let file_type = md.get_u64("general.file_type").map(|id| {
+        crate::quant::mix::FILE_TYPES
+            .iter()
+            .find(|f| u64::from(f.id) == id)
+            .map(|f| f.name.to_string())
+            .unwrap_or_else(|| format!("unknown ({id})"))
+    });
+    outln!(
+        out,
+        "parameters: {} ({:.2}M), size: {:.2} MiB, {:.3} bits per weight, file type: {}",
+        total_elems,
+        total_elems as f64 / 1e6,
+        total_bytes as f64 / (1 << 20) as f64,
+        bpw,
+        file_type.as_deref().unwrap_or("not recorded")
+    );
     outln!(out, "\nmetadata ({} keys):", store.metadata.len());
     for (k, v) in store.metadata.iter() {
-        outln!(out, "  {k:<45} {v}");
+        outln!(out, "  {:<45} {}", printable(k), printable(&v.to_string()));
     }
     outln!(out, "\ntensors ({}):", store.tensors.len());
     outln!(
@@ -324,7 +434,7 @@ fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {
         outln!(
             out,
             "  {:<40} {:<8} {:<22} {:>14}",
-            t.name,
+            printable(&t.name),
             t.ty.name(),
             shape,
             t.n_bytes
@@ -377,8 +487,35 @@ fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
     }
 }
 
+/// How the command talks to the terminal.
+#[derive(Clone, Copy, Debug)]
+struct Ui {
+    display: crate::progress::Display,
+    quiet: bool,
+}
+
+impl Ui {
+    /// A summary line (stderr), unless quiet.
+    fn say(&self, line: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("{}", crate::error::printable(&line.to_string()));
+        }
+    }
+}
+
+/// `wrote DIR/m-Q4_K_M.gguf (80.13 MiB, 4.83 bpw, 272 tensors)`.
+fn wrote_line(r: &write::OutputReport) -> String {
+    format!(
+        "wrote {} ({:.2} MiB, {:.2} bpw, {} tensors)",
+        r.path.display(),
+        r.bytes as f64 / (1 << 20) as f64,
+        r.bits_per_weight(),
+        r.n_tensors
+    )
+}
+
 /// `quantize`, and `convert` (`to_folder`: the output is always a folder of one file per type).
-fn quantize(args: &QuantizeArgs, to_folder: bool) -> Result<()> {
+fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
     use crate::quantize::{self as q, KvOverride, QuantizeOptions};
     let tok = crate::tokenizer::TokenizerOptions {
         pre: args.tokenizer_pre.clone(),
@@ -427,7 +564,10 @@ fn quantize(args: &QuantizeArgs, to_folder: bool) -> Result<()> {
         keep_split: args.keep_split,
     };
     let multiple = to_folder || file_types.len() > 1 || args.output.is_dir();
-    let stem = model_stem(&args.input);
+    let stem = match &args.name {
+        Some(n) => plain_file_name(n, "--name")?.to_string(),
+        None => model_name(&args.input),
+    };
     let plan = q::plan(
         &store,
         store.tensors.len(),
@@ -443,30 +583,31 @@ fn quantize(args: &QuantizeArgs, to_folder: bool) -> Result<()> {
         },
     )?;
     for w in &plan.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", crate::error::printable(w));
     }
     if args.dry_run {
         return print_stdout(&dry_run_report(&store, &plan));
     }
-    if multiple {
-        std::fs::create_dir_all(&args.output).map_err(|e| Error::io(&args.output, e))?;
-    }
-    let show = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
-    let reports = write::write_matrix(&store, &plan.order, &plan.outputs, show)?;
-    for r in reports {
-        eprintln!(
-            "wrote {} ({:.2} MiB, {} tensors)",
-            r.path.display(),
-            r.bytes as f64 / (1 << 20) as f64,
-            r.n_tensors
-        );
+    let write = || write::write_matrix(&store, &plan.order, &plan.outputs, ui.display);
+    let reports = if multiple {
+        crate::output_files::with_output_dir(&args.output, write)?
+    } else {
+        write()?
+    };
+    for r in &reports {
+        ui.say(wrote_line(r));
     }
-    eprintln!("done in {:.2?}", started.elapsed());
+    ui.say(format_args!("done in {:.2?}", started.elapsed()));
     Ok(())
 }
 
-fn merge(args: &MergeArgs) -> Result<()> {
+fn merge(args: &MergeArgs, ui: Ui) -> Result<()> {
+    crate::output_files::with_output_dir(&args.output, || merge_into(args, ui))
+}
+
+/// `merge`, with the output folder created.
+fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
     use crate::merge::MergePlan;
     use crate::quant::mix::FileType;
     let (text, origin, recipe_dir) = match (&args.recipe, &args.from) {
@@ -491,7 +632,6 @@ fn merge(args: &MergeArgs) -> Result<()> {
         (None, None) => return Err(Error::Invalid("a recipe or --from is required".into())),
     };
     let docs = crate::recipe::parse(&text, &origin)?;
-    std::fs::create_dir_all(&args.output).map_err(|e| Error::io(&args.output, e))?;
     let stem = args
         .recipe
         .as_deref()
@@ -499,7 +639,7 @@ fn merge(args: &MergeArgs) -> Result<()> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "merge".into());
     let mut named: Vec<(String, PathBuf)> = Vec::new();
-    let show = std::io::stderr().is_terminal();
+    let show = ui.display;
     for (k, doc) in docs.iter().enumerate() {
         let last = k + 1 == docs.len();
         let name = doc
@@ -524,7 +664,7 @@ fn merge(args: &MergeArgs) -> Result<()> {
         };
         let plan = MergePlan::new(doc, &text, &origin, &recipe_dir, &named, &tok)?;
         if last && args.format == OutputFormat::Safetensors {
-            return write_merge_as_hf(args, doc, &plan, &text);
+            return write_merge_as_hf(args, doc, &plan, &text, ui);
         }
         let file_types = types
             .iter()
@@ -541,16 +681,14 @@ fn merge(args: &MergeArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let reports = write::write_matrix(&plan, &qplan.order, &qplan.outputs, show)?;
         for line in plan.summary() {
-            eprintln!("{line}");
+            ui.say(line);
         }
         for r in &reports {
-            eprintln!(
-                "wrote {} ({:.2} MiB, {} tensors) in {:.2?}",
-                r.path.display(),
-                r.bytes as f64 / (1 << 20) as f64,
-                r.n_tensors,
+            ui.say(format_args!(
+                "{} in {:.2?}",
+                wrote_line(r),
                 started.elapsed()
-            );
+            ));
         }
         if let (Some(n), false) = (&doc.name, last) {
             named.push((n.clone(), reports[0].path.clone()));
@@ -565,6 +703,7 @@ fn write_merge_as_hf(
     doc: &crate::recipe::Recipe,
     plan: &crate::merge::MergePlan,
     recipe_text: &str,
+    ui: Ui,
 ) -> Result<()> {
     use crate::hf_writer::{hf_folder_of, write_hf_folder, HfOutput};
     let dtype_name = match args.types.as_slice() {
@@ -627,19 +766,19 @@ fn write_merge_as_hf(
     let started = std::time::Instant::now();
     let report = write_hf_folder(plan, plan.tensors.len(), &out)?;
     for line in plan.summary() {
-        eprintln!("{line}");
+        ui.say(line);
     }
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", crate::error::printable(w));
     }
-    eprintln!(
+    ui.say(format_args!(
         "wrote {} ({:.2} MiB, {} tensors: {}) in {:.2?}",
         report.dir.display(),
         report.bytes as f64 / (1 << 20) as f64,
         report.n_tensors,
         report.files.join(", "),
         started.elapsed()
-    );
+    ));
     Ok(())
 }
 
@@ -702,6 +841,77 @@ fn model_stem(input: &Path) -> String {
         }
     }
     name
+}
+
+/// The model's name for output files. An HF hub snapshot (`.../models--org--Name/snapshots/
+/// <sha>`) is named by config.json's `_name_or_path`, else by its repository folder, not by
+/// the commit hash; other folders and files by their own name ([`model_stem`]).
+fn model_name(input: &Path) -> String {
+    if input.is_dir() {
+        let config = std::fs::read(input.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let from_config = config
+            .as_ref()
+            .and_then(|c| c.get("_name_or_path"))
+            .and_then(|v| v.as_str())
+            .and_then(|p| p.trim_end_matches('/').rsplit('/').next())
+            .filter(|n| plain_file_name(n, "").is_ok())
+            .map(str::to_string);
+        let dir = std::fs::canonicalize(input).unwrap_or_else(|_| input.to_path_buf());
+        let in_snapshot = dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "snapshots");
+        if in_snapshot {
+            let repo = dir
+                .parent()
+                .and_then(Path::parent)
+                .and_then(|r| r.file_name())
+                .map(|n| n.to_string_lossy().into_owned());
+            let from_repo = repo.and_then(|r| {
+                r.strip_prefix("models--")
+                    .and_then(|r| r.rsplit("--").next())
+                    .map(str::to_string)
+            });
+            if let Some(name) = from_config.or(from_repo) {
+                return name;
+            }
+        }
+    }
+    model_stem(input)
+}
+
+/// `name` as a plain file name: not empty, no folder separators, not `.` or `..`; `what`
+/// names the option or recipe key for the error.
+fn plain_file_name<'a>(name: &'a str, what: &str) -> Result<&'a str> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\', '\0'])
+        || name.chars().any(char::is_control);
+    if bad {
+        return Err(Error::Invalid(format!(
+            "{what} `{}` must be a plain file name (no folders, no `..`)",
+            crate::error::printable(name)
+        )));
+    }
+    Ok(name)
+}
+
+/// Write a small text output (a recipe) through an exclusive temporary file, never over an
+/// input.
+fn write_text_output(path: &Path, text: &str, inputs: &[&Path]) -> Result<()> {
+    use std::io::Write;
+    crate::output_files::check_outputs(inputs, &[path])?;
+    let (mut file, tmp) = crate::output_files::temp_file_beside(path)?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    let tmp_path = tmp.to_path_buf();
+    let done = crate::output_files::commit(|| tmp.persist(path).map_err(|e| e.error));
+    crate::output_files::forget(&tmp_path);
+    done.map_err(|e| Error::io(path, e))
 }
 
 /// Write to stdout; a closed pipe (`smelt inspect … | head`) is not an error.

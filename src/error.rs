@@ -50,3 +50,33 @@ impl Error {
         }
     }
 }
+
+/// `text` with control characters other than newline and tab escaped (`\u{1b}`), so that a
+/// name or value from a hostile file cannot move the cursor, recolour or retitle the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(is_bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_bad(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            super::printable("blk.0\x1b[2J\x07"),
+            "blk.0\\u{1b}[2J\\u{7}"
+        );
+        assert_eq!(super::printable("a\nb\tc é"), "a\nb\tc é");
+    }
+}

@@ -130,8 +130,8 @@ pub fn write_hf_folder(
     let planned = plan_tensors(producer, n, table, out, &mut warnings)?;
     let shards = assign_shards(&planned, out.shard_bytes);
 
-    let tmp = temp_dir_for(&out.dir)?;
-    crate::gguf::writer::track_temp(&tmp);
+    let tmp_dir = crate::output_files::temp_dir_beside(&out.dir)?;
+    let tmp = tmp_dir.path().to_path_buf();
     let result = (|| -> Result<HfReport> {
         let n_shards = shards.len();
         let mut files = Vec::new();
@@ -196,12 +196,12 @@ pub fn write_hf_folder(
         })
     })()
     .and_then(|mut report| {
-        move_into_place(&tmp, &out.dir, &report.files)?;
+        crate::output_files::commit(|| move_into_place(&tmp, &out.dir, &report.files))?;
         report.warnings = std::mem::take(&mut warnings);
         Ok(report)
     });
-    let _ = std::fs::remove_dir_all(&tmp);
-    crate::gguf::writer::forget_temp(&tmp);
+    let _ = tmp_dir.close();
+    crate::output_files::forget(&tmp);
     result
 }
 
@@ -503,21 +503,6 @@ fn pretty(j: &Json) -> String {
 
 fn write_text(path: &Path, text: impl AsRef<[u8]>) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
-}
-
-/// A fresh temporary folder beside `dir` (same file system, so moving files out is a rename).
-fn temp_dir_for(dir: &Path) -> Result<PathBuf> {
-    let name = dir
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("output path {} has no name", dir.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.with_file_name(format!(".{name}.smelt-tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    Ok(tmp)
 }
 
 /// Move the finished files into `dir`: shards first, `config.json` last, so a folder that has

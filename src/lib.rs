@@ -8,6 +8,8 @@ pub mod gguf;
 pub mod hf_writer;
 pub mod merge;
 pub mod model_card;
+pub mod output_files;
+pub mod progress;
 pub mod quant;
 pub mod quantize;
 pub mod recipe;

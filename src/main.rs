@@ -1,24 +1,36 @@
-use clap::Parser;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let cli = smelt::cli::Cli::parse_args();
+    // RUST_LOG wins; else -q: errors only, default: warnings, -v: info, -vv: debug. SMELT_LOG
+    // is still read, for scripts written before RUST_LOG was.
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("SMELT_LOG"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SMELT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
         .init();
-    // Ctrl-C: delete the temporary files of unfinished outputs, then exit like SIGINT does.
-    let _ = ctrlc::set_handler(|| {
-        smelt::gguf::writer::remove_unfinished_outputs();
-        std::process::exit(130);
-    });
-    let cli = smelt::cli::Cli::parse();
+    // Every terminating signal and every panic deletes the temporary files of unfinished
+    // outputs.
+    if let Err(e) = smelt::output_files::install_cleanup_handlers() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match smelt::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", smelt::error::printable(&e.to_string()));
             ExitCode::FAILURE
         }
     }

@@ -7,10 +7,10 @@
 use crate::error::{Error, Result};
 use crate::gguf::writer::TensorDecl;
 use crate::gguf::{GgmlType, GgufWriter, Metadata};
+use crate::progress::{Progress, Unit};
 use crate::quant;
 use crate::store::{RowOrder, Store};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
@@ -37,6 +37,8 @@ pub trait TensorProducer: Sync {
     /// The consumer is done with rows `first_row..first_row + n_rows` of tensor `i` (lets a
     /// memory-mapped source drop them early, so huge tensors never sit in memory whole).
     fn release_rows(&self, _i: usize, _first_row: usize, _n_rows: usize) {}
+    /// Every file read to produce the tensors (no output may replace one of them).
+    fn input_files(&self) -> Vec<PathBuf>;
 }
 
 impl TensorProducer for Store {
@@ -66,6 +68,9 @@ impl TensorProducer for Store {
             self.release_range(i, first_row, n_rows)
         }
     }
+    fn input_files(&self) -> Vec<PathBuf> {
+        self.paths().into_iter().map(Path::to_path_buf).collect()
+    }
 }
 
 /// One tensor of one output file.
@@ -94,6 +99,19 @@ pub struct OutputReport {
     pub path: PathBuf,
     pub bytes: u64,
     pub n_tensors: usize,
+    /// Values in the file's tensors (for bits per weight).
+    pub n_weights: u64,
+}
+
+impl OutputReport {
+    /// Bits per weight of the whole file, header included (as llama.cpp's loader reports it).
+    pub fn bits_per_weight(&self) -> f64 {
+        if self.n_weights == 0 {
+            0.0
+        } else {
+            self.bytes as f64 * 8.0 / self.n_weights as f64
+        }
+    }
 }
 
 /// Write every output from one pass over the producer's tensors `order`.
@@ -101,7 +119,7 @@ pub fn write_matrix(
     producer: &dyn TensorProducer,
     order: &[usize],
     outputs: &[OutputFile],
-    show_progress: bool,
+    display: crate::progress::Display,
 ) -> Result<Vec<OutputReport>> {
     for o in outputs {
         if o.tensors.len() != order.len() {
@@ -113,6 +131,22 @@ pub fn write_matrix(
             )));
         }
     }
+    let inputs = producer.input_files();
+    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let output_refs: Vec<&Path> = outputs.iter().map(|o| o.path.as_path()).collect();
+    crate::output_files::check_outputs(&input_refs, &output_refs)?;
+    let mut planned_bytes = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        let mut bytes = 0u64;
+        for (&src, pt) in order.iter().zip(&o.tensors) {
+            if let Some(pt) = pt {
+                let n: u64 = producer.shape(src).iter().product();
+                bytes = bytes.saturating_add(pt.ty.bytes_for(n).unwrap_or(0));
+            }
+        }
+        planned_bytes.push((o.path.as_path(), bytes));
+    }
+    crate::output_files::check_free_space(&planned_bytes)?;
     let mut writers: Vec<GgufWriter> = Vec::with_capacity(outputs.len());
     for o in outputs {
         let decls: Vec<TensorDecl> = order
@@ -144,19 +178,7 @@ pub fn write_matrix(
         .iter()
         .map(|&i| producer.shape(i).iter().product::<u64>())
         .sum();
-    let bar = if show_progress {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {percent}% {msg}",
-            )
-            .expect("static template"),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-
+    let bar = Progress::new(display, "writing", total, Unit::Weights);
     let started = Instant::now();
     // Compute and I/O overlap: this thread dequantizes and quantizes chunk k+1 while a writer
     // thread writes chunk k. The bounded channel caps the chunks in flight (memory stays flat).
@@ -184,19 +206,31 @@ pub fn write_matrix(
         drop(to_writer);
         let writers = writer.join().expect("writer thread panicked")?;
         produced?;
-        let mut reports = Vec::new();
-        for (o, w) in outputs.iter().zip(writers) {
-            w.finish()?;
-            let bytes = std::fs::metadata(&o.path).map(|m| m.len()).unwrap_or(0);
-            reports.push(OutputReport {
-                path: o.path.clone(),
-                bytes,
-                n_tensors: order.len(),
-            });
+        // Every file synced first, then all renamed at once: an interrupted run leaves the
+        // whole new set (a matrix, a split set) or none of it.
+        let mut finished = Vec::with_capacity(writers.len());
+        for w in writers {
+            finished.push(w.finish_pending()?);
         }
+        let reports = outputs
+            .iter()
+            .zip(&finished)
+            .map(|(o, f)| OutputReport {
+                path: o.path.clone(),
+                bytes: f.bytes,
+                n_tensors: o.tensors.iter().flatten().count(),
+                n_weights: order
+                    .iter()
+                    .zip(&o.tensors)
+                    .filter(|(_, t)| t.is_some())
+                    .map(|(&i, _)| producer.shape(i).iter().product::<u64>())
+                    .sum(),
+            })
+            .collect();
+        crate::gguf::writer::commit(finished)?;
         Ok(reports)
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     tracing::info!(
         "wrote {} file(s) in {:.2?}",
         reports.len(),
@@ -243,7 +277,7 @@ fn produce_chunks<'a>(
     producer: &'a dyn TensorProducer,
     order: &[usize],
     outputs: &[OutputFile],
-    bar: &ProgressBar,
+    bar: &Progress,
     to_writer: &mpsc::SyncSender<Msg<'a>>,
     recycled: &mpsc::Receiver<Vec<u8>>,
 ) -> Result<()> {
@@ -251,7 +285,7 @@ fn produce_chunks<'a>(
     let mut f32_buf: Vec<f32> = Vec::new();
     for (k, &src) in order.iter().enumerate() {
         let name = producer.name(src);
-        bar.set_message(name.to_string());
+        bar.set_message(name);
         let shape = producer.shape(src);
         let row_len = shape[0] as usize;
         let n_rows: usize = shape[1..].iter().product::<u64>() as usize;
@@ -267,8 +301,9 @@ fn produce_chunks<'a>(
         while row < n_rows {
             let rows = rows_per_chunk.min(n_rows - row);
             if needs_f32 {
-                f32_buf.resize(rows * row_len, 0.0);
+                grow(&mut f32_buf, rows * row_len, name)?;
                 producer.read_rows(src, row, &mut f32_buf)?;
+                refuse_non_finite(name, &f32_buf, row, row_len)?;
             }
             for (pt, outs) in &groups {
                 let bytes = match raw {
@@ -281,7 +316,7 @@ fn produce_chunks<'a>(
                         let rb =
                             quant::row_bytes(pt.ty, row_len).map_err(|e| Error::quant(name, e))?;
                         let mut buf = recycled.try_recv().unwrap_or_default();
-                        buf.resize(rows * rb, 0);
+                        grow(&mut buf, rows * rb, name)?;
                         quantize_chunk(pt, &f32_buf, row_len, row, n_rows, &mut buf)
                             .map_err(|e| Error::quant(name, e))?;
                         Chunk::Owned(buf)
@@ -305,6 +340,36 @@ fn produce_chunks<'a>(
             .map_err(|_| writer_gone())?;
     }
     Ok(())
+}
+
+/// Resize `buf` to `len`, failing with an error naming the tensor instead of aborting the
+/// process when memory runs out.
+fn grow<T: Clone + Default>(buf: &mut Vec<T>, len: usize, tensor: &str) -> Result<()> {
+    if len > buf.len() {
+        buf.try_reserve_exact(len - buf.len()).map_err(|_| {
+            Error::Invalid(format!(
+                "tensor `{tensor}`: out of memory allocating {} MiB",
+                (len * std::mem::size_of::<T>()) >> 20
+            ))
+        })?;
+    }
+    buf.resize(len, T::default());
+    Ok(())
+}
+
+/// A NaN or infinity in a tensor about to be written (a merge that divided by zero, an
+/// overflow, a damaged input) is an error naming the tensor and row, never a silently broken
+/// model; llama-quantize likewise refuses rows it cannot validate.
+fn refuse_non_finite(tensor: &str, values: &[f32], first_row: usize, row_len: usize) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(at) => Err(Error::Invalid(format!(
+            "tensor `{tensor}`: value {} at row {}, column {} is not finite; refusing to write it",
+            values[at],
+            first_row + at / row_len.max(1),
+            at % row_len.max(1)
+        ))),
+    }
 }
 
 /// The outputs that hold tensor `k`, grouped by what decides its bytes (type and imatrix),

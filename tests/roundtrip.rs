@@ -66,7 +66,13 @@ fn same_type_output_is_byte_identical_and_deterministic() {
             })
             .collect(),
     };
-    write::write_matrix(&store, &order, &[plan("a.gguf"), plan("b.gguf")], false).unwrap();
+    write::write_matrix(
+        &store,
+        &order,
+        &[plan("a.gguf"), plan("b.gguf")],
+        smelt::progress::Display::Hidden,
+    )
+    .unwrap();
     let a = std::fs::read(dir.path().join("a.gguf")).unwrap();
     let b = std::fs::read(dir.path().join("b.gguf")).unwrap();
     assert_eq!(a, b);
@@ -101,7 +107,7 @@ fn f32_through_f16_and_bf16_matches_direct_conversion() {
                 .collect(),
         })
         .collect();
-    write::write_matrix(&store, &order, &outs, false).unwrap();
+    write::write_matrix(&store, &order, &outs, smelt::progress::Display::Hidden).unwrap();
     let f16 = Store::open(dir.path().join("F16.gguf")).unwrap();
     let i = f16.find("token_embd.weight").unwrap();
     let got = f16.read_f32(i).unwrap();

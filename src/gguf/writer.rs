@@ -2,49 +2,20 @@
 //!
 //! The header (metadata and tensor infos) is written first, from the tensors' declared types
 //! and shapes; tensor data then streams in, in declaration order, in chunks of any size, so a
-//! model larger than RAM can be written. Everything goes to a temporary file beside the
-//! target, which is flushed, synced and renamed over the target only by `finish`: a failed or
-//! interrupted run leaves no partial `.gguf` behind (dropping an unfinished writer deletes
-//! the temporary file; the CLI also deletes it on Ctrl-C).
+//! model larger than RAM can be written. Everything goes to an exclusive temporary file beside
+//! the target (`crate::output_files`), which is flushed and synced by `finish` and renamed over
+//! the target by `commit`: a failed or interrupted run leaves no partial `.gguf` behind
+//! (dropping an unfinished writer deletes the temporary file; signals delete it too).
 
 use super::{GgmlType, Metadata, Value, DEFAULT_ALIGNMENT, MAGIC};
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-/// Temporary files of writers still open, deleted by `remove_unfinished_outputs` on Ctrl-C.
-static OPEN_TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Delete the temporary files (and folders) of every unfinished writer (called from a signal
-/// handler thread).
-pub fn remove_unfinished_outputs() {
-    if let Ok(list) = OPEN_TEMP_FILES.lock() {
-        for p in list.iter() {
-            if p.is_dir() {
-                let _ = std::fs::remove_dir_all(p);
-            } else {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-}
-
-/// Register a temporary output (file or folder) for deletion on Ctrl-C.
-pub fn track_temp(path: &Path) {
-    OPEN_TEMP_FILES
-        .lock()
-        .map(|mut l| l.push(path.to_path_buf()))
-        .ok();
-}
-
-/// The temporary output at `path` is gone or renamed: stop tracking it.
-pub fn forget_temp(path: &Path) {
-    if let Ok(mut l) = OPEN_TEMP_FILES.lock() {
-        l.retain(|p| p != path);
-    }
-}
+/// Largest `general.alignment` accepted: alignment serves mmap and SIMD loads, which need at
+/// most a page; a huge value only pads every tensor (2^30 wrote tens of GB of zeros).
+pub const MAX_ALIGNMENT: u64 = 4096;
 
 /// A tensor as declared in the header.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,14 +40,14 @@ impl TensorDecl {
 
 pub struct GgufWriter {
     target: PathBuf,
-    tmp: PathBuf,
+    /// Deletes the temporary file when dropped, unless `commit` renamed it.
+    tmp: Option<tempfile::TempPath>,
     out: Option<BufWriter<File>>,
     alignment: u64,
     sizes: Vec<(String, u64)>,
     /// Index of the tensor whose data is being written, and bytes of it written so far.
     current: usize,
     current_written: u64,
-    finished: bool,
 }
 
 fn write_str(out: &mut impl Write, s: &str) -> std::io::Result<()> {
@@ -134,27 +105,26 @@ impl GgufWriter {
             None => DEFAULT_ALIGNMENT,
             Some(v) => v
                 .as_u64()
-                .filter(|a| *a > 0 && a.is_power_of_two())
+                .filter(|a| *a > 0 && a.is_power_of_two() && *a <= MAX_ALIGNMENT)
                 .ok_or_else(|| {
-                    Error::Invalid(format!("general.alignment must be a power of two, got {v}"))
+                    Error::Invalid(format!(
+                        "general.alignment must be a power of two of at most {MAX_ALIGNMENT}, got {v}"
+                    ))
                 })?,
         };
         for (k, v) in metadata.iter() {
             check_value(k, v)?;
         }
-        let file_name = target
-            .file_name()
-            .ok_or_else(|| {
-                Error::Invalid(format!("output path {} has no file name", target.display()))
-            })?
-            .to_string_lossy()
-            .into_owned();
-        let tmp = target.with_file_name(format!(".{file_name}.smelt-tmp-{}", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| Error::io(&target, e))?;
-        track_temp(&tmp);
+        if target.file_name().is_none() {
+            return Err(Error::Invalid(format!(
+                "output path {} has no file name",
+                target.display()
+            )));
+        }
+        let (file, tmp) = crate::output_files::temp_file_beside(&target)?;
         let mut w = GgufWriter {
             target,
-            tmp,
+            tmp: Some(tmp),
             // Small enough that quantized chunks (usually larger) go straight from their buffer to
             // the file instead of being copied into this one first.
             out: Some(BufWriter::with_capacity(1 << 20, file)),
@@ -162,7 +132,6 @@ impl GgufWriter {
             sizes: Vec::with_capacity(tensors.len()),
             current: 0,
             current_written: 0,
-            finished: false,
         };
         for t in tensors {
             w.sizes.push((t.name.clone(), t.n_bytes()?));
@@ -239,7 +208,13 @@ impl GgufWriter {
     }
 
     /// Flush, sync and move the finished file over the target.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        commit(vec![self.finish_pending()?])
+    }
+
+    /// Flush and sync the finished file; `commit` then moves it over the target together with
+    /// the other files of its set.
+    pub fn finish_pending(mut self) -> Result<FinishedFile> {
         // Zero-sized tensors need no data call: step over them.
         while self.sizes.get(self.current).is_some_and(|(_, s)| *s == 0) {
             self.current += 1;
@@ -256,24 +231,53 @@ impl GgufWriter {
             .into_inner()
             .map_err(|e| Error::io(&self.target, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.target, e))?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
-        self.finished = true;
-        self.forget_tmp();
-        Ok(())
+        let bytes = file
+            .metadata()
+            .map_err(|e| Error::io(&self.target, e))?
+            .len();
+        Ok(FinishedFile {
+            target: std::mem::take(&mut self.target),
+            tmp: self.tmp.take().expect("writer is open"),
+            bytes,
+        })
     }
+}
 
-    fn forget_tmp(&self) {
-        forget_temp(&self.tmp);
+/// A complete, synced output waiting to be moved into place (deleted if dropped instead).
+pub struct FinishedFile {
+    target: PathBuf,
+    tmp: tempfile::TempPath,
+    pub bytes: u64,
+}
+
+impl FinishedFile {
+    pub fn target(&self) -> &Path {
+        &self.target
     }
+}
+
+/// Move finished files over their targets, all of them or (on a signal) none: the renames
+/// run under `output_files::commit`, which the signal handler waits for.
+pub fn commit(files: Vec<FinishedFile>) -> Result<()> {
+    crate::output_files::commit(|| {
+        for f in files {
+            let tmp_path = f.tmp.to_path_buf();
+            f.tmp
+                .persist(&f.target)
+                .map_err(|e| Error::io(&f.target, e.error))?;
+            crate::output_files::forget(&tmp_path);
+        }
+        Ok(())
+    })
 }
 
 impl Drop for GgufWriter {
     fn drop(&mut self) {
-        if !self.finished {
-            self.out.take();
-            let _ = std::fs::remove_file(&self.tmp);
-            self.forget_tmp();
+        self.out.take();
+        if let Some(tmp) = self.tmp.take() {
+            let path = tmp.to_path_buf();
+            let _ = tmp.close(); // deletes the temporary file
+            crate::output_files::forget(&path);
         }
     }
 }

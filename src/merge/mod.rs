@@ -891,4 +891,10 @@ impl TensorProducer for MergePlan {
             self.inputs[inp].store.release(ti);
         }
     }
+    fn input_files(&self) -> Vec<std::path::PathBuf> {
+        self.inputs
+            .iter()
+            .flat_map(|inp| inp.store.input_files())
+            .collect()
+    }
 }

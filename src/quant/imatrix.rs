@@ -26,11 +26,35 @@ impl Imatrix {
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
             .map(|_| magic == MAGIC)
             .map_err(|e| Error::io(path, e))?;
-        if is_gguf {
-            Self::load_gguf(path)
+        let im = if is_gguf {
+            Self::load_gguf(path)?
         } else {
-            Self::load_legacy(path)
+            Self::load_legacy(path)?
+        };
+        im.check_values()?;
+        Ok(im)
+    }
+
+    /// Importance weights are means of squares: a NaN, an infinity or a negative value (a
+    /// damaged or hand-edited file) would quantize whole tensors to NaN. Refuse it, naming
+    /// the entry.
+    fn check_values(&self) -> Result<()> {
+        let mut names: Vec<&String> = self.entries.keys().collect();
+        names.sort(); // the first bad entry in name order: the same error every run
+        for name in names {
+            let values = &self.entries[name];
+            if let Some(i) = values.iter().position(|v| !v.is_finite() || *v < 0.0) {
+                return Err(Error::format(
+                    &self.path,
+                    format!(
+                        "entry `{}`: value {} at column {i} is not a finite non-negative number",
+                        crate::error::printable(name),
+                        values[i]
+                    ),
+                ));
+            }
         }
+        Ok(())
     }
 
     fn load_gguf(path: &Path) -> Result<Imatrix> {
