@@ -55,13 +55,13 @@ impl Cli {
 
 /// `--type` values with the bits per weight of their main tensor type.
 fn types_help() -> String {
-    use crate::quant::mix::{requires_imatrix, FILE_TYPES};
+    use crate::quant::mix::{requires_imatrix, FileType};
     use std::fmt::Write as _;
     let mut s = String::from(
         "Types (--type): bits per weight of the type most tensors get; mixes give some tensors more.\n",
     );
-    for ft in FILE_TYPES {
-        let needs = if requires_imatrix("blk.0.ffn_down.weight", ft.default, *ft) {
+    for ft in FileType::ALL {
+        let needs = if requires_imatrix("blk.0.ffn_down.weight", ft.default_type(), *ft) {
             "  needs --imatrix"
         } else {
             ""
@@ -69,9 +69,9 @@ fn types_help() -> String {
         let _ = writeln!(
             s,
             "  {:<8} {:>6.2} bpw  ({}){needs}",
-            ft.name,
-            ft.default.bits_per_weight(),
-            ft.default
+            ft.name(),
+            ft.default_type().bits_per_weight(),
+            ft.default_type()
         );
     }
     s
@@ -395,10 +395,10 @@ fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {
         outln!(out, "name: {}", printable(name));
     }
     let file_type = md.get_u64("general.file_type").map(|id| {
-        crate::quant::mix::FILE_TYPES
+        crate::quant::mix::FileType::ALL
             .iter()
-            .find(|f| u64::from(f.id) == id)
-            .map(|f| f.name.to_string())
+            .find(|f| u64::from(f.id()) == id)
+            .map(|f| f.name().to_string())
             .unwrap_or_else(|| format!("unknown ({id})"))
     });
     outln!(
@@ -576,7 +576,7 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         &opts,
         |ft| {
             if multiple {
-                args.output.join(format!("{stem}-{}.gguf", ft.name))
+                args.output.join(format!("{stem}-{}.gguf", ft.name()))
             } else {
                 args.output.clone()
             }
@@ -676,7 +676,7 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             &plan.metadata,
             &file_types,
             &Default::default(),
-            |ft| args.output.join(format!("{name}-{}.gguf", ft.name)),
+            |ft| args.output.join(format!("{name}-{}.gguf", ft.name())),
         )?;
         let started = std::time::Instant::now();
         let reports = write::write_matrix(&plan, &qplan.order, &qplan.outputs, show)?;

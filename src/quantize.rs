@@ -94,7 +94,7 @@ pub fn plan(
             if quantized_here && !crate::quant::can_quantize(ty) {
                 return Err(Error::Invalid(format!(
                     "{}: tensor `{name}` would be {ty}, which smelt cannot write yet",
-                    ft.name
+                    ft.name()
                 )));
             }
             if opts.imatrix.is_none()
@@ -103,7 +103,7 @@ pub fn plan(
             {
                 return Err(Error::Invalid(format!(
                     "{} requires an importance matrix (--imatrix): tensor `{name}` would be {ty}",
-                    ft.name
+                    ft.name()
                 )));
             }
             if quantized_here
@@ -129,10 +129,10 @@ pub fn plan(
         if let Some((from, to)) = coarser {
             warnings.push(format!(
                 "{}: the source holds {from} tensors; re-quantizing them to {to} cannot restore the precision they lost",
-                ft.name
+                ft.name()
             ));
         }
-        let mut metadata = output_metadata(source_metadata, ft.id);
+        let mut metadata = output_metadata(source_metadata, ft.id());
         apply_overrides(&mut metadata, &opts.overrides);
         if let Some((im, arg)) = &opts.imatrix {
             for (k, v) in im.metadata(arg) {

@@ -8,62 +8,78 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Metadata, Value};
 use regex::Regex;
 
-/// A llama.cpp file type (`llama_ftype`): what `--type Q4_K_M` names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileType {
-    /// llama-quantize's canonical name.
-    pub name: &'static str,
-    /// `general.file_type`.
-    pub id: u32,
-    /// The type most tensors get.
-    pub default: GgmlType,
-}
+macro_rules! file_types {
+    ($( $variant:ident = $id:literal => $ty:ident ),* $(,)?) => {
+        /// A llama.cpp file type (`llama_ftype`): what `--type Q4_K_M` names. An enum, so that
+        /// the mix rules below are compile-checked matches, not string comparisons.
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum FileType { $( $variant, )* }
 
-macro_rules! ftypes {
-    ($( $name:literal = $id:literal => $ty:ident ),* $(,)?) => {
-        /// Every file type smelt knows, in llama.cpp's id order.
-        pub const FILE_TYPES: &[FileType] = &[ $( FileType { name: $name, id: $id, default: GgmlType::$ty }, )* ];
+        impl FileType {
+            /// Every file type smelt knows, in llama.cpp's id order.
+            pub const ALL: &'static [FileType] = &[ $( FileType::$variant, )* ];
+
+            /// llama-quantize's canonical name.
+            pub const fn name(self) -> &'static str {
+                match self { $( FileType::$variant => stringify!($variant), )* }
+            }
+
+            /// `general.file_type`.
+            pub const fn id(self) -> u32 {
+                match self { $( FileType::$variant => $id, )* }
+            }
+
+            /// The type most tensors get.
+            pub const fn default_type(self) -> GgmlType {
+                match self { $( FileType::$variant => GgmlType::$ty, )* }
+            }
+        }
     };
 }
 
-ftypes! {
-    "F32" = 0 => F32, "F16" = 1 => F16, "Q4_0" = 2 => Q4_0, "Q4_1" = 3 => Q4_1, "Q8_0" = 7 => Q8_0,
-    "Q5_0" = 8 => Q5_0, "Q5_1" = 9 => Q5_1, "Q2_K" = 10 => Q2_K, "Q3_K_S" = 11 => Q3_K,
-    "Q3_K_M" = 12 => Q3_K, "Q3_K_L" = 13 => Q3_K, "Q4_K_S" = 14 => Q4_K, "Q4_K_M" = 15 => Q4_K,
-    "Q5_K_S" = 16 => Q5_K, "Q5_K_M" = 17 => Q5_K, "Q6_K" = 18 => Q6_K, "IQ2_XXS" = 19 => IQ2_XXS,
-    "IQ2_XS" = 20 => IQ2_XS, "Q2_K_S" = 21 => Q2_K, "IQ3_XS" = 22 => IQ3_S, "IQ3_XXS" = 23 => IQ3_XXS,
-    "IQ1_S" = 24 => IQ1_S, "IQ4_NL" = 25 => IQ4_NL, "IQ3_S" = 26 => IQ3_S, "IQ3_M" = 27 => IQ3_S,
-    "IQ2_S" = 28 => IQ2_XS, "IQ2_M" = 29 => IQ2_S, "IQ4_XS" = 30 => IQ4_XS, "IQ1_M" = 31 => IQ1_M,
-    "BF16" = 32 => BF16, "TQ1_0" = 36 => TQ1_0, "TQ2_0" = 37 => TQ2_0,
+file_types! {
+    F32 = 0 => F32, F16 = 1 => F16, Q4_0 = 2 => Q4_0, Q4_1 = 3 => Q4_1, Q8_0 = 7 => Q8_0,
+    Q5_0 = 8 => Q5_0, Q5_1 = 9 => Q5_1, Q2_K = 10 => Q2_K, Q3_K_S = 11 => Q3_K,
+    Q3_K_M = 12 => Q3_K, Q3_K_L = 13 => Q3_K, Q4_K_S = 14 => Q4_K, Q4_K_M = 15 => Q4_K,
+    Q5_K_S = 16 => Q5_K, Q5_K_M = 17 => Q5_K, Q6_K = 18 => Q6_K, IQ2_XXS = 19 => IQ2_XXS,
+    IQ2_XS = 20 => IQ2_XS, Q2_K_S = 21 => Q2_K, IQ3_XS = 22 => IQ3_S, IQ3_XXS = 23 => IQ3_XXS,
+    IQ1_S = 24 => IQ1_S, IQ4_NL = 25 => IQ4_NL, IQ3_S = 26 => IQ3_S, IQ3_M = 27 => IQ3_S,
+    IQ2_S = 28 => IQ2_XS, IQ2_M = 29 => IQ2_S, IQ4_XS = 30 => IQ4_XS, IQ1_M = 31 => IQ1_M,
+    BF16 = 32 => BF16, TQ1_0 = 36 => TQ1_0, TQ2_0 = 37 => TQ2_0,
 }
 
 /// llama-quantize's short aliases.
-const ALIASES: &[(&str, &str)] = &[("Q3_K", "Q3_K_M"), ("Q4_K", "Q4_K_M"), ("Q5_K", "Q5_K_M")];
+const ALIASES: &[(&str, FileType)] = &[
+    ("Q3_K", FileType::Q3_K_M),
+    ("Q4_K", FileType::Q4_K_M),
+    ("Q5_K", FileType::Q5_K_M),
+];
 
 impl FileType {
     /// Parse a llama-quantize type name (any case) or file-type number.
     pub fn parse(s: &str) -> Result<FileType> {
         let upper = s.trim().to_ascii_uppercase();
-        let name = ALIASES
+        if let Some((_, ft)) = ALIASES.iter().find(|(a, _)| *a == upper) {
+            return Ok(*ft);
+        }
+        FileType::ALL
             .iter()
-            .find(|(a, _)| *a == upper)
-            .map(|(_, n)| *n)
-            .unwrap_or(&upper);
-        FILE_TYPES
-            .iter()
-            .find(|f| f.name == name || upper.parse::<u32>().is_ok_and(|id| id == f.id))
+            .find(|f| f.name() == upper || upper.parse::<u32>().is_ok_and(|id| id == f.id()))
             .copied()
             .ok_or_else(|| {
-                let names: Vec<&str> = FILE_TYPES.iter().map(|f| f.name).collect();
+                let names: Vec<&str> = FileType::ALL.iter().map(|f| f.name()).collect();
                 Error::Invalid(format!(
                     "unknown quantization type `{s}`; known: {}",
                     names.join(", ")
                 ))
             })
     }
+}
 
-    pub fn is(&self, name: &str) -> bool {
-        self.name == name
+impl std::fmt::Display for FileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -245,7 +261,7 @@ pub fn requires_imatrix(name: &str, ty: GgmlType, ft: FileType) -> bool {
     }
     match ty {
         IQ3_XXS | IQ2_XXS | IQ2_XS | IQ2_S | IQ1_M | IQ1_S => true,
-        Q2_K => ft.is("Q2_K_S"),
+        Q2_K => ft == FileType::Q2_K_S,
         _ => false,
     }
 }
@@ -319,13 +335,14 @@ impl State<'_> {
     /// `llama_tensor_get_type_impl`: the mix's rule for one tensor.
     fn mix_type(&mut self, mut t: GgmlType, tensor: &TensorRef, cat: Category) -> Result<GgmlType> {
         use Category as C;
+        use FileType as F;
         use GgmlType::*;
         let ft = self.ft;
         let m = self.model;
-        let is = |n: &str| ft.is(n);
-        let iq2_family = ["IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"]
-            .iter()
-            .any(|n| is(n));
+        let iq2_family = matches!(
+            ft,
+            F::IQ2_XXS | F::IQ2_XS | F::IQ1_S | F::IQ2_S | F::IQ2_M | F::IQ1_M
+        );
 
         if cat == C::Output || (self.has_tied_embeddings && cat == C::TokenEmbd) {
             if let Some(o) = self.opts.output_tensor_type {
@@ -334,12 +351,10 @@ impl State<'_> {
             let nx = tensor.shape[0];
             if m.is_falcon() || nx % t.block_size() as u64 != 0 {
                 t = Q8_0;
-            } else if [
-                "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M",
-            ]
-            .iter()
-            .any(|n| is(n))
-            {
+            } else if matches!(
+                ft,
+                F::IQ2_XXS | F::IQ2_XS | F::IQ3_XXS | F::IQ1_S | F::IQ2_S | F::IQ2_M | F::IQ1_M
+            ) {
                 t = Q5_K;
             } else if t != Q8_0 {
                 t = Q6_K;
@@ -347,18 +362,15 @@ impl State<'_> {
         } else if cat == C::TokenEmbd {
             if let Some(e) = self.opts.token_embedding_type {
                 t = e;
-            } else if ["IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"]
-                .iter()
-                .any(|n| is(n))
-            {
+            } else if matches!(ft, F::IQ2_XXS | F::IQ2_XS | F::IQ1_S | F::IQ1_M) {
                 t = Q2_K;
-            } else if is("IQ2_S") || is("IQ2_M") || is("IQ3_XXS") {
+            } else if matches!(ft, F::IQ2_S | F::IQ2_M | F::IQ3_XXS) {
                 t = IQ3_S;
-            } else if is("TQ1_0") || is("TQ2_0") {
+            } else if matches!(ft, F::TQ1_0 | F::TQ2_0) {
                 t = Q4_K;
             }
         } else if iq2_family {
-            let iq2s_or_m = is("IQ2_S") || is("IQ2_M");
+            let iq2s_or_m = matches!(ft, F::IQ2_S | F::IQ2_M);
             if is_attn_v_like(cat) {
                 t = if m.n_gqa() >= 4 || m.n_expert >= 4 {
                     Q4_K
@@ -378,7 +390,7 @@ impl State<'_> {
             } else if cat == C::AttnOutput {
                 if m.n_expert == 8 {
                     t = Q5_K;
-                } else if is("IQ1_S") || is("IQ1_M") {
+                } else if matches!(ft, F::IQ1_S | F::IQ1_M) {
                     t = IQ2_XXS;
                 } else if iq2s_or_m {
                     t = IQ3_S;
@@ -386,11 +398,11 @@ impl State<'_> {
             }
         } else if is_attn_v_like(cat) {
             let gqa4 = m.n_gqa() >= 4;
-            if is("Q2_K") {
+            if ft == F::Q2_K {
                 t = if gqa4 { Q4_K } else { Q3_K };
-            } else if is("Q2_K_S") && gqa4 {
+            } else if ft == F::Q2_K_S && gqa4 {
                 t = Q4_K;
-            } else if is("IQ3_XXS") {
+            } else if ft == F::IQ3_XXS {
                 t = if gqa4 {
                     Q4_K
                 } else if !self.opts.has_imatrix {
@@ -398,17 +410,17 @@ impl State<'_> {
                 } else {
                     IQ3_XXS
                 };
-            } else if ((is("IQ3_XS") || is("IQ3_S")) && gqa4) || is("IQ3_M") {
+            } else if (matches!(ft, F::IQ3_XS | F::IQ3_S) && gqa4) || ft == F::IQ3_M {
                 t = Q4_K;
-            } else if is("Q3_K_M") {
+            } else if ft == F::Q3_K_M {
                 t = if self.i_attention_wv < 2 { Q5_K } else { Q4_K };
-            } else if is("Q3_K_L") || ((is("IQ4_NL") || is("IQ4_XS")) && gqa4) {
+            } else if ft == F::Q3_K_L || (matches!(ft, F::IQ4_NL | F::IQ4_XS) && gqa4) {
                 t = Q5_K;
-            } else if (is("Q4_K_M") || is("Q5_K_M"))
+            } else if matches!(ft, F::Q4_K_M | F::Q5_K_M)
                 && use_more_bits(self.i_attention_wv, self.n_attention_wv)
             {
                 t = Q6_K;
-            } else if is("Q4_K_S") && self.i_attention_wv < 4 {
+            } else if ft == F::Q4_K_S && self.i_attention_wv < 4 {
                 t = Q5_K;
             }
             if m.is_llama_70b() && (t == Q3_K || t == Q4_K) {
@@ -421,29 +433,29 @@ impl State<'_> {
         } else if cat == C::AttnK {
             if m.n_expert == 8 {
                 t = Q8_0;
-            } else if is("IQ3_XS") {
+            } else if ft == F::IQ3_XS {
                 t = IQ3_XXS;
-            } else if is("IQ3_XXS") {
+            } else if ft == F::IQ3_XXS {
                 t = IQ2_S;
             }
         } else if cat == C::AttnQ {
-            if is("IQ3_XS") {
+            if ft == F::IQ3_XS {
                 t = IQ3_XXS;
-            } else if is("IQ3_XXS") {
+            } else if ft == F::IQ3_XXS {
                 t = IQ2_S;
             }
         } else if cat == C::FfnDown {
             let (i, n) = self.layer_info(self.i_ffn_down, tensor.name)?;
             let falcon = m.is_falcon();
-            if is("Q2_K") {
+            if ft == F::Q2_K {
                 t = Q3_K;
-            } else if is("Q2_K_S") {
+            } else if ft == F::Q2_K_S {
                 if i < n / 8 {
                     t = Q4_K;
                 }
-            } else if is("IQ3_XXS") && !self.opts.has_imatrix {
+            } else if ft == F::IQ3_XXS && !self.opts.has_imatrix {
                 t = if i < n / 8 { Q4_K } else { Q3_K };
-            } else if is("Q3_K_M") {
+            } else if ft == F::Q3_K_M {
                 t = if i < n / 16 {
                     Q5_K
                 } else if !falcon || use_more_bits(i, n) {
@@ -451,11 +463,11 @@ impl State<'_> {
                 } else {
                     Q3_K
                 };
-            } else if is("IQ3_M") && (i < n / 8 || (m.n_expert == 8 && use_more_bits(i, n))) {
+            } else if ft == F::IQ3_M && (i < n / 8 || (m.n_expert == 8 && use_more_bits(i, n))) {
                 t = Q4_K;
-            } else if is("Q3_K_L") {
+            } else if ft == F::Q3_K_L {
                 t = if falcon { Q4_K } else { Q5_K };
-            } else if is("Q4_K_M") {
+            } else if ft == F::Q4_K_M {
                 if falcon {
                     t = if i < n / 16 {
                         Q6_K
@@ -467,46 +479,56 @@ impl State<'_> {
                 } else if use_more_bits(i, n) {
                     t = Q6_K;
                 }
-            } else if i < n / 8 && (is("IQ4_NL") || is("IQ4_XS")) && !self.opts.has_imatrix {
+            } else if i < n / 8 && matches!(ft, F::IQ4_NL | F::IQ4_XS) && !self.opts.has_imatrix {
                 t = Q5_K;
-            } else if is("Q5_K_M") && use_more_bits(i, n) {
+            } else if ft == F::Q5_K_M && use_more_bits(i, n) {
                 t = Q6_K;
-            } else if is("Q4_K_S") && !falcon && i < n / 8 {
+            } else if ft == F::Q4_K_S && !falcon && i < n / 8 {
                 t = Q5_K;
-            } else if (is("Q4_0") || is("Q5_0")) && self.opts.has_imatrix && i < n / 8 {
-                t = if is("Q4_0") { Q4_1 } else { Q5_1 };
+            } else if matches!(ft, F::Q4_0 | F::Q5_0) && self.opts.has_imatrix && i < n / 8 {
+                t = if ft == F::Q4_0 { Q4_1 } else { Q5_1 };
             }
             self.i_ffn_down += 1;
         } else if cat == C::AttnOutput {
             if !m.is_falcon() {
                 if m.n_expert == 8 {
-                    let bump = [
-                        "Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S",
-                        "Q4_K_M", "IQ3_S", "IQ3_M", "IQ4_XS",
-                    ];
-                    if bump.iter().any(|n| is(n)) {
+                    let bump = matches!(
+                        ft,
+                        F::Q2_K
+                            | F::IQ3_XS
+                            | F::IQ3_XXS
+                            | F::Q3_K_S
+                            | F::Q3_K_M
+                            | F::IQ4_NL
+                            | F::Q4_K_S
+                            | F::Q4_K_M
+                            | F::IQ3_S
+                            | F::IQ3_M
+                            | F::IQ4_XS
+                    );
+                    if bump {
                         t = Q5_K;
                     }
-                } else if is("Q2_K") {
+                } else if ft == F::Q2_K {
                     t = Q3_K;
-                } else if is("IQ3_XXS") {
+                } else if ft == F::IQ3_XXS {
                     t = IQ3_S;
-                } else if is("Q3_K_M") || is("IQ3_M") {
+                } else if matches!(ft, F::Q3_K_M | F::IQ3_M) {
                     t = Q4_K;
-                } else if is("Q3_K_L") {
+                } else if ft == F::Q3_K_L {
                     t = Q5_K;
                 }
-            } else if is("Q3_K_L") {
+            } else if ft == F::Q3_K_L {
                 t = Q4_K;
             }
         } else if cat == C::AttnQkv {
             // attn_qkv is attn_v-like, so this branch is reached only by name patterns that are
             // not; kept for parity with the reference.
-            if is("Q3_K_M") || is("Q3_K_L") || is("IQ3_M") {
+            if matches!(ft, F::Q3_K_M | F::Q3_K_L | F::IQ3_M) {
                 t = Q4_K;
-            } else if is("Q4_K_M") {
+            } else if ft == F::Q4_K_M {
                 t = Q5_K;
-            } else if is("Q5_K_M") {
+            } else if ft == F::Q5_K_M {
                 t = Q6_K;
             }
         } else if cat == C::FfnGate || cat == C::FfnUp {
@@ -516,7 +538,7 @@ impl State<'_> {
                 self.i_ffn_up
             };
             let (i, n) = self.layer_info(counter, tensor.name)?;
-            if is("IQ3_XS") && i >= n / 8 && i < 7 * n / 8 {
+            if ft == F::IQ3_XS && i >= n / 8 && i < 7 * n / 8 {
                 t = IQ3_XXS;
             }
             if cat == C::FfnGate {
@@ -544,7 +566,7 @@ impl State<'_> {
         if let (Some(t), Category::Output) = (self.opts.output_tensor_type, cat) {
             return Ok(t);
         }
-        let mut t = self.ft.default;
+        let mut t = self.ft.default_type();
         if t.is_quantized() {
             let manual = self
                 .patterns
@@ -719,9 +741,9 @@ mod tests {
 
     #[test]
     fn names_and_ids() {
-        assert_eq!(FileType::parse("q4_k").unwrap().name, "Q4_K_M");
-        assert_eq!(FileType::parse("15").unwrap().name, "Q4_K_M");
-        assert_eq!(FileType::parse("Q8_0").unwrap().id, 7);
+        assert_eq!(FileType::parse("q4_k").unwrap().name(), "Q4_K_M");
+        assert_eq!(FileType::parse("15").unwrap().name(), "Q4_K_M");
+        assert_eq!(FileType::parse("Q8_0").unwrap().id(), 7);
         assert!(FileType::parse("Q9_K").is_err());
         assert_eq!(fallback(576, Q6_K).unwrap(), Q8_0);
         assert_eq!(fallback(100, Q6_K).unwrap(), F16);
