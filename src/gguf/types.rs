@@ -6,8 +6,38 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// Which family file of `crate::quant` holds a type's kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// F32, F16, BF16, F64 and the integer types (`quant/float.rs`).
+    Float,
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 (`quant/legacy.rs`, weighted: `imatrix_legacy.rs`).
+    Legacy,
+    /// Q2_K..Q8_K (`quant/kquants.rs`).
+    KQuant,
+    Iq1,
+    Iq2,
+    Iq3,
+    Iq4,
+    Ternary,
+    Mxfp4,
+}
+
+/// What smelt's quantizer for a type does with an importance matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantizer {
+    /// smelt reads the type but does not write it (as llama-quantize).
+    None,
+    /// Writes it; ignores importance weights (as ggml does for F16, BF16, Q8_0, TQ*).
+    Plain,
+    /// Writes it, with importance weights when given.
+    Weighted,
+    /// Writes it only with importance weights (ggml refuses otherwise).
+    NeedsImatrix,
+}
+
 macro_rules! ggml_types {
-    ($( $variant:ident = $id:literal, $name:literal, $block:literal, $bytes:literal; )*) => {
+    ($( $variant:ident = $id:literal, $block:literal, $bytes:literal, $family:ident, $quant:ident; )*) => {
         /// A ggml tensor element type.
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,61 +48,74 @@ macro_rules! ggml_types {
             pub const ALL: &'static [GgmlType] = &[ $( GgmlType::$variant, )* ];
 
             /// The type for a GGUF type id, or `None` for ids this build does not know.
-            pub fn from_id(id: u32) -> Option<GgmlType> {
+            pub const fn from_id(id: u32) -> Option<GgmlType> {
                 match id { $( $id => Some(GgmlType::$variant), )* _ => None }
             }
 
             /// ggml's name for the type (`Q4_K`, `BF16`, ...).
-            pub fn name(self) -> &'static str {
-                match self { $( GgmlType::$variant => $name, )* }
+            pub const fn name(self) -> &'static str {
+                match self { $( GgmlType::$variant => stringify!($variant), )* }
             }
 
             /// Elements per block.
-            pub fn block_size(self) -> usize {
+            pub const fn block_size(self) -> usize {
                 match self { $( GgmlType::$variant => $block, )* }
             }
 
             /// Bytes per block.
-            pub fn type_size(self) -> usize {
+            pub const fn type_size(self) -> usize {
                 match self { $( GgmlType::$variant => $bytes, )* }
+            }
+
+            /// The family file holding the type's kernels.
+            pub const fn family(self) -> Family {
+                match self { $( GgmlType::$variant => Family::$family, )* }
+            }
+
+            /// Whether and how smelt writes the type.
+            pub const fn quantizer(self) -> Quantizer {
+                match self { $( GgmlType::$variant => Quantizer::$quant, )* }
             }
         }
     };
 }
 
+// One row per type: GGUF id, elements per block, bytes per block, kernel family, quantizer.
+// Adding a type = a row here + its kernels in the family file (which asserts its block size
+// against this row at compile time) + a golden.
 ggml_types! {
-    F32 = 0, "F32", 1, 4;
-    F16 = 1, "F16", 1, 2;
-    Q4_0 = 2, "Q4_0", 32, 18;
-    Q4_1 = 3, "Q4_1", 32, 20;
-    Q5_0 = 6, "Q5_0", 32, 22;
-    Q5_1 = 7, "Q5_1", 32, 24;
-    Q8_0 = 8, "Q8_0", 32, 34;
-    Q8_1 = 9, "Q8_1", 32, 36;
-    Q2_K = 10, "Q2_K", 256, 84;
-    Q3_K = 11, "Q3_K", 256, 110;
-    Q4_K = 12, "Q4_K", 256, 144;
-    Q5_K = 13, "Q5_K", 256, 176;
-    Q6_K = 14, "Q6_K", 256, 210;
-    Q8_K = 15, "Q8_K", 256, 292;
-    IQ2_XXS = 16, "IQ2_XXS", 256, 66;
-    IQ2_XS = 17, "IQ2_XS", 256, 74;
-    IQ3_XXS = 18, "IQ3_XXS", 256, 98;
-    IQ1_S = 19, "IQ1_S", 256, 50;
-    IQ4_NL = 20, "IQ4_NL", 32, 18;
-    IQ3_S = 21, "IQ3_S", 256, 110;
-    IQ2_S = 22, "IQ2_S", 256, 82;
-    IQ4_XS = 23, "IQ4_XS", 256, 136;
-    I8 = 24, "I8", 1, 1;
-    I16 = 25, "I16", 1, 2;
-    I32 = 26, "I32", 1, 4;
-    I64 = 27, "I64", 1, 8;
-    F64 = 28, "F64", 1, 8;
-    IQ1_M = 29, "IQ1_M", 256, 56;
-    BF16 = 30, "BF16", 1, 2;
-    TQ1_0 = 34, "TQ1_0", 256, 54;
-    TQ2_0 = 35, "TQ2_0", 256, 66;
-    MXFP4 = 39, "MXFP4", 32, 17;
+    F32 = 0, 1, 4, Float, Plain;
+    F16 = 1, 1, 2, Float, Plain;
+    Q4_0 = 2, 32, 18, Legacy, Weighted;
+    Q4_1 = 3, 32, 20, Legacy, Weighted;
+    Q5_0 = 6, 32, 22, Legacy, Weighted;
+    Q5_1 = 7, 32, 24, Legacy, Weighted;
+    Q8_0 = 8, 32, 34, Legacy, Plain;
+    Q8_1 = 9, 32, 36, Legacy, None;
+    Q2_K = 10, 256, 84, KQuant, Weighted;
+    Q3_K = 11, 256, 110, KQuant, Weighted;
+    Q4_K = 12, 256, 144, KQuant, Weighted;
+    Q5_K = 13, 256, 176, KQuant, Weighted;
+    Q6_K = 14, 256, 210, KQuant, Weighted;
+    Q8_K = 15, 256, 292, KQuant, None;
+    IQ2_XXS = 16, 256, 66, Iq2, NeedsImatrix;
+    IQ2_XS = 17, 256, 74, Iq2, NeedsImatrix;
+    IQ3_XXS = 18, 256, 98, Iq3, Weighted;
+    IQ1_S = 19, 256, 50, Iq1, NeedsImatrix;
+    IQ4_NL = 20, 32, 18, Iq4, Weighted;
+    IQ3_S = 21, 256, 110, Iq3, Weighted;
+    IQ2_S = 22, 256, 82, Iq2, Weighted;
+    IQ4_XS = 23, 256, 136, Iq4, Weighted;
+    I8 = 24, 1, 1, Float, None;
+    I16 = 25, 1, 2, Float, None;
+    I32 = 26, 1, 4, Float, None;
+    I64 = 27, 1, 8, Float, None;
+    F64 = 28, 1, 8, Float, None;
+    IQ1_M = 29, 256, 56, Iq1, Weighted;
+    BF16 = 30, 1, 2, Float, Plain;
+    TQ1_0 = 34, 256, 54, Ternary, Plain;
+    TQ2_0 = 35, 256, 66, Ternary, Plain;
+    MXFP4 = 39, 32, 17, Mxfp4, None;
 }
 
 impl GgmlType {
@@ -90,6 +133,11 @@ impl GgmlType {
     /// True for the block-quantized types (everything but plain floats and integers).
     pub fn is_quantized(self) -> bool {
         self.block_size() > 1
+    }
+
+    /// True when smelt can write the type.
+    pub const fn can_quantize(self) -> bool {
+        !matches!(self.quantizer(), Quantizer::None)
     }
 
     /// Bits per weight of this type.

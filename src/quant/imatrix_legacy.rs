@@ -12,6 +12,7 @@ use super::QuantError;
 use crate::gguf::GgmlType;
 
 const QK: usize = 32;
+const _: () = assert!(QK == GgmlType::Q4_0.block_size() && QK == GgmlType::Q5_1.block_size());
 
 /// Quantize one row (a multiple of 32 values) with per-column importance weights `w`.
 pub fn quantize_row(
@@ -20,18 +21,16 @@ pub fn quantize_row(
     dst: &mut [u8],
     w: &[f32],
 ) -> Result<(), QuantError> {
-    let bb = match ty {
-        GgmlType::Q4_0 => 18,
-        GgmlType::Q4_1 => 20,
-        GgmlType::Q5_0 => 22,
-        GgmlType::Q5_1 => 24,
-        _ => {
-            return Err(QuantError::Unsupported {
-                ty,
-                op: "imatrix quantize",
-            })
-        }
-    };
+    if !matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1
+    ) {
+        return Err(QuantError::Unsupported {
+            ty,
+            op: "imatrix quantize",
+        });
+    }
+    let bb = ty.type_size();
     if src.len() % QK != 0 {
         return Err(QuantError::RowNotBlockAligned {
             ty,

@@ -27,6 +27,9 @@ const GROUP_MAX_EPS_IQ1_S: f32 = 1e-12;
 const M_BYTES: usize = QK_K / 8 + QK_K / 16 + QK_K / 32;
 /// ggml's `GROUP_MAX_EPS_IQ1_M`.
 const GROUP_MAX_EPS_IQ1_M: f32 = 1e-7;
+// The block layout above, checked against the types table at compile time.
+const _: () =
+    assert!(S_BYTES == GgmlType::IQ1_S.type_size() && M_BYTES == GgmlType::IQ1_M.type_size());
 const X_P: [f32; 3] = [-1.0 + DELTA, DELTA, 1.0 + DELTA];
 const X_M: [f32; 3] = [-1.0 - DELTA, -DELTA, 1.0 - DELTA];
 
@@ -444,6 +447,82 @@ fn block_m(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     sc[3] |= s & 0xf000;
     for (o, v) in out[SCALES..].chunks_exact_mut(2).zip(&sc) {
         o.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization: ggml's `dequantize_row_*` for this family (helpers in `bytes.rs`).
+
+/// Dequantize whole blocks of `ty`, a type of this family.
+pub(super) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match ty {
+        GgmlType::IQ1_S => dequant::iq1_s(src, dst),
+        GgmlType::IQ1_M => dequant::iq1_m(src, dst),
+        _ => unreachable!("{ty} is not a type of this family (see the types table)"),
+    }
+}
+
+mod dequant {
+    use super::super::bytes::*;
+    use super::super::grids::IQ1S_GRID;
+    use half::f16;
+
+    // IQ1: grid points of {-1, 0, 1} shifted by ±1/8.
+
+    /// ggml's IQ1S_DELTA / IQ1M_DELTA.
+    pub(super) const IQ1_DELTA: f32 = 0.125;
+
+    /// The 8 values of IQ1 grid point `idx`.
+    #[inline]
+    pub(super) fn grid_iq1(idx: usize) -> [i8; 8] {
+        IQ1S_GRID[idx].to_le_bytes().map(|v| v as i8)
+    }
+
+    /// IQ1_S: f16 d, 32 low bytes of 11-bit grid indices, 8 u16: four 3-bit index tops, a 3-bit
+    /// scale and the delta's sign, per 32 values. x = (d * (2s + 1)) * (g + delta).
+    pub(super) fn iq1_s(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 50, dst, QK_K) {
+            let d = f16_at(b, 0);
+            let qs = &b[2..34];
+            for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+                let qh = u16_at(b, 34 + 2 * ib);
+                let dl = d * (2 * (qh >> 12 & 7) + 1) as f32;
+                let delta = if qh & 0x8000 == 0 {
+                    IQ1_DELTA
+                } else {
+                    -IQ1_DELTA
+                };
+                for (l, y) in y.chunks_exact_mut(8).enumerate() {
+                    let idx = qs[4 * ib + l] as usize | ((qh >> (3 * l) & 7) as usize) << 8;
+                    for (y, g) in y.iter_mut().zip(grid_iq1(idx)) {
+                        *y = dl * (g as f32 + delta);
+                    }
+                }
+            }
+        }
+    }
+
+    /// IQ1_M: 32 low bytes of grid indices, 16 bytes of (3-bit index top, delta sign) nibbles,
+    /// 4 u16 holding 3-bit scales (one per 16 values) in their low 12 bits and the f16 d spread
+    /// over their top nibbles.
+    pub(super) fn iq1_m(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 56, dst, QK_K) {
+            let (qs, qh) = (&b[0..32], &b[32..48]);
+            let sc: [u16; 4] = std::array::from_fn(|i| u16_at(b, 48 + 2 * i));
+            let d_bits =
+                sc[0] >> 12 | (sc[1] >> 8 & 0x00F0) | (sc[2] >> 4 & 0x0F00) | (sc[3] & 0xF000);
+            let d = f16::from_bits(d_bits).to_f32();
+            for (k, y) in y.chunks_exact_mut(8).enumerate() {
+                let s = sc[k / 8] >> (3 * (k / 2 % 4)) & 7;
+                let dl = d * (2 * s + 1) as f32;
+                let h = qh[k / 2] >> (4 * (k % 2)) & 0x0F;
+                let idx = qs[k] as usize | ((h & 7) as usize) << 8;
+                let delta = if h & 8 == 0 { IQ1_DELTA } else { -IQ1_DELTA };
+                for (y, g) in y.iter_mut().zip(grid_iq1(idx)) {
+                    *y = dl * (g as f32 + delta);
+                }
+            }
+        }
     }
 }
 

@@ -27,6 +27,12 @@ const S_BYTES: usize = 2 + QK_K / 4 + QK_K / 32 + QK_K / 32;
 /// ggml's `GROUP_MAX_EPS_IQ2_S`.
 const GROUP_MAX_EPS_IQ2_S: f32 = 1e-8;
 const KMAXQ: i32 = 3;
+// The block layout above, checked against the types table at compile time.
+const _: () = assert!(
+    XXS_BYTES == GgmlType::IQ2_XXS.type_size()
+        && XS_BYTES == GgmlType::IQ2_XS.type_size()
+        && S_BYTES == GgmlType::IQ2_S.type_size()
+);
 
 const XXS_SEARCH: ScaleSearch = ScaleSearch {
     kmaxq: KMAXQ,
@@ -280,4 +286,92 @@ fn block_s(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     // 0.9875: ggml's fudge factor
     out[0..2].copy_from_slice(&fp32_to_fp16(d * 0.9875).to_le_bytes());
     put_scales(&scales, 1.0 / d, &mut out[SCALES..]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization: ggml's `dequantize_row_*` for this family (helpers in `bytes.rs`).
+
+/// Dequantize whole blocks of `ty`, a type of this family.
+pub(super) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match ty {
+        GgmlType::IQ2_XXS => dequant::iq2_xxs(src, dst),
+        GgmlType::IQ2_XS => dequant::iq2_xs(src, dst),
+        GgmlType::IQ2_S => dequant::iq2_s(src, dst),
+        _ => unreachable!("{ty} is not a type of this family (see the types table)"),
+    }
+}
+
+mod dequant {
+    use super::super::bytes::*;
+    use super::super::grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KSIGNS_IQ2XS};
+
+    // IQ2 / IQ3: each group of 8 (IQ2) or 4 (IQ3) values is a point of a fixed grid of positive
+    // magnitudes, with signs stored separately. `ksigns` expands 7 stored sign bits to 8.
+
+    /// The 8 magnitudes of a u64 grid point.
+    #[inline]
+    pub(super) fn grid8(point: u64) -> [u8; 8] {
+        point.to_le_bytes()
+    }
+
+    /// IQ2_XXS: f16 d, then per 32 values two u32: four 8-bit grid indices, and four 7-bit sign
+    /// indices plus a 4-bit scale in the top bits. x = ((d * (0.5 + s)) * 0.25) * g * sign.
+    pub(super) fn iq2_xxs(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 66, dst, QK_K) {
+            let d = f16_at(b, 0);
+            for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+                let idx = &b[2 + 8 * ib..][..4];
+                let aux = u32_at(b, 2 + 8 * ib + 4);
+                let db = d * (0.5 + (aux >> 28) as f32) * 0.25;
+                for (l, y) in y.chunks_exact_mut(8).enumerate() {
+                    let g = grid8(IQ2XXS_GRID[idx[l] as usize]);
+                    let signs = KSIGNS_IQ2XS[(aux >> (7 * l) & 127) as usize];
+                    for j in 0..8 {
+                        y[j] = signed(db * g[j] as f32, signs, j);
+                    }
+                }
+            }
+        }
+    }
+
+    /// 4-bit scales of IQ2_XS / IQ2_S, one per 16 values: low nibble first.
+    #[inline]
+    pub(super) fn iq2_scale(d: f32, scales: &[u8], i: usize) -> f32 {
+        let s = scales[i / 2] >> (4 * (i % 2)) & 0x0F;
+        d * (0.5 + s as f32) * 0.25
+    }
+
+    /// IQ2_XS: f16 d, 32 u16 (9-bit grid index, 7-bit sign index), 8 bytes of 4-bit scales.
+    pub(super) fn iq2_xs(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 74, dst, QK_K) {
+            let d = f16_at(b, 0);
+            let scales = &b[66..74];
+            for (k, y) in y.chunks_exact_mut(8).enumerate() {
+                let q = u16_at(b, 2 + 2 * k);
+                let db = iq2_scale(d, scales, k / 2);
+                let g = grid8(IQ2XS_GRID[(q & 511) as usize]);
+                let signs = KSIGNS_IQ2XS[(q >> 9) as usize];
+                for j in 0..8 {
+                    y[j] = signed(db * g[j] as f32, signs, j);
+                }
+            }
+        }
+    }
+
+    /// IQ2_S: f16 d, 32 low bytes of 10-bit grid indices, 32 bytes of explicit signs, 8 bytes of
+    /// the indices' top 2 bits, 8 bytes of 4-bit scales.
+    pub(super) fn iq2_s(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 82, dst, QK_K) {
+            let d = f16_at(b, 0);
+            let (qs, signs, qh, scales) = (&b[2..34], &b[34..66], &b[66..74], &b[74..82]);
+            for (k, y) in y.chunks_exact_mut(8).enumerate() {
+                let high = (qh[k / 4] >> (2 * (k % 4)) & 3) as usize;
+                let g = grid8(IQ2S_GRID[qs[k] as usize | high << 8]);
+                let db = iq2_scale(d, scales, k / 2);
+                for j in 0..8 {
+                    y[j] = signed(db * g[j] as f32, signs[k], j);
+                }
+            }
+        }
+    }
 }

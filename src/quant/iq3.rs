@@ -25,6 +25,9 @@ const S_BYTES: usize = 2 + QK_K / 4 + QK_K / 32 + QK_K / 8 + QK_K / 64;
 /// ggml's `GROUP_MAX_EPS_IQ3_XXS`.
 const GROUP_MAX_EPS_IQ3_XXS: f32 = 1e-8;
 const KMAXQ: i32 = 8;
+// The block layout above, checked against the types table at compile time.
+const _: () =
+    assert!(XXS_BYTES == GgmlType::IQ3_XXS.type_size() && S_BYTES == GgmlType::IQ3_S.type_size());
 
 const XXS_SEARCH: ScaleSearch = ScaleSearch {
     kmaxq: KMAXQ,
@@ -197,5 +200,65 @@ fn block_s(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     let id = 1.0 / d;
     for (j, pair) in scales.chunks_exact(2).enumerate() {
         out[SCALES + j] = (sub_scale(id, pair[0]) | sub_scale(id, pair[1]) << 4) as u8;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization: ggml's `dequantize_row_*` for this family (helpers in `bytes.rs`).
+
+/// Dequantize whole blocks of `ty`, a type of this family.
+pub(super) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match ty {
+        GgmlType::IQ3_XXS => dequant::iq3_xxs(src, dst),
+        GgmlType::IQ3_S => dequant::iq3_s(src, dst),
+        _ => unreachable!("{ty} is not a type of this family (see the types table)"),
+    }
+}
+
+mod dequant {
+    use super::super::bytes::*;
+    use super::super::grids::{IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS};
+
+    /// IQ3_XXS: f16 d, 64 grid indices (4 values each), then per 32 values a u32 of four 7-bit
+    /// sign indices and a 4-bit scale. x = ((d * (0.5 + s)) * 0.5) * g * sign.
+    pub(super) fn iq3_xxs(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 98, dst, QK_K) {
+            let d = f16_at(b, 0);
+            let qs = &b[2..66];
+            for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+                let aux = u32_at(b, 66 + 4 * ib);
+                let db = d * (0.5 + (aux >> 28) as f32) * 0.5;
+                for (l, y) in y.chunks_exact_mut(8).enumerate() {
+                    let signs = KSIGNS_IQ2XS[(aux >> (7 * l) & 127) as usize];
+                    let g1 = IQ3XXS_GRID[qs[8 * ib + 2 * l] as usize].to_le_bytes();
+                    let g2 = IQ3XXS_GRID[qs[8 * ib + 2 * l + 1] as usize].to_le_bytes();
+                    for j in 0..4 {
+                        y[j] = signed(db * g1[j] as f32, signs, j);
+                        y[j + 4] = signed(db * g2[j] as f32, signs, j + 4);
+                    }
+                }
+            }
+        }
+    }
+
+    /// IQ3_S: f16 d, 64 low bytes of 9-bit grid indices, 8 bytes of their top bits, 32 bytes of
+    /// explicit signs, 4 bytes of 4-bit scales (one per 32 values). x = (d * (1 + 2s)) * g * sign.
+    pub(super) fn iq3_s(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 110, dst, QK_K) {
+            let d = f16_at(b, 0);
+            let (qs, qh, signs, scales) = (&b[2..66], &b[66..74], &b[74..106], &b[106..110]);
+            for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+                let s = scales[ib / 2] >> (4 * (ib % 2)) & 0x0F;
+                let db = d * (1 + 2 * s as u32) as f32;
+                for (k, y) in y.chunks_exact_mut(4).enumerate() {
+                    let n = 8 * ib + k; // grid index number within the block
+                    let idx = qs[n] as usize | ((qh[n / 8] >> (n % 8) & 1) as usize) << 8;
+                    let g = IQ3S_GRID[idx].to_le_bytes();
+                    for j in 0..4 {
+                        y[j] = signed(db * g[j] as f32, signs[n / 2], 4 * (n % 2) + j);
+                    }
+                }
+            }
+        }
     }
 }

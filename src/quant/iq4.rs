@@ -24,6 +24,13 @@ const XS_BYTES: usize = 2 + 2 + QK_K / 64 + QK_K / 2;
 const GROUP_MAX_EPS: f32 = 1e-15;
 /// ggml's `ntry` for both types in `quantize_iq4_nl` / `quantize_iq4_xs`.
 const NTRY: i32 = 7;
+// The block layout above, checked against the types table at compile time.
+const _: () = assert!(
+    NL_BYTES == GgmlType::IQ4_NL.type_size()
+        && XS_BYTES == GgmlType::IQ4_XS.type_size()
+        && QK4_NL == GgmlType::IQ4_NL.block_size()
+        && QK_K == GgmlType::IQ4_XS.block_size()
+);
 
 /// `kvalues_iq4nl` as f32 (C promotes the int8 levels to float in every comparison).
 const VALUES: [f32; 16] = {
@@ -310,6 +317,55 @@ pub fn quantize_row(
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization: ggml's `dequantize_row_*` for this family (helpers in `bytes.rs`).
+
+/// Dequantize whole blocks of `ty`, a type of this family.
+pub(super) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match ty {
+        GgmlType::IQ4_NL => dequant::iq4_nl(src, dst),
+        GgmlType::IQ4_XS => dequant::iq4_xs(src, dst),
+        _ => unreachable!("{ty} is not a type of this family (see the types table)"),
+    }
+}
+
+mod dequant {
+    use super::super::bytes::*;
+    use super::super::KVALUES_IQ4NL;
+
+    // Non-uniform 4-bit codebooks.
+
+    /// IQ4_NL: Q4_0's layout with the codes looked up in `KVALUES_IQ4NL`; x = d * kv[q].
+    pub(super) fn iq4_nl(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 18, dst, 32) {
+            let d = f16_at(b, 0);
+            for (j, &q) in b[2..18].iter().enumerate() {
+                y[j] = d * KVALUES_IQ4NL[(q & 0x0F) as usize] as f32;
+                y[j + 16] = d * KVALUES_IQ4NL[(q >> 4) as usize] as f32;
+            }
+        }
+    }
+
+    /// IQ4_XS: f16 d, u16 of 2-bit scale tops, 4 bytes of 4-bit scale lows, 128 bytes of nibbles
+    /// (16 per 32 values, IQ4_NL order). x = (d * (sc - 32)) * kv[q].
+    pub(super) fn iq4_xs(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 136, dst, QK_K) {
+            let d = f16_at(b, 0);
+            let scales_h = u16_at(b, 2);
+            let (scales_l, qs) = (&b[4..8], &b[8..136]);
+            for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+                let lo = scales_l[ib / 2] >> (4 * (ib % 2)) & 0x0F;
+                let hi = (scales_h >> (2 * ib) & 3) as u8;
+                let dl = d * ((lo | hi << 4) as i32 - 32) as f32;
+                for (j, &q) in qs[16 * ib..][..16].iter().enumerate() {
+                    y[j] = dl * KVALUES_IQ4NL[(q & 0x0F) as usize] as f32;
+                    y[j + 16] = dl * KVALUES_IQ4NL[(q >> 4) as usize] as f32;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

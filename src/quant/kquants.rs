@@ -709,17 +709,12 @@ pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> 
     }
 }
 
-/// Bytes per super-block of each K type.
-#[inline(always)]
-fn block_bytes(ty: GgmlType) -> usize {
-    match ty {
-        GgmlType::Q2_K => 84,
-        GgmlType::Q3_K => 110,
-        GgmlType::Q4_K => 144,
-        GgmlType::Q5_K => 176,
-        _ => 210, // Q6_K
-    }
-}
+// The super-block size every K and IQ family file assumes, checked against the types table.
+const _: () = assert!(
+    QK_K == GgmlType::Q2_K.block_size()
+        && QK_K == GgmlType::Q6_K.block_size()
+        && QK_K == GgmlType::Q8_K.block_size()
+);
 
 /// Quantize one row (a multiple of 256 values) to a K type, exactly as ggml's
 /// `quantize_q*_K` does for a single row.
@@ -739,7 +734,7 @@ pub fn quantize_row(
             op: "k-quant quantize",
         });
     }
-    let bb = block_bytes(ty);
+    let bb = ty.type_size();
     let nb = src.len() / QK_K;
     if src.len() % QK_K != 0 {
         return Err(QuantError::RowNotBlockAligned {
@@ -1254,6 +1249,148 @@ fn q6_k_block(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
             ql[k] = (a & 0xF) | ((c & 0xF) << 4);
             ql[k + 32] = (b & 0xF) | ((d & 0xF) << 4);
             qh[k] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((d >> 4) << 6);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization: ggml's `dequantize_row_*` for this family (helpers in `bytes.rs`).
+
+/// Dequantize whole blocks of `ty`, a type of this family.
+pub(super) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match ty {
+        GgmlType::Q2_K => dequant::q2_k(src, dst),
+        GgmlType::Q3_K => dequant::q3_k(src, dst),
+        GgmlType::Q4_K => dequant::q4_k(src, dst),
+        GgmlType::Q5_K => dequant::q5_k(src, dst),
+        GgmlType::Q6_K => dequant::q6_k(src, dst),
+        GgmlType::Q8_K => dequant::q8_k(src, dst),
+        _ => unreachable!("{ty} is not a type of this family (see the types table)"),
+    }
+}
+
+mod dequant {
+    use super::super::bytes::*;
+
+    // K-quants: 256-element super-blocks split into sub-blocks with their own small scales.
+
+    /// Q2_K: 16 scale bytes (low nibble scale, high nibble min), 64 bytes of 2-bit codes, f16 d,
+    /// f16 dmin. Each 32-byte half of `qs` yields 128 values: 4 shifts of 32.
+    /// x = (d * sc) * q - (dmin * m) per 16 values.
+    pub(super) fn q2_k(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 84, dst, QK_K) {
+            let (scales, qs) = (&b[0..16], &b[16..80]);
+            let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+            for (i, y) in y.iter_mut().enumerate() {
+                let (half, shift, l) = (i / 128, i / 32 % 4, i % 32);
+                let sc = scales[i / 16];
+                let dl = d * (sc & 0x0F) as f32;
+                let ml = dmin * (sc >> 4) as f32;
+                let q = qs[half * 32 + l] >> (2 * shift) & 3;
+                *y = dl * q as f32 - ml;
+            }
+        }
+    }
+
+    /// Q3_K: 32 bytes of high bits (`hmask`), 64 bytes of low 2 bits, 12 bytes of packed 6-bit
+    /// scales, f16 d. A clear high bit means "subtract 4". x = (d * (sc - 32)) * q per 16 values.
+    pub(super) fn q3_k(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 110, dst, QK_K) {
+            let (hmask, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
+            let d = f16_at(b, 108);
+            // Scale i: low 4 bits from byte i % 8 (nibble i / 8), high 2 bits from byte
+            // 8 + i % 4 (bit pair i / 4).
+            let scales: [f32; 16] = std::array::from_fn(|i| {
+                let lo = sc[i % 8] >> (4 * (i / 8)) & 0x0F;
+                let hi = sc[8 + i % 4] >> (2 * (i / 4)) & 0x03;
+                ((lo | hi << 4) as i32 - 32) as f32
+            });
+            for (i, y) in y.iter_mut().enumerate() {
+                let (half, shift, l) = (i / 128, i / 32 % 4, i % 32);
+                let low = (qs[half * 32 + l] >> (2 * shift) & 3) as i32;
+                let high = hmask[l] >> (i / 32) & 1;
+                let q = low - if high == 0 { 4 } else { 0 };
+                *y = d * scales[i / 16] * q as f32;
+            }
+        }
+    }
+
+    /// The 6-bit scale and min of each of the 8 sub-blocks of Q4_K / Q5_K, from 12 packed bytes:
+    /// sub-blocks 0..4 keep theirs in the low 6 bits of bytes 0..8, sub-blocks 4..8 split theirs
+    /// between the nibbles of bytes 8..12 and the top 2 bits of bytes 0..8.
+    pub(super) fn k_scale_min(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+        let mut sc = [0; 8];
+        let mut m = [0; 8];
+        for j in 0..4 {
+            sc[j] = s[j] & 0x3F;
+            m[j] = s[j + 4] & 0x3F;
+            sc[j + 4] = (s[j + 8] & 0x0F) | (s[j] >> 2 & 0x30);
+            m[j + 4] = (s[j + 8] >> 4) | (s[j + 4] >> 2 & 0x30);
+        }
+        (sc, m)
+    }
+
+    /// Q4_K: f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles (32 bytes per pair of
+    /// sub-blocks: low nibbles first). x = (d * sc) * q - (dmin * m) per 32 values.
+    pub(super) fn q4_k(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 144, dst, QK_K) {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (sc, m) = k_scale_min(&b[4..16]);
+            let qs = &b[16..144];
+            for (s, y) in y.chunks_exact_mut(32).enumerate() {
+                let dl = d * sc[s] as f32;
+                let ml = dmin * m[s] as f32;
+                let q = &qs[s / 2 * 32..][..32];
+                for (y, &q) in y.iter_mut().zip(q) {
+                    *y = dl * (q >> (4 * (s % 2)) & 0x0F) as f32 - ml;
+                }
+            }
+        }
+    }
+
+    /// Q5_K: Q4_K plus 32 bytes of fifth bits (bit s of byte l for sub-block s, element l).
+    pub(super) fn q5_k(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 176, dst, QK_K) {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (sc, m) = k_scale_min(&b[4..16]);
+            let (qh, qs) = (&b[16..48], &b[48..176]);
+            for (s, y) in y.chunks_exact_mut(32).enumerate() {
+                let dl = d * sc[s] as f32;
+                let ml = dmin * m[s] as f32;
+                let ql = &qs[s / 2 * 32..][..32];
+                for (l, y) in y.iter_mut().enumerate() {
+                    let q = (ql[l] >> (4 * (s % 2)) & 0x0F) | (qh[l] >> s & 1) << 4;
+                    *y = dl * q as f32 - ml;
+                }
+            }
+        }
+    }
+
+    /// Q6_K: 128 bytes of low nibbles, 64 bytes of high 2 bits, 16 i8 scales, f16 d.
+    /// Each 128-value half uses 64 `ql` bytes (low nibbles, then high nibbles) and 32 `qh` bytes
+    /// (4 bit pairs). x = (d * sc) * (q - 32) per 16 values.
+    pub(super) fn q6_k(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 210, dst, QK_K) {
+            let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
+            let d = f16_at(b, 208);
+            for (i, y) in y.iter_mut().enumerate() {
+                let (half, r) = (i / 128, i % 128);
+                let lo = ql[half * 64 + r % 64] >> (4 * (r / 64)) & 0x0F;
+                let hi = qh[half * 32 + r % 32] >> (2 * (r / 32)) & 0x03;
+                let q = (lo | hi << 4) as i32 - 32;
+                *y = d * scales[i / 16] as i8 as f32 * q as f32;
+            }
+        }
+    }
+
+    /// Q8_K: f32 d, 256 i8, 16 i16 block sums (only used by dot products); x = d * q.
+    /// gguf-py has no Q8_K; this is ggml's `dequantize_row_q8_K`.
+    pub(super) fn q8_k(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 292, dst, QK_K) {
+            let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            for (y, &q) in y.iter_mut().zip(&b[4..260]) {
+                *y = d * q as i8 as f32;
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::gguf::GgmlType;
 use half::f16;
 
 const QK: usize = 32;
+const _: () = assert!(QK == GgmlType::Q8_0.block_size() && QK == GgmlType::Q4_1.block_size());
 
 #[inline(always)]
 fn f16_bytes(x: f32) -> [u8; 2] {
@@ -358,6 +359,100 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization: ggml's `dequantize_row_*` for this family (helpers in `bytes.rs`).
+
+/// Dequantize whole blocks of `ty`, a type of this family.
+pub(super) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match ty {
+        GgmlType::Q4_0 => dequant::q4_0(src, dst),
+        GgmlType::Q4_1 => dequant::q4_1(src, dst),
+        GgmlType::Q5_0 => dequant::q5_0(src, dst),
+        GgmlType::Q5_1 => dequant::q5_1(src, dst),
+        GgmlType::Q8_0 => dequant::q8_0(src, dst),
+        GgmlType::Q8_1 => dequant::q8_1(src, dst),
+        _ => unreachable!("{ty} is not a type of this family (see the types table)"),
+    }
+}
+
+mod dequant {
+    use super::super::bytes::*;
+
+    // Legacy 32-element blocks. The 16 `qs` bytes hold element j in the low nibble and element
+    // j + 16 in the high nibble.
+
+    /// Q4_0: f16 d, 16 bytes of nibbles; x = d * (q - 8).
+    pub(super) fn q4_0(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 18, dst, 32) {
+            let d = f16_at(b, 0);
+            for (j, &q) in b[2..18].iter().enumerate() {
+                y[j] = d * ((q & 0x0F) as i32 - 8) as f32;
+                y[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+            }
+        }
+    }
+
+    /// Q4_1: f16 d, f16 m, 16 bytes of nibbles; x = d * q + m.
+    pub(super) fn q4_1(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 20, dst, 32) {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            for (j, &q) in b[4..20].iter().enumerate() {
+                y[j] = d * (q & 0x0F) as f32 + m;
+                y[j + 16] = d * (q >> 4) as f32 + m;
+            }
+        }
+    }
+
+    /// Q5_0: f16 d, u32 of fifth bits (bit i for element i), nibbles; x = d * (q - 16).
+    pub(super) fn q5_0(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 22, dst, 32) {
+            let d = f16_at(b, 0);
+            let qh = u32_at(b, 2);
+            for (j, &q) in b[6..22].iter().enumerate() {
+                let lo = (q & 0x0F) as u32 | (qh >> j & 1) << 4;
+                let hi = (q >> 4) as u32 | (qh >> (j + 16) & 1) << 4;
+                y[j] = d * (lo as i32 - 16) as f32;
+                y[j + 16] = d * (hi as i32 - 16) as f32;
+            }
+        }
+    }
+
+    /// Q5_1: f16 d, f16 m, u32 of fifth bits, nibbles; x = d * q + m.
+    pub(super) fn q5_1(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 24, dst, 32) {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            let qh = u32_at(b, 4);
+            for (j, &q) in b[8..24].iter().enumerate() {
+                let lo = (q & 0x0F) as u32 | (qh >> j & 1) << 4;
+                let hi = (q >> 4) as u32 | (qh >> (j + 16) & 1) << 4;
+                y[j] = d * lo as f32 + m;
+                y[j + 16] = d * hi as f32 + m;
+            }
+        }
+    }
+
+    /// Q8_0: f16 d, 32 i8; x = d * q.
+    pub(super) fn q8_0(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 34, dst, 32) {
+            let d = f16_at(b, 0);
+            for (y, &q) in y.iter_mut().zip(&b[2..34]) {
+                *y = q as i8 as f32 * d;
+            }
+        }
+    }
+
+    /// Q8_1: f16 d, f16 s (= d * sum(q), only used by dot products), 32 i8; x = d * q.
+    /// gguf-py has no Q8_1; ggml defines the values the same way as Q8_0's.
+    pub(super) fn q8_1(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 36, dst, 32) {
+            let d = f16_at(b, 0);
+            for (y, &q) in y.iter_mut().zip(&b[4..36]) {
+                *y = q as i8 as f32 * d;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

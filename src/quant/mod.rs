@@ -1,13 +1,16 @@
 //! Quantization kernels: every ggml type to f32 (`dequantize_row`) and f32 to the types we
 //! write (`quantize_row`), one row at a time, optionally with importance weights.
 //!
-//! Each family lives in its own file; this module only dispatches. Rows are independent, so
-//! callers parallelize over rows (`quantize_rows` / `dequantize_rows`).
+//! Each family lives in its own file, its dequantizer beside its quantizer; this module only
+//! dispatches, by the family and quantizer columns of the types table (`gguf/types.rs`). Rows
+//! are independent, so callers parallelize over rows (`quantize_rows` / `dequantize_rows`).
 
-pub mod dequant;
+mod bytes;
 pub mod float;
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod golden_dequant;
 #[cfg(test)]
 mod golden_iq;
 #[cfg(test)]
@@ -23,8 +26,10 @@ pub mod kquants;
 pub(crate) mod lattice;
 pub mod legacy;
 pub mod mix;
+pub mod mxfp4;
 pub mod ternary;
 
+use crate::gguf::types::{Family, Quantizer};
 use crate::gguf::GgmlType;
 use rayon::prelude::*;
 
@@ -73,38 +78,23 @@ fn check_sizes(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
 /// Dequantize one row: `src` holds whole blocks of `ty`, `dst` receives `dst.len()` values.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     check_sizes(ty, dst.len(), src.len())?;
-    dequant::dequantize_row(ty, src, dst)
+    match ty.family() {
+        Family::Float => return float::dequantize_row(ty, src, dst),
+        Family::Legacy => legacy::dequantize_row(ty, src, dst),
+        Family::KQuant => kquants::dequantize_row(ty, src, dst),
+        Family::Iq1 => iq1::dequantize_row(ty, src, dst),
+        Family::Iq2 => iq2::dequantize_row(ty, src, dst),
+        Family::Iq3 => iq3::dequantize_row(ty, src, dst),
+        Family::Iq4 => iq4::dequantize_row(ty, src, dst),
+        Family::Ternary => ternary::dequantize_row(ty, src, dst),
+        Family::Mxfp4 => mxfp4::dequantize_row(ty, src, dst),
+    }
+    Ok(())
 }
 
-/// True when `quantize_row` can produce `ty`.
+/// True when `quantize_row` can produce `ty` (the types table's quantizer column).
 pub fn can_quantize(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(
-        ty,
-        F32 | F16
-            | BF16
-            | Q4_0
-            | Q4_1
-            | Q5_0
-            | Q5_1
-            | Q8_0
-            | Q2_K
-            | Q3_K
-            | Q4_K
-            | Q5_K
-            | Q6_K
-            | IQ1_S
-            | IQ1_M
-            | IQ2_XXS
-            | IQ2_XS
-            | IQ2_S
-            | IQ3_XXS
-            | IQ3_S
-            | IQ4_NL
-            | IQ4_XS
-            | TQ1_0
-            | TQ2_0
-    )
+    ty.can_quantize()
 }
 
 /// Quantize one row of `src` into `dst` (exactly `row_bytes(ty, src.len())` bytes).
@@ -185,18 +175,25 @@ fn quantize_row_checked(
     dst: &mut [u8],
     imatrix: Option<&[f32]>,
 ) -> Result<(), QuantError> {
-    use GgmlType::*;
-    match (ty, imatrix) {
-        (F32 | F16 | BF16, _) => float::quantize_row(ty, src, dst),
-        (Q8_0, _) | (Q4_0 | Q4_1 | Q5_0 | Q5_1, None) => legacy::quantize_row(ty, src, dst),
-        (Q4_0 | Q4_1 | Q5_0 | Q5_1, Some(w)) => imatrix_legacy::quantize_row(ty, src, dst, w),
-        (Q2_K | Q3_K | Q4_K | Q5_K | Q6_K, w) => kquants::quantize_row(ty, src, dst, w),
-        (IQ1_S | IQ1_M, w) => iq1::quantize_row(ty, src, dst, w),
-        (IQ2_XXS | IQ2_XS | IQ2_S, w) => iq2::quantize_row(ty, src, dst, w),
-        (IQ3_XXS | IQ3_S, w) => iq3::quantize_row(ty, src, dst, w),
-        (IQ4_NL | IQ4_XS, w) => iq4::quantize_row(ty, src, dst, w),
-        (TQ1_0 | TQ2_0, _) => ternary::quantize_row(ty, src, dst),
-        _ => Err(QuantError::Unsupported { ty, op: "quantize" }),
+    let weights = match (ty.quantizer(), imatrix) {
+        (Quantizer::None, _) => return Err(QuantError::Unsupported { ty, op: "quantize" }),
+        (Quantizer::NeedsImatrix, None) => return Err(QuantError::NeedsImatrix { ty }),
+        (Quantizer::Plain, _) => None,
+        (Quantizer::Weighted | Quantizer::NeedsImatrix, w) => w,
+    };
+    match ty.family() {
+        Family::Float => float::quantize_row(ty, src, dst),
+        Family::Legacy => match weights {
+            None => legacy::quantize_row(ty, src, dst),
+            Some(w) => imatrix_legacy::quantize_row(ty, src, dst, w),
+        },
+        Family::KQuant => kquants::quantize_row(ty, src, dst, weights),
+        Family::Iq1 => iq1::quantize_row(ty, src, dst, weights),
+        Family::Iq2 => iq2::quantize_row(ty, src, dst, weights),
+        Family::Iq3 => iq3::quantize_row(ty, src, dst, weights),
+        Family::Iq4 => iq4::quantize_row(ty, src, dst, weights),
+        Family::Ternary => ternary::quantize_row(ty, src, dst),
+        Family::Mxfp4 => Err(QuantError::Unsupported { ty, op: "quantize" }),
     }
 }
 
@@ -284,13 +281,13 @@ mod tests {
         let rows = 48;
         let x = synth(rows * cols, 3);
         let w: Vec<f32> = synth(cols, 9).iter().map(|v| v * v * 1e3 + 0.01).collect();
-        for ty in [
-            Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16, BF16,
-            TQ1_0, TQ2_0, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M,
-        ] {
+        for &ty in GgmlType::ALL
+            .iter()
+            .filter(|t| t.can_quantize() && **t != F32)
+        {
             let rb = row_bytes(ty, cols).unwrap();
             for wi in [None, Some(w.as_slice())] {
-                if wi.is_none() && matches!(ty, IQ2_XXS | IQ2_XS | IQ1_S) {
+                if wi.is_none() && ty.quantizer() == Quantizer::NeedsImatrix {
                     continue;
                 }
                 for (r, row) in x.chunks_exact(cols).enumerate() {
@@ -370,14 +367,17 @@ mod tests {
             vec![-1.0; n],
             vec![f32::NAN; n],
         ];
-        for ty in [IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M] {
+        let iq123 = GgmlType::ALL
+            .iter()
+            .filter(|t| matches!(t.family(), Family::Iq1 | Family::Iq2 | Family::Iq3));
+        for &ty in iq123 {
             let mut out = vec![0u8; row_bytes(ty, n).unwrap()];
             for row in &rows {
                 for w in &weights {
                     quantize_row(ty, row, &mut out, Some(w)).unwrap();
                 }
                 let r = quantize_row(ty, row, &mut out, None);
-                if matches!(ty, IQ2_XXS | IQ2_XS | IQ1_S) {
+                if ty.quantizer() == Quantizer::NeedsImatrix {
                     assert_eq!(r, Err(QuantError::NeedsImatrix { ty }));
                 } else {
                     r.unwrap();

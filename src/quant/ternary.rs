@@ -15,6 +15,12 @@ const TQ1_BYTES: usize = TQ1_QS + TQ1_QH + 2;
 /// TQ2_0: 64 bytes of 4 two-bit values, f16 scale.
 const TQ2_QS: usize = QK_K / 4;
 const TQ2_BYTES: usize = TQ2_QS + 2;
+// The block layout above, checked against the types table at compile time.
+const _: () = assert!(
+    TQ1_BYTES == GgmlType::TQ1_0.type_size()
+        && TQ2_BYTES == GgmlType::TQ2_0.type_size()
+        && QK_K == GgmlType::TQ1_0.block_size()
+);
 
 /// C's `lroundf(v) + 1` as ggml then uses it: only the low byte matters, since it is added to
 /// a `uint8_t`. Rounds half away from zero; NaN and |v| >= 2³¹ give `i32::MIN + 1` (x86's
@@ -112,6 +118,61 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         f(x, out);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization: ggml's `dequantize_row_*` for this family (helpers in `bytes.rs`).
+
+/// Dequantize whole blocks of `ty`, a type of this family.
+pub(super) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match ty {
+        GgmlType::TQ1_0 => dequant::tq1_0(src, dst),
+        GgmlType::TQ2_0 => dequant::tq2_0(src, dst),
+        _ => unreachable!("{ty} is not a type of this family (see the types table)"),
+    }
+}
+
+mod dequant {
+    use super::super::bytes::*;
+
+    // Ternary types: values in {-1, 0, 1} times an f16 d.
+
+    /// TQ1_0: 48 bytes of five base-3 digits each (stored as a fixed-point fraction of 3^5),
+    /// 4 bytes of four digits each, f16 d. Digit n of byte m is `((m * 3^n mod 256) * 3) >> 8`;
+    /// bytes 0..32 give 5 runs of 32 values, bytes 32..48 5 runs of 16, bytes 48..52 4 runs of 4.
+    pub(super) fn tq1_0(src: &[u8], dst: &mut [f32]) {
+        const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+        fn trit(byte: u8, n: usize) -> f32 {
+            let v = byte.wrapping_mul(POW3[n]) as u16;
+            (((v * 3) >> 8) as i32 - 1) as f32
+        }
+        for (b, y) in blocks(src, 54, dst, QK_K) {
+            let d = f16_at(b, 52);
+            let (y0, rest) = y.split_at_mut(160);
+            let (y1, y2) = rest.split_at_mut(80);
+            for (bytes, out, digits) in
+                [(&b[0..32], y0, 5), (&b[32..48], y1, 5), (&b[48..52], y2, 4)]
+            {
+                let w = bytes.len();
+                for n in 0..digits {
+                    for (m, &q) in bytes.iter().enumerate() {
+                        out[n * w + m] = d * trit(q, n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// TQ2_0: 64 bytes of 2-bit codes (4 runs of 32 values per 32 bytes), f16 d; x = d * (q - 1).
+    pub(super) fn tq2_0(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in blocks(src, 66, dst, QK_K) {
+            let d = f16_at(b, 64);
+            for (i, y) in y.iter_mut().enumerate() {
+                let q = b[i / 128 * 32 + i % 32] >> (2 * (i / 32 % 4)) & 3;
+                *y = d * (q as i32 - 1) as f32;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
