@@ -341,7 +341,6 @@ mod tests {
     /// and the types ggml quantizes only with an imatrix refuse to quantize without one.
     #[test]
     fn iq_quantizers_take_any_input() {
-        use GgmlType::*;
         let n = 512;
         let mut rows: Vec<Vec<f32>> = Vec::new();
         for special in [
