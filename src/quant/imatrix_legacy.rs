@@ -7,7 +7,7 @@
 // Index loops mirror the C source line by line, which is what makes them auditable.
 #![allow(clippy::needless_range_loop)]
 
-use super::kquants::{fp32_to_fp16, make_qkx3_quants, make_qx_quants};
+use super::search::{fp32_to_fp16, make_qkx3_quants, make_qx_quants};
 use super::QuantError;
 use crate::gguf::GgmlType;
 

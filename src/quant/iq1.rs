@@ -7,8 +7,9 @@
 //! group of 8 levels that is not a grid point to its best neighbour. ggml requires an imatrix
 //! for IQ1_S; IQ1_M without one weights by `x²`.
 
-use super::kquants::{fp32_to_fp16, nearest_int, QK_K};
+use super::kquants::QK_K;
 use super::lattice::{self, c_max, sum_sq, Lattice, Lookup};
+use super::search::{fp32_to_fp16, nearest_int};
 use super::QuantError;
 use crate::gguf::GgmlType;
 

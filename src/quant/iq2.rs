@@ -7,11 +7,12 @@
 //! (`lattice::search_scale`). IQ2_XXS and IQ2_XS need an imatrix (ggml asserts one); IQ2_S
 //! without one weights by `sigma2/4 + x²`.
 
-use super::kquants::{fp32_to_fp16, make_qp_quants, nearest_int, GROUP_MAX_EPS, QK_K};
+use super::kquants::QK_K;
 use super::lattice::{
     self, c_max, grid_index, search_scale, split_signs, split_signs_even, sum_sq, weights, Refine,
     ScaleSearch,
 };
+use super::search::{fp32_to_fp16, make_qp_quants, nearest_int, GROUP_MAX_EPS};
 use super::QuantError;
 use crate::gguf::GgmlType;
 

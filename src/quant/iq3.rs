@@ -6,11 +6,12 @@
 //! IQ3_XXS, 512 for IQ3_S), searched over a range of scales (see `lattice::search_scale`).
 //! The f32 operations follow the C source in order; without an imatrix the weights are `x²`.
 
-use super::kquants::{fp32_to_fp16, nearest_int, QK_K};
+use super::kquants::QK_K;
 use super::lattice::{
     self, c_max, grid_index, search_scale, split_signs, split_signs_even, sum_sq, weights, Refine,
     ScaleSearch,
 };
+use super::search::{fp32_to_fp16, nearest_int};
 use super::QuantError;
 use crate::gguf::GgmlType;
 

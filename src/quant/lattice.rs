@@ -8,7 +8,7 @@
 //! the `nwant` smallest squared distances, in order of (distance, grid index).
 
 use super::grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
-use super::kquants::nearest_int;
+use super::search::nearest_int;
 use std::sync::OnceLock;
 
 /// One grid with its key map and neighbour lists.

@@ -27,6 +27,7 @@ pub(crate) mod lattice;
 pub mod legacy;
 pub mod mix;
 pub mod mxfp4;
+pub(crate) mod search;
 pub mod ternary;
 
 use crate::gguf::types::{Family, Quantizer};
