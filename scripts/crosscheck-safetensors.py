@@ -6,12 +6,13 @@ DIR/expected.json: for every tensor, the canonical name from gguf-py's tensor ma
 shape and the values after `LlamaModel.permute` taken verbatim from convert_hf_to_gguf's
 conversion/llama.py (run on numpy arrays; torch is not needed for reshape/swapaxes).
 
-    /work/main/.venv/bin/python scripts/crosscheck-safetensors.py /tmp/xc
-    SMELT_HF_CROSSCHECK=/tmp/xc cargo test --lib python_crosscheck -- --ignored
+    .venv/bin/python scripts/crosscheck-safetensors.py target/xc
+    SMELT_HF_CROSSCHECK=target/xc cargo test --lib python_crosscheck -- --ignored
 """
 
 import ast
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,14 @@ import numpy as np
 import gguf
 from safetensors.numpy import save_file
 
-LLAMA_CPP = Path("/work/third_party/llama_cpp_python-0.3.36/vendor/llama.cpp")
+# llama.cpp's source (from the llama-cpp-python sdist that scripts/build-llama-cpp unpacks).
+LLAMA_CPP = Path(
+    os.environ.get(
+        "LLAMA_CPP",
+        Path(__file__).resolve().parent.parent
+        / "third_party/llama_cpp_python-0.3.36/vendor/llama.cpp",
+    )
+)
 
 
 def load_permute():

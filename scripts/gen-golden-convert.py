@@ -18,10 +18,10 @@ llama.cpp's convert_hf_to_gguf.py at --outtype f32 and f16, and records per outp
     model), in order, with types and values.
 
     # golden mode: needs torch + transformers + sentencepiece (a venv OUTSIDE the repo)
-    python3 -m venv /work/convert-venv
-    /work/convert-venv/bin/pip install torch==2.11.0 transformers==4.57.6 \
+    python3 -m venv ../convert-venv   # any folder outside the repo
+    ../convert-venv/bin/pip install torch==2.11.0 transformers==4.57.6 \
         'sentencepiece>=0.1.98,<0.3.0' 'numpy~=2.2.6' 'protobuf>=4.21.0,<5.0.0' safetensors
-    /work/convert-venv/bin/python scripts/gen-golden-convert.py [--only qwen2,gemma2]
+    ../convert-venv/bin/python scripts/gen-golden-convert.py [--only qwen2,gemma2]
 
     # check mode (CI, scripts/test): the .venv of scripts/setup-python (numpy + gguf)
     python scripts/gen-golden-convert.py --check
@@ -37,7 +37,7 @@ against that order of the golden's names.
 
 Environment: SMELT_BIN (default ./target/release/smelt), LLAMA_CPP (llama.cpp source with
 convert_hf_to_gguf.py and gguf-py; default third_party/llama_cpp_python-0.3.36/vendor/llama.cpp
-of this checkout or of /work/main).
+of this checkout).
 
 Every converter class here reads a tokenizer.model (sentencepiece); --check without the
 sentencepiece package compares everything but the tokenizer.* keys.
@@ -391,7 +391,7 @@ def llama_cpp_order(names):
 def llama_cpp_dir():
     env = os.environ.get("LLAMA_CPP")
     rel = Path("third_party/llama_cpp_python-0.3.36/vendor/llama.cpp")
-    for d in ([Path(env)] if env else []) + [ROOT / rel, Path("/work/main") / rel]:
+    for d in ([Path(env)] if env else []) + [ROOT / rel]:
         if (d / "convert_hf_to_gguf.py").is_file():
             return d
     sys.exit("llama.cpp source not found (set LLAMA_CPP)")

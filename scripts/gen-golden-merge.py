@@ -11,10 +11,10 @@ mergekit (or torch).
 Regenerate (mergekit lives in a venv OUTSIDE the repo; ~2.5 min, ~6 GB, the
 PyPI torch wheel brings CUDA libraries it never uses here):
 
-    python3 -m venv /work/mergekit-venv
-    /work/mergekit-venv/bin/pip install mergekit==0.1.5
+    python3 -m venv ../mergekit-venv   # any folder outside the repo
+    ../mergekit-venv/bin/pip install mergekit==0.1.5
     cargo build --release
-    /work/mergekit-venv/bin/python scripts/gen-golden-merge.py
+    ../mergekit-venv/bin/python scripts/gen-golden-merge.py
 
 Options / environment:
     SMELT_BIN         smelt binary (default ./target/release/smelt)

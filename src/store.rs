@@ -15,61 +15,9 @@ pub struct SourceFile {
     pub map: Arc<Mmap>,
 }
 
-/// How stored rows map to the rows the tensor presents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RowOrder {
-    AsStored,
-    /// llama.cpp's q/k head permutation of Hugging Face rows (`convert_hf_to_gguf.py`'s
-    /// `permute`): output row `(h, i, j)` of a `(n_head, rows/n_head/2, 2)` grid is stored row
-    /// `(h, j, i)` of the `(n_head, 2, rows/n_head/2)` grid.
-    HeadPermute {
-        n_head: usize,
-    },
-}
-
-impl RowOrder {
-    /// The stored row holding presented row `row` of a tensor with `n_rows` rows.
-    pub fn stored_row(self, row: usize, n_rows: usize) -> usize {
-        match self {
-            RowOrder::AsStored => row,
-            RowOrder::HeadPermute { n_head } => {
-                let half = n_rows / n_head / 2;
-                let (h, rest) = (row / (2 * half), row % (2 * half));
-                let (i, j) = (rest / 2, rest % 2);
-                h * 2 * half + j * half + i
-            }
-        }
-    }
-}
-
-/// An element-wise change applied to a tensor's values as its rows are read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transform {
-    None,
-    /// `x + 1` (Gemma's RMS norm weights, which llama.cpp's converter stores shifted). The sum
-    /// is taken in the stored precision where that is what `convert_hf_to_gguf.py` does (torch
-    /// adds in f16 for an F16 tensor, in f32 after widening for BF16 and F32).
-    AddOne,
-}
-
-impl Transform {
-    /// Apply to `values` read from bytes of type `stored`.
-    pub fn apply_to(self, stored: GgmlType, values: &mut [f32]) {
-        match self {
-            Transform::None => {}
-            Transform::AddOne if stored == GgmlType::F16 => {
-                for v in values {
-                    *v = half::f16::from_f32(*v + 1.0).to_f32();
-                }
-            }
-            Transform::AddOne => {
-                for v in values {
-                    *v += 1.0;
-                }
-            }
-        }
-    }
-}
+// Layout transforms live in a leaf module so that the architecture tables can name them
+// without importing the store (which opens folders through them).
+pub use crate::layout::{RowOrder, Transform};
 
 /// One tensor of a store.
 #[derive(Clone, Debug, PartialEq)]

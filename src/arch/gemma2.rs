@@ -102,7 +102,7 @@ pub static GEMMA2: Architecture = Architecture {
 mod tests {
     use super::*;
     use crate::gguf::Value;
-    use crate::store::Transform;
+    use crate::layout::Transform;
 
     #[test]
     fn norms_are_shifted_and_lm_head_dropped() {

@@ -74,7 +74,7 @@ pub static GEMMA3: Architecture = Architecture {
 mod tests {
     use super::*;
     use crate::gguf::Value;
-    use crate::store::Transform;
+    use crate::layout::Transform;
 
     #[test]
     fn qk_norms_shifted() {

@@ -16,7 +16,7 @@ pub mod qwen2;
 pub mod qwen3;
 
 use crate::gguf::{Metadata, Value};
-use crate::store::{RowOrder, Transform};
+use crate::layout::{RowOrder, Transform};
 use serde_json::Value as Json;
 
 /// Every architecture smelt knows, searched in order.
