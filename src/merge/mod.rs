@@ -706,6 +706,14 @@ impl MergePlan {
             Error::Invalid(m) => Error::Invalid(format!("tensor `{}`: {m}", t.name)),
             other => other,
         })?;
+        // A NaN or infinity in a model is never what a recipe asked for (weights summing to
+        // almost 0, huge weights or scales, non-finite inputs).
+        if let Some(j) = out.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "tensor `{}`: the merged value at element {j} is {} (check the recipe's weights and parameters, and the inputs)",
+                t.name, out[j]
+            )));
+        }
         if let Some(text) = note.text {
             self.notes
                 .lock()
@@ -775,28 +783,46 @@ impl PlanBuilder<'_> {
         // table knows it (`o_proj`, `self_attn`, `mlp` ...).
         let hf = self.arch_table.and_then(|a| a.hf_name(out_name));
         let names: Vec<&str> = std::iter::once(out_name).chain(hf.as_deref()).collect();
-        let lookup =
-            |scopes: &[Option<&Params>], name: &str, t: f64| -> Option<Result<f64, String>> {
-                for p in scopes.iter().flatten() {
-                    if let Some(setting) = p.get(name) {
-                        if let Some(v) = recipe::evaluate(&setting.value, &names, t) {
-                            let line = setting.referenced.line();
-                            return Some(v.as_f64().ok_or_else(|| {
-                                format!("line {line}: {name} must be a number or bool")
-                            }));
-                        }
+        // The value and its recipe line.
+        let lookup = |scopes: &[Option<&Params>],
+                      name: &str,
+                      t: f64|
+         -> Option<Result<(f64, u64), String>> {
+            for p in scopes.iter().flatten() {
+                if let Some(setting) = p.get(name) {
+                    if let Some(v) = recipe::evaluate(&setting.value, &names, t) {
+                        let line = setting.referenced.line();
+                        return Some(v.as_f64().map(|v| (v, line)).ok_or_else(|| {
+                            format!("line {line}: {name} must be a number or bool")
+                        }));
                     }
                 }
-                None
-            };
+            }
+            None
+        };
         let method = sl.method;
         let origin = self.origin;
         let resolve = |scopes: &[Option<&Params>],
                        spec: &methods::ParamSpec,
                        model: Option<&str>|
          -> Result<f64> {
+            let for_model = || {
+                model
+                    .map(|m| format!(" for model `{m}`"))
+                    .unwrap_or_default()
+            };
             match lookup(scopes, spec.name, t) {
-                Some(Ok(v)) => Ok(v),
+                Some(Ok((v, line))) => {
+                    methods::check_param(method.name(), spec.name, v).map_err(|e| {
+                        Error::Invalid(format!(
+                            "{origin}:{line}: {} parameter `{}`{} {e} (tensor `{out_name}`)",
+                            method.name(),
+                            spec.name,
+                            for_model()
+                        ))
+                    })?;
+                    Ok(v)
+                }
                 Some(Err(e)) => Err(Error::Invalid(format!("{origin}: {e}"))),
                 None => spec.default.ok_or_else(|| {
                     Error::Invalid(format!(
@@ -804,9 +830,7 @@ impl PlanBuilder<'_> {
                         sl.method_at.referenced.line(),
                         method.name(),
                         spec.name,
-                        model
-                            .map(|m| format!(" for model `{m}`"))
-                            .unwrap_or_default()
+                        for_model()
                     ))
                 }),
             }
@@ -832,6 +856,13 @@ impl PlanBuilder<'_> {
             }
             per_input.push(vals);
         }
+        methods::check_combination(method.name(), &shared, &per_input).map_err(|e| {
+            Error::Invalid(format!(
+                "{origin}:{}: {}: {e} (tensor `{out_name}`)",
+                sl.method_at.referenced.line(),
+                method.name()
+            ))
+        })?;
         let source_type = self.inputs[sources[0].0].store.tensors[sources[0].1].ty;
         self.tensors.push(OutTensor {
             name: out_name.to_string(),
