@@ -254,7 +254,18 @@ impl MergePlan {
                 )));
             }
         }
-        let n_layer = |i: usize| inputs[i].store.hparam("block_count").unwrap_or(0) as i64;
+        // A bare safetensors file has no config.json, hence no block_count: count its blocks.
+        let n_layer = |i: usize| match inputs[i].store.hparam("block_count") {
+            Some(n) => n as i64,
+            None => inputs[i]
+                .store
+                .tensors
+                .iter()
+                .filter_map(|t| arch::layer_index(&t.name))
+                .map(|(l, _)| l as i64 + 1)
+                .max()
+                .unwrap_or(0),
+        };
         // Resolve layer ranges (models: whole models) and check them.
         for sl in slices.iter_mut().chain(globals.iter_mut()) {
             for src in sl.sources.iter_mut() {
