@@ -491,6 +491,9 @@ fn merge(args: &MergeArgs) -> Result<()> {
         (None, None) => return Err(Error::Invalid("a recipe or --from is required".into())),
     };
     let docs = crate::recipe::parse(&text, &origin)?;
+    for w in docs.iter().flat_map(|d| &d.warnings) {
+        eprintln!("warning: {w}");
+    }
     std::fs::create_dir_all(&args.output).map_err(|e| Error::io(&args.output, e))?;
     let stem = args
         .recipe
@@ -505,9 +508,9 @@ fn merge(args: &MergeArgs) -> Result<()> {
         let name = doc
             .output
             .as_ref()
-            .and_then(|o| o.name.clone())
-            .or_else(|| doc.name.clone())
-            .unwrap_or_else(|| stem.clone());
+            .and_then(|o| o.name.as_ref())
+            .or(doc.name.as_ref())
+            .map_or_else(|| stem.clone(), |n| n.value.clone());
         // Earlier documents of a multi-document recipe feed later ones at full precision.
         let types: Vec<String> = if !last {
             vec!["F32".into()]
@@ -553,7 +556,7 @@ fn merge(args: &MergeArgs) -> Result<()> {
             );
         }
         if let (Some(n), false) = (&doc.name, last) {
-            named.push((n.clone(), reports[0].path.clone()));
+            named.push((n.value.clone(), reports[0].path.clone()));
         }
     }
     Ok(())

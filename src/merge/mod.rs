@@ -3,6 +3,7 @@
 //! pulls merged tensors one at a time and writes every requested type in one pass. Only the
 //! inputs of the tensor being merged and its result are ever in memory.
 
+pub mod chat_template;
 pub mod methods;
 pub mod prune;
 pub mod vocab;
@@ -629,13 +630,16 @@ impl MergePlan {
         let name = recipe
             .output
             .as_ref()
-            .and_then(|o| o.name.clone())
-            .or_else(|| recipe.name.clone());
+            .and_then(|o| o.name.as_ref())
+            .or(recipe.name.as_ref());
         if let Some(n) = name {
-            m.set("general.name", Value::String(n));
+            m.set("general.name", Value::String(n.value.clone()));
         }
         if let Some(ct) = &recipe.chat_template {
-            m.set("tokenizer.chat_template", Value::String(ct.clone()));
+            let all = inputs.iter().map(|i| &i.store.metadata);
+            if let Some(t) = chat_template::resolve(&ct.value, all) {
+                m.set("tokenizer.chat_template", Value::String(t));
+            }
         }
         m.retain(|k, _| !k.starts_with("general.base_model."));
         m.set("general.base_model.count", Value::U32(inputs.len() as u32));
@@ -691,13 +695,24 @@ impl MergePlan {
             data = v.remap(&tagged, t.shape[0] as usize);
         }
         let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+        // A method reads only the parameters it declares (what the recipe can set and what
+        // the planner resolved); reading another name is a bug in the method, not a 0.
+        let declared = |name: &str| {
+            assert!(
+                t.method.params().iter().any(|p| p.name == name),
+                "{} read parameter `{name}`, which it does not declare",
+                t.method.name()
+            );
+        };
         let shared = |name: &str| {
+            declared(name);
             t.shared
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map_or(0.0, |p| p.1)
         };
         let per = |k: usize, name: &str| {
+            declared(name);
             t.per_input[k]
                 .iter()
                 .find(|(n, _)| *n == name)
