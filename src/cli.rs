@@ -82,6 +82,10 @@ pub struct MergeArgs {
     /// table does not know (as `quantize --tokenizer-pre`).
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
+    /// Print the plan (each output tensor's method, sources and type) and stop: no tensor
+    /// data is read, nothing is written.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -469,6 +473,7 @@ fn quantize(args: &QuantizeArgs, to_folder: bool) -> Result<()> {
 fn merge(args: &MergeArgs) -> Result<()> {
     use crate::merge::MergePlan;
     use crate::quant::mix::FileType;
+    let mut recorded = None;
     let (text, origin, recipe_dir) = match (&args.recipe, &args.from) {
         (Some(r), _) => (
             std::fs::read_to_string(r).map_err(|e| Error::io(r, e))?,
@@ -482,6 +487,7 @@ fn merge(args: &MergeArgs) -> Result<()> {
                 .get_str("smelt.recipe")
                 .ok_or_else(|| Error::format(g, "no smelt.recipe key: not a file smelt merged"))?
                 .to_string();
+            recorded = Some(f.metadata);
             (
                 text,
                 format!("{} (embedded recipe)", g.display()),
@@ -494,7 +500,9 @@ fn merge(args: &MergeArgs) -> Result<()> {
     for w in docs.iter().flat_map(|d| &d.warnings) {
         eprintln!("warning: {w}");
     }
-    std::fs::create_dir_all(&args.output).map_err(|e| Error::io(&args.output, e))?;
+    if !args.dry_run {
+        std::fs::create_dir_all(&args.output).map_err(|e| Error::io(&args.output, e))?;
+    }
     let stem = args
         .recipe
         .as_deref()
@@ -525,8 +533,13 @@ fn merge(args: &MergeArgs) -> Result<()> {
         let tok = crate::tokenizer::TokenizerOptions {
             pre: args.tokenizer_pre.clone(),
         };
-        let plan = MergePlan::new(doc, &text, &origin, &recipe_dir, &named, &tok)?;
-        if last && args.format == OutputFormat::Safetensors {
+        let opts = crate::merge::PlanOptions {
+            tokenizer: tok,
+            dry_run: args.dry_run,
+            recorded: recorded.as_ref().filter(|_| last),
+        };
+        let plan = MergePlan::with_options(doc, &text, &origin, &recipe_dir, &named, &opts)?;
+        if last && args.format == OutputFormat::Safetensors && !args.dry_run {
             return write_merge_as_hf(args, doc, &plan, &text);
         }
         let file_types = types
@@ -541,6 +554,10 @@ fn merge(args: &MergeArgs) -> Result<()> {
             &Default::default(),
             |ft| args.output.join(format!("{name}-{}.gguf", ft.name)),
         )?;
+        if args.dry_run {
+            print_stdout(&plan.describe(&qplan))?;
+            continue;
+        }
         let started = std::time::Instant::now();
         let reports = write::write_matrix(&plan, &qplan.order, &qplan.outputs, show)?;
         for line in plan.summary() {

@@ -121,6 +121,18 @@ struct Slice<'a> {
     repeat: u32,
 }
 
+/// How a plan is made, beyond the recipe.
+#[derive(Default)]
+pub struct PlanOptions<'a> {
+    pub tokenizer: crate::tokenizer::TokenizerOptions,
+    /// Plan only (`merge --dry-run`): the inputs are not hashed, so no tensor data is read;
+    /// the plan's metadata then lacks the `smelt.input.*` keys.
+    pub dry_run: bool,
+    /// A replayed merge's metadata (`merge --from`): each input must still have the size and
+    /// SHA-256 it recorded (`smelt.input.N.size` / `.sha256`).
+    pub recorded: Option<&'a Metadata>,
+}
+
 impl MergePlan {
     /// Plan one recipe document. `named` maps earlier documents' names to their outputs.
     pub fn new(
@@ -131,6 +143,24 @@ impl MergePlan {
         named: &[(String, PathBuf)],
         tokenizer: &crate::tokenizer::TokenizerOptions,
     ) -> Result<MergePlan> {
+        let opts = PlanOptions {
+            tokenizer: tokenizer.clone(),
+            ..PlanOptions::default()
+        };
+        Self::with_options(recipe, recipe_text, origin, recipe_dir, named, &opts)
+    }
+
+    /// `new` with options. Every check of the recipe runs before the inputs are hashed (the
+    /// one pass that reads them whole).
+    pub fn with_options(
+        recipe: &Recipe,
+        recipe_text: &str,
+        origin: &str,
+        recipe_dir: &Path,
+        named: &[(String, PathBuf)],
+        opts: &PlanOptions,
+    ) -> Result<MergePlan> {
+        let tokenizer = &opts.tokenizer;
         // Inputs, each opened once.
         let mut inputs: Vec<Input> = Vec::new();
         let mut open = |r: &Spanned<String>| -> Result<usize> {
@@ -413,6 +443,9 @@ impl MergePlan {
             vocab.as_ref(),
             out_layer,
         )?;
+        if !opts.dry_run {
+            Self::hash_inputs(&inputs, &mut metadata, opts.recorded, origin)?;
+        }
         // The merge's own size, not its tokenizer source's (a stack of 20 + 20 layers of a
         // 30-layer model is a bigger model), labelled as convert_hf_to_gguf.py labels one.
         let params = ParamCount::of(
@@ -656,12 +689,40 @@ impl MergePlan {
             Value::String(env!("CARGO_PKG_VERSION").into()),
         );
         m.set("smelt.recipe", Value::String(recipe_text.to_string()));
+        Ok(m)
+    }
+
+    /// Record each input's size and SHA-256 in `m` (`smelt.input.N.*`); with `recorded` (a
+    /// replay), each must match what the earlier merge recorded.
+    fn hash_inputs(
+        inputs: &[Input],
+        m: &mut Metadata,
+        recorded: Option<&Metadata>,
+        origin: &str,
+    ) -> Result<()> {
         // Inputs hash in parallel (one per core); each is read once, in order.
         let digests: Vec<(u64, String)> = {
             use rayon::prelude::*;
             inputs.par_iter().map(|inp| inp.store.sha256()).collect()
         };
         for (i, (inp, (size, sha))) in inputs.iter().zip(digests).enumerate() {
+            if let Some(r) = recorded {
+                let was_size = r.get_u64(&format!("smelt.input.{i}.size"));
+                let was_sha = r.get_str(&format!("smelt.input.{i}.sha256"));
+                let (Some(was_size), Some(was_sha)) = (was_size, was_sha) else {
+                    return Err(Error::Invalid(format!(
+                        "{origin}: input {i} `{}` has no recorded size and SHA-256 (smelt.input.{i}.*): cannot check it is the model merged then",
+                        inp.reference
+                    )));
+                };
+                if was_size != size || was_sha != sha {
+                    return Err(Error::Invalid(format!(
+                        "{origin}: input {i} `{}` ({}) has changed since it was merged: now {size} bytes, SHA-256 {sha}; recorded {was_size} bytes, SHA-256 {was_sha}",
+                        inp.reference,
+                        inp.path.display()
+                    )));
+                }
+            }
             m.set(
                 format!("smelt.input.{i}.file"),
                 Value::String(inp.reference.clone()),
@@ -669,7 +730,51 @@ impl MergePlan {
             m.set(format!("smelt.input.{i}.size"), Value::U64(size));
             m.set(format!("smelt.input.{i}.sha256"), Value::String(sha));
         }
-        Ok(m)
+        Ok(())
+    }
+
+    /// `merge --dry-run`: each output tensor with its method, sources and output type per
+    /// file (what would be written), computed from headers only.
+    pub fn describe(&self, qplan: &crate::quantize::QuantizePlan) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "inputs:");
+        for (i, inp) in self.inputs.iter().enumerate() {
+            let _ = writeln!(out, "  {i}: {} ({})", inp.reference, inp.path.display());
+        }
+        for o in &qplan.outputs {
+            let _ = writeln!(out, "{}:", o.path.display());
+            for (&i, pt) in qplan.order.iter().zip(&o.tensors) {
+                let Some(pt) = pt else { continue };
+                let t = &self.tensors[i];
+                let sources: Vec<String> = t
+                    .sources
+                    .iter()
+                    .map(|&(inp, ti)| {
+                        let base = if Some(inp) == t.base.map(|b| t.sources[b].0) {
+                            " (base)"
+                        } else {
+                            ""
+                        };
+                        format!(
+                            "{}:{}{base}",
+                            self.inputs[inp].reference, self.inputs[inp].store.tensors[ti].name
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {} {:?} {} [{}] {} -> {}",
+                    pt.name,
+                    t.shape,
+                    t.method.name(),
+                    sources.join(", "),
+                    t.source_type.name(),
+                    pt.ty.name()
+                );
+            }
+        }
+        out
     }
 
     /// Human summary lines: method notes per tensor.
