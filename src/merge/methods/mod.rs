@@ -129,7 +129,6 @@ pub fn check_param(method: &str, name: &str, v: f64) -> std::result::Result<(), 
         (_, "gamma") => ((0.0..1.0).contains(&v), "in [0, 1)"),
         ("della" | "della_linear", "epsilon") => ((0.0..1.0).contains(&v), "in [0, 1)"),
         (_, "epsilon" | "eps" | "tol") => (v >= 0.0, "at least 0"),
-        (_, "max_iter") => (v >= 1.0, "at least 1"),
         _ => (true, ""),
     };
     if ok {
