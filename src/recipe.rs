@@ -254,23 +254,23 @@ fn parameter_warnings(d: &Recipe, origin: &str) -> Vec<String> {
         Some(m) => find(m),
         None => top,
     };
-    // (the parameters, the methods that read them)
-    let mut scopes: Vec<(&Params, Vec<&'static dyn Method>)> = Vec::new();
+    // (the parameters, the methods that read them, whether they are one model's)
+    let mut scopes: Vec<(&Params, Vec<&'static dyn Method>, bool)> = Vec::new();
     for m in d.models.iter().flatten() {
-        scopes.push((&m.parameters, top.into_iter().collect()));
+        scopes.push((&m.parameters, top.into_iter().collect(), true));
     }
     for s in d.slices.iter().flatten() {
         let m: Vec<_> = own(&s.merge_method).into_iter().collect();
-        scopes.push((&s.parameters, m.clone()));
+        scopes.push((&s.parameters, m.clone(), false));
         for src in &s.sources {
-            scopes.push((&src.parameters, m.clone()));
+            scopes.push((&src.parameters, m.clone(), true));
         }
     }
     if let Some(g) = &d.globals {
         let m: Vec<_> = own(&g.merge_method).into_iter().collect();
-        scopes.push((&g.parameters, m.clone()));
+        scopes.push((&g.parameters, m.clone(), false));
         for src in &g.models {
-            scopes.push((&src.parameters, m.clone()));
+            scopes.push((&src.parameters, m.clone(), true));
         }
     }
     // The recipe's own parameters feed every method of the recipe.
@@ -279,18 +279,30 @@ fn parameter_warnings(d: &Recipe, origin: &str) -> Vec<String> {
         .flat_map(|s| s.1.iter().copied())
         .chain(top)
         .collect();
-    scopes.push((&d.parameters, all));
+    let n_scopes = scopes.len();
+    scopes.push((&d.parameters, all, false));
     let mut out: Vec<(u64, String)> = Vec::new();
-    for (params, readers) in scopes {
+    for (k, (params, readers, one_model)) in scopes.into_iter().enumerate() {
         // An unknown method is an error later; nothing to say about its parameters here.
         if readers.is_empty() {
             continue;
         }
-        let mut known: Vec<&str> = RECIPE_PARAMS.to_vec();
+        let mut known: Vec<&str> = if k == n_scopes {
+            RECIPE_PARAMS.to_vec()
+        } else {
+            Vec::new()
+        };
+        // Parameters of the whole merge, which a model's own `parameters:` cannot set.
+        let mut whole: Vec<&str> = Vec::new();
         for m in &readers {
             for p in m.params() {
-                if !known.contains(&p.name) {
-                    known.push(p.name);
+                let list = if one_model && p.scope == methods::Scope::Shared {
+                    &mut whole
+                } else {
+                    &mut known
+                };
+                if !list.contains(&p.name) {
+                    list.push(p.name);
                 }
             }
         }
@@ -304,18 +316,29 @@ fn parameter_warnings(d: &Recipe, origin: &str) -> Vec<String> {
             if known.contains(&name.as_str()) {
                 continue;
             }
+            let line = setting.referenced.line();
+            if whole.contains(&name.as_str()) {
+                out.push((
+                    line,
+                    format!(
+                        "{origin}:{line}: `{name}` is a parameter of the whole {} merge, not of one model: it is ignored here (set it under the recipe's or the slice's `parameters:`)",
+                        names.join("/")
+                    ),
+                ));
+                continue;
+            }
             let takes: Vec<&str> = known
                 .iter()
+                .chain(&whole)
                 .copied()
                 .filter(|k| !RECIPE_PARAMS.contains(k))
                 .collect();
-            let line = setting.referenced.line();
             out.push((
                 line,
                 format!(
                 "{origin}:{line}: {} takes no parameter `{name}`: it is ignored{} ({} takes: {})",
                 names.join("/"),
-                suggestion(name, &known),
+                suggestion(name, &[known.as_slice(), whole.as_slice()].concat()),
                 names.join("/"),
                 if takes.is_empty() { "none".to_string() } else { takes.join(", ") }
             ),

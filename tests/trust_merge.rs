@@ -145,7 +145,7 @@ fn non_finite_merged_values_are_refused_naming_the_tensor() {
 #[test]
 fn misspelt_parameters_warn_with_the_line_and_the_nearest_name() {
     let e = Env::new();
-    let recipe = "merge_method: ties\nbase_model: a.gguf\nparameters:\n  normalise: true\nmodels:\n  - model: b.gguf\n    parameters:\n      weight: 1.0\n      densty: 0.2\n";
+    let recipe = "merge_method: ties\nbase_model: a.gguf\nparameters:\n  normalise: true\nmodels:\n  - model: b.gguf\n    parameters:\n      weight: 1.0\n      densty: 0.2\n      lambda: 0.5\n";
     let log = e.merge(recipe).unwrap();
     assert!(
         log.contains("warning: r.yaml:9:") && log.contains("did you mean `density`?"),
@@ -156,6 +156,11 @@ fn misspelt_parameters_warn_with_the_line_and_the_nearest_name() {
         "{log}"
     );
     assert!(log.contains("ties takes: "), "{log}");
+    // A parameter of the whole merge under one model is not read either.
+    assert!(
+        log.contains("warning: r.yaml:10: `lambda` is a parameter of the whole ties merge"),
+        "{log}"
+    );
 }
 
 #[test]
