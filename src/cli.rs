@@ -147,6 +147,10 @@ pub struct MergeArgs {
     /// table does not know (as `quantize --tokenizer-pre`).
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
+    /// Print the plan (each output tensor's method, sources and type) and stop: no tensor
+    /// data is read, nothing is written.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -603,13 +607,17 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
 }
 
 fn merge(args: &MergeArgs, ui: Ui) -> Result<()> {
+    if args.dry_run {
+        return merge_into(args, ui); // writes nothing, creates nothing
+    }
     crate::output_files::with_output_dir(&args.output, || merge_into(args, ui))
 }
 
-/// `merge`, with the output folder created.
+/// `merge`, with the output folder created (unless a dry run).
 fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
     use crate::merge::MergePlan;
     use crate::quant::mix::FileType;
+    let mut recorded = None;
     let (text, origin, recipe_dir) = match (&args.recipe, &args.from) {
         (Some(r), _) => (
             std::fs::read_to_string(r).map_err(|e| Error::io(r, e))?,
@@ -623,6 +631,7 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
                 .get_str("smelt.recipe")
                 .ok_or_else(|| Error::format(g, "no smelt.recipe key: not a file smelt merged"))?
                 .to_string();
+            recorded = Some(f.metadata);
             (
                 text,
                 format!("{} (embedded recipe)", g.display()),
@@ -632,6 +641,9 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
         (None, None) => return Err(Error::Invalid("a recipe or --from is required".into())),
     };
     let docs = crate::recipe::parse(&text, &origin)?;
+    for w in docs.iter().flat_map(|d| &d.warnings) {
+        eprintln!("warning: {}", crate::error::printable(w));
+    }
     let stem = args
         .recipe
         .as_deref()
@@ -645,9 +657,9 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
         let name = doc
             .output
             .as_ref()
-            .and_then(|o| o.name.clone())
-            .or_else(|| doc.name.clone())
-            .unwrap_or_else(|| stem.clone());
+            .and_then(|o| o.name.as_ref())
+            .or(doc.name.as_ref())
+            .map_or_else(|| stem.clone(), |n| n.value.clone());
         // Earlier documents of a multi-document recipe feed later ones at full precision.
         let types: Vec<String> = if !last {
             vec!["F32".into()]
@@ -662,8 +674,14 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
         let tok = crate::tokenizer::TokenizerOptions {
             pre: args.tokenizer_pre.clone(),
         };
-        let plan = MergePlan::new(doc, &text, &origin, &recipe_dir, &named, &tok)?;
-        if last && args.format == OutputFormat::Safetensors {
+        let opts = crate::merge::PlanOptions {
+            tokenizer: tok,
+            dry_run: args.dry_run,
+            recorded: recorded.as_ref().filter(|_| last),
+            progress: Some(ui.display),
+        };
+        let plan = MergePlan::with_options(doc, &text, &origin, &recipe_dir, &named, &opts)?;
+        if last && args.format == OutputFormat::Safetensors && !args.dry_run {
             return write_merge_as_hf(args, doc, &plan, &text, ui);
         }
         let file_types = types
@@ -678,6 +696,10 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             &Default::default(),
             |ft| args.output.join(format!("{name}-{}.gguf", ft.name())),
         )?;
+        if args.dry_run {
+            print_stdout(&plan.describe(&qplan))?;
+            continue;
+        }
         let started = std::time::Instant::now();
         let reports = write::write_matrix(&plan, &qplan.order, &qplan.outputs, show)?;
         for line in plan.summary() {
@@ -691,7 +713,7 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             ));
         }
         if let (Some(n), false) = (&doc.name, last) {
-            named.push((n.clone(), reports[0].path.clone()));
+            named.push((n.value.clone(), reports[0].path.clone()));
         }
     }
     Ok(())

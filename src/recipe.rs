@@ -1,7 +1,9 @@
 //! Merge recipes: mergekit's YAML schema (`models:` or `slices:`, `base_model`, `merge_method`,
 //! `parameters` with gradients and filters, `dtype`, `tokenizer_source`, `chat_template`) plus
 //! smelt's additions: a per-slice `merge_method`, `repeat` on a slice, and `output: {name,
-//! types}`. Unknown keys are errors; every error names the recipe line.
+//! types}`. Unknown keys are errors, except at the top level where mergekit ignores them (a
+//! warning there), and so are parameters no method of the recipe takes (a warning too, with the
+//! nearest known name); every error and warning names the recipe line.
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -80,16 +82,17 @@ pub struct OutputSlice {
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
-    pub name: Option<String>,
+    /// The output files' stem: a plain file name (no folder, no `..`).
+    pub name: Option<Spanned<String>>,
     pub types: Option<Vec<String>>,
 }
 
-/// One YAML document of a recipe.
+/// One YAML document of a recipe. Unknown keys here are warnings (mergekit ignores them).
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Recipe {
-    /// mergekit-multi: the name later documents use to refer to this result.
-    pub name: Option<String>,
+    /// mergekit-multi: the name later documents use to refer to this result (a plain file
+    /// name: it names the output file too).
+    pub name: Option<Spanned<String>>,
     pub merge_method: Spanned<String>,
     pub base_model: Option<Spanned<String>>,
     pub models: Option<Vec<InputModel>>,
@@ -100,13 +103,38 @@ pub struct Recipe {
     pub out_dtype: Option<String>,
     pub tokenizer_source: Option<Spanned<String>>,
     pub tokenizer: Option<Spanned<serde_json::Value>>,
-    pub chat_template: Option<String>,
+    /// A Jinja template, `auto` (the template most inputs share) or a bundled template's name
+    /// (see `chat_template::named`).
+    pub chat_template: Option<Spanned<String>>,
     pub output: Option<OutputSpec>,
     /// smelt: how the tensors outside the layers (embeddings, final norm, output head) are
     /// made. By default, as in mergekit, from the first slice (embeddings) and the last
     /// (norm, head).
     pub globals: Option<Globals>,
+    /// Remarks on the recipe (unknown top-level keys, unknown parameters), `origin:line: ...`.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
+
+/// The top-level keys of a recipe document (the fields of `Recipe`).
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "name",
+    "merge_method",
+    "base_model",
+    "models",
+    "slices",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+    "output",
+    "globals",
+];
+
+/// Parameters smelt itself reads, whatever the method.
+const RECIPE_PARAMS: &[&str] = &["seed"];
 
 /// smelt's `globals:` block: a `models:`-style merge for the non-layer tensors.
 #[derive(Clone, Debug, Deserialize)]
@@ -121,7 +149,7 @@ pub struct Globals {
 
 /// Parse every document of a recipe; errors carry the line.
 pub fn parse(text: &str, origin: &str) -> Result<Vec<Recipe>> {
-    let docs: Vec<Recipe> =
+    let mut docs: Vec<Recipe> =
         serde_saphyr::from_multiple(text).map_err(|e| Error::Invalid(format!("{origin}: {e}")))?;
     if docs.is_empty() {
         return Err(Error::Invalid(format!("{origin}: empty recipe")));
@@ -142,8 +170,184 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Recipe>> {
                 t.referenced.line()
             )));
         }
+        // Output names become file names in the output folder.
+        let names = [("name", d.name.as_ref())].into_iter().chain([(
+            "output.name",
+            d.output.as_ref().and_then(|o| o.name.as_ref()),
+        )]);
+        for (what, n) in names {
+            if let Some(n) = n.filter(|n| !is_plain_file_name(&n.value)) {
+                return Err(Error::Invalid(format!(
+                    "{origin}:{}: {what} `{}` must be a plain file name (no folder, no `..`): it names the output file",
+                    n.referenced.line(),
+                    n.value.escape_debug()
+                )));
+            }
+        }
+        if let Some(ct) = &d.chat_template {
+            crate::merge::chat_template::check(&ct.value)
+                .map_err(|e| Error::Invalid(format!("{origin}:{}: {e}", ct.referenced.line())))?;
+        }
+    }
+    // mergekit ignores keys it does not know at the top level: a warning, not an error.
+    let keys: Vec<BTreeMap<String, Spanned<serde::de::IgnoredAny>>> =
+        serde_saphyr::from_multiple(text).unwrap_or_default();
+    for (k, d) in docs.iter_mut().enumerate() {
+        for (key, at) in keys.get(k).into_iter().flatten() {
+            if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                d.warnings.push(format!(
+                    "{origin}:{}: unknown key `{key}` is ignored{}",
+                    at.referenced.line(),
+                    suggestion(key, TOP_LEVEL_KEYS)
+                ));
+            }
+        }
+        let params = parameter_warnings(d, origin);
+        d.warnings.extend(params);
     }
     Ok(docs)
+}
+
+/// A name that stays inside the folder it is joined to: one component, not `.` or `..`.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && std::path::Path::new(name).file_name() == Some(std::ffi::OsStr::new(name))
+}
+
+/// `; did you mean `x`?` for the known name nearest to `name` (by edit distance), if near.
+fn suggestion(name: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .filter(|&(d, _)| d <= (name.chars().count() / 3).max(2))
+        .min()
+        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Warnings for parameters that no method reading them declares (a misspelt `densty` would
+/// otherwise leave `density` at its default without a word).
+fn parameter_warnings(d: &Recipe, origin: &str) -> Vec<String> {
+    use crate::merge::methods::{self, Method};
+    let find = |m: &Spanned<String>| methods::find(&m.value).ok();
+    let top = find(&d.merge_method);
+    let own = |m: &Option<Spanned<String>>| match m {
+        Some(m) => find(m),
+        None => top,
+    };
+    // (the parameters, the methods that read them, whether they are one model's)
+    let mut scopes: Vec<(&Params, Vec<&'static dyn Method>, bool)> = Vec::new();
+    for m in d.models.iter().flatten() {
+        scopes.push((&m.parameters, top.into_iter().collect(), true));
+    }
+    for s in d.slices.iter().flatten() {
+        let m: Vec<_> = own(&s.merge_method).into_iter().collect();
+        scopes.push((&s.parameters, m.clone(), false));
+        for src in &s.sources {
+            scopes.push((&src.parameters, m.clone(), true));
+        }
+    }
+    if let Some(g) = &d.globals {
+        let m: Vec<_> = own(&g.merge_method).into_iter().collect();
+        scopes.push((&g.parameters, m.clone(), false));
+        for src in &g.models {
+            scopes.push((&src.parameters, m.clone(), true));
+        }
+    }
+    // The recipe's own parameters feed every method of the recipe.
+    let all: Vec<&'static dyn Method> = scopes
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .chain(top)
+        .collect();
+    let n_scopes = scopes.len();
+    scopes.push((&d.parameters, all, false));
+    let mut out: Vec<(u64, String)> = Vec::new();
+    for (k, (params, readers, one_model)) in scopes.into_iter().enumerate() {
+        // An unknown method is an error later; nothing to say about its parameters here.
+        if readers.is_empty() {
+            continue;
+        }
+        let mut known: Vec<&str> = if k == n_scopes {
+            RECIPE_PARAMS.to_vec()
+        } else {
+            Vec::new()
+        };
+        // Parameters of the whole merge, which a model's own `parameters:` cannot set.
+        let mut whole: Vec<&str> = Vec::new();
+        for m in &readers {
+            for p in m.params() {
+                let list = if one_model && p.scope == methods::Scope::Shared {
+                    &mut whole
+                } else {
+                    &mut known
+                };
+                if !list.contains(&p.name) {
+                    list.push(p.name);
+                }
+            }
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for m in &readers {
+            if !names.contains(&m.name()) {
+                names.push(m.name());
+            }
+        }
+        for (name, setting) in params {
+            if known.contains(&name.as_str()) {
+                continue;
+            }
+            let line = setting.referenced.line();
+            if whole.contains(&name.as_str()) {
+                out.push((
+                    line,
+                    format!(
+                        "{origin}:{line}: `{name}` is a parameter of the whole {} merge, not of one model: it is ignored here (set it under the recipe's or the slice's `parameters:`)",
+                        names.join("/")
+                    ),
+                ));
+                continue;
+            }
+            let takes: Vec<&str> = known
+                .iter()
+                .chain(&whole)
+                .copied()
+                .filter(|k| !RECIPE_PARAMS.contains(k))
+                .collect();
+            out.push((
+                line,
+                format!(
+                "{origin}:{line}: {} takes no parameter `{name}`: it is ignored{} ({} takes: {})",
+                names.join("/"),
+                suggestion(name, &[known.as_slice(), whole.as_slice()].concat()),
+                names.join("/"),
+                if takes.is_empty() { "none".to_string() } else { takes.join(", ") }
+            ),
+            ));
+        }
+    }
+    // In recipe order.
+    out.sort_by_key(|w| w.0);
+    out.into_iter().map(|w| w.1).collect()
 }
 
 impl Scalar {

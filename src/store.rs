@@ -356,6 +356,11 @@ impl Store {
     /// Total size and SHA-256 of the files behind this store, concatenated in order. Pages are
     /// dropped as they are hashed, so hashing a model does not make it resident.
     pub fn sha256(&self) -> (u64, String) {
+        self.sha256_with(&|_| {})
+    }
+
+    /// [`Store::sha256`], calling `hashed(n)` after each `n` bytes.
+    pub fn sha256_with(&self, hashed: &(dyn Fn(u64) + Sync)) -> (u64, String) {
         use sha2::{Digest, Sha256};
         const CHUNK: usize = 64 << 20;
         let mut h = Sha256::new();
@@ -364,6 +369,7 @@ impl Store {
             for (k, chunk) in f.map.chunks(CHUNK).enumerate() {
                 h.update(chunk);
                 self.release_bytes(fi, k * CHUNK, chunk.len());
+                hashed(chunk.len() as u64);
             }
             size += f.map.len() as u64;
         }

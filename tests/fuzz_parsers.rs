@@ -1322,7 +1322,7 @@ fn fuzz_merge_plans() {
             }
             if let Some(n) = d.name.as_ref() {
                 // A later document may name this one: point it at an existing model.
-                named.push((n.clone(), dir.path().join("a.gguf")));
+                named.push((n.value.clone(), dir.path().join("a.gguf")));
             }
         }
         Ok(())

@@ -536,3 +536,21 @@ fn a_hub_snapshot_is_named_after_its_repository() {
     .unwrap_err();
     assert!(err.contains("plain file name"), "{err}");
 }
+
+#[test]
+fn merge_shows_the_hashing_pass_and_each_outputs_bits_per_weight() {
+    let d = scratch();
+    let dir = d.path();
+    tiny(dir, "a.gguf");
+    std::fs::write(
+        dir.join("r.yaml"),
+        "merge_method: linear\nmodels:\n  - model: a.gguf\n    parameters: {weight: 1.0}\n  - model: a.gguf\n    parameters: {weight: 1.0}\n",
+    )
+    .unwrap();
+    let err = run(dir, &["merge", "r.yaml", "-o", "out", "--types", "Q8_0"]).unwrap();
+    assert!(err.contains("hashing inputs: done"), "{err}");
+    assert!(
+        err.contains("writing: done") && err.contains("bpw"),
+        "{err}"
+    );
+}

@@ -3,6 +3,7 @@
 //! pulls merged tensors one at a time and writes every requested type in one pass. Only the
 //! inputs of the tensor being merged and its result are ever in memory.
 
+pub mod chat_template;
 pub mod methods;
 pub mod prune;
 pub mod vocab;
@@ -120,6 +121,20 @@ struct Slice<'a> {
     repeat: u32,
 }
 
+/// How a plan is made, beyond the recipe.
+#[derive(Default)]
+pub struct PlanOptions<'a> {
+    pub tokenizer: crate::tokenizer::TokenizerOptions,
+    /// Plan only (`merge --dry-run`): the inputs are not hashed, so no tensor data is read;
+    /// the plan's metadata then lacks the `smelt.input.*` keys.
+    pub dry_run: bool,
+    /// A replayed merge's metadata (`merge --from`): each input must still have the size and
+    /// SHA-256 it recorded (`smelt.input.N.size` / `.sha256`).
+    pub recorded: Option<&'a Metadata>,
+    /// How the input-hashing pass shows its progress.
+    pub progress: Option<crate::progress::Display>,
+}
+
 impl MergePlan {
     /// Plan one recipe document. `named` maps earlier documents' names to their outputs.
     pub fn new(
@@ -130,6 +145,24 @@ impl MergePlan {
         named: &[(String, PathBuf)],
         tokenizer: &crate::tokenizer::TokenizerOptions,
     ) -> Result<MergePlan> {
+        let opts = PlanOptions {
+            tokenizer: tokenizer.clone(),
+            ..PlanOptions::default()
+        };
+        Self::with_options(recipe, recipe_text, origin, recipe_dir, named, &opts)
+    }
+
+    /// `new` with options. Every check of the recipe runs before the inputs are hashed (the
+    /// one pass that reads them whole).
+    pub fn with_options(
+        recipe: &Recipe,
+        recipe_text: &str,
+        origin: &str,
+        recipe_dir: &Path,
+        named: &[(String, PathBuf)],
+        opts: &PlanOptions,
+    ) -> Result<MergePlan> {
+        let tokenizer = &opts.tokenizer;
         // Inputs, each opened once.
         let mut inputs: Vec<Input> = Vec::new();
         let mut open = |r: &Spanned<String>| -> Result<usize> {
@@ -254,7 +287,18 @@ impl MergePlan {
                 )));
             }
         }
-        let n_layer = |i: usize| inputs[i].store.hparam("block_count").unwrap_or(0) as i64;
+        // A bare safetensors file has no config.json, hence no block_count: count its blocks.
+        let n_layer = |i: usize| match inputs[i].store.hparam("block_count") {
+            Some(n) => n as i64,
+            None => inputs[i]
+                .store
+                .tensors
+                .iter()
+                .filter_map(|t| arch::layer_index(&t.name))
+                .map(|(l, _)| l as i64 + 1)
+                .max()
+                .unwrap_or(0),
+        };
         // Resolve layer ranges (models: whole models) and check them.
         for sl in slices.iter_mut().chain(globals.iter_mut()) {
             for src in sl.sources.iter_mut() {
@@ -401,6 +445,10 @@ impl MergePlan {
             vocab.as_ref(),
             out_layer,
         )?;
+        if !opts.dry_run {
+            let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
+            Self::hash_inputs(&inputs, &mut metadata, opts.recorded, origin, display)?;
+        }
         // The merge's own size, not its tokenizer source's (a stack of 20 + 20 layers of a
         // 30-layer model is a bigger model), labelled as convert_hf_to_gguf.py labels one.
         let params = ParamCount::of(
@@ -618,13 +666,16 @@ impl MergePlan {
         let name = recipe
             .output
             .as_ref()
-            .and_then(|o| o.name.clone())
-            .or_else(|| recipe.name.clone());
+            .and_then(|o| o.name.as_ref())
+            .or(recipe.name.as_ref());
         if let Some(n) = name {
-            m.set("general.name", Value::String(n));
+            m.set("general.name", Value::String(n.value.clone()));
         }
         if let Some(ct) = &recipe.chat_template {
-            m.set("tokenizer.chat_template", Value::String(ct.clone()));
+            let all = inputs.iter().map(|i| &i.store.metadata);
+            if let Some(t) = chat_template::resolve(&ct.value, all) {
+                m.set("tokenizer.chat_template", Value::String(t));
+            }
         }
         m.retain(|k, _| !k.starts_with("general.base_model."));
         m.set("general.base_model.count", Value::U32(inputs.len() as u32));
@@ -641,12 +692,52 @@ impl MergePlan {
             Value::String(env!("CARGO_PKG_VERSION").into()),
         );
         m.set("smelt.recipe", Value::String(recipe_text.to_string()));
+        Ok(m)
+    }
+
+    /// Record each input's size and SHA-256 in `m` (`smelt.input.N.*`); with `recorded` (a
+    /// replay), each must match what the earlier merge recorded.
+    fn hash_inputs(
+        inputs: &[Input],
+        m: &mut Metadata,
+        recorded: Option<&Metadata>,
+        origin: &str,
+        display: crate::progress::Display,
+    ) -> Result<()> {
+        use crate::progress::{Progress, Unit};
+        let total: u64 = inputs
+            .iter()
+            .flat_map(|inp| inp.store.files.iter())
+            .map(|f| f.map.len() as u64)
+            .sum();
+        let progress = Progress::new(display, "hashing inputs", total, Unit::Bytes);
         // Inputs hash in parallel (one per core); each is read once, in order.
         let digests: Vec<(u64, String)> = {
             use rayon::prelude::*;
-            inputs.par_iter().map(|inp| inp.store.sha256()).collect()
+            inputs
+                .par_iter()
+                .map(|inp| inp.store.sha256_with(&|n| progress.inc(n)))
+                .collect()
         };
+        progress.finish();
         for (i, (inp, (size, sha))) in inputs.iter().zip(digests).enumerate() {
+            if let Some(r) = recorded {
+                let was_size = r.get_u64(&format!("smelt.input.{i}.size"));
+                let was_sha = r.get_str(&format!("smelt.input.{i}.sha256"));
+                let (Some(was_size), Some(was_sha)) = (was_size, was_sha) else {
+                    return Err(Error::Invalid(format!(
+                        "{origin}: input {i} `{}` has no recorded size and SHA-256 (smelt.input.{i}.*): cannot check it is the model merged then",
+                        inp.reference
+                    )));
+                };
+                if was_size != size || was_sha != sha {
+                    return Err(Error::Invalid(format!(
+                        "{origin}: input {i} `{}` ({}) has changed since it was merged: now {size} bytes, SHA-256 {sha}; recorded {was_size} bytes, SHA-256 {was_sha}",
+                        inp.reference,
+                        inp.path.display()
+                    )));
+                }
+            }
             m.set(
                 format!("smelt.input.{i}.file"),
                 Value::String(inp.reference.clone()),
@@ -654,7 +745,51 @@ impl MergePlan {
             m.set(format!("smelt.input.{i}.size"), Value::U64(size));
             m.set(format!("smelt.input.{i}.sha256"), Value::String(sha));
         }
-        Ok(m)
+        Ok(())
+    }
+
+    /// `merge --dry-run`: each output tensor with its method, sources and output type per
+    /// file (what would be written), computed from headers only.
+    pub fn describe(&self, qplan: &crate::quantize::QuantizePlan) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "inputs:");
+        for (i, inp) in self.inputs.iter().enumerate() {
+            let _ = writeln!(out, "  {i}: {} ({})", inp.reference, inp.path.display());
+        }
+        for o in &qplan.outputs {
+            let _ = writeln!(out, "{}:", o.path.display());
+            for (&i, pt) in qplan.order.iter().zip(&o.tensors) {
+                let Some(pt) = pt else { continue };
+                let t = &self.tensors[i];
+                let sources: Vec<String> = t
+                    .sources
+                    .iter()
+                    .map(|&(inp, ti)| {
+                        let base = if Some(inp) == t.base.map(|b| t.sources[b].0) {
+                            " (base)"
+                        } else {
+                            ""
+                        };
+                        format!(
+                            "{}:{}{base}",
+                            self.inputs[inp].reference, self.inputs[inp].store.tensors[ti].name
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {} {:?} {} [{}] {} -> {}",
+                    pt.name,
+                    t.shape,
+                    t.method.name(),
+                    sources.join(", "),
+                    t.source_type.name(),
+                    pt.ty.name()
+                );
+            }
+        }
+        out
     }
 
     /// Human summary lines: method notes per tensor.
@@ -680,13 +815,24 @@ impl MergePlan {
             data = v.remap(&tagged, t.shape[0] as usize);
         }
         let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+        // A method reads only the parameters it declares (what the recipe can set and what
+        // the planner resolved); reading another name is a bug in the method, not a 0.
+        let declared = |name: &str| {
+            assert!(
+                t.method.params().iter().any(|p| p.name == name),
+                "{} read parameter `{name}`, which it does not declare",
+                t.method.name()
+            );
+        };
         let shared = |name: &str| {
+            declared(name);
             t.shared
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map_or(0.0, |p| p.1)
         };
         let per = |k: usize, name: &str| {
+            declared(name);
             t.per_input[k]
                 .iter()
                 .find(|(n, _)| *n == name)
@@ -706,6 +852,14 @@ impl MergePlan {
             Error::Invalid(m) => Error::Invalid(format!("tensor `{}`: {m}", t.name)),
             other => other,
         })?;
+        // A NaN or infinity in a model is never what a recipe asked for (weights summing to
+        // almost 0, huge weights or scales, non-finite inputs).
+        if let Some(j) = out.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "tensor `{}`: the merged value at element {j} is {} (check the recipe's weights and parameters, and the inputs)",
+                t.name, out[j]
+            )));
+        }
         if let Some(text) = note.text {
             self.notes
                 .lock()
@@ -775,28 +929,46 @@ impl PlanBuilder<'_> {
         // table knows it (`o_proj`, `self_attn`, `mlp` ...).
         let hf = self.arch_table.and_then(|a| a.hf_name(out_name));
         let names: Vec<&str> = std::iter::once(out_name).chain(hf.as_deref()).collect();
-        let lookup =
-            |scopes: &[Option<&Params>], name: &str, t: f64| -> Option<Result<f64, String>> {
-                for p in scopes.iter().flatten() {
-                    if let Some(setting) = p.get(name) {
-                        if let Some(v) = recipe::evaluate(&setting.value, &names, t) {
-                            let line = setting.referenced.line();
-                            return Some(v.as_f64().ok_or_else(|| {
-                                format!("line {line}: {name} must be a number or bool")
-                            }));
-                        }
+        // The value and its recipe line.
+        let lookup = |scopes: &[Option<&Params>],
+                      name: &str,
+                      t: f64|
+         -> Option<Result<(f64, u64), String>> {
+            for p in scopes.iter().flatten() {
+                if let Some(setting) = p.get(name) {
+                    if let Some(v) = recipe::evaluate(&setting.value, &names, t) {
+                        let line = setting.referenced.line();
+                        return Some(v.as_f64().map(|v| (v, line)).ok_or_else(|| {
+                            format!("line {line}: {name} must be a number or bool")
+                        }));
                     }
                 }
-                None
-            };
+            }
+            None
+        };
         let method = sl.method;
         let origin = self.origin;
         let resolve = |scopes: &[Option<&Params>],
                        spec: &methods::ParamSpec,
                        model: Option<&str>|
          -> Result<f64> {
+            let for_model = || {
+                model
+                    .map(|m| format!(" for model `{m}`"))
+                    .unwrap_or_default()
+            };
             match lookup(scopes, spec.name, t) {
-                Some(Ok(v)) => Ok(v),
+                Some(Ok((v, line))) => {
+                    methods::check_param(method.name(), spec.name, v).map_err(|e| {
+                        Error::Invalid(format!(
+                            "{origin}:{line}: {} parameter `{}`{} {e} (tensor `{out_name}`)",
+                            method.name(),
+                            spec.name,
+                            for_model()
+                        ))
+                    })?;
+                    Ok(v)
+                }
                 Some(Err(e)) => Err(Error::Invalid(format!("{origin}: {e}"))),
                 None => spec.default.ok_or_else(|| {
                     Error::Invalid(format!(
@@ -804,9 +976,7 @@ impl PlanBuilder<'_> {
                         sl.method_at.referenced.line(),
                         method.name(),
                         spec.name,
-                        model
-                            .map(|m| format!(" for model `{m}`"))
-                            .unwrap_or_default()
+                        for_model()
                     ))
                 }),
             }
@@ -832,6 +1002,13 @@ impl PlanBuilder<'_> {
             }
             per_input.push(vals);
         }
+        methods::check_combination(method.name(), &shared, &per_input).map_err(|e| {
+            Error::Invalid(format!(
+                "{origin}:{}: {}: {e} (tensor `{out_name}`)",
+                sl.method_at.referenced.line(),
+                method.name()
+            ))
+        })?;
         let source_type = self.inputs[sources[0].0].store.tensors[sources[0].1].ty;
         self.tensors.push(OutTensor {
             name: out_name.to_string(),

@@ -118,6 +118,75 @@ pub fn find(name: &str) -> Result<&'static dyn Method> {
         })
 }
 
+/// A parameter's own domain, as mergekit defines it; the message says what it must be.
+pub fn check_param(method: &str, name: &str, v: f64) -> std::result::Result<(), String> {
+    // Methods compute in f32: every value must be finite there.
+    if !v.is_finite() || v.abs() > f32::MAX as f64 {
+        return Err(format!("must be a finite number, not {v:?}"));
+    }
+    let (ok, domain) = match (method, name) {
+        (_, "density" | "select_topk") => (v > 0.0 && v <= 1.0, "in (0, 1]"),
+        (_, "gamma") => ((0.0..1.0).contains(&v), "in [0, 1)"),
+        ("della" | "della_linear", "epsilon") => ((0.0..1.0).contains(&v), "in [0, 1)"),
+        (_, "epsilon" | "eps" | "tol") => (v >= 0.0, "at least 0"),
+        _ => (true, ""),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("must be {domain}, not {v:?}"))
+    }
+}
+
+/// One tensor's parameters checked against each other (each is already in its own domain):
+/// the message says what is wrong.
+pub fn check_combination(
+    method: &str,
+    shared: &[(&str, f64)],
+    per_input: &[Vec<(&str, f64)>],
+) -> std::result::Result<(), String> {
+    let get = |list: &[(&str, f64)], name: &str| list.iter().find(|p| p.0 == name).map(|p| p.1);
+    // The weights, summed in f32 as the methods sum them.
+    let weight_sum: f32 = per_input
+        .iter()
+        .filter_map(|p| get(p, "weight"))
+        .map(|w| w as f32)
+        .sum();
+    match method {
+        "linear" if get(shared, "normalize") != Some(0.0) && weight_sum == 0.0 => {
+            Err("the weights sum to 0 and `normalize` divides by their sum".into())
+        }
+        "multislerp" if get(shared, "normalize_weights") != Some(0.0) && weight_sum == 0.0 => {
+            Err("the weights sum to 0 and `normalize_weights` divides by their sum".into())
+        }
+        "della" | "della_linear" => {
+            for p in per_input {
+                if let (Some(d), Some(e)) = (get(p, "density"), get(p, "epsilon")) {
+                    if d < 1.0 && (d - e <= 0.0 || d + e >= 1.0) {
+                        return Err(format!(
+                            "density ± epsilon must stay inside (0, 1) (density {d}, epsilon {e})"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        "breadcrumbs" | "breadcrumbs_ties" => {
+            for p in per_input {
+                if let (Some(d), Some(g)) = (get(p, "density"), get(p, "gamma")) {
+                    if d < 1.0 && d + g > 1.0 {
+                        return Err(format!(
+                            "density + gamma must be at most 1 (density {d}, gamma {g})"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Σ x² in f64, in order.
 pub(crate) fn norm2(x: &[f32]) -> f64 {
     x.iter().map(|&v| v as f64 * v as f64).sum()
