@@ -111,6 +111,9 @@ fn resolve_path(
 /// line of its range (for errors).
 struct SliceSource<'a>(usize, [i64; 2], &'a Params, &'a Spanned<String>, u64);
 
+/// The parameters of a source the recipe lists only as `base_model`.
+static NO_PARAMS: Params = Params::new();
+
 /// A slice after `models:` expansion: sources, base, parameters, method, repeat.
 struct Slice<'a> {
     sources: Vec<SliceSource<'a>>,
@@ -162,9 +165,86 @@ impl MergePlan {
         named: &[(String, PathBuf)],
         opts: &PlanOptions,
     ) -> Result<MergePlan> {
-        let tokenizer = &opts.tokenizer;
-        // Inputs, each opened once.
+        // The steps of mergekit's plan.py: normalize the recipe into slices (opening each
+        // input once), validate them, then plan every output tensor.
         let mut inputs: Vec<Input> = Vec::new();
+        let (mut slices, mut globals) = Self::normalize(
+            recipe,
+            &mut inputs,
+            origin,
+            recipe_dir,
+            named,
+            &opts.tokenizer,
+        )?;
+        Self::validate(&inputs, &mut slices, &mut globals, recipe, origin)?;
+        let seed = match recipe.parameters.get("seed") {
+            Some(s) => match &s.value {
+                recipe::Setting::Scalar(Scalar::Num(x)) => *x as u64,
+                _ => return Err(at(origin, s, "seed must be a number")),
+            },
+            None => 0,
+        };
+        let arch_table = inputs[slices[0].sources[0].0]
+            .store
+            .metadata
+            .architecture()
+            .and_then(arch::by_gguf_name);
+        let (tokenizer_input, vocab) = Self::vocabulary(recipe, &inputs, &slices, origin)?;
+        let mut plan = PlanBuilder {
+            inputs: &inputs,
+            recipe,
+            origin,
+            seed,
+            arch_table,
+            vocab: vocab.as_ref(),
+            tensors: Vec::new(),
+        };
+
+        let out_layer = Self::plan_tensors(&mut plan, &inputs, &slices, globals.as_ref())?;
+        let tensors = plan.tensors;
+
+        let mut metadata = Self::metadata(
+            recipe,
+            recipe_text,
+            &inputs,
+            tokenizer_input,
+            vocab.as_ref(),
+            out_layer,
+        )?;
+        if !opts.dry_run {
+            let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
+            Self::hash_inputs(&inputs, &mut metadata, opts.recorded, origin, display)?;
+        }
+        // The merge's own size, not its tokenizer source's (a stack of 20 + 20 layers of a
+        // 30-layer model is a bigger model), labelled as convert_hf_to_gguf.py labels one.
+        let params = ParamCount::of(
+            tensors
+                .iter()
+                .map(|t| (t.name.as_str(), t.shape.as_slice())),
+        );
+        metadata.set("general.size_label", Value::String(params.size_label()));
+        Ok(MergePlan {
+            inputs,
+            tensors,
+            metadata,
+            tokenizer_input,
+            vocab,
+            current: Mutex::new(None),
+            notes: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Step 1, normalize: the recipe's `models:` or `slices:` (and smelt's `globals:`) as
+    /// slices of sources, each input opened once (into `inputs`).
+    fn normalize<'a>(
+        recipe: &'a Recipe,
+        inputs: &mut Vec<Input>,
+        origin: &str,
+        recipe_dir: &Path,
+        named: &[(String, PathBuf)],
+        tokenizer: &crate::tokenizer::TokenizerOptions,
+    ) -> Result<(Vec<Slice<'a>>, Option<Slice<'a>>)> {
+        // Inputs, each opened once.
         let mut open = |r: &Spanned<String>| -> Result<usize> {
             if let Some(i) = inputs.iter().position(|x| x.reference == r.value) {
                 return Ok(i);
@@ -188,7 +268,6 @@ impl MergePlan {
         let top_method = methods::find(&recipe.merge_method.value)
             .map_err(|e| at(origin, &recipe.merge_method, e))?;
         let top_base = recipe.base_model.as_ref().map(&mut open).transpose()?;
-        let empty = Params::new();
         let mut slices: Vec<Slice> = Vec::new();
         if let Some(models) = &recipe.models {
             let mut sources = Vec::new();
@@ -207,7 +286,7 @@ impl MergePlan {
                     sources.push(SliceSource(
                         b,
                         [0, -1],
-                        &empty,
+                        &NO_PARAMS,
                         bref,
                         bref.referenced.line(),
                     ));
@@ -259,8 +338,26 @@ impl MergePlan {
                 repeat: 1,
             });
         }
+        Ok((slices, globals))
+    }
+
+    /// Step 2, validate: something to merge, one architecture, layer ranges inside each
+    /// input (open ranges resolved), equal lengths within a slice, each method's input count
+    /// and base, and a bounded number of output layers.
+    fn validate<'a>(
+        inputs: &[Input],
+        slices: &mut [Slice<'a>],
+        globals: &mut Option<Slice<'a>>,
+        recipe: &Recipe,
+        origin: &str,
+    ) -> Result<()> {
         // `models: []`, `slices: []` or a `globals:` without models: nothing to merge.
-        if slices.is_empty() || slices.iter().chain(&globals).any(|s| s.sources.is_empty()) {
+        if slices.is_empty()
+            || slices
+                .iter()
+                .chain(globals.iter())
+                .any(|s| s.sources.is_empty())
+        {
             return Err(at(
                 origin,
                 &recipe.merge_method,
@@ -357,29 +454,18 @@ impl MergePlan {
                 format!("the recipe makes {out_layers} layers, more than the {MAX_OUT_LAYERS} smelt allows"),
             ));
         }
-        let seed = match recipe.parameters.get("seed") {
-            Some(s) => match &s.value {
-                recipe::Setting::Scalar(Scalar::Num(x)) => *x as u64,
-                _ => return Err(at(origin, s, "seed must be a number")),
-            },
-            None => 0,
-        };
-        let arch_table = inputs[slices[0].sources[0].0]
-            .store
-            .metadata
-            .architecture()
-            .and_then(arch::by_gguf_name);
-        let (tokenizer_input, vocab) = Self::vocabulary(recipe, &inputs, &slices, origin)?;
-        let mut plan = PlanBuilder {
-            inputs: &inputs,
-            recipe,
-            origin,
-            seed,
-            arch_table,
-            vocab: vocab.as_ref(),
-            tensors: Vec::new(),
-        };
+        Ok(())
+    }
 
+    /// Step 3, tensors: embeddings from the first slice (or `globals:`), then each slice's
+    /// layers (repeats included, gradients over the whole repeated stack), then the final norm
+    /// and output head from the last slice. Returns the number of output layers.
+    fn plan_tensors(
+        plan: &mut PlanBuilder,
+        inputs: &[Input],
+        slices: &[Slice],
+        globals: Option<&Slice>,
+    ) -> Result<u32> {
         // Embeddings from the first slice, then the layers, then norm/output from the last.
         let global_names = |i: usize| -> Vec<String> {
             inputs[i]
@@ -390,7 +476,7 @@ impl MergePlan {
                 .map(|t| t.name.clone())
                 .collect()
         };
-        let pre = globals.as_ref().unwrap_or(&slices[0]);
+        let pre = globals.unwrap_or(&slices[0]);
         for g in global_names(pre.sources[0].0)
             .iter()
             .filter(|n| n.starts_with("token_embd"))
@@ -398,7 +484,7 @@ impl MergePlan {
             plan.tensor(g, pre, 0.0, |_| g.clone())?;
         }
         let mut out_layer = 0u32;
-        for sl in &slices {
+        for sl in slices {
             let len = (sl.sources[0].1[1] - sl.sources[0].1[0]) as u32;
             let total = len * sl.repeat;
             for idx in 0..total {
@@ -426,46 +512,14 @@ impl MergePlan {
                 out_layer += 1;
             }
         }
-        let post = globals
-            .as_ref()
-            .unwrap_or(slices.last().expect("at least one slice"));
+        let post = globals.unwrap_or(slices.last().expect("at least one slice"));
         for g in global_names(post.sources[0].0)
             .iter()
             .filter(|n| !n.starts_with("token_embd"))
         {
             plan.tensor(g, post, 0.0, |_| g.clone())?;
         }
-        let tensors = plan.tensors;
-
-        let mut metadata = Self::metadata(
-            recipe,
-            recipe_text,
-            &inputs,
-            tokenizer_input,
-            vocab.as_ref(),
-            out_layer,
-        )?;
-        if !opts.dry_run {
-            let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
-            Self::hash_inputs(&inputs, &mut metadata, opts.recorded, origin, display)?;
-        }
-        // The merge's own size, not its tokenizer source's (a stack of 20 + 20 layers of a
-        // 30-layer model is a bigger model), labelled as convert_hf_to_gguf.py labels one.
-        let params = ParamCount::of(
-            tensors
-                .iter()
-                .map(|t| (t.name.as_str(), t.shape.as_slice())),
-        );
-        metadata.set("general.size_label", Value::String(params.size_label()));
-        Ok(MergePlan {
-            inputs,
-            tensors,
-            metadata,
-            tokenizer_input,
-            vocab,
-            current: Mutex::new(None),
-            notes: Mutex::new(Vec::new()),
-        })
+        Ok(out_layer)
     }
 
     fn slice<'a>(
