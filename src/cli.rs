@@ -471,7 +471,7 @@ fn merge(args: &MergeArgs) -> Result<()> {
     use crate::quant::mix::FileType;
     let (text, origin, recipe_dir) = match (&args.recipe, &args.from) {
         (Some(r), _) => (
-            std::fs::read_to_string(r).map_err(|e| Error::io(r, e))?,
+            crate::input::read_to_string(r)?,
             r.display().to_string(),
             r.parent().map(Path::to_path_buf).unwrap_or_default(),
         ),

@@ -166,8 +166,8 @@ pub fn write_hf_folder(
             Some(dir) => {
                 for name in TOKENIZER_FILES {
                     let src = dir.join(name);
-                    if src.is_file() {
-                        std::fs::copy(&src, tmp.join(name)).map_err(|e| Error::io(&src, e))?;
+                    if let Some(bytes) = crate::input::read_in(dir, &src)? {
+                        write_text(&tmp.join(name), bytes)?;
                         files.push((*name).into());
                     }
                 }
@@ -398,7 +398,8 @@ fn config_json(
     let mut config = match &out.config_from {
         Some(dir) => {
             let path = dir.join("config.json");
-            let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let text = crate::input::read_in(dir, &path)?
+                .ok_or_else(|| Error::format(&path, "no such file"))?;
             let json: Json = serde_json::from_slice(&text)
                 .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
             match json {

@@ -62,16 +62,18 @@ pub fn open_hf_folder(path: &Path) -> Result<Store> {
 pub fn open_hf_folder_with(path: &Path, tok: &crate::tokenizer::TokenizerOptions) -> Result<Store> {
     let config = read_config(path)?;
     let index = path.join(INDEX_NAME);
-    let files = if index.is_file() {
+    let files = if crate::input::exists(&index) {
+        crate::input::check_inside(path, &index)?;
         read_index(&index)?
     } else {
+        // Every `.safetensors` entry, whatever it is: one that is not a regular file is
+        // refused when it is opened, not skipped.
         let mut found: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| Error::io(path, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.is_file()
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().ends_with(".safetensors"))
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with(".safetensors"))
             })
             .collect();
         found.sort();
@@ -89,6 +91,9 @@ pub fn open_hf_folder_with(path: &Path, tok: &crate::tokenizer::TokenizerOptions
                 path,
                 format!("no {INDEX_NAME} and no .safetensors file in this folder (PyTorch .bin checkpoints are not supported)"),
             ));
+        }
+        for p in &found {
+            crate::input::check_inside(path, p)?;
         }
         found.into_iter().map(|p| (p, Vec::new())).collect()
     };
@@ -125,13 +130,13 @@ fn with_general_metadata(
     tensors: &[StoreTensor],
     folder: &Path,
     config: &Json,
-) -> Metadata {
+) -> Result<Metadata> {
     let params = ParamCount::of(
         tensors
             .iter()
             .map(|t| (t.name.as_str(), t.shape.as_slice())),
     );
-    let general = crate::model_card::general_metadata(folder, config, params);
+    let general = crate::model_card::general_metadata(folder, config, params)?;
     let mut md = Metadata::new();
     for key in ["general.architecture", "general.type"] {
         if let Some(v) = metadata.get(key) {
@@ -142,7 +147,7 @@ fn with_general_metadata(
     for (k, v) in general.iter().chain(table_keys) {
         md.set(k, v.clone());
     }
-    md
+    Ok(md)
 }
 
 /// A parsed `config.json`.
@@ -153,10 +158,9 @@ struct Config {
 
 fn read_config(dir: &Path) -> Result<Option<Config>> {
     let path = dir.join("config.json");
-    if !path.is_file() {
+    let Some(text) = crate::input::read_in(dir, &path)? else {
         return Ok(None);
-    }
-    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    };
     let json: Json = serde_json::from_slice(&text)
         .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
     if !json.is_object() {
@@ -174,7 +178,7 @@ fn folder_name(dir: &Path) -> String {
 
 /// The shard files of an index, each with the tensors the index places in it.
 fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
-    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::input::read(path)?;
     let json: Json = serde_json::from_slice(&text)
         .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
     let map = json
@@ -218,7 +222,7 @@ fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
     for (shard, mut names) in shards {
         names.sort();
         let p = dir.join(&shard);
-        if !p.is_file() {
+        if !crate::input::exists(&p) {
             return Err(Error::format(
                 &p,
                 format!(
@@ -228,6 +232,8 @@ fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
                 ),
             ));
         }
+        // A plain name may still be a link out of the folder.
+        crate::input::check_inside(dir, &p)?;
         out.push((p, names));
     }
     Ok(out)
@@ -324,7 +330,7 @@ fn dtype_info(dtype: &str) -> (Option<GgmlType>, Option<u64>) {
 }
 
 fn map_file(path: &Path) -> Result<Arc<Mmap>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::input::open(path)?;
     // SAFETY: the map is read-only. Like every mmap-based reader (llama.cpp's included) we
     // rely on the input file not being truncated or rewritten while smelt runs; all reads
     // are bounds-checked against the length seen here.
@@ -854,7 +860,7 @@ fn build(
     let metadata = match (&config_json, &config_path) {
         (Some(json), Some(cp)) => {
             let folder = cp.parent().unwrap_or(Path::new("."));
-            with_general_metadata(metadata, &tensors, folder, json)
+            with_general_metadata(metadata, &tensors, folder, json)?
         }
         _ => metadata,
     };
@@ -871,10 +877,12 @@ fn build(
 fn tokenizer_vocab_len(config_path: &Path) -> Result<Option<usize>> {
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let path = dir.join("tokenizer.json");
-    if dir.join("tokenizer.model").is_file() || !path.is_file() {
+    if crate::input::exists(&dir.join("tokenizer.model")) {
         return Ok(None);
     }
-    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let Some(text) = crate::input::read_in(dir, &path)? else {
+        return Ok(None);
+    };
     let json: Json = serde_json::from_slice(&text)
         .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
     let vocab = json

@@ -182,8 +182,7 @@ impl Store {
             return crate::safetensors::open_file(path);
         }
         let mut magic = [0u8; 4];
-        let read = std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+        let read = std::io::Read::read(&mut crate::input::open(path)?, &mut magic)
             .map_err(|e| Error::io(path, e))?;
         if read == 4 && magic == crate::gguf::MAGIC {
             return Self::open_gguf(path);

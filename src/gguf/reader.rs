@@ -8,7 +8,6 @@ use super::{GgmlType, Metadata, Value, ValueType, DEFAULT_ALIGNMENT, MAGIC};
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,7 +48,7 @@ pub struct GgufFile {
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::input::open(path)?;
         // SAFETY: the map is read-only. Like every mmap-based reader (llama.cpp's included) we
         // rely on the input file not being truncated or rewritten while smelt runs; all reads
         // are bounds-checked against the length seen here.

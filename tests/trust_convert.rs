@@ -1,0 +1,285 @@
+//! Inputs smelt must not trust: links out of a model folder, impossible config.json values,
+//! overlapping GGUF tensors, FIFOs, folders without a tokenizer, and output folders that
+//! already hold a user's model.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::smelt;
+
+/// `smelt make-test-model -o DIR` (a llama HF folder: config.json + safetensors, no
+/// tokenizer) with `extra` options.
+fn make_model(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let mut args = vec!["make-test-model", "-o", name, "--layers", "2"];
+    args.extend_from_slice(extra);
+    smelt(dir, args).unwrap();
+    dir.join(name)
+}
+
+/// Run smelt in `dir`, killed after `limit`: (exit status, or None when it had to be killed;
+/// stderr).
+fn smelt_with_timeout(dir: &Path, args: &[&str], limit: Duration) -> (Option<bool>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s.success());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    (status, err)
+}
+
+fn recipe(dir: &Path, model: &str, layers: usize) -> PathBuf {
+    let p = dir.join(format!("r-{}.yaml", model.replace(['/', '.'], "_")));
+    std::fs::write(
+        &p,
+        format!(
+            "merge_method: passthrough\nslices:\n  - sources:\n      - model: {model}\n        layer_range: [0, {layers}]\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// An HF folder with tokenizer files (tokenizer.json, tokenizer_config.json): a GGUF test model
+/// written back out with `merge --format safetensors`, which rebuilds them.
+fn model_with_tokenizer(dir: &Path) -> PathBuf {
+    smelt(dir, ["make-test-model", "-o", "t.gguf", "--layers", "2"]).unwrap();
+    let r = recipe(dir, "t.gguf", 2);
+    smelt(
+        dir,
+        [
+            "merge",
+            r.to_str().unwrap(),
+            "-o",
+            "tok",
+            "--format",
+            "safetensors",
+            "--type",
+            "F32",
+        ],
+    )
+    .unwrap();
+    let folder = dir.join("tok");
+    assert!(folder.join("tokenizer.json").is_file());
+    assert!(folder.join("tokenizer_config.json").is_file());
+    folder
+}
+
+fn convert(dir: &Path, folder: &str) -> Result<String, String> {
+    smelt(
+        dir,
+        [
+            "convert",
+            folder,
+            "-o",
+            "out",
+            "--type",
+            "F32",
+            "--tokenizer-pre",
+            "default",
+        ],
+    )
+}
+
+#[test]
+fn files_linked_out_of_the_input_folder_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let folder = model_with_tokenizer(d.path());
+    std::fs::write(d.path().join("secret.txt"), "{{ 'the secret' }}").unwrap();
+    // The template comes from chat_template.jinja only when tokenizer_config.json has none.
+    let tc_path = folder.join("tokenizer_config.json");
+    let mut tc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&tc_path).unwrap()).unwrap();
+    tc.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(&tc_path, serde_json::to_vec(&tc).unwrap()).unwrap();
+    convert(d.path(), "tok").expect("the folder converts before any link is planted");
+
+    for (name, target) in [
+        ("chat_template.jinja", "../secret.txt"),
+        ("README.md", "../secret.txt"),
+        ("generation_config.json", "../secret.txt"),
+    ] {
+        let link = folder.join(name);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        let err = convert(d.path(), "tok").expect_err(name);
+        assert!(
+            err.contains(name) && err.contains("outside the model folder"),
+            "{name}: {err}"
+        );
+        std::fs::remove_file(&link).unwrap();
+    }
+
+    // config.json, tokenizer files and shards moved out and linked back in.
+    let elsewhere = d.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ] {
+        std::fs::rename(folder.join(name), elsewhere.join(name)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join(name), folder.join(name)).unwrap();
+        let err = convert(d.path(), "tok").expect_err(name);
+        assert!(
+            err.contains(name) && err.contains("outside the model folder"),
+            "{name}: {err}"
+        );
+        std::fs::remove_file(folder.join(name)).unwrap();
+        std::fs::rename(elsewhere.join(name), folder.join(name)).unwrap();
+    }
+    // A shard named by an index, linked out.
+    let sharded = make_model(d.path(), "sharded", &["--shards", "2"]);
+    let shard = "model-00002-of-00002.safetensors";
+    std::fs::rename(sharded.join(shard), elsewhere.join(shard)).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join(shard), sharded.join(shard)).unwrap();
+    let err = smelt(
+        d.path(),
+        ["quantize", "sharded", "-o", "x.gguf", "--type", "F32"],
+    )
+    .expect_err("linked shard");
+    assert!(err.contains(shard) && err.contains("outside"), "{err}");
+
+    // Links that stay inside the folder are fine.
+    std::fs::rename(folder.join("config.json"), folder.join("real-config.json")).unwrap();
+    std::os::unix::fs::symlink("real-config.json", folder.join("config.json")).unwrap();
+    convert(d.path(), "tok").expect("a link inside the folder");
+}
+
+#[test]
+fn hub_cache_snapshot_links_into_its_blobs_still_convert() {
+    // models--org--name/snapshots/<rev>/<file> -> ../../blobs/<hash>: every file of a Hugging
+    // Face cache snapshot resolves outside the snapshot folder, into the same repository.
+    let d = tempfile::tempdir().unwrap();
+    let src = make_model(d.path(), "src", &[]);
+    let repo = d.path().join("models--org--tiny");
+    let snap = repo.join("snapshots").join("abc123");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    for (k, e) in std::fs::read_dir(&src).unwrap().enumerate() {
+        let e = e.unwrap();
+        let blob = repo.join("blobs").join(format!("blob{k}"));
+        std::fs::copy(e.path(), &blob).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/blob{k}"), snap.join(e.file_name()))
+            .unwrap();
+    }
+    smelt(
+        d.path(),
+        [
+            "quantize",
+            snap.to_str().unwrap(),
+            "-o",
+            "x.gguf",
+            "--type",
+            "F32",
+        ],
+    )
+    .unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+#[test]
+fn fifo_inputs_are_refused_not_waited_on() {
+    let limit = Duration::from_secs(30);
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    model_with_tokenizer(dir);
+    smelt(dir, ["make-test-model", "-o", "t.gguf", "--layers", "2"]).unwrap();
+    mkfifo(&dir.join("fifo.gguf"));
+    mkfifo(&dir.join("fifo.safetensors"));
+    mkfifo(&dir.join("fifo.dat"));
+    mkfifo(&dir.join("fifo.yaml"));
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["inspect", "fifo.gguf"], "fifo.gguf"),
+        (
+            vec!["quantize", "fifo.gguf", "-o", "x.gguf", "--type", "F32"],
+            "fifo.gguf",
+        ),
+        (vec!["inspect", "fifo.safetensors"], "fifo.safetensors"),
+        (
+            vec![
+                "quantize",
+                "t.gguf",
+                "-o",
+                "x.gguf",
+                "--type",
+                "Q4_0",
+                "--imatrix",
+                "fifo.dat",
+            ],
+            "fifo.dat",
+        ),
+        (vec!["merge", "fifo.yaml", "-o", "mo"], "fifo.yaml"),
+    ];
+    for (args, named) in cases.drain(..) {
+        let (status, err) = smelt_with_timeout(dir, &args, limit);
+        assert_eq!(status, Some(false), "{args:?} hung or succeeded: {err}");
+        assert!(
+            err.contains(named) && err.contains("FIFO"),
+            "{args:?}: {err}"
+        );
+    }
+    // Files of an HF folder that are FIFOs: config.json, the weights, tokenizer files.
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "generation_config.json",
+    ] {
+        let model = dir.join("tok");
+        let real = model.join(name);
+        let moved = dir.join(format!("moved-{name}"));
+        if real.exists() {
+            std::fs::rename(&real, &moved).unwrap();
+        }
+        mkfifo(&real);
+        let (status, err) = smelt_with_timeout(
+            dir,
+            &[
+                "convert",
+                "tok",
+                "-o",
+                "out",
+                "--type",
+                "F32",
+                "--tokenizer-pre",
+                "default",
+            ],
+            limit,
+        );
+        assert_eq!(status, Some(false), "{name} hung or succeeded: {err}");
+        assert!(err.contains(name) && err.contains("FIFO"), "{name}: {err}");
+        std::fs::remove_file(&real).unwrap();
+        if moved.exists() {
+            std::fs::rename(&moved, &real).unwrap();
+        }
+    }
+}
