@@ -329,13 +329,13 @@ fn dtype_info(dtype: &str) -> (Option<GgmlType>, Option<u64>) {
     }
 }
 
-fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+fn map_file(path: &Path) -> Result<(Arc<Mmap>, Arc<File>)> {
     let file = crate::input::open(path)?;
-    // SAFETY: the map is read-only. Like every mmap-based reader (llama.cpp's included) we
-    // rely on the input file not being truncated or rewritten while smelt runs; all reads
-    // are bounds-checked against the length seen here.
+    // SAFETY: as in `GgufFile::open`: a read-only map read as plain bytes, bounds-checked
+    // against the length seen here, the file's current length checked again right before
+    // tensor bytes are read (`SourceFile::bytes`). The header is read right after mapping.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(Arc::new(map))
+    Ok((Arc::new(map), Arc::new(file)))
 }
 
 /// The JSON header's entries in file order, keeping duplicates so they can be reported.
@@ -532,6 +532,7 @@ impl Generated {
             SourceFile {
                 path: PathBuf::from(name),
                 map: Arc::new(map),
+                file: Arc::new(file),
             },
             tensors,
         )))
@@ -558,7 +559,7 @@ fn build(
 ) -> Result<Store> {
     let mut parsed = Vec::new();
     for (path, expected) in files {
-        let map = map_file(&path)?;
+        let (map, file) = map_file(&path)?;
         let entries = parse_header(&path, &map)?;
         let names: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         if let Some(missing) = expected.iter().find(|n| !names.contains(n.as_str())) {
@@ -568,7 +569,7 @@ fn build(
             ));
         }
         drop(names);
-        parsed.push((path, map, entries));
+        parsed.push((path, map, file, entries));
     }
 
     // Architecture, head counts and metadata.
@@ -606,7 +607,7 @@ fn build(
         }
         None => {
             let arch = arch::ARCHITECTURES.iter().copied().find(|a| {
-                parsed.iter().all(|(_, _, entries)| {
+                parsed.iter().all(|(_, _, _, entries)| {
                     entries
                         .iter()
                         .all(|e| a.is_ignored(&e.name) || a.canonical(&e.name).is_some())
@@ -630,7 +631,7 @@ fn build(
     let mut stacks: HashMap<String, Stack> = HashMap::new();
     let mut source_files = Vec::new();
     let mut serial = 0usize;
-    for (fi, (path, map, entries)) in parsed.into_iter().enumerate() {
+    for (fi, (path, map, file, entries)) in parsed.into_iter().enumerate() {
         let mut entries = entries;
         if arch.is_some() {
             entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -736,7 +737,7 @@ fn build(
             }
             pending.push(Pending { key, tensor });
         }
-        source_files.push(SourceFile { path, map });
+        source_files.push(SourceFile { path, map, file });
     }
 
     // Stacked tensors: every expert present once, all parts alike. The converter emits a

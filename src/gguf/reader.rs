@@ -8,6 +8,7 @@ use super::{GgmlType, Metadata, Value, ValueType, DEFAULT_ALIGNMENT, MAGIC};
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use std::collections::HashSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,17 +44,23 @@ pub struct GgufFile {
     /// Absolute file offset of the data section.
     pub data_offset: u64,
     pub map: Arc<Mmap>,
+    /// The mapped file, kept open so that readers can check its current length.
+    pub file: Arc<File>,
 }
 
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
         let file = crate::input::open(path)?;
-        // SAFETY: the map is read-only. Like every mmap-based reader (llama.cpp's included) we
-        // rely on the input file not being truncated or rewritten while smelt runs; all reads
-        // are bounds-checked against the length seen here.
+        // SAFETY: the map is read-only and only ever read as plain bytes, every read
+        // bounds-checked against the length seen here. Another process may still change the
+        // file: bytes rewritten in place only change the values read; a truncation makes a
+        // page past the new end raise SIGBUS when touched, so the store checks the file's
+        // current length through the handle kept with the map right before it reads tensor
+        // bytes (`SourceFile::bytes`). A truncation between that check and the read cannot be
+        // excluded, as in every mmap-based reader (llama.cpp's included).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(path, Arc::new(map))
+        Self::parse(path, Arc::new(map), Arc::new(file))
     }
 
     /// The raw bytes of tensor `i`.
@@ -63,7 +70,7 @@ impl GgufFile {
         &self.map[start..start + t.n_bytes as usize]
     }
 
-    fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
+    fn parse(path: &Path, map: Arc<Mmap>, file: Arc<File>) -> Result<GgufFile> {
         let mut c = Cursor {
             buf: &map,
             pos: 0,
@@ -239,6 +246,7 @@ impl GgufFile {
             alignment,
             data_offset,
             map,
+            file,
         })
     }
 }

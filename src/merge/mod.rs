@@ -644,7 +644,10 @@ impl MergePlan {
         // Inputs hash in parallel (one per core); each is read once, in order.
         let digests: Vec<(u64, String)> = {
             use rayon::prelude::*;
-            inputs.par_iter().map(|inp| inp.store.sha256()).collect()
+            inputs
+                .par_iter()
+                .map(|inp| inp.store.sha256())
+                .collect::<Result<_>>()?
         };
         for (i, (inp, (size, sha))) in inputs.iter().zip(digests).enumerate() {
             m.set(
