@@ -199,6 +199,47 @@ fn hub_cache_snapshot_links_into_its_blobs_still_convert() {
     .unwrap();
 }
 
+/// A GGUF of two F32 tensors, each (values, data offset), and 128 bytes of data.
+fn two_tensor_gguf(tensors: [(u64, u64); 2]) -> Vec<u8> {
+    let mut g = Vec::new();
+    g.extend_from_slice(b"GGUF");
+    g.extend_from_slice(&3u32.to_le_bytes());
+    g.extend_from_slice(&2u64.to_le_bytes()); // tensors
+    g.extend_from_slice(&0u64.to_le_bytes()); // metadata keys
+    for (name, (n, off)) in ["first.weight", "second.weight"].into_iter().zip(tensors) {
+        g.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        g.extend_from_slice(name.as_bytes());
+        g.extend_from_slice(&1u32.to_le_bytes());
+        g.extend_from_slice(&n.to_le_bytes());
+        g.extend_from_slice(&0u32.to_le_bytes()); // F32
+        g.extend_from_slice(&off.to_le_bytes());
+    }
+    while g.len() % 32 != 0 {
+        g.push(0);
+    }
+    g.extend(std::iter::repeat_n(0u8, 128));
+    g
+}
+
+#[test]
+fn gguf_tensors_sharing_data_bytes_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("ok.gguf"), two_tensor_gguf([(8, 0), (8, 32)])).unwrap();
+    smelt(d.path(), ["inspect", "ok.gguf"]).unwrap();
+    // The same bytes, and the second starting inside the first's 64 bytes.
+    for tensors in [[(8, 0), (8, 0)], [(16, 0), (8, 32)], [(8, 64), (16, 32)]] {
+        std::fs::write(d.path().join("bad.gguf"), two_tensor_gguf(tensors)).unwrap();
+        let err = smelt(d.path(), ["inspect", "bad.gguf"]).unwrap_err();
+        assert!(
+            err.contains("bad.gguf")
+                && err.contains("`first.weight`")
+                && err.contains("`second.weight`")
+                && err.contains("overlap"),
+            "{tensors:?}: {err}"
+        );
+    }
+}
+
 fn mkfifo(path: &Path) {
     let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
     assert!(ok, "mkfifo {}", path.display());

@@ -238,6 +238,21 @@ impl GgufFile {
                 ));
             }
         }
+        // Two tensors sharing bytes are a corrupt (or hostile) file, as the safetensors reader
+        // holds too: writing to one would change the other, and no writer produces them.
+        let mut by_offset: Vec<&TensorInfo> = tensors.iter().filter(|t| t.n_bytes > 0).collect();
+        by_offset.sort_by_key(|t| (t.offset, t.n_bytes));
+        for w in by_offset.windows(2) {
+            if w[1].offset < w[0].offset + w[0].n_bytes {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "tensors `{}` and `{}` overlap in the data section",
+                        w[0].name, w[1].name
+                    ),
+                ));
+            }
+        }
         Ok(GgufFile {
             path: path.to_path_buf(),
             version,
