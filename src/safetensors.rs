@@ -597,6 +597,8 @@ fn build(
                 )
             })?;
             let heads = arch.heads(&c.json).map_err(|m| Error::format(&c.path, m))?;
+            arch.check_config(&c.json)
+                .map_err(|m| Error::format(&c.path, m))?;
             let md = arch
                 .metadata(
                     &c.json,

@@ -18,6 +18,13 @@ fn make_model(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     dir.join(name)
 }
 
+fn edit_config(folder: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = folder.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    f(&mut cfg);
+    std::fs::write(&p, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+}
+
 /// Run smelt in `dir`, killed after `limit`: (exit status, or None when it had to be killed;
 /// stderr).
 fn smelt_with_timeout(dir: &Path, args: &[&str], limit: Duration) -> (Option<bool>, String) {
@@ -197,6 +204,105 @@ fn hub_cache_snapshot_links_into_its_blobs_still_convert() {
         ],
     )
     .unwrap();
+}
+
+#[test]
+fn impossible_config_values_are_refused_naming_the_key() {
+    use serde_json::json;
+    let d = tempfile::tempdir().unwrap();
+    // hidden 64, 4 heads of 16, 2 key/value heads.
+    let folder = make_model(d.path(), "m", &[]);
+    let orig = std::fs::read(folder.join("config.json")).unwrap();
+    let llama3 = |k: &str, v: serde_json::Value| {
+        let mut r = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        r[k] = v;
+        r
+    };
+    let cases: Vec<(&str, Vec<(&str, serde_json::Value)>)> = vec![
+        (
+            "num_attention_heads",
+            vec![("num_attention_heads", json!(0))],
+        ),
+        // 64 is not 3 heads of one size, and no head_dim says otherwise.
+        (
+            "num_attention_heads",
+            vec![
+                ("num_attention_heads", json!(3)),
+                ("num_key_value_heads", json!(1)),
+                ("head_dim", json!(null)),
+            ],
+        ),
+        (
+            "num_key_value_heads",
+            vec![("num_key_value_heads", json!(3))],
+        ),
+        // Qwen2 has no q/k row permutation to trip over bad head counts later.
+        (
+            "num_attention_heads",
+            vec![
+                ("architectures", json!(["Qwen2ForCausalLM"])),
+                ("num_attention_heads", json!(3)),
+                ("num_key_value_heads", json!(1)),
+                ("head_dim", json!(null)),
+            ],
+        ),
+        (
+            "num_key_value_heads",
+            vec![
+                ("architectures", json!(["Qwen2ForCausalLM"])),
+                ("num_key_value_heads", json!(3)),
+            ],
+        ),
+        ("hidden_size", vec![("hidden_size", json!(0))]),
+        ("head_dim", vec![("head_dim", json!(0))]),
+        ("intermediate_size", vec![("intermediate_size", json!(0))]),
+        ("rope_theta", vec![("rope_theta", json!(0.0))]),
+        (
+            "factor",
+            vec![("rope_scaling", llama3("factor", json!(0.0)))],
+        ),
+        (
+            "low_freq_factor",
+            vec![("rope_scaling", llama3("low_freq_factor", json!(0.0)))],
+        ),
+        (
+            "high_freq_factor",
+            vec![("rope_scaling", llama3("high_freq_factor", json!(-4.0)))],
+        ),
+        (
+            "low_freq_factor",
+            vec![("rope_scaling", llama3("high_freq_factor", json!(1.0)))],
+        ),
+        (
+            "factor",
+            vec![(
+                "rope_scaling",
+                json!({"rope_type": "linear", "factor": 0.0}),
+            )],
+        ),
+    ];
+    for (key, edits) in cases {
+        std::fs::write(folder.join("config.json"), &orig).unwrap();
+        edit_config(&folder, |c| {
+            for (k, v) in &edits {
+                if v.is_null() {
+                    c.as_object_mut().unwrap().remove(*k);
+                } else {
+                    c[*k] = v.clone();
+                }
+            }
+        });
+        let err = smelt(d.path(), ["quantize", "m", "-o", "x.gguf", "--type", "F32"])
+            .expect_err(&format!("{edits:?} must be refused"));
+        assert!(
+            err.contains("config.json") && err.contains(&format!("`{key}`")),
+            "{edits:?}: {err}"
+        );
+    }
+    // The same folder as written converts.
+    std::fs::write(folder.join("config.json"), &orig).unwrap();
+    smelt(d.path(), ["quantize", "m", "-o", "x.gguf", "--type", "F32"]).unwrap();
 }
 
 /// A GGUF of two F32 tensors, each (values, data offset), and 128 bytes of data.
