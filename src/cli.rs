@@ -384,6 +384,9 @@ fn quantize(args: &QuantizeArgs, to_folder: bool) -> Result<()> {
         pre: args.tokenizer_pre.clone(),
     };
     let store = Store::open_with(&args.input, &tok)?;
+    for w in &store.warnings {
+        eprintln!("warning: {w}");
+    }
     let file_types = args
         .types
         .iter()

@@ -98,7 +98,14 @@ pub fn open_hf_folder_with(path: &Path, tok: &crate::tokenizer::TokenizerOptions
         found.into_iter().map(|p| (p, Vec::new())).collect()
     };
     let mut store = build(path, files, config)?;
-    for (k, v) in crate::tokenizer::metadata(path, tok)?.iter() {
+    let tokenizer = crate::tokenizer::metadata(path, tok)?;
+    if tokenizer.is_empty() {
+        store.warnings.push(format!(
+            "{} has no tokenizer files (tokenizer.json or tokenizer.model): the GGUF has no vocabulary and llama.cpp will not load it",
+            path.display()
+        ));
+    }
+    for (k, v) in tokenizer.iter() {
         store.metadata.set(k, v.clone());
     }
     Ok(store)
@@ -871,6 +878,7 @@ fn build(
         metadata,
         tensors,
         files: source_files,
+        warnings: Vec::new(),
     })
 }
 

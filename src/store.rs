@@ -192,6 +192,8 @@ pub struct Store {
     pub metadata: Metadata,
     pub tensors: Vec<StoreTensor>,
     pub files: Vec<SourceFile>,
+    /// Things a user should know about this input (a folder without tokenizer files).
+    pub warnings: Vec<String>,
 }
 
 impl Store {
@@ -309,6 +311,7 @@ impl Store {
             metadata,
             tensors,
             files,
+            warnings: Vec::new(),
         })
     }
 

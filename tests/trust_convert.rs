@@ -346,6 +346,22 @@ fn gguf_tensors_sharing_data_bytes_are_refused() {
     }
 }
 
+#[test]
+fn convert_without_tokenizer_files_warns_that_llama_cpp_will_not_load_it() {
+    let d = tempfile::tempdir().unwrap();
+    make_model(d.path(), "bare", &[]);
+    let log = smelt(d.path(), ["convert", "bare", "-o", "out", "--type", "F32"]).unwrap();
+    assert!(
+        log.contains("warning: bare has no tokenizer files")
+            && log.contains("llama.cpp will not load"),
+        "{log}"
+    );
+    // A folder with a tokenizer gets no such warning.
+    model_with_tokenizer(d.path());
+    let log = convert(d.path(), "tok").unwrap();
+    assert!(!log.contains("no tokenizer files"), "{log}");
+}
+
 fn mkfifo(path: &Path) {
     let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
     assert!(ok, "mkfifo {}", path.display());
