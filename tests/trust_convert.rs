@@ -362,6 +362,88 @@ fn convert_without_tokenizer_files_warns_that_llama_cpp_will_not_load_it() {
     assert!(!log.contains("no tokenizer files"), "{log}");
 }
 
+#[test]
+fn config_json_from_gguf_uses_the_keys_transformers_reads() {
+    let d = tempfile::tempdir().unwrap();
+    smelt(
+        d.path(),
+        [
+            "make-test-model",
+            "-o",
+            "t.gguf",
+            "--layers",
+            "3",
+            "--hidden",
+            "96",
+            "--ff",
+            "160",
+            "--heads",
+            "6",
+            "--kv-heads",
+            "2",
+        ],
+    )
+    .unwrap();
+    smelt(
+        d.path(),
+        [
+            "quantize",
+            "t.gguf",
+            "-o",
+            "u.gguf",
+            "--type",
+            "F32",
+            "--override-kv",
+            "llama.rope.freq_base=float:100000",
+            "--override-kv",
+            "llama.context_length=int:8192",
+            "--override-kv",
+            "llama.attention.layer_norm_rms_epsilon=float:0.000001",
+        ],
+    )
+    .unwrap();
+    let r = recipe(d.path(), "u.gguf", 3);
+    smelt(
+        d.path(),
+        [
+            "merge",
+            r.to_str().unwrap(),
+            "-o",
+            "hf",
+            "--format",
+            "safetensors",
+            "--type",
+            "F32",
+        ],
+    )
+    .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("hf/config.json")).unwrap()).unwrap();
+    for (k, v) in [
+        ("model_type", serde_json::json!("llama")),
+        ("architectures", serde_json::json!(["LlamaForCausalLM"])),
+        ("intermediate_size", serde_json::json!(160)),
+        ("hidden_size", serde_json::json!(96)),
+        ("num_hidden_layers", serde_json::json!(3)),
+        ("num_attention_heads", serde_json::json!(6)),
+        ("num_key_value_heads", serde_json::json!(2)),
+        ("max_position_embeddings", serde_json::json!(8192)),
+        ("rope_theta", serde_json::json!(100000.0)),
+        ("rms_norm_eps", serde_json::json!(1e-6)),
+    ] {
+        assert_eq!(cfg.get(k), Some(&v), "{k} in {cfg:#}");
+    }
+    for k in [
+        "prefix_dense_intermediate_size",
+        "n_layers",
+        "global_rope_theta",
+        "n_heads",
+        "n_kv_heads",
+    ] {
+        assert!(cfg.get(k).is_none(), "{k} in {cfg:#}");
+    }
+}
+
 fn mkfifo(path: &Path) {
     let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
     assert!(ok, "mkfifo {}", path.display());
