@@ -82,6 +82,10 @@ pub struct MergeArgs {
     /// table does not know (as `quantize --tokenizer-pre`).
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
+    /// With --format safetensors: replace the model already in OUTPUT (its `*.safetensors`
+    /// and index); without it, a folder holding model weights is refused.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -494,6 +498,9 @@ fn merge(args: &MergeArgs) -> Result<()> {
         (None, None) => return Err(Error::Invalid("a recipe or --from is required".into())),
     };
     let docs = crate::recipe::parse(&text, &origin)?;
+    if args.format == OutputFormat::Safetensors {
+        crate::hf_writer::check_output_dir(&args.output, args.force)?;
+    }
     std::fs::create_dir_all(&args.output).map_err(|e| Error::io(&args.output, e))?;
     let stem = args
         .recipe
@@ -626,6 +633,7 @@ fn write_merge_as_hf(
         tokenizer_from: folder(plan.tokenizer_input),
         extra_files: vec![("smelt-recipe.yaml".into(), recipe_text.to_string())],
         shard_metadata: provenance,
+        force: args.force,
     };
     let started = std::time::Instant::now();
     let report = write_hf_folder(plan, plan.tensors.len(), &out)?;

@@ -12,6 +12,9 @@
 //!   offset), so tensors stream in one at a time; memory holds one tensor at most.
 //! - Everything is written into a temporary folder beside the target and moved into place
 //!   only when complete: an interrupted run leaves no partial model behind.
+//! - A target folder that already holds model weights (`*.safetensors`, an index) is refused
+//!   unless `force`: then, and only then, the weights the new model does not name are
+//!   removed, so `transformers` never loads a mix.
 
 use crate::arch::{self, Architecture, Permute};
 use crate::error::{Error, Result};
@@ -61,6 +64,8 @@ pub struct HfOutput<'a> {
     pub extra_files: Vec<(String, String)>,
     /// Key/values for each shard's `__metadata__` (besides `format: pt`).
     pub shard_metadata: Vec<(String, String)>,
+    /// Replace the weights of a model already in `dir` (else such a folder is refused).
+    pub force: bool,
 }
 
 /// What was written.
@@ -126,6 +131,7 @@ pub fn write_hf_folder(
                 .join(", ")
         ))
     })?;
+    check_output_dir(&out.dir, out.force)?;
     let mut warnings = Vec::new();
     let planned = plan_tensors(producer, n, table, out, &mut warnings)?;
     let shards = assign_shards(&planned, out.shard_bytes);
@@ -200,7 +206,7 @@ pub fn write_hf_folder(
         })
     })()
     .and_then(|mut report| {
-        move_into_place(&tmp, &out.dir, &report.files)?;
+        move_into_place(&tmp, &out.dir, &report.files, out.force)?;
         report.warnings = std::mem::take(&mut warnings);
         Ok(report)
     });
@@ -612,19 +618,45 @@ fn temp_dir_for(dir: &Path) -> Result<PathBuf> {
     Ok(tmp)
 }
 
+/// The model weights (`*.safetensors`, the index) already in `dir`, sorted.
+fn existing_weights(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors") || n == INDEX_NAME)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// Refuse an output folder that already holds model weights, unless `force`: they are some
+/// model's, and writing there would replace or delete them.
+pub fn check_output_dir(dir: &Path, force: bool) -> Result<()> {
+    let found = existing_weights(dir);
+    if found.is_empty() || force {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{}: the folder already holds model weights ({}); smelt will not replace or delete them: write elsewhere, or pass --force to replace that model",
+        dir.display(),
+        found.join(", ")
+    )))
+}
+
 /// Move the finished files into `dir`: shards first, `config.json` last, so a folder that has
-/// a new `config.json` has all of its new weights. Stale shards of an earlier run that the new
-/// index does not name are removed, so `transformers` never loads a mix.
-fn move_into_place(tmp: &Path, dir: &Path, files: &[String]) -> Result<()> {
+/// a new `config.json` has all of its new weights. Weights already in `dir` are refused unless
+/// `force`; with it, those the new index does not name are removed, so `transformers` never
+/// loads a mix. Nothing else already in `dir` is touched, but for files of the same name.
+fn move_into_place(tmp: &Path, dir: &Path, files: &[String], force: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let stale_weights =
-                (name.ends_with(".safetensors") || name == INDEX_NAME) && !files.contains(&name);
-            if stale_weights {
-                std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
-            }
+    check_output_dir(dir, force)?;
+    for name in existing_weights(dir) {
+        if !files.contains(&name) {
+            let p = dir.join(&name);
+            std::fs::remove_file(&p).map_err(|err| Error::io(&p, err))?;
         }
     }
     let mut ordered: Vec<&String> = files.iter().filter(|f| *f != "config.json").collect();

@@ -444,6 +444,95 @@ fn config_json_from_gguf_uses_the_keys_transformers_reads() {
     }
 }
 
+#[test]
+fn merge_into_a_folder_holding_a_users_model_needs_force() {
+    let d = tempfile::tempdir().unwrap();
+    make_model(d.path(), "a", &[]);
+    let r = recipe(d.path(), "a", 2);
+    // The user's own model, sharded, plus a file of theirs.
+    let mine = make_model(d.path(), "mine", &["--shards", "2", "--seed", "7"]);
+    std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    let before: Vec<(String, Vec<u8>)> = {
+        let mut v: Vec<_> = std::fs::read_dir(&mine)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let args = |force: bool| {
+        let mut a = vec![
+            "merge",
+            r.to_str().unwrap(),
+            "-o",
+            "mine",
+            "--format",
+            "safetensors",
+            "--type",
+            "F32",
+        ];
+        if force {
+            a.push("--force");
+        }
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let err = smelt(d.path(), args(false)).unwrap_err();
+    assert!(
+        err.contains("mine") && err.contains("model weights") && err.contains("--force"),
+        "{err}"
+    );
+    let after: Vec<(String, Vec<u8>)> = {
+        let mut v: Vec<_> = std::fs::read_dir(&mine)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(before == after, "the user's folder was changed");
+
+    // With --force the old model is replaced: its stale shards and index go, other files stay.
+    smelt(d.path(), args(true)).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&mine)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names.contains(&"model.safetensors".to_string()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"notes.txt".to_string()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("model-000"))
+            && !names.iter().any(|n| n.ends_with(".index.json")),
+        "{names:?}"
+    );
+
+    // A fresh folder (or one without weights) needs no --force.
+    std::fs::create_dir(d.path().join("fresh")).unwrap();
+    std::fs::write(d.path().join("fresh/notes.txt"), "x").unwrap();
+    let mut a = args(false);
+    a[3] = "fresh".into();
+    smelt(d.path(), a).unwrap();
+    assert_eq!(
+        std::fs::read(d.path().join("fresh/notes.txt")).unwrap(),
+        b"x"
+    );
+}
+
 fn mkfifo(path: &Path) {
     let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
     assert!(ok, "mkfifo {}", path.display());
