@@ -355,16 +355,15 @@ fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {
 fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
     use serde_json::json;
     match v {
-        Value::Array(_, items) if !full && items.len() > 16 => {
-            let head: Vec<_> = items
-                .iter()
-                .take(8)
-                .map(|x| value_to_json(x, full))
-                .collect();
-            json!({"array_len": items.len(), "head": head})
-        }
-        Value::Array(_, items) => {
-            serde_json::Value::Array(items.iter().map(|x| value_to_json(x, full)).collect())
+        Value::Array(..) | Value::Numbers(..) => {
+            let len = v.array_len().unwrap_or(0);
+            let shown = if full || len <= 16 { len } else { 8 };
+            let items = (0..shown).filter_map(|i| v.item(i).map(|x| value_to_json(&x, full)));
+            if !full && len > 16 {
+                json!({"array_len": len, "head": items.collect::<Vec<_>>()})
+            } else {
+                serde_json::Value::Array(items.collect())
+            }
         }
         Value::String(s) => json!(s),
         Value::Bool(b) => json!(b),

@@ -617,3 +617,38 @@ fn fifo_inputs_are_refused_not_waited_on() {
         }
     }
 }
+
+#[test]
+fn a_large_numeric_metadata_array_costs_its_size_not_64_times_it() {
+    // 64 MiB of U8 metadata: a `Value` per element took 32 bytes and more, and aborted.
+    let n: u64 = 64 << 20;
+    let d = tempfile::tempdir().unwrap();
+    let mut g = Vec::with_capacity(n as usize + 64);
+    g.extend_from_slice(b"GGUF");
+    g.extend_from_slice(&3u32.to_le_bytes());
+    g.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    g.extend_from_slice(&1u64.to_le_bytes()); // metadata keys
+    let key = b"test.bytes";
+    g.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    g.extend_from_slice(key);
+    g.extend_from_slice(&9u32.to_le_bytes()); // array
+    g.extend_from_slice(&0u32.to_le_bytes()); // of U8
+    g.extend_from_slice(&n.to_le_bytes());
+    g.extend((0..n).map(|i| (i % 251) as u8));
+    std::fs::write(d.path().join("big.gguf"), &g).unwrap();
+    // 1 GiB of address space: the file's map and one copy of the array fit, 32 bytes an
+    // element do not.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1048576 && exec \"$0\" inspect --json big.gguf")
+        .arg(env!("CARGO_BIN_EXE_smelt"))
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {err}", o.status);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = &doc["metadata"]["test.bytes"];
+    assert_eq!(v["array_len"], n);
+    assert_eq!(v["head"], serde_json::json!([0, 1, 2, 3, 4, 5, 6, 7]));
+}

@@ -383,6 +383,14 @@ impl<'a> Cursor<'a> {
                         ),
                     ));
                 }
+                // Numbers and bools are kept as their bytes (checked to fit above).
+                if let Some(size) = elem.scalar_size() {
+                    let bytes = self.take(n as usize * size, "array")?;
+                    if let Some(b) = bytes.iter().find(|&&b| elem == ValueType::Bool && b > 1) {
+                        return Err(Error::format(self.path, format!("invalid bool byte {b}")));
+                    }
+                    return Ok(Value::Numbers(elem, bytes.to_vec()));
+                }
                 // A `Value` is larger than most encodings: grow as elements are read rather
                 // than reserving for a length that a later element may prove false.
                 let mut items = Vec::with_capacity((n as usize).min(1 << 16));

@@ -176,10 +176,7 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
 }
 
 fn md_len(md: &Metadata, key: &str) -> u64 {
-    match md.get(key) {
-        Some(Value::Array(_, v)) => v.len() as u64,
-        _ => 0,
-    }
+    md.get(key).and_then(Value::array_len).unwrap_or(0) as u64
 }
 
 /// Largest vocabulary accepted from config.json: far above any real model (Gemma 3 has
