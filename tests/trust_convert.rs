@@ -1,6 +1,7 @@
 //! Inputs smelt must not trust: links out of a model folder, impossible config.json values,
-//! overlapping GGUF tensors, FIFOs, folders without a tokenizer, and output folders that
-//! already hold a user's model.
+//! overlapping GGUF tensors, FIFOs, folders without a tokenizer, huge metadata arrays, and
+//! output folders that already hold a user's model; and a config.json that transformers
+//! reads as the GGUF's model.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
