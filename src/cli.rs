@@ -151,6 +151,10 @@ pub struct MergeArgs {
     /// data is read, nothing is written.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --format safetensors: replace the model already in OUTPUT (its `*.safetensors`
+    /// and index); without it, a folder holding model weights is refused.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -465,16 +469,15 @@ fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {
 fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
     use serde_json::json;
     match v {
-        Value::Array(_, items) if !full && items.len() > 16 => {
-            let head: Vec<_> = items
-                .iter()
-                .take(8)
-                .map(|x| value_to_json(x, full))
-                .collect();
-            json!({"array_len": items.len(), "head": head})
-        }
-        Value::Array(_, items) => {
-            serde_json::Value::Array(items.iter().map(|x| value_to_json(x, full)).collect())
+        Value::Array(..) | Value::Numbers(..) => {
+            let len = v.array_len().unwrap_or(0);
+            let shown = if full || len <= 16 { len } else { 8 };
+            let items = (0..shown).filter_map(|i| v.item(i).map(|x| value_to_json(&x, full)));
+            if !full && len > 16 {
+                json!({"array_len": len, "head": items.collect::<Vec<_>>()})
+            } else {
+                serde_json::Value::Array(items.collect())
+            }
         }
         Value::String(s) => json!(s),
         Value::Bool(b) => json!(b),
@@ -525,6 +528,9 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         pre: args.tokenizer_pre.clone(),
     };
     let store = Store::open_with(&args.input, &tok)?;
+    for w in &store.warnings {
+        eprintln!("warning: {w}");
+    }
     let file_types = args
         .types
         .iter()
@@ -620,7 +626,7 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
     let mut recorded = None;
     let (text, origin, recipe_dir) = match (&args.recipe, &args.from) {
         (Some(r), _) => (
-            std::fs::read_to_string(r).map_err(|e| Error::io(r, e))?,
+            crate::input::read_to_string(r)?,
             r.display().to_string(),
             r.parent().map(Path::to_path_buf).unwrap_or_default(),
         ),
@@ -643,6 +649,9 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
     let docs = crate::recipe::parse(&text, &origin)?;
     for w in docs.iter().flat_map(|d| &d.warnings) {
         eprintln!("warning: {}", crate::error::printable(w));
+    }
+    if args.format == OutputFormat::Safetensors && !args.dry_run {
+        crate::hf_writer::check_output_dir(&args.output, args.force)?;
     }
     let stem = args
         .recipe
@@ -784,6 +793,7 @@ fn write_merge_as_hf(
         tokenizer_from: folder(plan.tokenizer_input),
         extra_files: vec![("smelt-recipe.yaml".into(), recipe_text.to_string())],
         shard_metadata: provenance,
+        force: args.force,
     };
     let started = std::time::Instant::now();
     let report = write_hf_folder(plan, plan.tensors.len(), &out)?;

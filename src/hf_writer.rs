@@ -12,6 +12,9 @@
 //!   offset), so tensors stream in one at a time; memory holds one tensor at most.
 //! - Everything is written into a temporary folder beside the target and moved into place
 //!   only when complete: an interrupted run leaves no partial model behind.
+//! - A target folder that already holds model weights (`*.safetensors`, an index) is refused
+//!   unless `force`: then, and only then, the weights the new model does not name are
+//!   removed, so `transformers` never loads a mix.
 
 use crate::arch::{self, Architecture, Permute};
 use crate::error::{Error, Result};
@@ -61,6 +64,8 @@ pub struct HfOutput<'a> {
     pub extra_files: Vec<(String, String)>,
     /// Key/values for each shard's `__metadata__` (besides `format: pt`).
     pub shard_metadata: Vec<(String, String)>,
+    /// Replace the weights of a model already in `dir` (else such a folder is refused).
+    pub force: bool,
 }
 
 /// What was written.
@@ -126,6 +131,7 @@ pub fn write_hf_folder(
                 .join(", ")
         ))
     })?;
+    check_output_dir(&out.dir, out.force)?;
     let mut warnings = Vec::new();
     let planned = plan_tensors(producer, n, table, out, &mut warnings)?;
     let shards = assign_shards(&planned, out.shard_bytes);
@@ -159,15 +165,19 @@ pub fn write_hf_folder(
         let has_output = planned
             .iter()
             .any(|p| producer.name(p.index) == "output.weight");
-        let config = config_json(table, out, has_output, &mut warnings)?;
+        // The embedding's rows: the vocabulary size transformers checks the weights against.
+        let n_vocab = (0..n)
+            .find(|&i| producer.name(i) == "token_embd.weight")
+            .and_then(|i| producer.shape(i).get(1).copied());
+        let config = config_json(table, out, has_output, n_vocab, &mut warnings)?;
         write_text(&tmp.join("config.json"), pretty(&config))?;
         files.push("config.json".into());
         match &out.tokenizer_from {
             Some(dir) => {
                 for name in TOKENIZER_FILES {
                     let src = dir.join(name);
-                    if src.is_file() {
-                        std::fs::copy(&src, tmp.join(name)).map_err(|e| Error::io(&src, e))?;
+                    if let Some(bytes) = crate::input::read_in(dir, &src)? {
+                        write_text(&tmp.join(name), bytes)?;
                         files.push((*name).into());
                     }
                 }
@@ -196,7 +206,7 @@ pub fn write_hf_folder(
         })
     })()
     .and_then(|mut report| {
-        crate::output_files::commit(|| move_into_place(&tmp, &out.dir, &report.files))?;
+        crate::output_files::commit(|| move_into_place(&tmp, &out.dir, &report.files, out.force))?;
         report.warnings = std::mem::take(&mut warnings);
         Ok(report)
     });
@@ -391,6 +401,7 @@ fn config_json(
     table: &Architecture,
     out: &HfOutput,
     has_output: bool,
+    n_vocab: Option<u64>,
     warnings: &mut Vec<String>,
 ) -> Result<Json> {
     let md = out.metadata;
@@ -398,7 +409,8 @@ fn config_json(
     let mut config = match &out.config_from {
         Some(dir) => {
             let path = dir.join("config.json");
-            let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let text = crate::input::read_in(dir, &path)?
+                .ok_or_else(|| Error::format(&path, "no such file"))?;
             let json: Json = serde_json::from_slice(&text)
                 .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
             match json {
@@ -411,7 +423,7 @@ fn config_json(
                 "config.json rebuilt from GGUF metadata (no input is a Hugging Face folder): check rope_scaling and other keys the GGUF does not carry"
                     .into(),
             );
-            config_from_gguf(table, md, has_output)
+            config_from_gguf(table, md, has_output, n_vocab)
         }
     };
     if let Some(n) = md.get_u64(&format!("{arch_name}.block_count")) {
@@ -426,53 +438,139 @@ fn config_json(
     Ok(Json::Object(config))
 }
 
-/// A `config.json` from GGUF hyper-parameters: each table entry's first `config.json` key.
-fn config_from_gguf(table: &Architecture, md: &Metadata, has_output: bool) -> Map<String, Json> {
-    use crate::arch::Source;
-    let mut c = Map::new();
-    c.insert(
-        "architectures".into(),
-        json!([table.hf_architectures.first().copied().unwrap_or_default()]),
-    );
-    c.insert("model_type".into(), json!(table.gguf_name));
-    let number = |v: &Value| -> Option<Json> {
-        match v {
-            Value::F32(x) => Some(json!(*x as f64)),
-            Value::F64(x) => Some(json!(*x)),
-            other => other.as_u64().map(|n| json!(n)),
-        }
+/// The `config.json` key transformers' config classes (`LlamaConfig`, `Qwen2Config`,
+/// `Gemma2Config`, `Gemma3TextConfig`, `Phi3Config`, `MixtralConfig`) read for each GGUF
+/// hyper-parameter (`{arch}.` + the first). The converter accepts other spellings too
+/// (`n_layers`, `prefix_dense_intermediate_size`, `global_rope_theta`), but transformers does
+/// not: it would load its own defaults instead.
+const HF_CONFIG_KEYS: &[(&str, &str)] = &[
+    ("vocab_size", "vocab_size"),
+    ("context_length", "max_position_embeddings"),
+    ("embedding_length", "hidden_size"),
+    ("feed_forward_length", "intermediate_size"),
+    ("block_count", "num_hidden_layers"),
+    ("attention.head_count", "num_attention_heads"),
+    ("attention.head_count_kv", "num_key_value_heads"),
+    ("attention.key_length", "head_dim"),
+    ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+    ("rope.freq_base", "rope_theta"),
+    ("rope.freq_base_swa", "rope_local_base_freq"),
+    (
+        "rope.scaling.original_context_length",
+        "original_max_position_embeddings",
+    ),
+    ("attention.sliding_window", "sliding_window"),
+    ("attn_logit_softcapping", "attn_logit_softcapping"),
+    ("final_logit_softcapping", "final_logit_softcapping"),
+    ("expert_count", "num_local_experts"),
+    ("expert_used_count", "num_experts_per_tok"),
+];
+
+/// A GGUF number as JSON; an f32 by its shortest decimal form (`1e-5`, not
+/// `9.999999747378752e-6`), which is the value the converter read from `config.json`.
+fn json_number(v: &Value) -> Option<Json> {
+    match v {
+        Value::F32(x) => x
+            .to_string()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .map(|x| json!(x)),
+        Value::F64(x) => Some(json!(*x)),
+        other => other.as_u64().map(|n| json!(n)),
+    }
+}
+
+/// A `config.json` from GGUF hyper-parameters, under the keys transformers reads;
+/// `vocab_size` is the embedding's row count `n_vocab` when known.
+fn config_from_gguf(
+    table: &Architecture,
+    md: &Metadata,
+    has_output: bool,
+    n_vocab: Option<u64>,
+) -> Map<String, Json> {
+    let arch = table.gguf_name;
+    let get = |k: &str| md.get(&format!("{arch}.{k}"));
+    let moe = get("expert_count").and_then(Value::as_u64).unwrap_or(0) > 0;
+    let (class, model_type) = match arch {
+        "llama" if moe => ("MixtralForCausalLM", "mixtral"),
+        // `gemma3` is the multimodal config, whose text keys sit under `text_config`.
+        "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
+        _ => (
+            table.hf_architectures.first().copied().unwrap_or_default(),
+            arch,
+        ),
     };
-    for hp in table.hparams {
-        let hf_key = match hp.source {
-            Source::U32(keys)
-            | Source::F32(keys)
-            | Source::RopeTheta(keys)
-            | Source::F32NonZero(keys)
-            | Source::U32Unless(keys, ..) => keys.first(),
-            Source::HeadDim | Source::KeyValueLength | Source::KeyValueLengthComputedFor(_) => {
-                Some(&"head_dim")
-            }
-            _ => None,
+    let mut c = Map::new();
+    c.insert("architectures".into(), json!([class]));
+    c.insert("model_type".into(), json!(model_type));
+    for (gguf_key, hf_key) in HF_CONFIG_KEYS {
+        let Some(v) = get(gguf_key).and_then(json_number) else {
+            continue;
         };
-        let value = md
-            .get(&format!("{}.{}", table.gguf_name, hp.key))
-            .and_then(number);
-        if let (Some(k), Some(v)) = (hf_key, value) {
-            c.entry(k.to_string()).or_insert(v);
+        // Phi-3 writes a window of 0 for none; transformers' is null.
+        if *hf_key == "sliding_window" && v.as_f64() == Some(0.0) {
+            continue;
+        }
+        c.insert(hf_key.to_string(), v);
+    }
+    let n = |k: &str| get(k).and_then(Value::as_u64);
+    let (n_embd, n_head) = (n("embedding_length"), n("attention.head_count"));
+    // Phi-3 rotates `int(partial_rotary_factor * n_embd) // n_head` dimensions of each head.
+    if let (true, Some(dims), Some(e), Some(h)) = (
+        arch == "phi3",
+        n("rope.dimension_count"),
+        n_embd,
+        n_head.filter(|&h| h > 0),
+    ) {
+        if dims * h != e {
+            c.insert(
+                "partial_rotary_factor".into(),
+                json!(dims as f64 * h as f64 / e as f64),
+            );
         }
     }
-    for (gguf_key, hf_key) in [
-        ("attention.head_count", table.n_head_keys.first()),
-        ("attention.head_count_kv", table.n_head_kv_keys.first()),
-    ] {
-        if let (Some(k), Some(v)) = (
-            hf_key,
-            md.get_u64(&format!("{}.{gguf_key}", table.gguf_name)),
-        ) {
-            c.entry(k.to_string()).or_insert(json!(v));
+    // Gemma scales queries by 1/sqrt(query_pre_attn_scalar); llama.cpp takes the head size,
+    // except for the 27B models (46 / 62 layers), which use n_embd / n_head.
+    if arch == "gemma2" || arch == "gemma3" {
+        let big = n("block_count") == Some(if arch == "gemma2" { 46 } else { 62 });
+        let scalar = match (big, n_embd, n_head.filter(|&h| h > 0)) {
+            (true, Some(e), Some(h)) => Some(e / h),
+            _ => n("attention.key_length"),
+        };
+        if let Some(s) = scalar {
+            c.insert("query_pre_attn_scalar".into(), json!(s));
         }
     }
-    if let Some(n) = md
+    // Linear and YaRN RoPE scaling (llama3's is in `rope_freqs`, not carried over).
+    let scaling = get("rope.scaling.type").and_then(Value::as_str);
+    if let (Some(ty @ ("linear" | "yarn")), Some(f)) =
+        (scaling, get("rope.scaling.factor").and_then(json_number))
+    {
+        let mut r = Map::new();
+        r.insert("rope_type".into(), json!(ty));
+        r.insert("factor".into(), f);
+        if ty == "yarn" {
+            for (gguf_key, hf_key) in [
+                (
+                    "rope.scaling.original_context_length",
+                    "original_max_position_embeddings",
+                ),
+                ("rope.scaling.yarn_ext_factor", "extrapolation_factor"),
+                ("rope.scaling.yarn_attn_factor", "attention_factor"),
+                ("rope.scaling.yarn_beta_fast", "beta_fast"),
+                ("rope.scaling.yarn_beta_slow", "beta_slow"),
+            ] {
+                if let Some(v) = get(gguf_key).and_then(json_number) {
+                    r.insert(hf_key.into(), v);
+                }
+            }
+        }
+        c.insert("rope_scaling".into(), Json::Object(r));
+    }
+    if let Some(n) = n_vocab {
+        c.insert("vocab_size".into(), json!(n));
+    } else if let Some(n) = md
         .get("tokenizer.ggml.tokens")
         .and_then(Value::as_array)
         .map(|a| a.len())
@@ -505,19 +603,45 @@ fn write_text(path: &Path, text: impl AsRef<[u8]>) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
+/// The model weights (`*.safetensors`, the index) already in `dir`, sorted.
+fn existing_weights(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors") || n == INDEX_NAME)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// Refuse an output folder that already holds model weights, unless `force`: they are some
+/// model's, and writing there would replace or delete them.
+pub fn check_output_dir(dir: &Path, force: bool) -> Result<()> {
+    let found = existing_weights(dir);
+    if found.is_empty() || force {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{}: the folder already holds model weights ({}); smelt will not replace or delete them: write elsewhere, or pass --force to replace that model",
+        dir.display(),
+        found.join(", ")
+    )))
+}
+
 /// Move the finished files into `dir`: shards first, `config.json` last, so a folder that has
-/// a new `config.json` has all of its new weights. Stale shards of an earlier run that the new
-/// index does not name are removed, so `transformers` never loads a mix.
-fn move_into_place(tmp: &Path, dir: &Path, files: &[String]) -> Result<()> {
+/// a new `config.json` has all of its new weights. Weights already in `dir` are refused unless
+/// `force`; with it, those the new index does not name are removed, so `transformers` never
+/// loads a mix. Nothing else already in `dir` is touched, but for files of the same name.
+fn move_into_place(tmp: &Path, dir: &Path, files: &[String], force: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let stale_weights =
-                (name.ends_with(".safetensors") || name == INDEX_NAME) && !files.contains(&name);
-            if stale_weights {
-                std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
-            }
+    check_output_dir(dir, force)?;
+    for name in existing_weights(dir) {
+        if !files.contains(&name) {
+            let p = dir.join(&name);
+            std::fs::remove_file(&p).map_err(|err| Error::io(&p, err))?;
         }
     }
     let mut ordered: Vec<&String> = files.iter().filter(|f| *f != "config.json").collect();

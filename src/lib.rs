@@ -6,6 +6,7 @@ pub mod error;
 pub mod fixture;
 pub mod gguf;
 pub mod hf_writer;
+pub mod input;
 pub mod layout;
 pub mod merge;
 pub mod model_card;

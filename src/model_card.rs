@@ -354,14 +354,19 @@ fn scalar(v: &Json) -> Option<String> {
 }
 
 /// The model card's YAML front matter (README.md between `---` lines), as gguf-py reads it.
-/// A card that is missing or not valid YAML gives nothing (the convert script would stop).
-fn read_card(folder: &Path) -> serde_json::Map<String, Json> {
-    let Ok(text) = std::fs::read_to_string(folder.join("README.md")) else {
-        return Default::default();
+/// A card that is missing, not text or not valid YAML gives nothing (the convert script
+/// would stop); one that is not a regular file or links out of the folder is an error.
+fn read_card(folder: &Path) -> crate::Result<serde_json::Map<String, Json>> {
+    let path = folder.join("README.md");
+    let Some(text) = crate::input::read_in(folder, &path)? else {
+        return Ok(Default::default());
+    };
+    let Ok(text) = String::from_utf8(text) else {
+        return Ok(Default::default());
     };
     let mut lines = text.lines();
     if lines.next() != Some("---") {
-        return Default::default();
+        return Ok(Default::default());
     }
     let mut yaml = String::new();
     for line in lines {
@@ -373,7 +378,7 @@ fn read_card(folder: &Path) -> serde_json::Map<String, Json> {
     }
     // gguf-py's own fixes: Norway's language code is not a boolean, tabs are two spaces.
     let yaml = yaml.replace("- no\n", "- \"no\"\n").replace('\t', "  ");
-    match serde_saphyr::from_str::<Json>(&yaml) {
+    Ok(match serde_saphyr::from_str::<Json>(&yaml) {
         Ok(Json::Object(m)) => m,
         Ok(_) => Default::default(),
         Err(e) => {
@@ -383,18 +388,19 @@ fn read_card(folder: &Path) -> serde_json::Map<String, Json> {
             );
             Default::default()
         }
-    }
+    })
 }
 
-fn read_json(path: &Path) -> serde_json::Map<String, Json> {
-    std::fs::read(path)
-        .ok()
+/// A JSON object file of `folder`: nothing when missing or not a JSON object; an error when
+/// not a regular file or a link out of the folder.
+fn read_json(folder: &Path, path: &Path) -> crate::Result<serde_json::Map<String, Json>> {
+    Ok(crate::input::read_in(folder, path)?
         .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
         .and_then(|j| match j {
             Json::Object(m) => Some(m),
             _ => None,
         })
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 /// A base model or dataset named by the card: a hub id, a URL, or a mapping of fields.
@@ -453,9 +459,13 @@ fn list_of(v: Option<&Json>) -> Vec<Json> {
 
 /// The `general.*` keys (after `general.architecture` and `general.type`) for the HF folder
 /// `folder` with `config.json` = `config` and parameter count `params`, in gguf-py's order.
-pub fn general_metadata(folder: &Path, config: &Json, params: ParamCount) -> Metadata {
+pub fn general_metadata(
+    folder: &Path,
+    config: &Json,
+    params: ParamCount,
+) -> crate::Result<Metadata> {
     let total = params.total;
-    let card = read_card(folder);
+    let card = read_card(folder)?;
     let mut g = General::default();
 
     // The card's own keys: llama.cpp's names, then `model_`-prefixed ones, then TheBloke's.
@@ -560,7 +570,8 @@ pub fn general_metadata(folder: &Path, config: &Json, params: ParamCount) -> Met
     }
 
     let mut md = Metadata::new();
-    sampling(&read_json(&folder.join("generation_config.json")), &mut md);
+    let generation = read_json(folder, &folder.join("generation_config.json"))?;
+    sampling(&generation, &mut md);
     md.set("general.name", Value::String(name));
     let mut put = |key: &str, v: &Option<String>| {
         if let Some(s) = v {
@@ -603,7 +614,7 @@ pub fn general_metadata(folder: &Path, config: &Json, params: ParamCount) -> Met
     if let Some(l) = &g.languages {
         md.set("general.languages", Value::strings(l.iter().cloned()));
     }
-    md
+    Ok(md)
 }
 
 /// `general.sampling.*` from generation_config.json, typed as gguf-py writes them.

@@ -260,7 +260,7 @@ pub fn parse_tensor_type(s: &str) -> Result<(String, GgmlType)> {
 
 /// A `--tensor-type-file`: `PATTERN=TYPE` entries separated by spaces or newlines.
 pub fn read_tensor_type_file(path: &std::path::Path) -> Result<Vec<(String, GgmlType)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::input::read_to_string(path)?;
     text.split_whitespace()
         .map(|entry| parse_tensor_type(entry).map_err(|e| Error::format(path, e.to_string())))
         .collect()

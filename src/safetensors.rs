@@ -62,16 +62,18 @@ pub fn open_hf_folder(path: &Path) -> Result<Store> {
 pub fn open_hf_folder_with(path: &Path, tok: &crate::tokenizer::TokenizerOptions) -> Result<Store> {
     let config = read_config(path)?;
     let index = path.join(INDEX_NAME);
-    let files = if index.is_file() {
+    let files = if crate::input::exists(&index) {
+        crate::input::check_inside(path, &index)?;
         read_index(&index)?
     } else {
+        // Every `.safetensors` entry, whatever it is: one that is not a regular file is
+        // refused when it is opened, not skipped.
         let mut found: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| Error::io(path, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.is_file()
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().ends_with(".safetensors"))
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with(".safetensors"))
             })
             .collect();
         found.sort();
@@ -90,10 +92,20 @@ pub fn open_hf_folder_with(path: &Path, tok: &crate::tokenizer::TokenizerOptions
                 format!("no {INDEX_NAME} and no .safetensors file in this folder (PyTorch .bin checkpoints are not supported)"),
             ));
         }
+        for p in &found {
+            crate::input::check_inside(path, p)?;
+        }
         found.into_iter().map(|p| (p, Vec::new())).collect()
     };
     let mut store = build(path, files, config)?;
-    for (k, v) in crate::tokenizer::metadata(path, tok)?.iter() {
+    let tokenizer = crate::tokenizer::metadata(path, tok)?;
+    if tokenizer.is_empty() {
+        store.warnings.push(format!(
+            "{} has no tokenizer files (tokenizer.json or tokenizer.model): the GGUF has no vocabulary and llama.cpp will not load it",
+            path.display()
+        ));
+    }
+    for (k, v) in tokenizer.iter() {
         store.metadata.set(k, v.clone());
     }
     Ok(store)
@@ -125,13 +137,13 @@ fn with_general_metadata(
     tensors: &[StoreTensor],
     folder: &Path,
     config: &Json,
-) -> Metadata {
+) -> Result<Metadata> {
     let params = ParamCount::of(
         tensors
             .iter()
             .map(|t| (t.name.as_str(), t.shape.as_slice())),
     );
-    let general = crate::model_card::general_metadata(folder, config, params);
+    let general = crate::model_card::general_metadata(folder, config, params)?;
     let mut md = Metadata::new();
     for key in ["general.architecture", "general.type"] {
         if let Some(v) = metadata.get(key) {
@@ -142,7 +154,7 @@ fn with_general_metadata(
     for (k, v) in general.iter().chain(table_keys) {
         md.set(k, v.clone());
     }
-    md
+    Ok(md)
 }
 
 /// A parsed `config.json`.
@@ -153,10 +165,9 @@ struct Config {
 
 fn read_config(dir: &Path) -> Result<Option<Config>> {
     let path = dir.join("config.json");
-    if !path.is_file() {
+    let Some(text) = crate::input::read_in(dir, &path)? else {
         return Ok(None);
-    }
-    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    };
     let json: Json = serde_json::from_slice(&text)
         .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
     if !json.is_object() {
@@ -174,7 +185,7 @@ fn folder_name(dir: &Path) -> String {
 
 /// The shard files of an index, each with the tensors the index places in it.
 fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
-    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::input::read(path)?;
     let json: Json = serde_json::from_slice(&text)
         .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
     let map = json
@@ -218,7 +229,7 @@ fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
     for (shard, mut names) in shards {
         names.sort();
         let p = dir.join(&shard);
-        if !p.is_file() {
+        if !crate::input::exists(&p) {
             return Err(Error::format(
                 &p,
                 format!(
@@ -228,6 +239,8 @@ fn read_index(path: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
                 ),
             ));
         }
+        // A plain name may still be a link out of the folder.
+        crate::input::check_inside(dir, &p)?;
         out.push((p, names));
     }
     Ok(out)
@@ -323,13 +336,13 @@ fn dtype_info(dtype: &str) -> (Option<GgmlType>, Option<u64>) {
     }
 }
 
-fn map_file(path: &Path) -> Result<Arc<Mmap>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the map is read-only. Like every mmap-based reader (llama.cpp's included) we
-    // rely on the input file not being truncated or rewritten while smelt runs; all reads
-    // are bounds-checked against the length seen here.
+fn map_file(path: &Path) -> Result<(Arc<Mmap>, Arc<File>)> {
+    let file = crate::input::open(path)?;
+    // SAFETY: as in `GgufFile::open`: a read-only map read as plain bytes, bounds-checked
+    // against the length seen here, the file's current length checked again right before
+    // tensor bytes are read (`SourceFile::bytes`). The header is read right after mapping.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(Arc::new(map))
+    Ok((Arc::new(map), Arc::new(file)))
 }
 
 /// The JSON header's entries in file order, keeping duplicates so they can be reported.
@@ -526,6 +539,7 @@ impl Generated {
             SourceFile {
                 path: PathBuf::from(name),
                 map: Arc::new(map),
+                file: Arc::new(file),
             },
             tensors,
         )))
@@ -552,7 +566,7 @@ fn build(
 ) -> Result<Store> {
     let mut parsed = Vec::new();
     for (path, expected) in files {
-        let map = map_file(&path)?;
+        let (map, file) = map_file(&path)?;
         let entries = parse_header(&path, &map)?;
         let names: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         if let Some(missing) = expected.iter().find(|n| !names.contains(n.as_str())) {
@@ -562,7 +576,7 @@ fn build(
             ));
         }
         drop(names);
-        parsed.push((path, map, entries));
+        parsed.push((path, map, file, entries));
     }
 
     // Architecture, head counts and metadata.
@@ -590,6 +604,8 @@ fn build(
                 )
             })?;
             let heads = arch.heads(&c.json).map_err(|m| Error::format(&c.path, m))?;
+            arch.check_config(&c.json)
+                .map_err(|m| Error::format(&c.path, m))?;
             let md = arch
                 .metadata(
                     &c.json,
@@ -600,7 +616,7 @@ fn build(
         }
         None => {
             let arch = arch::ARCHITECTURES.iter().copied().find(|a| {
-                parsed.iter().all(|(_, _, entries)| {
+                parsed.iter().all(|(_, _, _, entries)| {
                     entries
                         .iter()
                         .all(|e| a.is_ignored(&e.name) || a.canonical(&e.name).is_some())
@@ -624,7 +640,7 @@ fn build(
     let mut stacks: HashMap<String, Stack> = HashMap::new();
     let mut source_files = Vec::new();
     let mut serial = 0usize;
-    for (fi, (path, map, entries)) in parsed.into_iter().enumerate() {
+    for (fi, (path, map, file, entries)) in parsed.into_iter().enumerate() {
         let mut entries = entries;
         if arch.is_some() {
             entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -730,7 +746,7 @@ fn build(
             }
             pending.push(Pending { key, tensor });
         }
-        source_files.push(SourceFile { path, map });
+        source_files.push(SourceFile { path, map, file });
     }
 
     // Stacked tensors: every expert present once, all parts alike. The converter emits a
@@ -854,7 +870,7 @@ fn build(
     let metadata = match (&config_json, &config_path) {
         (Some(json), Some(cp)) => {
             let folder = cp.parent().unwrap_or(Path::new("."));
-            with_general_metadata(metadata, &tensors, folder, json)
+            with_general_metadata(metadata, &tensors, folder, json)?
         }
         _ => metadata,
     };
@@ -862,6 +878,7 @@ fn build(
         metadata,
         tensors,
         files: source_files,
+        warnings: Vec::new(),
     })
 }
 
@@ -871,10 +888,12 @@ fn build(
 fn tokenizer_vocab_len(config_path: &Path) -> Result<Option<usize>> {
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let path = dir.join("tokenizer.json");
-    if dir.join("tokenizer.model").is_file() || !path.is_file() {
+    if crate::input::exists(&dir.join("tokenizer.model")) {
         return Ok(None);
     }
-    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let Some(text) = crate::input::read_in(dir, &path)? else {
+        return Ok(None);
+    };
     let json: Json = serde_json::from_slice(&text)
         .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
     let vocab = json

@@ -540,6 +540,18 @@ fn config_errors() {
     let mut t = globals();
     t.extend(layer(0));
     write(&dir.path().join("model.safetensors"), &as_t(&t));
+    // 16 is not 3 heads of one size: config.json says so before any tensor is read.
+    let e = err_text(Store::open(dir.path()));
+    assert!(
+        e.contains("config.json") && e.contains("`num_attention_heads` (3)"),
+        "{e}"
+    );
+    // With a head_dim, the rows that do not split into the heads are named.
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 16, "num_attention_heads": 3, "head_dim": 4, "num_hidden_layers": 1, "vocab_size": 10}"#,
+    )
+    .unwrap();
     let e = err_text(Store::open(dir.path()));
     assert!(
         e.contains("model.layers.0.self_attn.k_proj") && e.contains("3 heads"),

@@ -13,6 +13,42 @@ use std::sync::Arc;
 pub struct SourceFile {
     pub path: PathBuf,
     pub map: Arc<Mmap>,
+    /// The mapped file, kept open to check its current length before its bytes are read.
+    pub file: Arc<std::fs::File>,
+}
+
+impl SourceFile {
+    /// Bytes `offset..offset + len` of the map, once the file is checked to still hold them:
+    /// touching a page of a map past the end of a file truncated since it was mapped raises
+    /// SIGBUS, so a file shortened under smelt gives this error naming it instead.
+    pub fn bytes(&self, offset: usize, len: usize) -> Result<&[u8]> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.map.len())
+            .ok_or_else(|| {
+                Error::format(
+                    &self.path,
+                    format!(
+                        "bytes {offset}..+{len} lie outside the file ({} bytes)",
+                        self.map.len()
+                    ),
+                )
+            })?;
+        let now = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, e))?
+            .len();
+        if (end as u64) > now {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "the file is now {now} bytes but data is needed up to byte {end}: it was truncated while smelt was reading it"
+                ),
+            ));
+        }
+        Ok(&self.map[offset..end])
+    }
 }
 
 // Layout transforms live in a leaf module so that the architecture tables can name them
@@ -104,6 +140,8 @@ pub struct Store {
     pub metadata: Metadata,
     pub tensors: Vec<StoreTensor>,
     pub files: Vec<SourceFile>,
+    /// Things a user should know about this input (a folder without tokenizer files).
+    pub warnings: Vec<String>,
 }
 
 impl Store {
@@ -130,8 +168,7 @@ impl Store {
             return crate::safetensors::open_file(path);
         }
         let mut magic = [0u8; 4];
-        let read = std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+        let read = std::io::Read::read(&mut crate::input::open(path)?, &mut magic)
             .map_err(|e| Error::io(path, e))?;
         if read == 4 && magic == crate::gguf::MAGIC {
             return Self::open_gguf(path);
@@ -215,12 +252,14 @@ impl Store {
             files.push(SourceFile {
                 path: part.path,
                 map: part.map,
+                file: part.file,
             });
         }
         Ok(Store {
             metadata,
             tensors,
             files,
+            warnings: Vec::new(),
         })
     }
 
@@ -234,14 +273,16 @@ impl Store {
     }
 
     /// The stored bytes of tensor `t`, in stored row order; `None` for a stacked tensor,
-    /// whose parts do not lie in one range.
+    /// whose parts do not lie in one range, and for a file truncated since it was opened
+    /// (then [`Store::read_rows`] reports it).
     pub fn raw(&self, t: usize) -> Option<&[u8]> {
         let st = &self.tensors[t];
         if !st.parts.is_empty() {
             return None;
         }
-        let start = st.offset as usize;
-        Some(&self.files[st.file].map[start..start + st.n_bytes as usize])
+        self.files[st.file]
+            .bytes(st.offset as usize, st.n_bytes as usize)
+            .ok()
     }
 
     /// The bytes of tensor `t` when they may be written unchanged (see
@@ -255,7 +296,7 @@ impl Store {
     }
 
     /// The stored bytes of part `k` of tensor `t` (the whole tensor for a one-piece tensor).
-    fn part_bytes(&self, st: &StoreTensor, k: usize) -> &[u8] {
+    fn part_bytes(&self, st: &StoreTensor, k: usize) -> Result<&[u8]> {
         let pieces = st.parts.len().max(1);
         let len = (st.n_bytes / pieces as u64) as usize;
         let (file, offset) = if st.parts.is_empty() {
@@ -263,7 +304,7 @@ impl Store {
         } else {
             st.parts[k]
         };
-        &self.files[file].map[offset as usize..offset as usize + len]
+        self.files[file].bytes(offset as usize, len)
     }
 
     /// Dequantize presented rows `first_row..first_row + out.len() / row_len` of tensor `t`
@@ -290,7 +331,7 @@ impl Store {
                 while done < out.len() && result.is_ok() {
                     let (k, local) = (row / part_rows, row % part_rows);
                     let n = (part_rows - local).min((out.len() - done) / row_len);
-                    let raw = self.part_bytes(st, k);
+                    let raw = self.part_bytes(st, k)?;
                     result = quant::dequantize_rows(
                         st.stored,
                         &raw[local * rb..(local + n) * rb],
@@ -303,7 +344,7 @@ impl Store {
                 result
             }
             order => {
-                let raw = self.part_bytes(st, 0);
+                let raw = self.part_bytes(st, 0)?;
                 out.par_chunks_mut(row_len)
                     .enumerate()
                     .try_for_each(|(i, dst)| {
@@ -355,28 +396,30 @@ impl Store {
 
     /// Total size and SHA-256 of the files behind this store, concatenated in order. Pages are
     /// dropped as they are hashed, so hashing a model does not make it resident.
-    pub fn sha256(&self) -> (u64, String) {
+    pub fn sha256(&self) -> Result<(u64, String)> {
         self.sha256_with(&|_| {})
     }
 
     /// [`Store::sha256`], calling `hashed(n)` after each `n` bytes.
-    pub fn sha256_with(&self, hashed: &(dyn Fn(u64) + Sync)) -> (u64, String) {
+    pub fn sha256_with(&self, hashed: &(dyn Fn(u64) + Sync)) -> Result<(u64, String)> {
         use sha2::{Digest, Sha256};
         const CHUNK: usize = 64 << 20;
         let mut h = Sha256::new();
         let mut size = 0u64;
         for (fi, f) in self.files.iter().enumerate() {
-            for (k, chunk) in f.map.chunks(CHUNK).enumerate() {
-                h.update(chunk);
-                self.release_bytes(fi, k * CHUNK, chunk.len());
-                hashed(chunk.len() as u64);
+            let len = f.map.len();
+            for start in (0..len).step_by(CHUNK) {
+                let n = CHUNK.min(len - start);
+                h.update(f.bytes(start, n)?);
+                self.release_bytes(fi, start, n);
+                hashed(n as u64);
             }
-            size += f.map.len() as u64;
+            size += len as u64;
         }
-        (
+        Ok((
             size,
             h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
-        )
+        ))
     }
 
     fn release_bytes(&self, file: usize, offset: usize, len: usize) {
@@ -447,6 +490,39 @@ mod tests {
             .map(|r| RowOrder::HeadPermute { n_head }.stored_row(r, n))
             .collect();
         assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn inputs_truncated_after_opening_give_an_error_naming_the_file_not_sigbus() {
+        let d = tempfile::tempdir().unwrap();
+        let model = crate::fixture::TinyLlama {
+            n_layer: 1,
+            ..Default::default()
+        };
+        let gguf = d.path().join("m.gguf");
+        model.write_gguf(&gguf).unwrap();
+        model.write_hf(&d.path().join("hf"), 1).unwrap();
+        let shard = d.path().join("hf").join("model.safetensors");
+        for (input, file) in [(gguf.clone(), gguf.clone()), (d.path().join("hf"), shard)] {
+            let store = Store::open(&input).unwrap();
+            let (last, t) = (store.tensors.iter().enumerate())
+                .filter(|(_, t)| store.files[t.file].path == file)
+                .max_by_key(|(_, t)| t.offset)
+                .unwrap();
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            // Cut the file where the last tensor's data starts.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_len(t.offset)
+                .unwrap();
+            let err = store.read_f32(last).unwrap_err().to_string();
+            assert!(err.contains(&name) && err.contains("truncated"), "{err}");
+            assert!(store.raw(last).is_none());
+            let err = store.sha256().unwrap_err().to_string();
+            assert!(err.contains(&name) && err.contains("truncated"), "{err}");
+        }
     }
 
     #[test]

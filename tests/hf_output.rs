@@ -266,20 +266,21 @@ fn an_input_folder_is_never_the_output() {
         "r.yaml",
         "merge_method: passthrough\nslices:\n  - sources:\n      - model: a\n        layer_range: [0, 6]\n",
     );
-    let err = smelt(
-        d.path(),
-        [
-            "merge",
-            r.to_str().unwrap(),
-            "-o",
-            "a",
-            "--format",
-            "safetensors",
-            "--type",
-            "F16",
-        ],
-    )
-    .unwrap_err();
+    let args = [
+        "merge",
+        r.to_str().unwrap(),
+        "-o",
+        "a",
+        "--format",
+        "safetensors",
+        "--type",
+        "F16",
+    ];
+    // The folder holds weights: refused as any such folder is without --force ...
+    let err = smelt(d.path(), args).unwrap_err();
+    assert!(err.contains("already holds model weights"), "{err}");
+    // ... and with it, because they are the input's.
+    let err = smelt(d.path(), args.iter().chain(&["--force"])).unwrap_err();
     assert!(err.contains("is the input `a`"), "{err}");
     assert_eq!(
         std::fs::read(d.path().join("a/model.safetensors")).unwrap(),

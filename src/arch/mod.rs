@@ -421,6 +421,80 @@ impl Architecture {
         Ok(Heads { n_head, n_head_kv })
     }
 
+    /// Refuse `config.json` values no model can have, naming the key: head counts that do not
+    /// divide (the width into heads, the heads into key/value groups), sizes of 0, RoPE bases
+    /// and factors that are not finite and positive (they would give NaN frequencies).
+    pub fn check_config(&self, config: &Json) -> Result<(), String> {
+        let heads = self.heads(config)?;
+        let head_key = find(config, self.n_head_keys).map_or("num_attention_heads", |(k, _)| k);
+        if let Some((k, _)) = find(config, self.n_head_kv_keys) {
+            if heads.n_head % heads.n_head_kv != 0 {
+                return Err(format!(
+                    "`{k}` is {}, which does not divide `{head_key}` ({}): the query heads do not split into key/value groups",
+                    heads.n_head_kv, heads.n_head
+                ));
+            }
+        }
+        let keys = [
+            EMBEDDING_LENGTH,
+            FEED_FORWARD_LENGTH,
+            &["head_dim"],
+            &["vocab_size"],
+        ];
+        for keys in keys {
+            if let Some((k, v)) = find(config, keys) {
+                if v.as_u64() == Some(0) || v.as_f64() == Some(0.0) {
+                    return Err(format!("`{k}` is 0"));
+                }
+            }
+        }
+        let head_dim_given = find(config, &["head_dim"]).is_some()
+            || self
+                .hparams
+                .iter()
+                .any(|hp| matches!(hp.source, Source::KeyValueLength) && hp.default.is_some());
+        if let (Some((k, v)), false) = (find(config, EMBEDDING_LENGTH), head_dim_given) {
+            if let Some(width) = v.as_u64() {
+                if width % heads.n_head as u64 != 0 {
+                    return Err(format!(
+                        "`{k}` ({width}) does not split into `{head_key}` ({}) heads of one size, and there is no `head_dim`",
+                        heads.n_head
+                    ));
+                }
+            }
+        }
+        let positive = |k: &str, v: &Json| -> Result<(), String> {
+            match v.as_f64() {
+                Some(x) if x.is_finite() && x > 0.0 && (x as f32).is_finite() => Ok(()),
+                _ => Err(format!("`{k}` is {v}, expected a finite number above 0")),
+            }
+        };
+        if let Some((k, v)) = find(config, ROPE_THETA) {
+            positive(k, v)?;
+        }
+        if let Some(r) = rope_parameters(config) {
+            for key in [
+                "rope_theta",
+                "factor",
+                "low_freq_factor",
+                "high_freq_factor",
+                "original_max_position_embeddings",
+            ] {
+                if let Some((k, v)) = find(r, &[key]) {
+                    positive(k, v).map_err(|m| format!("rope scaling: {m}"))?;
+                }
+            }
+            for key in ["long_factor", "short_factor"] {
+                if let Some(list) = r.get(key).and_then(Json::as_array) {
+                    for v in list {
+                        positive(key, v).map_err(|m| format!("rope scaling: {m}"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The row order for a tensor of `n_rows` rows under rule permutation `permute`, or an
     /// error when the rows do not split into the heads.
     pub fn row_order(
@@ -767,6 +841,12 @@ pub fn llama3_rope_freqs(config: &Json, arch: &Architecture) -> Result<Option<Ve
     let high = num(&["high_freq_factor"], 4.0)?;
     let old_ctx = num(&["original_max_position_embeddings"], 8192.0)?;
     let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+    if low_wavelen == high_wavelen {
+        // The converter asserts the same: the smoothing between them divides by zero.
+        return Err(format!(
+            "rope scaling: `low_freq_factor` and `high_freq_factor` are both {low}"
+        ));
+    }
     // torch does all of this in f32 (the frequencies are an f32 tensor).
     let out = (0..dim)
         .step_by(2)

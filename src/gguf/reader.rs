@@ -44,17 +44,23 @@ pub struct GgufFile {
     /// Absolute file offset of the data section.
     pub data_offset: u64,
     pub map: Arc<Mmap>,
+    /// The mapped file, kept open so that readers can check its current length.
+    pub file: Arc<File>,
 }
 
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only. Like every mmap-based reader (llama.cpp's included) we
-        // rely on the input file not being truncated or rewritten while smelt runs; all reads
-        // are bounds-checked against the length seen here.
+        let file = crate::input::open(path)?;
+        // SAFETY: the map is read-only and only ever read as plain bytes, every read
+        // bounds-checked against the length seen here. Another process may still change the
+        // file: bytes rewritten in place only change the values read; a truncation makes a
+        // page past the new end raise SIGBUS when touched, so the store checks the file's
+        // current length through the handle kept with the map right before it reads tensor
+        // bytes (`SourceFile::bytes`). A truncation between that check and the read cannot be
+        // excluded, as in every mmap-based reader (llama.cpp's included).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(path, Arc::new(map))
+        Self::parse(path, Arc::new(map), Arc::new(file))
     }
 
     /// The raw bytes of tensor `i`.
@@ -64,7 +70,7 @@ impl GgufFile {
         &self.map[start..start + t.n_bytes as usize]
     }
 
-    fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
+    fn parse(path: &Path, map: Arc<Mmap>, file: Arc<File>) -> Result<GgufFile> {
         let mut c = Cursor {
             buf: &map,
             pos: 0,
@@ -232,6 +238,21 @@ impl GgufFile {
                 ));
             }
         }
+        // Two tensors sharing bytes are a corrupt (or hostile) file, as the safetensors reader
+        // holds too: writing to one would change the other, and no writer produces them.
+        let mut by_offset: Vec<&TensorInfo> = tensors.iter().filter(|t| t.n_bytes > 0).collect();
+        by_offset.sort_by_key(|t| (t.offset, t.n_bytes));
+        for w in by_offset.windows(2) {
+            if w[1].offset < w[0].offset + w[0].n_bytes {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "tensors `{}` and `{}` overlap in the data section",
+                        w[0].name, w[1].name
+                    ),
+                ));
+            }
+        }
         Ok(GgufFile {
             path: path.to_path_buf(),
             version,
@@ -240,6 +261,7 @@ impl GgufFile {
             alignment,
             data_offset,
             map,
+            file,
         })
     }
 }
@@ -360,6 +382,14 @@ impl<'a> Cursor<'a> {
                             n.saturating_mul(min_size)
                         ),
                     ));
+                }
+                // Numbers and bools are kept as their bytes (checked to fit above).
+                if let Some(size) = elem.scalar_size() {
+                    let bytes = self.take(n as usize * size, "array")?;
+                    if let Some(b) = bytes.iter().find(|&&b| elem == ValueType::Bool && b > 1) {
+                        return Err(Error::format(self.path, format!("invalid bool byte {b}")));
+                    }
+                    return Ok(Value::Numbers(elem, bytes.to_vec()));
                 }
                 // A `Value` is larger than most encodings: grow as elements are read rather
                 // than reserving for a length that a later element may prove false.

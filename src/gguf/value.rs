@@ -40,9 +40,25 @@ impl ValueType {
             _ => return None,
         })
     }
+
+    /// Bytes of one element of a number (or bool) type; `None` for strings and arrays.
+    pub fn scalar_size(self) -> Option<usize> {
+        use ValueType::*;
+        match self {
+            U8 | I8 | Bool => Some(1),
+            U16 | I16 => Some(2),
+            U32 | I32 | F32 => Some(4),
+            U64 | I64 | F64 => Some(8),
+            String | Array => None,
+        }
+    }
 }
 
 /// One metadata value. Arrays keep their element type so that empty arrays round-trip.
+///
+/// Arrays of numbers and bools are [`Value::Numbers`], as their GGUF encoding, so that a
+/// large one costs its size in the file (a `Value` per element costs 32 bytes);
+/// [`Value::Array`] holds strings and nested arrays.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     U8(u8),
@@ -55,6 +71,9 @@ pub enum Value {
     Bool(bool),
     String(String),
     Array(ValueType, Vec<Value>),
+    /// An array of a number (or bool) type: the elements' little-endian bytes back to back,
+    /// as GGUF stores them (a bool is one byte, 0 or 1).
+    Numbers(ValueType, Vec<u8>),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -72,7 +91,7 @@ impl Value {
             Value::F32(_) => ValueType::F32,
             Value::Bool(_) => ValueType::Bool,
             Value::String(_) => ValueType::String,
-            Value::Array(..) => ValueType::Array,
+            Value::Array(..) | Value::Numbers(..) => ValueType::Array,
             Value::U64(_) => ValueType::U64,
             Value::I64(_) => ValueType::I64,
             Value::F64(_) => ValueType::F64,
@@ -109,11 +128,67 @@ impl Value {
         }
     }
 
+    /// The items of an array of strings or arrays; `None` for an array of numbers (see
+    /// [`Value::items`]).
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(_, items) => Some(items),
             _ => None,
         }
+    }
+
+    /// The items of any array, numbers decoded into values.
+    pub fn items(&self) -> Option<std::borrow::Cow<'_, [Value]>> {
+        use std::borrow::Cow;
+        match self {
+            Value::Array(_, items) => Some(Cow::Borrowed(items)),
+            Value::Numbers(..) => Some(Cow::Owned(
+                (0..self.array_len()?)
+                    .filter_map(|i| self.item(i))
+                    .collect(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The number of items of an array.
+    pub fn array_len(&self) -> Option<usize> {
+        match self {
+            Value::Array(_, items) => Some(items.len()),
+            Value::Numbers(ty, bytes) => Some(bytes.len() / ty.scalar_size()?),
+            _ => None,
+        }
+    }
+
+    /// Item `i` of an array.
+    pub fn item(&self, i: usize) -> Option<Value> {
+        match self {
+            Value::Array(_, items) => items.get(i).cloned(),
+            Value::Numbers(ty, bytes) => {
+                let n = ty.scalar_size()?;
+                let b = bytes.get(i * n..(i + 1) * n)?;
+                Value::decode_number(*ty, b)
+            }
+            _ => None,
+        }
+    }
+
+    /// The number (or bool) of type `ty` encoded little-endian in `b` (exactly its size).
+    pub fn decode_number(ty: ValueType, b: &[u8]) -> Option<Value> {
+        Some(match ty {
+            ValueType::U8 => Value::U8(b[0]),
+            ValueType::I8 => Value::I8(b[0] as i8),
+            ValueType::Bool => Value::Bool(b[0] != 0),
+            ValueType::U16 => Value::U16(u16::from_le_bytes(b.try_into().ok()?)),
+            ValueType::I16 => Value::I16(i16::from_le_bytes(b.try_into().ok()?)),
+            ValueType::U32 => Value::U32(u32::from_le_bytes(b.try_into().ok()?)),
+            ValueType::I32 => Value::I32(i32::from_le_bytes(b.try_into().ok()?)),
+            ValueType::F32 => Value::F32(f32::from_le_bytes(b.try_into().ok()?)),
+            ValueType::U64 => Value::U64(u64::from_le_bytes(b.try_into().ok()?)),
+            ValueType::I64 => Value::I64(i64::from_le_bytes(b.try_into().ok()?)),
+            ValueType::F64 => Value::F64(f64::from_le_bytes(b.try_into().ok()?)),
+            ValueType::String | ValueType::Array => return None,
+        })
     }
 
     /// An array of strings.
@@ -126,12 +201,14 @@ impl Value {
 
     /// An array of i32 (token types).
     pub fn i32s(items: impl IntoIterator<Item = i32>) -> Value {
-        Value::Array(ValueType::I32, items.into_iter().map(Value::I32).collect())
+        let bytes = items.into_iter().flat_map(i32::to_le_bytes).collect();
+        Value::Numbers(ValueType::I32, bytes)
     }
 
     /// An array of f32 (token scores).
     pub fn f32s(items: impl IntoIterator<Item = f32>) -> Value {
-        Value::Array(ValueType::F32, items.into_iter().map(Value::F32).collect())
+        let bytes = items.into_iter().flat_map(f32::to_le_bytes).collect();
+        Value::Numbers(ValueType::F32, bytes)
     }
 }
 
@@ -155,16 +232,19 @@ impl fmt::Display for Value {
                     write!(f, "{s:?}")
                 }
             }
-            Value::Array(t, items) => {
+            Value::Array(t, _) | Value::Numbers(t, _) => {
+                let len = self.array_len().unwrap_or(0);
                 write!(f, "[")?;
-                for (i, v) in items.iter().take(8).enumerate() {
+                for i in 0..len.min(8) {
                     if i > 0 {
                         write!(f, ", ")?;
                     }
-                    write!(f, "{v}")?;
+                    if let Some(v) = self.item(i) {
+                        write!(f, "{v}")?;
+                    }
                 }
-                if items.len() > 8 {
-                    write!(f, ", … {} {:?} items in all", items.len(), t)?;
+                if len > 8 {
+                    write!(f, ", … {} {:?} items in all", len, t)?;
                 }
                 write!(f, "]")
             }

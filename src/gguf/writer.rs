@@ -71,6 +71,12 @@ fn write_value(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
             out.write_all(&(items.len() as u64).to_le_bytes())?;
             items.iter().try_for_each(|item| write_value(out, item))
         }
+        Value::Numbers(elem, bytes) => {
+            let n = bytes.len() / elem.scalar_size().unwrap_or(1);
+            out.write_all(&(*elem as u32).to_le_bytes())?;
+            out.write_all(&(n as u64).to_le_bytes())?;
+            out.write_all(bytes)
+        }
         Value::U64(x) => out.write_all(&x.to_le_bytes()),
         Value::I64(x) => out.write_all(&x.to_le_bytes()),
         Value::F64(x) => out.write_all(&x.to_le_bytes()),
@@ -79,6 +85,14 @@ fn write_value(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
 
 /// Check that array elements match their declared type (the format cannot express otherwise).
 fn check_value(key: &str, v: &Value) -> Result<()> {
+    if let Value::Numbers(elem, bytes) = v {
+        if elem.scalar_size().is_none_or(|n| bytes.len() % n != 0) {
+            return Err(Error::Invalid(format!(
+                "metadata `{key}`: {} bytes are not an array of {elem:?}",
+                bytes.len()
+            )));
+        }
+    }
     if let Value::Array(elem, items) = v {
         for item in items {
             if item.value_type() != *elem {
@@ -295,5 +309,56 @@ impl<W: Write> Write for CountingWriter<'_, W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::reader::GgufFile;
+    use crate::gguf::ValueType;
+
+    #[test]
+    fn number_arrays_are_kept_as_bytes_and_written_as_before() {
+        use ValueType::*;
+        let arrays: Vec<(ValueType, Vec<Value>)> = vec![
+            (U8, vec![Value::U8(0), Value::U8(255)]),
+            (I8, vec![Value::I8(-1), Value::I8(7)]),
+            (U16, vec![Value::U16(65535)]),
+            (I16, vec![Value::I16(-300)]),
+            (U32, vec![Value::U32(1), Value::U32(70000)]),
+            (I32, vec![Value::I32(-5)]),
+            (F32, vec![Value::F32(1.5), Value::F32(-0.0)]),
+            (Bool, vec![Value::Bool(true), Value::Bool(false)]),
+            (U64, vec![Value::U64(u64::MAX)]),
+            (I64, vec![Value::I64(i64::MIN)]),
+            (F64, vec![Value::F64(0.1)]),
+            (U32, vec![]),
+        ];
+        let d = tempfile::tempdir().unwrap();
+        let write = |name: &str, md: &Metadata| {
+            let p = d.path().join(name);
+            GgufWriter::create(&p, md, &[]).unwrap().finish().unwrap();
+            std::fs::read(&p).unwrap()
+        };
+        // One value per element (as before), and the compact form.
+        let (mut old, mut new) = (Metadata::new(), Metadata::new());
+        for (k, (ty, items)) in arrays.iter().enumerate() {
+            old.set(format!("a{k}"), Value::Array(*ty, items.clone()));
+            let mut bytes = Vec::new();
+            for v in items {
+                write_value(&mut bytes, v).unwrap();
+            }
+            new.set(format!("a{k}"), Value::Numbers(*ty, bytes));
+        }
+        let bytes = write("old.gguf", &old);
+        assert_eq!(bytes, write("new.gguf", &new));
+        let read = GgufFile::open(d.path().join("old.gguf")).unwrap().metadata;
+        assert_eq!(read, new);
+        for (k, (_, items)) in arrays.iter().enumerate() {
+            let v = read.get(&format!("a{k}")).unwrap();
+            assert_eq!(*v.items().unwrap(), items[..]);
+            assert_eq!(v.array_len(), Some(items.len()));
+        }
     }
 }

@@ -771,7 +771,7 @@ impl MergePlan {
             inputs
                 .par_iter()
                 .map(|inp| inp.store.sha256_with(&|n| progress.inc(n)))
-                .collect()
+                .collect::<Result<_>>()?
         };
         progress.finish();
         for (i, (inp, (size, sha))) in inputs.iter().zip(digests).enumerate() {

@@ -94,7 +94,7 @@ fn tokens_of(v: &InputVocab) -> Result<Vec<String>> {
 }
 
 fn i32_array(md: &Metadata, key: &str) -> Option<Vec<i32>> {
-    md.get(key)?.as_array().map(|a| {
+    md.get(key)?.items().map(|a| {
         a.iter()
             .map(|v| match v {
                 Value::I32(x) => *x,
@@ -105,7 +105,7 @@ fn i32_array(md: &Metadata, key: &str) -> Option<Vec<i32>> {
 }
 
 fn f32_array(md: &Metadata, key: &str) -> Option<Vec<f32>> {
-    md.get(key)?.as_array().map(|a| {
+    md.get(key)?.items().map(|a| {
         a.iter()
             .map(|v| match v {
                 Value::F32(x) => *x,

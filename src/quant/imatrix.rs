@@ -22,8 +22,8 @@ impl Imatrix {
     pub fn load(path: impl AsRef<Path>) -> Result<Imatrix> {
         let path = path.as_ref();
         let mut magic = [0u8; 4];
-        let is_gguf = std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        let mut file = crate::input::open(path)?;
+        let is_gguf = std::io::Read::read_exact(&mut file, &mut magic)
             .map(|_| magic == MAGIC)
             .map_err(|e| Error::io(path, e))?;
         let im = if is_gguf {
@@ -137,7 +137,7 @@ impl Imatrix {
     }
 
     fn load_legacy(path: &Path) -> Result<Imatrix> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::input::read(path)?;
         let mut r = LegacyReader {
             bytes: &bytes,
             pos: 0,

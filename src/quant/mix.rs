@@ -99,9 +99,9 @@ impl ModelInfo {
         // Per-layer arrays (some architectures) count by their first layer, as hparams do.
         let get = |key: &str| -> Option<usize> {
             let v = meta.get(&format!("{arch}.{key}"))?;
-            match v {
-                Value::Array(_, items) => items.first().and_then(Value::as_u64),
-                other => other.as_u64(),
+            match v.array_len() {
+                Some(_) => v.item(0).as_ref().and_then(Value::as_u64),
+                None => v.as_u64(),
             }
             .map(|x| x as usize)
         };

@@ -51,7 +51,7 @@ fn strings<'a>(md: &'a Metadata, key: &str) -> Option<Vec<&'a str>> {
 
 fn ints(md: &Metadata, key: &str) -> Option<Vec<i64>> {
     md.get(key)?
-        .as_array()?
+        .items()?
         .iter()
         .map(|v| match v {
             Value::I32(x) => Some(*x as i64),

@@ -68,7 +68,7 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
     let spm_path = dir.join("tokenizer.model");
     let json_path = dir.join("tokenizer.json");
     let mut md = Metadata::new();
-    if !spm_path.is_file() && !json_path.is_file() {
+    if !crate::input::exists(&spm_path) && !crate::input::exists(&json_path) {
         // The slow-tokenizer files alone are something the script can read but smelt can't:
         // silently writing a GGUF without a vocabulary would hide that.
         for other in ["vocab.json", "tekken.json"] {
@@ -105,7 +105,7 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
     }
 
     let special_types = special::DEFAULT_TYPES;
-    if spm_path.is_file() {
+    if crate::input::exists(&spm_path) {
         // `vocab_size_per_layer_input` (Gemma 3n) first, as the script's find_hparam does;
         // 0 or absent means the model file's own size.
         let vocab_size = ["vocab_size_per_layer_input", "vocab_size"]
@@ -169,17 +169,14 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
     // Gemma 2 and 3 (`conversion/gemma.py`): a SentencePiece vocabulary, then
     // `add_space_prefix = false`.
     let gemma = matches!(hf_class, Some("Gemma2ForCausalLM" | "Gemma3ForCausalLM"));
-    if gemma && spm_path.is_file() {
+    if gemma && crate::input::exists(&spm_path) {
         md.set("tokenizer.ggml.add_space_prefix", Value::Bool(false));
     }
     Ok(md)
 }
 
 fn md_len(md: &Metadata, key: &str) -> u64 {
-    match md.get(key) {
-        Some(Value::Array(_, v)) => v.len() as u64,
-        _ => 0,
-    }
+    md.get(key).and_then(Value::array_len).unwrap_or(0) as u64
 }
 
 /// Largest vocabulary accepted from config.json: far above any real model (Gemma 3 has
@@ -197,12 +194,13 @@ fn check_vocab_size(path: &Path, n: u64) -> Result<u64> {
     Ok(n)
 }
 
-/// A JSON file of the folder, `None` when absent.
+/// A JSON file of the folder, `None` when absent; an error when it is not a regular file or
+/// a link out of the folder.
 fn read_json(path: &Path) -> Result<Option<Json>> {
-    if !path.is_file() {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Some(bytes) = crate::input::read_in(dir, path)? else {
         return Ok(None);
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    };
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))

@@ -492,10 +492,10 @@ pub(super) fn json_merges(path: &Path, tj: &Json) -> Result<Vec<String>> {
 
 /// `merges.txt`: one `a b` pair a line, an optional `#` header line, malformed lines skipped.
 fn merges_txt(path: &Path) -> Result<Vec<String>> {
-    if !path.is_file() {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Some(text) = crate::input::read_in_to_string(dir, path)? else {
         return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    };
     let mut lines = text.lines().peekable();
     if lines.peek().is_some_and(|l| l.trim().starts_with('#')) {
         lines.next();
@@ -520,8 +520,7 @@ fn chat_template(dir: &Path, tc: &Map<String, Json>) -> Result<Option<ChatTempla
         None => {
             let jinja = dir.join("chat_template.jinja");
             let json = dir.join("chat_template.json");
-            if jinja.is_file() {
-                let default = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
+            if let Some(default) = crate::input::read_in_to_string(dir, &jinja)? {
                 let extra_dir = dir.join("additional_chat_templates");
                 let mut extra: Vec<std::path::PathBuf> = match std::fs::read_dir(&extra_dir) {
                     Ok(rd) => rd
@@ -538,7 +537,8 @@ fn chat_template(dir: &Path, tc: &Map<String, Json>) -> Result<Option<ChatTempla
                     let mut list =
                         vec![serde_json::json!({"name": "default", "template": default})];
                     for p in extra {
-                        let t = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+                        let t = crate::input::read_in_to_string(dir, &p)?
+                            .ok_or_else(|| Error::format(&p, "no such file"))?;
                         let name = p
                             .file_stem()
                             .map(|s| s.to_string_lossy().into_owned())

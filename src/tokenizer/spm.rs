@@ -34,7 +34,8 @@ pub(super) fn vocab(
     vocab_size: Option<u64>,
     tokenizer_config: Option<&Json>,
 ) -> Result<SpmVocab> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes =
+        crate::input::read_in(dir, path)?.ok_or_else(|| Error::format(path, "no such file"))?;
     let pieces = parse_model(&bytes).map_err(|m| Error::format(path, m))?;
     let n = vocab_size.unwrap_or(pieces.len() as u64) as usize;
     let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();

@@ -33,7 +33,9 @@ fn strs(md: &Metadata, key: &str) -> Vec<String> {
 
 fn i32s(md: &Metadata, key: &str) -> Vec<i32> {
     match md.get(key) {
-        Some(Value::Array(ValueType::I32, v)) => v
+        Some(v @ Value::Numbers(ValueType::I32, _)) => v
+            .items()
+            .unwrap()
             .iter()
             .map(|x| match x {
                 Value::I32(i) => *i,
@@ -288,9 +290,9 @@ fn sentencepiece_folder_metadata() {
         [2, 3, 3, 6, 1, 1, 1, 5, 4, 4, 3]
     );
     match md.get("tokenizer.ggml.scores") {
-        Some(Value::Array(ValueType::F32, v)) => assert_eq!(
-            v,
-            &[0.0, -1000.0, 0.0, 0.0, -1.5, -2.25, 0.0, 0.0, -1000.0, -1000.0, -1000.0]
+        Some(v @ Value::Numbers(ValueType::F32, _)) => assert_eq!(
+            *v.items().unwrap(),
+            [0.0, -1000.0, 0.0, 0.0, -1.5, -2.25, 0.0, 0.0, -1000.0, -1000.0, -1000.0]
                 .map(Value::F32)
         ),
         other => panic!("{other:?}"),
