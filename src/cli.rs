@@ -89,6 +89,9 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Perplexity of a model on a text, as llama-perplexity measures it; with --reference,
+    /// the KL divergence from a reference model and how often both pick the same top token.
+    Eval(EvalArgs),
     /// Quantize a model (GGUF of any type, safetensors or HF folder) to GGUF, as
     /// llama-quantize does: one file per type, all from one read of the input.
     Quantize(QuantizeArgs),
@@ -119,6 +122,27 @@ or --name). Takes quantize's options."
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// The model: GGUF of any type, safetensors or HF folder.
+    pub model: PathBuf,
+    /// The evaluation text (UTF-8), e.g. wikitext-2's test set.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per chunk (llama-perplexity's -c).
+    #[arg(long = "ctx", default_value_t = 512)]
+    pub n_ctx: usize,
+    /// At most this many chunks (default: every whole chunk of the text).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// A reference model (e.g. the F16 original) for KL divergence and same-top-token %.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -286,6 +310,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print_stdout(&String::from_utf8_lossy(&out))
         }
         Command::Quantize(args) => quantize(&args, false, ui),
+        Command::Eval(args) => eval(&args, ui),
         Command::Convert(args) => {
             if !args.input.is_dir() {
                 return Err(Error::Invalid(format!(
@@ -492,6 +517,87 @@ fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
         Value::U32(x) => json!(x),
         Value::U64(x) => json!(x),
     }
+}
+
+/// `eval`: perplexity (and KL divergence against a reference) on a text.
+fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
+    use crate::eval::{evaluate, tokenize, EvalOptions};
+    let store = Store::open(&args.model)?;
+    let reference = args.reference.as_ref().map(Store::open).transpose()?;
+    let text = crate::input::read_to_string(&args.text)?;
+    let tokens = tokenize(&store, &text)?;
+    if let Some(r) = &reference {
+        if tokenize(r, &text)? != tokens {
+            return Err(Error::Invalid(format!(
+                "{}: the reference tokenizes the text differently from the model: KL divergence needs the same tokens",
+                args.reference.as_ref().expect("set").display()
+            )));
+        }
+    }
+    let opts = EvalOptions {
+        n_ctx: args.n_ctx,
+        max_chunks: args.chunks,
+    };
+    let n_layer = store.hparam("block_count").unwrap_or(0);
+    let passes = 1 + u64::from(reference.is_some());
+    let progress = crate::progress::Progress::new(
+        ui.display,
+        "evaluating",
+        n_layer * passes,
+        crate::progress::Unit::Layers,
+    );
+    let started = std::time::Instant::now();
+    let report = evaluate(&store, reference.as_ref(), &tokens, &opts, &progress)?;
+    progress.finish();
+    if args.json {
+        let kld = report.kld.as_ref().map(|k| {
+            serde_json::json!({
+                "reference_perplexity": k.reference_perplexity,
+                "mean": k.mean, "p99": k.p99, "max": k.max,
+                "same_top_percent": k.same_top_percent,
+            })
+        });
+        let doc = serde_json::json!({
+            "model": args.model, "text": args.text, "tokens": tokens.len(),
+            "n_ctx": report.n_ctx, "chunks": report.n_chunks, "scored": report.n_scored,
+            "perplexity": report.perplexity, "perplexity_error": report.perplexity_error,
+            "per_chunk": report.per_chunk, "kld": kld,
+        });
+        let text = serde_json::to_string_pretty(&doc).expect("json values serialize");
+        return print_stdout(&(text + "\n"));
+    }
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} tokens, {} chunks of {}, {} scored",
+        tokens.len(),
+        report.n_chunks,
+        report.n_ctx,
+        report.n_scored
+    );
+    let per_chunk: Vec<String> = report
+        .per_chunk
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("[{}]{p:.4}", i + 1))
+        .collect();
+    let _ = writeln!(out, "{}", per_chunk.join(","));
+    let _ = writeln!(
+        out,
+        "Final estimate: PPL = {:.4} +/- {:.5}",
+        report.perplexity, report.perplexity_error
+    );
+    if let Some(k) = &report.kld {
+        let _ = writeln!(
+            out,
+            "reference PPL = {:.4}; KLD mean {:.6}, 99% {:.6}, max {:.6}; same top token {:.3}%",
+            k.reference_perplexity, k.mean, k.p99, k.max, k.same_top_percent
+        );
+    }
+    print_stdout(&out)?;
+    ui.say(format_args!("evaluated in {:.2?}", started.elapsed()));
+    Ok(())
 }
 
 /// How the command talks to the terminal.

@@ -3,6 +3,7 @@
 pub mod arch;
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod fixture;
 pub mod gguf;
 pub mod hf_writer;

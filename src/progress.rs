@@ -36,6 +36,8 @@ pub enum Unit {
     /// Tensor values.
     Weights,
     Bytes,
+    /// Transformer layers (a forward pass).
+    Layers,
 }
 
 /// Time between two progress lines when stderr is not a terminal.
@@ -69,6 +71,7 @@ fn amount(n: f64, unit: Unit) -> String {
             let (v, u) = scaled(n, 1000.0, &["", "K", "M", "G", "T"]);
             format!("{v:.2}{u} weights")
         }
+        Unit::Layers => format!("{n:.0} layers"),
     }
 }
 
@@ -88,6 +91,7 @@ impl Progress {
             let counts = match unit {
                 Unit::Bytes => "{binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
                 Unit::Weights => "{human_pos}/{human_len} weights, {per_sec}",
+                Unit::Layers => "{pos}/{len} layers",
             };
             let template = format!(
                 "{label} [{{elapsed_precise}}] {{wide_bar}} {{percent}}% {counts}, ETA {{eta}} {{msg}}"

@@ -1,0 +1,99 @@
+"""`smelt eval` against llama.cpp's llama-perplexity on the same files and text: perplexity
+(per chunk and final, with its error estimate) and, against a reference, KL divergence and
+same-top-token agreement.
+
+With F32 weights both compute the same float graph and agree to 1e-4; with quantized weights
+llama.cpp's CPU kernels also round the activations to Q8_0/Q8_K/F16 before each dot product
+(smelt multiplies them in f32), so the numbers agree to about a percent."""
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import run_smelt
+from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
+
+TEXT = Path("/usr/share/common-licenses/GPL-3")
+
+
+def llama_perplexity(bin_dir: Path, model: Path, ctx: int, chunks: int, *extra) -> str:
+    p = subprocess.run([str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(TEXT),
+                        "-c", str(ctx), "--chunks", str(chunks), "-t", "2", *map(str, extra)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout + p.stderr
+
+
+def final_ppl(log: str) -> tuple[float, float]:
+    m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", log)
+    assert m, log[-2000:]
+    return float(m.group(1)), float(m.group(2))
+
+
+def chunk_ppls(log: str) -> list[float]:
+    return [float(x) for x in re.findall(r"\[\d+\]([0-9.]+),", log)]
+
+
+def smelt_eval(model: Path, ctx: int, chunks: int, *extra) -> dict:
+    p = run_smelt("eval", model, "--text", TEXT, "--ctx", ctx, "--chunks", chunks, "--json", *extra)
+    return json.loads(p.stdout)
+
+
+@pytest.fixture(scope="module")
+def tiny(scratch) -> Path:
+    """A random llama whose rows divide into 256 (k-quants apply), F32 weights."""
+    path = scratch / "eval-tiny-F32.gguf"
+    run_smelt("make-test-model", "-o", path, "--layers", "2", "--hidden", "256", "--ff", "512",
+              "--heads", "4", "--kv-heads", "2", "--vocab", "512", "--dtype", "F32", "--seed", "7")
+    return path
+
+
+def test_f32_perplexity_equals_llama_perplexity(llama_bin, tiny):
+    ours = smelt_eval(tiny, 128, 6)
+    log = llama_perplexity(llama_bin, tiny, 128, 6)
+    ppl, err = final_ppl(log)
+    assert ours["chunks"] == 6
+    assert ours["perplexity"] == pytest.approx(ppl, rel=1e-4)
+    assert ours["perplexity_error"] == pytest.approx(err, rel=1e-3)
+    assert ours["per_chunk"] == pytest.approx(chunk_ppls(log), rel=1e-4)
+
+
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_K_M", "Q4_0"])
+def test_quantized_perplexity_is_llama_perplexitys_within_a_percent(llama_bin, tiny, scratch, qtype):
+    q = scratch / f"eval-tiny-{qtype}.gguf"
+    run_smelt("quantize", tiny, "-o", q, "--type", qtype)
+    ours = smelt_eval(q, 128, 6)
+    ppl, _ = final_ppl(llama_perplexity(llama_bin, q, 128, 6))
+    assert ours["perplexity"] == pytest.approx(ppl, rel=1e-2)
+
+
+def test_kl_divergence_and_top_token_agree_with_llama_perplexity(llama_bin, tiny, scratch):
+    q = scratch / "eval-tiny-kld-Q2_K.gguf"
+    run_smelt("quantize", tiny, "-o", q, "--type", "Q2_K")
+    base = scratch / "eval-tiny.kld"
+    llama_perplexity(llama_bin, tiny, 128, 6, "--kl-divergence-base", base)
+    log = llama_perplexity(llama_bin, q, 128, 6, "--kl-divergence-base", base, "--kl-divergence")
+    want_kld = float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", log).group(1))
+    want_same = float(re.search(r"Same top p:\s+([0-9.]+)", log).group(1))
+    ours = smelt_eval(q, 128, 6, "--reference", tiny)
+    assert ours["kld"]["reference_perplexity"] == pytest.approx(final_ppl(llama_perplexity(llama_bin, tiny, 128, 6))[0], rel=1e-4)
+    assert ours["kld"]["mean"] == pytest.approx(want_kld, rel=0.25)
+    assert ours["kld"]["same_top_percent"] == pytest.approx(want_same, abs=3.0)
+
+
+def test_smollm2_perplexity_equals_llama_perplexity(llama_bin, smollm2, scratch):
+    """A real model (SmolLM2-135M, its Q4_1 dequantized to F32, tied embeddings, GQA)."""
+    f32 = scratch / "eval-smollm2-F32.gguf"
+    run_smelt("quantize", smollm2, "-o", f32, "--type", "F32")
+    ours = smelt_eval(f32, 256, 3)
+    ppl, _ = final_ppl(llama_perplexity(llama_bin, f32, 256, 3))
+    assert ours["perplexity"] == pytest.approx(ppl, rel=1e-3)
+
+
+def test_text_too_short_for_one_chunk_is_an_error(tiny, scratch):
+    short = scratch / "short.txt"
+    short.write_text("too short")
+    p = run_smelt("eval", tiny, "--text", short, "--ctx", 128, check=False)
+    assert p.returncode != 0 and "at least 128" in p.stderr, p.stderr
