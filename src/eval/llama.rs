@@ -3,11 +3,14 @@
 //! exactly that), grouped-query causal attention, SwiGLU, optional llama3 `rope_freqs`.
 //!
 //! As llama.cpp with its default F16 KV cache, keys and values are rounded to f16 before
-//! attention. Matmuls run on candle in f32 over weights dequantized by smelt; llama.cpp's CPU
-//! kernels instead round activations to the weight's block type (Q8_0/Q8_K, F16) before each
-//! dot product, so perplexities agree to about 0.1%, not bit for bit (see the README).
+//! attention. Matmuls run on candle in f32 over weights dequantized by smelt, after rounding
+//! the activations exactly as llama.cpp's CPU kernels do before their dot products (to the
+//! weight type's `vec_dot_type`: Q8_0 blocks for the legacy types, Q8_K for the K and IQ
+//! types, f16 for F16 weights); only the order of the sums differs, so perplexities agree to
+//! about 1e-4, not bit for bit.
 
 use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
 use crate::progress::Progress;
 use crate::store::Store;
 use candle_core::{DType, Device, Tensor};
@@ -188,9 +191,9 @@ impl<'a> Model<'a> {
         let heads = |m: Tensor, n: usize| -> candle_core::Result<Tensor> {
             m.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous()
         };
-        let q = heads(h.matmul(&w.wq.t()?)?, nh)?;
-        let k = heads(h.matmul(&w.wk.t()?)?, nkv)?;
-        let v = heads(h.matmul(&w.wv.t()?)?, nkv)?;
+        let q = heads(w.wq.forward(&h)?, nh)?;
+        let k = heads(w.wk.forward(&h)?, nkv)?;
+        let v = heads(w.wv.forward(&h)?, nkv)?;
         let q = candle_nn::rotary_emb::rope_i(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope_i(&k, cos, sin)?;
         // llama.cpp's default KV cache holds f16.
@@ -214,53 +217,164 @@ impl<'a> Model<'a> {
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
             .reshape((t, nh * hd))?;
-        let x = (x + attn.matmul(&w.wo.t()?)?)?;
+        let x = (x + w.wo.forward(&attn)?)?;
         let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, self.eps)?;
-        let gate = h.matmul(&w.gate.t()?)?.silu()?;
-        let up = h.matmul(&w.up.t()?)?;
-        x + (gate * up)?.matmul(&w.down.t()?)?
+        let gate = w.gate.forward(&h)?.silu()?;
+        let up = w.up.forward(&h)?;
+        x + w.down.forward(&(gate * up)?)?
     }
 
     /// Logits (row-major, `n_vocab` per row) of positions `from..to` of a final hidden state.
     pub fn logits(&self, hidden: &Tensor, from: usize, to: usize) -> Result<Vec<f32>> {
         let out = match self.store.find("output.weight") {
-            Some(_) => self.weight("output.weight")?,
-            None => self.weight("token_embd.weight")?, // tied embeddings
+            Some(_) => Linear::load(self, "output.weight")?,
+            None => Linear::load(self, "token_embd.weight")?, // tied embeddings
         };
         let rows = hidden.narrow(0, from, to - from).map_err(cerr)?;
-        rows.matmul(&out.t().map_err(cerr)?)
+        out.forward(&rows)
             .and_then(|l| l.flatten_all())
             .and_then(|l| l.to_vec1::<f32>())
             .map_err(cerr)
     }
 }
 
-/// One layer's weights as f32 tensors.
+/// How llama.cpp's CPU backend rounds the activations a weight type is multiplied with (its
+/// `vec_dot_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Activations {
+    F32,
+    F16,
+    BF16,
+    /// Blocks of 32 with an f16 scale (Q8_0; Q8_1 holds the same values).
+    Q8_0,
+    /// Blocks of 256 with an f32 scale (Q8_K).
+    Q8K,
+}
+
+impl Activations {
+    fn for_weights(ty: GgmlType) -> Activations {
+        use GgmlType::*;
+        match ty {
+            F32 | F64 | I8 | I16 | I32 | I64 => Activations::F32,
+            F16 => Activations::F16,
+            BF16 => Activations::BF16,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => Activations::Q8_0,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS
+            | IQ3_S | IQ1_S | IQ1_M | IQ4_XS | TQ1_0 | TQ2_0 => Activations::Q8K,
+        }
+    }
+
+    /// `x` (rows of activations) rounded as llama.cpp rounds it before the dot products.
+    fn round(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activations::F32 => Ok(x.clone()),
+            Activations::F16 => x.to_dtype(DType::F16)?.to_dtype(DType::F32),
+            Activations::BF16 => x.to_dtype(DType::BF16)?.to_dtype(DType::F32),
+            Activations::Q8_0 | Activations::Q8K => {
+                let dims = x.dims().to_vec();
+                let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+                let block = if self == Activations::Q8_0 { 32 } else { 256 };
+                let row = *dims.last().expect("2-D");
+                if row % block != 0 {
+                    return Ok(x.clone()); // ggml would not run this shape; leave it
+                }
+                for b in v.chunks_exact_mut(block) {
+                    if self == Activations::Q8_0 {
+                        round_q8_0(b)
+                    } else {
+                        round_q8_k(b)
+                    }
+                }
+                Tensor::from_vec(v, dims, &Device::Cpu)
+            }
+        }
+    }
+}
+
+/// ggml's `quantize_row_q8_0` then dequantized: d = amax / 127 stored as f16, q = round(x / d).
+fn round_q8_0(b: &mut [f32]) {
+    let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let d16 = half::f16::from_f32(d).to_f32();
+    for v in b.iter_mut() {
+        *v = d16 * (*v * id).round();
+    }
+}
+
+/// ggml's `quantize_row_q8_K_ref` then dequantized: the signed value of largest magnitude
+/// maps to -127, d = 1 / iscale in f32, q = min(127, nearest_int(iscale * x)).
+fn round_q8_k(b: &mut [f32]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &x in b.iter() {
+        if x.abs() > amax {
+            amax = x.abs();
+            max = x;
+        }
+    }
+    if amax == 0.0 {
+        b.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let iscale = -127.0 / max;
+    let d = 1.0 / iscale;
+    for v in b.iter_mut() {
+        let q = crate::quant::search::nearest_int(iscale * *v).min(127);
+        *v = d * q as f32;
+    }
+}
+
+/// A weight matrix and how its activations are rounded.
+struct Linear {
+    w: Tensor,
+    act: Activations,
+}
+
+impl Linear {
+    fn load(m: &Model, name: &str) -> Result<Linear> {
+        let ty = m
+            .store
+            .find(name)
+            .map_or(GgmlType::F32, |i| m.store.tensors[i].ty);
+        Ok(Linear {
+            w: m.weight(name)?,
+            act: Activations::for_weights(ty),
+        })
+    }
+
+    /// x (rows, n_in) -> (rows, n_out).
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.act.round(x)?.matmul(&self.w.t()?)
+    }
+}
+
+/// One layer's weights.
 struct Layer {
     attn_norm: Tensor,
-    wq: Tensor,
-    wk: Tensor,
-    wv: Tensor,
-    wo: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 impl Layer {
     fn load(m: &Model, l: usize) -> Result<Layer> {
-        let w = |name: &str| m.weight(&format!("blk.{l}.{name}.weight"));
+        let name = |n: &str| format!("blk.{l}.{n}.weight");
+        let lin = |n: &str| Linear::load(m, &name(n));
         Ok(Layer {
-            attn_norm: w("attn_norm")?,
-            wq: w("attn_q")?,
-            wk: w("attn_k")?,
-            wv: w("attn_v")?,
-            wo: w("attn_output")?,
-            ffn_norm: w("ffn_norm")?,
-            gate: w("ffn_gate")?,
-            up: w("ffn_up")?,
-            down: w("ffn_down")?,
+            attn_norm: m.weight(&name("attn_norm"))?,
+            wq: lin("attn_q")?,
+            wk: lin("attn_k")?,
+            wv: lin("attn_v")?,
+            wo: lin("attn_output")?,
+            ffn_norm: m.weight(&name("ffn_norm"))?,
+            gate: lin("ffn_gate")?,
+            up: lin("ffn_up")?,
+            down: lin("ffn_down")?,
         })
     }
 }
