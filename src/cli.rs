@@ -92,6 +92,9 @@ pub enum Command {
     /// Perplexity of a model on a text, as llama-perplexity measures it; with --reference,
     /// the KL divergence from a reference model and how often both pick the same top token.
     Eval(EvalArgs),
+    /// Compute an importance matrix on a text, as llama-imatrix does (its GGUF format), for
+    /// `quantize --imatrix`.
+    Imatrix(ImatrixArgs),
     /// Quantize a model (GGUF of any type, safetensors or HF folder) to GGUF, as
     /// llama-quantize does: one file per type, all from one read of the input.
     Quantize(QuantizeArgs),
@@ -143,6 +146,24 @@ pub struct EvalArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImatrixArgs {
+    /// The model: GGUF of any type, safetensors or HF folder.
+    pub model: PathBuf,
+    /// The calibration text (UTF-8).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Output imatrix file (GGUF, as llama-imatrix writes).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Tokens per chunk (llama-imatrix's -c).
+    #[arg(long = "ctx", default_value_t = 512)]
+    pub n_ctx: usize,
+    /// At most this many chunks (default: every whole chunk of the text).
+    #[arg(long)]
+    pub chunks: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -311,6 +332,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Quantize(args) => quantize(&args, false, ui),
         Command::Eval(args) => eval(&args, ui),
+        Command::Imatrix(args) => imatrix(&args, ui),
         Command::Convert(args) => {
             if !args.input.is_dir() {
                 return Err(Error::Invalid(format!(
@@ -597,6 +619,39 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     }
     print_stdout(&out)?;
     ui.say(format_args!("evaluated in {:.2?}", started.elapsed()));
+    Ok(())
+}
+
+/// `imatrix`: llama-imatrix's statistics, written in its GGUF format.
+fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
+    use crate::eval::{collect_imatrix, tokenize, write_imatrix_gguf, EvalOptions};
+    let store = Store::open(&args.model)?;
+    let mut inputs = store.paths();
+    inputs.push(&args.text);
+    crate::output_files::check_outputs(&inputs, &[&args.output])?;
+    let text = crate::input::read_to_string(&args.text)?;
+    let tokens = tokenize(&store, &text)?;
+    let opts = EvalOptions {
+        n_ctx: args.n_ctx,
+        max_chunks: args.chunks,
+    };
+    let progress = crate::progress::Progress::new(
+        ui.display,
+        "collecting",
+        store.hparam("block_count").unwrap_or(0),
+        crate::progress::Unit::Layers,
+    );
+    let started = std::time::Instant::now();
+    let (stats, n_chunks) = collect_imatrix(&store, &tokens, &opts, &progress)?;
+    progress.finish();
+    let dataset = args.text.to_string_lossy();
+    write_imatrix_gguf(&args.output, stats, &dataset, n_chunks, args.n_ctx)?;
+    ui.say(format_args!(
+        "wrote {} ({n_chunks} chunks of {}) in {:.2?}",
+        args.output.display(),
+        args.n_ctx,
+        started.elapsed()
+    ));
     Ok(())
 }
 

@@ -98,7 +98,9 @@ impl<'a> Model<'a> {
     /// A tensor of the model as f32 with its ggml shape reversed (rows, columns).
     fn weight(&self, name: &str) -> Result<Tensor> {
         let i = self.store.find(name).ok_or_else(|| {
-            Error::Invalid(format!("the model has no `{name}`, which the forward pass needs"))
+            Error::Invalid(format!(
+                "the model has no `{name}`, which the forward pass needs"
+            ))
         })?;
         let t = &self.store.tensors[i];
         let values = self.store.read_f32(i)?;
@@ -134,10 +136,8 @@ impl<'a> Model<'a> {
         for pos in 0..n {
             for i in 0..half {
                 // ggml: theta = pos * base^(-2i/d), divided by llama3's factor for dim i.
-                let mut theta = pos as f32
-                    * self
-                        .rope_base
-                        .powf(-2.0 * i as f32 / self.head_dim as f32);
+                let mut theta =
+                    pos as f32 * self.rope_base.powf(-2.0 * i as f32 / self.head_dim as f32);
                 if let Some(f) = &self.rope_factors {
                     theta /= f.get(i).copied().unwrap_or(1.0);
                 }
@@ -154,7 +154,12 @@ impl<'a> Model<'a> {
 
     /// Every chunk through every layer and the final norm: the hidden state (n_ctx, n_embd)
     /// of each chunk. Layer-outer, so each layer is dequantized once for all chunks.
-    pub fn final_hidden(&self, chunks: &[Vec<u32>], progress: &Progress) -> Result<Vec<Tensor>> {
+    pub fn final_hidden(
+        &self,
+        chunks: &[Vec<u32>],
+        progress: &Progress,
+        stats: Option<&ActivationStats>,
+    ) -> Result<Vec<Tensor>> {
         let mut xs: Vec<Tensor> = chunks
             .iter()
             .map(|c| self.embed(c))
@@ -166,7 +171,9 @@ impl<'a> Model<'a> {
             progress.set_message(&format!("layer {l}"));
             let layer = Layer::load(self, l)?;
             for x in xs.iter_mut() {
-                *x = self.block(&layer, x, &cos, &sin, &mask).map_err(cerr)?;
+                *x = self
+                    .block(&layer, x, &cos, &sin, &mask, stats)
+                    .map_err(cerr)?;
             }
             progress.inc(1);
         }
@@ -177,6 +184,7 @@ impl<'a> Model<'a> {
     }
 
     /// One transformer block on one chunk `x` (n_ctx, n_embd).
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         w: &Layer,
@@ -184,6 +192,7 @@ impl<'a> Model<'a> {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
+        stats: Option<&ActivationStats>,
     ) -> candle_core::Result<Tensor> {
         let (t, _) = x.dims2()?;
         let (hd, nh, nkv) = (self.head_dim, self.n_head, self.n_head_kv);
@@ -191,9 +200,9 @@ impl<'a> Model<'a> {
         let heads = |m: Tensor, n: usize| -> candle_core::Result<Tensor> {
             m.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous()
         };
-        let q = heads(w.wq.forward(&h)?, nh)?;
-        let k = heads(w.wk.forward(&h)?, nkv)?;
-        let v = heads(w.wv.forward(&h)?, nkv)?;
+        let q = heads(w.wq.forward(&h, stats)?, nh)?;
+        let k = heads(w.wk.forward(&h, stats)?, nkv)?;
+        let v = heads(w.wv.forward(&h, stats)?, nkv)?;
         let q = candle_nn::rotary_emb::rope_i(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope_i(&k, cos, sin)?;
         // llama.cpp's default KV cache holds f16.
@@ -217,11 +226,11 @@ impl<'a> Model<'a> {
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
             .reshape((t, nh * hd))?;
-        let x = (x + w.wo.forward(&attn)?)?;
+        let x = (x + w.wo.forward(&attn, stats)?)?;
         let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, self.eps)?;
-        let gate = w.gate.forward(&h)?.silu()?;
-        let up = w.up.forward(&h)?;
-        x + w.down.forward(&(gate * up)?)?
+        let gate = w.gate.forward(&h, stats)?.silu()?;
+        let up = w.up.forward(&h, stats)?;
+        x + w.down.forward(&(gate * up)?, stats)?
     }
 
     /// Logits (row-major, `n_vocab` per row) of positions `from..to` of a final hidden state.
@@ -231,7 +240,7 @@ impl<'a> Model<'a> {
             None => Linear::load(self, "token_embd.weight")?, // tied embeddings
         };
         let rows = hidden.narrow(0, from, to - from).map_err(cerr)?;
-        out.forward(&rows)
+        out.forward(&rows, None)
             .and_then(|l| l.flatten_all())
             .and_then(|l| l.to_vec1::<f32>())
             .map_err(cerr)
@@ -326,6 +335,7 @@ fn round_q8_k(b: &mut [f32]) {
 
 /// A weight matrix and how its activations are rounded.
 struct Linear {
+    name: String,
     w: Tensor,
     act: Activations,
 }
@@ -337,14 +347,50 @@ impl Linear {
             .find(name)
             .map_or(GgmlType::F32, |i| m.store.tensors[i].ty);
         Ok(Linear {
+            name: name.to_string(),
             w: m.weight(name)?,
             act: Activations::for_weights(ty),
         })
     }
 
-    /// x (rows, n_in) -> (rows, n_out).
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// x (rows, n_in) -> (rows, n_out); the f32 input goes to `stats` first, as llama-imatrix
+    /// sees it (before the activation rounding).
+    fn forward(&self, x: &Tensor, stats: Option<&ActivationStats>) -> candle_core::Result<Tensor> {
+        if let Some(s) = stats {
+            s.add(&self.name, x)?;
+        }
         self.act.round(x)?.matmul(&self.w.t()?)
+    }
+}
+
+/// llama-imatrix's statistics: for each weight matrix, the sum over every token of each
+/// input column's square, and the number of tokens, accumulated in f32 row by row in the
+/// order llama.cpp adds them.
+#[derive(Default)]
+pub struct ActivationStats {
+    sums: std::sync::Mutex<std::collections::BTreeMap<String, (Vec<f32>, u64)>>,
+}
+
+impl ActivationStats {
+    fn add(&self, name: &str, x: &Tensor) -> candle_core::Result<()> {
+        let (rows, cols) = x.dims2()?;
+        let values = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut sums = self.sums.lock().unwrap_or_else(|e| e.into_inner());
+        let (acc, count) = sums
+            .entry(name.to_string())
+            .or_insert_with(|| (vec![0.0; cols], 0));
+        for row in values.chunks_exact(cols) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += v * v;
+            }
+        }
+        *count += rows as u64;
+        Ok(())
+    }
+
+    /// Each weight's (sums of squares, token count), by name.
+    pub fn into_sums(self) -> std::collections::BTreeMap<String, (Vec<f32>, u64)> {
+        self.sums.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -392,4 +438,3 @@ fn causal_mask(n: usize) -> Result<Tensor> {
         .collect();
     Tensor::from_vec(values, (n, n), &Device::Cpu).map_err(cerr)
 }
-

@@ -10,6 +10,8 @@
 
 mod llama;
 
+pub use llama::ActivationStats;
+
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -163,9 +165,9 @@ pub fn evaluate(
     }
     let chunks = chunks(store, tokens, opts)?;
     let first = opts.n_ctx / 2;
-    let hidden = model.final_hidden(&chunks, progress)?;
+    let hidden = model.final_hidden(&chunks, progress, None)?;
     let ref_hidden = match &reference_model {
-        Some(r) => Some(r.final_hidden(&chunks, progress)?),
+        Some(r) => Some(r.final_hidden(&chunks, progress, None)?),
         None => None,
     };
     let mut nll = 0.0f64;
@@ -276,4 +278,62 @@ mod tests {
         assert!((kld - want).abs() < 1e-6, "{kld} vs {want}");
         assert!(!same);
     }
+}
+
+/// llama-imatrix's importance matrix of `store` on `tokens`: every chunk through every layer,
+/// the squares of each weight matrix's inputs summed over all tokens.
+pub fn collect_imatrix(
+    store: &Store,
+    tokens: &[u32],
+    opts: &EvalOptions,
+    progress: &crate::progress::Progress,
+) -> Result<(ActivationStats, usize)> {
+    let model = llama::Model::new(store)?;
+    let chunks = chunks(store, tokens, opts)?;
+    let stats = ActivationStats::default();
+    model.final_hidden(&chunks, progress, Some(&stats))?;
+    Ok((stats, chunks.len()))
+}
+
+/// The imatrix GGUF llama-imatrix writes: `general.type = imatrix`, the datasets, chunk count
+/// and size, then per weight (by name) `NAME.in_sum2` (F32, one row) and `NAME.counts`.
+pub fn write_imatrix_gguf(
+    path: &std::path::Path,
+    stats: ActivationStats,
+    dataset: &str,
+    n_chunks: usize,
+    n_ctx: usize,
+) -> Result<()> {
+    use crate::gguf::writer::TensorDecl;
+    use crate::gguf::{GgmlType, GgufWriter, Metadata, Value};
+    let mut md = Metadata::new();
+    md.set("general.type", Value::String("imatrix".into()));
+    md.set(
+        "imatrix.datasets",
+        Value::strings(vec![dataset.to_string()]),
+    );
+    md.set("imatrix.chunk_count", Value::U32(n_chunks as u32));
+    md.set("imatrix.chunk_size", Value::U32(n_ctx as u32));
+    let sums = stats.into_sums();
+    let mut decls = Vec::new();
+    for (name, (acc, _)) in &sums {
+        decls.push(TensorDecl {
+            name: format!("{name}.in_sum2"),
+            // ggml_n_dims drops trailing 1s: llama-imatrix's [n, 1] is written 1-D.
+            shape: vec![acc.len() as u64],
+            ty: GgmlType::F32,
+        });
+        decls.push(TensorDecl {
+            name: format!("{name}.counts"),
+            shape: vec![1],
+            ty: GgmlType::F32,
+        });
+    }
+    let mut w = GgufWriter::create(path, &md, &decls)?;
+    for (acc, count) in sums.values() {
+        let bytes: Vec<u8> = acc.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_data(&bytes)?;
+        w.write_data(&(*count as f32).to_le_bytes())?;
+    }
+    w.finish()
 }

@@ -101,3 +101,30 @@ def test_text_too_short_for_one_chunk_is_an_error(tiny, scratch):
     short.write_text("too short")
     p = run_smelt("eval", tiny, "--text", short, "--ctx", 128, check=False)
     assert p.returncode != 0 and "at least 128" in p.stderr, p.stderr
+
+
+def test_imatrix_matches_llama_imatrix(llama_bin, tiny, scratch):
+    """`smelt imatrix` writes llama-imatrix's GGUF: the same keys, tensors, shapes and counts,
+    and sums of squared activations within float-ordering noise of llama.cpp's."""
+    import gguf
+    import numpy as np
+
+    ours_path, theirs_path = scratch / "imatrix-smelt.gguf", scratch / "imatrix-llama.gguf"
+    run_smelt("imatrix", tiny, "--text", TEXT, "--ctx", 128, "--chunks", 4, "-o", ours_path)
+    p = subprocess.run([str(llama_bin / "llama-imatrix"), "-m", str(tiny), "-f", str(TEXT), "-c", "128",
+                        "--chunks", "4", "-t", "2", "-fa", "off", "--no-ppl", "-o", str(theirs_path)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ours, theirs = gguf.GGUFReader(ours_path), gguf.GGUFReader(theirs_path)
+    assert list(ours.fields) == list(theirs.fields)
+    for key in ["general.type", "imatrix.chunk_count", "imatrix.chunk_size"]:
+        assert ours.fields[key].contents() == theirs.fields[key].contents(), key
+    assert [(t.name, list(t.shape)) for t in ours.tensors] == [(t.name, list(t.shape)) for t in theirs.tensors]
+    assert ours_path.stat().st_size == theirs_path.stat().st_size
+    for a, b in zip(ours.tensors, theirs.tensors):
+        if a.name.endswith(".counts"):
+            assert np.array_equal(a.data, b.data), a.name
+        else:
+            np.testing.assert_allclose(a.data, b.data, rtol=2e-3, err_msg=a.name)
+    # ... and quantize takes it.
+    run_smelt("quantize", tiny, "-o", scratch / "imatrix-IQ2_XXS.gguf", "--type", "IQ2_XXS", "--imatrix", ours_path)
