@@ -259,27 +259,6 @@ fn kl_divergence(reference: &[f32], model: &[f32]) -> (f64, bool) {
     (kld.max(0.0), argmax(reference) == argmax(model))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_prob_and_kld_of_known_rows() {
-        let row = [0.0f32, (2.0f32).ln(), (3.0f32).ln(), (4.0f32).ln()];
-        assert!((log_prob(&row, 3) - (0.4f64).ln()).abs() < 1e-6);
-        let (kld, same) = kl_divergence(&row, &row);
-        assert!(kld.abs() < 1e-12 && same);
-        let uniform = [0.0f32; 4];
-        let (kld, same) = kl_divergence(&row, &uniform);
-        let want: f64 = [0.1f64, 0.2, 0.3, 0.4]
-            .iter()
-            .map(|p| p * (p / 0.25).ln())
-            .sum();
-        assert!((kld - want).abs() < 1e-6, "{kld} vs {want}");
-        assert!(!same);
-    }
-}
-
 /// llama-imatrix's importance matrix of `store` on `tokens`: every chunk through every layer,
 /// the squares of each weight matrix's inputs summed over all tokens.
 pub fn collect_imatrix(
@@ -336,4 +315,25 @@ pub fn write_imatrix_gguf(
         w.write_data(&(*count as f32).to_le_bytes())?;
     }
     w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_prob_and_kld_of_known_rows() {
+        let row = [0.0f32, (2.0f32).ln(), (3.0f32).ln(), (4.0f32).ln()];
+        assert!((log_prob(&row, 3) - (0.4f64).ln()).abs() < 1e-6);
+        let (kld, same) = kl_divergence(&row, &row);
+        assert!(kld.abs() < 1e-12 && same);
+        let uniform = [0.0f32; 4];
+        let (kld, same) = kl_divergence(&row, &uniform);
+        let want: f64 = [0.1f64, 0.2, 0.3, 0.4]
+            .iter()
+            .map(|p| p * (p / 0.25).ln())
+            .sum();
+        assert!((kld - want).abs() < 1e-6, "{kld} vs {want}");
+        assert!(!same);
+    }
 }
