@@ -955,6 +955,7 @@ fn write_merge_as_hf(
         extra_files: vec![("smelt-recipe.yaml".into(), recipe_text.to_string())],
         shard_metadata: provenance,
         force: args.force,
+        display: ui.display,
     };
     let started = std::time::Instant::now();
     let report = write_hf_folder(plan, plan.tensors.len(), &out)?;

@@ -66,6 +66,8 @@ pub struct HfOutput<'a> {
     pub shard_metadata: Vec<(String, String)>,
     /// Replace the weights of a model already in `dir` (else such a folder is refused).
     pub force: bool,
+    /// How the writing progress is shown.
+    pub display: crate::progress::Display,
 }
 
 /// What was written.
@@ -138,6 +140,16 @@ pub fn write_hf_folder(
 
     let tmp_dir = crate::output_files::temp_dir_beside(&out.dir)?;
     let tmp = tmp_dir.path().to_path_buf();
+    let total: u64 = planned
+        .iter()
+        .map(|p| (p.n_rows * producer.shape(p.index)[0] as usize) as u64)
+        .sum();
+    let progress = crate::progress::Progress::new(
+        out.display,
+        "writing",
+        total,
+        crate::progress::Unit::Weights,
+    );
     let result = (|| -> Result<HfReport> {
         let n_shards = shards.len();
         let mut files = Vec::new();
@@ -150,7 +162,7 @@ pub fn write_hf_folder(
                 format!("model-{:05}-of-{:05}.safetensors", k + 1, n_shards)
             };
             let tensors: Vec<&Planned> = shard.iter().map(|&p| &planned[p]).collect();
-            write_shard(producer, &tmp.join(&file), &tensors, out)?;
+            write_shard(producer, &tmp.join(&file), &tensors, out, &progress)?;
             for t in &tensors {
                 weight_map.insert(t.hf_name.clone(), Json::String(file.clone()));
                 total += t.n_bytes;
@@ -210,6 +222,7 @@ pub fn write_hf_folder(
         report.warnings = std::mem::take(&mut warnings);
         Ok(report)
     });
+    progress.finish();
     let _ = tmp_dir.close();
     crate::output_files::forget(&tmp);
     result
@@ -325,6 +338,7 @@ fn write_shard(
     path: &Path,
     tensors: &[&Planned],
     out: &HfOutput,
+    progress: &crate::progress::Progress,
 ) -> Result<()> {
     let mut metadata = vec![("format".to_string(), "pt".to_string())];
     metadata.extend(out.shard_metadata.iter().cloned());
@@ -388,6 +402,7 @@ fn write_shard(
         if tensors.get(k + 1).is_none_or(|next| next.index != i) {
             producer.release(i);
         }
+        progress.inc((t.n_rows * row_len) as u64);
     }
     let file = w
         .into_inner()
