@@ -267,7 +267,8 @@ fn tokenizer_config(md: &Metadata, tokens: &[&str]) -> Map<String, Json> {
 fn spm_files(md: &Metadata) -> Result<Vec<(String, Vec<u8>)>, String> {
     let tokens = strings(md, "tokenizer.ggml.tokens").ok_or("no tokenizer.ggml.tokens")?;
     let n = tokens.len();
-    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores").and_then(Value::as_array) {
+    // Numbers, not strings: `items` (arrays of numbers are stored as their bytes).
+    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores").and_then(Value::items) {
         Some(a) => a
             .iter()
             .map(|v| v.as_f64().map(|x| x as f32))
