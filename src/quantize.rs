@@ -91,7 +91,7 @@ pub fn plan(
             let (src_name, src_shape, src_ty) =
                 (source.name(i), source.shape(i), source.source_type(i));
             let quantized_here = ty != src_ty;
-            if quantized_here && !crate::quant::can_quantize(ty) {
+            if quantized_here && !ty.can_quantize() {
                 return Err(Error::Invalid(format!(
                     "{}: tensor `{name}` would be {ty}, which smelt cannot write yet",
                     ft.name()

@@ -93,11 +93,6 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
     Ok(())
 }
 
-/// True when `quantize_row` can produce `ty` (the types table's quantizer column).
-pub fn can_quantize(ty: GgmlType) -> bool {
-    ty.can_quantize()
-}
-
 /// Quantize one row of `src` into `dst` (exactly `row_bytes(ty, src.len())` bytes).
 ///
 /// `imatrix` holds one importance weight per column (llama.cpp's imatrix); types whose ggml
