@@ -3,14 +3,18 @@
 //! second half is scored), and, against a reference model, the KL divergence of the token
 //! distributions and how often both pick the same top token.
 //!
-//! The forward pass (`llama.rs`) runs on candle's CPU tensors, layer by layer over every
+//! The forward pass (`model.rs`, with each architecture's quirks in `quirks.rs`) runs on candle's CPU tensors, layer by layer over every
 //! chunk: each layer's weights are dequantized once, with smelt's own bit-exact dequantizers,
 //! and dropped before the next layer, so memory holds one layer, the chunks' hidden states and
 //! one chunk's logits, never the whole model as f32.
 
-mod llama;
+mod model;
+mod ops;
+mod quirks;
+mod weights;
 
-pub use llama::ActivationStats;
+pub use model::{ActivationStats, ImatrixEntry};
+pub use weights::{MergedWeights, WeightInfo, Weights};
 
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -152,8 +156,8 @@ pub fn evaluate(
     opts: &EvalOptions,
     progress: &crate::progress::Progress,
 ) -> Result<EvalReport> {
-    let model = llama::Model::new(store)?;
-    let reference_model = reference.map(llama::Model::new).transpose()?;
+    let model = model::Model::new(store)?;
+    let reference_model = reference.map(|r| model::Model::new(r)).transpose()?;
     if let Some(r) = &reference_model {
         if r.n_vocab() != model.n_vocab() {
             return Err(Error::Invalid(format!(
@@ -267,7 +271,7 @@ pub fn collect_imatrix(
     opts: &EvalOptions,
     progress: &crate::progress::Progress,
 ) -> Result<(ActivationStats, usize)> {
-    let model = llama::Model::new(store)?;
+    let model = model::Model::new(store)?;
     let chunks = chunks(store, tokens, opts)?;
     let stats = ActivationStats::default();
     model.final_hidden(&chunks, progress, Some(&stats))?;
@@ -293,26 +297,40 @@ pub fn write_imatrix_gguf(
     );
     md.set("imatrix.chunk_count", Value::U32(n_chunks as u32));
     md.set("imatrix.chunk_size", Value::U32(n_ctx as u32));
-    let sums = stats.into_sums();
+    let entries = stats.into_entries();
+    // llama-imatrix's tensors are [n, n_mat] and [1, n_mat], written with ggml_n_dims, which
+    // drops trailing 1s: a dense weight's are 1-D, an expert stack's 2-D.
+    let dims = |inner: u64, n_mat: u64| {
+        if n_mat == 1 {
+            vec![inner]
+        } else {
+            vec![inner, n_mat]
+        }
+    };
     let mut decls = Vec::new();
-    for (name, (acc, _)) in &sums {
+    for (name, e) in &entries {
+        let n_mat = e.counts.len() as u64;
         decls.push(TensorDecl {
             name: format!("{name}.in_sum2"),
-            // ggml_n_dims drops trailing 1s: llama-imatrix's [n, 1] is written 1-D.
-            shape: vec![acc.len() as u64],
+            shape: dims(e.sums.len() as u64 / n_mat, n_mat),
             ty: GgmlType::F32,
         });
         decls.push(TensorDecl {
             name: format!("{name}.counts"),
-            shape: vec![1],
+            shape: dims(1, n_mat),
             ty: GgmlType::F32,
         });
     }
     let mut w = GgufWriter::create(path, &md, &decls)?;
-    for (acc, count) in sums.values() {
-        let bytes: Vec<u8> = acc.iter().flat_map(|v| v.to_le_bytes()).collect();
+    for e in entries.values() {
+        let bytes: Vec<u8> = e.sums.iter().flat_map(|v| v.to_le_bytes()).collect();
         w.write_data(&bytes)?;
-        w.write_data(&(*count as f32).to_le_bytes())?;
+        let counts: Vec<u8> = e
+            .counts
+            .iter()
+            .flat_map(|&c| (c as f32).to_le_bytes())
+            .collect();
+        w.write_data(&counts)?;
     }
     w.finish()
 }

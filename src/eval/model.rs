@@ -1,0 +1,654 @@
+//! The forward pass of the decoder architectures smelt converts, as llama.cpp's graphs compute
+//! them: RMS norms, RoPE (interleaved for Llama, NeoX-style for the others), grouped-query
+//! causal attention with an optional sliding window and soft-capping, SwiGLU or GELU feed-forward
+//! networks, Mixtral's routed experts; each architecture's departures are its row in
+//! `quirks.rs`.
+//!
+//! As llama.cpp with its default F16 KV cache, keys and values are rounded to f16, and so are
+//! the queries and the attention probabilities that meet them in its F16 matmuls. Matmuls run on
+//! candle in f32 over weights dequantized by smelt, after rounding the activations exactly as
+//! llama.cpp's CPU kernels do (to the weight type's `vec_dot_type`); only the order of the sums
+//! differs, so perplexities agree to about 1e-4, not bit for bit.
+
+use super::ops::{self, Activations, Rope};
+use super::quirks::{quirks, FfnAct, Quirks, RopeStyle, Shape};
+use super::weights::{missing, Weights};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use candle_core::{DType, Device, Tensor, D};
+
+fn cerr(e: candle_core::Error) -> Error {
+    Error::Invalid(format!("forward pass: {e}"))
+}
+
+/// Which per-pair RoPE divisors a model has.
+#[derive(Clone, Debug)]
+enum RopeFactors {
+    None,
+    /// llama3's `rope_freqs.weight`.
+    Fixed(Vec<f32>),
+    /// Phi-3's long-RoPE factors: `long` when the context exceeds the original one.
+    LongShort {
+        long: Vec<f32>,
+        short: Vec<f32>,
+        original_ctx: usize,
+    },
+}
+
+/// Hyper-parameters and tensor lookup of one model.
+pub struct Model<'a> {
+    w: &'a dyn Weights,
+    n_layer: usize,
+    n_embd: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    n_vocab: usize,
+    n_expert_used: usize,
+    eps: f32,
+    n_rot: usize,
+    rope_base: f32,
+    rope_freq_scale: f32,
+    rope_mscale: f32,
+    rope_factors: RopeFactors,
+    quirks: Quirks,
+}
+
+impl<'a> Model<'a> {
+    pub fn new(w: &'a dyn Weights) -> Result<Model<'a>> {
+        let md = w.metadata();
+        let arch = md
+            .architecture()
+            .ok_or_else(|| Error::Invalid("the model has no general.architecture".into()))?
+            .to_string();
+        let key = |k: &str| format!("{arch}.{k}");
+        let need = |k: &str| -> Result<usize> {
+            md.get_u64(&key(k))
+                .filter(|&v| v > 0)
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::Invalid(format!("the model has no `{}`", key(k))))
+        };
+        let f32_or = |k: &str, default: f32| -> f32 {
+            md.get(&key(k))
+                .and_then(crate::gguf::Value::as_f64)
+                .map_or(default, |v| v as f32)
+        };
+        let n_embd = need("embedding_length")?;
+        let n_head = need("attention.head_count")?;
+        let n_layer = need("block_count")?;
+        let n_head_kv = md
+            .get_u64(&key("attention.head_count_kv"))
+            .map_or(n_head, |v| v as usize);
+        let head_dim = md
+            .get_u64(&key("attention.key_length"))
+            .map_or(n_embd / n_head, |v| v as usize);
+        let n_rot = md
+            .get_u64(&key("rope.dimension_count"))
+            .map_or(head_dim, |v| v as usize);
+        if n_head_kv == 0 || n_head % n_head_kv != 0 || n_rot % 2 != 0 || n_rot > head_dim {
+            return Err(Error::Invalid(format!(
+                "{n_head} heads, {n_head_kv} KV heads of {head_dim} ({n_rot} rotated): not a model llama.cpp runs"
+            )));
+        }
+        let quirks = quirks(
+            &arch,
+            md,
+            &Shape {
+                n_layer,
+                n_embd,
+                n_head,
+                head_dim,
+            },
+        )?;
+        let embd = w
+            .info("token_embd.weight")
+            .ok_or_else(|| missing("token_embd.weight"))?;
+        let n_vocab = embd.shape.get(1).copied().unwrap_or(0) as usize;
+        let rope_factors = if w.info("rope_freqs.weight").is_some() {
+            RopeFactors::Fixed(w.read("rope_freqs.weight")?)
+        } else if w.info("rope_factors_long.weight").is_some() {
+            RopeFactors::LongShort {
+                long: w.read("rope_factors_long.weight")?,
+                short: w.read("rope_factors_short.weight")?,
+                original_ctx: md
+                    .get_u64(&key("rope.scaling.original_context_length"))
+                    .or_else(|| md.get_u64(&key("context_length")))
+                    .unwrap_or(0) as usize,
+            }
+        } else {
+            RopeFactors::None
+        };
+        let scaling = md.get_str(&key("rope.scaling.type")).unwrap_or("linear");
+        let factor = f32_or("rope.scaling.factor", 0.0);
+        let rope_freq_scale = match scaling {
+            "linear" | "none" if factor != 0.0 => 1.0 / factor,
+            "linear" | "none" => 1.0,
+            // llama3's and long-RoPE's scaling live in the factors above.
+            _ if matches!(rope_factors, RopeFactors::None) => {
+                return Err(Error::Invalid(format!(
+                    "RoPE scaling `{scaling}` is not supported by the forward pass yet"
+                )))
+            }
+            _ => 1.0,
+        };
+        Ok(Model {
+            w,
+            n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            n_expert_used: md.get_u64(&key("expert_used_count")).unwrap_or(0) as usize,
+            eps: f32_or("attention.layer_norm_rms_epsilon", 1e-5),
+            n_rot,
+            rope_base: f32_or("rope.freq_base", 10000.0),
+            rope_freq_scale,
+            rope_mscale: f32_or("rope.scaling.attn_factor", 1.0),
+            rope_factors,
+            quirks,
+        })
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    /// A tensor as f32 with its ggml shape reversed (rows, columns).
+    fn weight(&self, name: &str) -> Result<Tensor> {
+        let info = self.w.info(name).ok_or_else(|| missing(name))?;
+        let values = self.w.read(name)?;
+        let dims: Vec<usize> = info.shape.iter().rev().map(|&d| d as usize).collect();
+        Tensor::from_vec(values, dims, &Device::Cpu).map_err(cerr)
+    }
+
+    fn optional(&self, name: &str) -> Result<Option<Tensor>> {
+        match self.w.info(name) {
+            Some(_) => self.weight(name).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The embedding rows of `tokens` (read row by row: the table is never dequantized whole).
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        let mut values = vec![0f32; tokens.len() * self.n_embd];
+        for (row, &tok) in values.chunks_exact_mut(self.n_embd).zip(tokens) {
+            if tok as usize >= self.n_vocab {
+                return Err(Error::Invalid(format!(
+                    "token {tok} is outside the vocabulary of {}",
+                    self.n_vocab
+                )));
+            }
+            self.w.read_row("token_embd.weight", tok as usize, row)?;
+        }
+        let x =
+            Tensor::from_vec(values, (tokens.len(), self.n_embd), &Device::Cpu).map_err(cerr)?;
+        if self.quirks.embed_scale {
+            return (x * (self.n_embd as f32).sqrt() as f64).map_err(cerr);
+        }
+        Ok(x)
+    }
+
+    /// The RoPE of the global layers and of the sliding-window ones, for chunks of `n_ctx`.
+    fn ropes(&self, n_ctx: usize) -> (Rope, Rope) {
+        let factors = match &self.rope_factors {
+            RopeFactors::None => None,
+            RopeFactors::Fixed(f) => Some(f.clone()),
+            RopeFactors::LongShort {
+                long,
+                short,
+                original_ctx,
+            } => Some(if n_ctx > *original_ctx {
+                long.clone()
+            } else {
+                short.clone()
+            }),
+        };
+        let global = Rope {
+            n_rot: self.n_rot,
+            base: self.rope_base,
+            freq_scale: self.rope_freq_scale,
+            factors,
+            mscale: self.rope_mscale,
+        };
+        let local = match self.quirks.swa_rope {
+            Some((base, freq_scale)) => Rope {
+                base,
+                freq_scale,
+                ..global.clone()
+            },
+            None => global.clone(),
+        };
+        (global, local)
+    }
+
+    /// Every chunk through every layer and the final norm: the hidden state (n_ctx, n_embd)
+    /// of each chunk. Layer-outer, so each layer is dequantized once for all chunks.
+    pub fn final_hidden(
+        &self,
+        chunks: &[Vec<u32>],
+        progress: &Progress,
+        stats: Option<&ActivationStats>,
+    ) -> Result<Vec<Tensor>> {
+        let mut xs: Vec<Tensor> = chunks
+            .iter()
+            .map(|c| self.embed(c))
+            .collect::<Result<_>>()?;
+        let n_ctx = chunks.first().map_or(0, Vec::len);
+        let (global, local) = self.ropes(n_ctx);
+        let global = Context::new(&global, n_ctx, None)?;
+        let local = match &self.quirks.swa {
+            Some((window, _)) => Some(Context::new(&local, n_ctx, Some(*window))?),
+            None => None,
+        };
+        for l in 0..self.n_layer {
+            progress.set_message(&format!("layer {l}"));
+            let layer = Layer::load(self, l)?;
+            let sliding = self.quirks.swa.as_ref().is_some_and(|(_, on)| on[l]);
+            let ctx = match (&local, sliding) {
+                (Some(local), true) => local,
+                _ => &global,
+            };
+            for x in xs.iter_mut() {
+                *x = self.block(&layer, x, ctx, stats).map_err(cerr)?;
+            }
+            progress.inc(1);
+        }
+        let norm = self.weight("output_norm.weight")?;
+        xs.iter()
+            .map(|x| candle_nn::ops::rms_norm(x, &norm, self.eps).map_err(cerr))
+            .collect()
+    }
+
+    /// One transformer block on one chunk `x` (n_ctx, n_embd).
+    fn block(
+        &self,
+        w: &Layer,
+        x: &Tensor,
+        ctx: &Context,
+        stats: Option<&ActivationStats>,
+    ) -> candle_core::Result<Tensor> {
+        let h = candle_nn::ops::rms_norm(x, &w.attn_norm, self.eps)?;
+        let mut o = self.attention(w, &h, ctx, stats)?;
+        if let Some(norm) = &w.attn_post_norm {
+            o = candle_nn::ops::rms_norm(&o, norm, self.eps)?;
+        }
+        let x = (x + o)?;
+        let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, self.eps)?;
+        let mut f = match &w.ffn {
+            Ffn::Dense { gate, up, down } => {
+                let a = match gate {
+                    Some(gate) => {
+                        let g = self.activate(&gate.forward(&h, stats)?)?;
+                        (g * up.forward(&h, stats)?)?
+                    }
+                    // A fused gate and up (Phi-3): the first half is the gate.
+                    None => {
+                        let gu = up.forward(&h, stats)?;
+                        let n_ff = gu.dim(D::Minus1)? / 2;
+                        let g = self.activate(&gu.narrow(D::Minus1, 0, n_ff)?)?;
+                        (g * gu.narrow(D::Minus1, n_ff, n_ff)?)?
+                    }
+                };
+                down.forward(&a, stats)?
+            }
+            Ffn::Experts(moe) => self.experts(moe, &h, stats)?,
+        };
+        if let Some(norm) = &w.ffn_post_norm {
+            f = candle_nn::ops::rms_norm(&f, norm, self.eps)?;
+        }
+        x + f
+    }
+
+    fn activate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.quirks.ffn_act {
+            FfnAct::Silu => x.silu(),
+            FfnAct::GeluTanh => ops::gelu(x),
+        }
+    }
+
+    /// Self-attention of one chunk's normed hidden state `h` (t, n_embd) -> (t, n_embd).
+    fn attention(
+        &self,
+        w: &Layer,
+        h: &Tensor,
+        ctx: &Context,
+        stats: Option<&ActivationStats>,
+    ) -> candle_core::Result<Tensor> {
+        let (t, _) = h.dims2()?;
+        let (hd, nh, nkv) = (self.head_dim, self.n_head, self.n_head_kv);
+        let (q, k, v) = match &w.qkv {
+            Qkv::Separate(q, k, v) => (
+                q.forward(h, stats)?,
+                k.forward(h, stats)?,
+                v.forward(h, stats)?,
+            ),
+            Qkv::Fused(qkv) => {
+                let all = qkv.forward(h, stats)?;
+                (
+                    all.narrow(1, 0, nh * hd)?,
+                    all.narrow(1, nh * hd, nkv * hd)?,
+                    all.narrow(1, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        // (t, heads * hd) -> (t, heads, hd), per-head norms, then (1, heads, t, hd) for RoPE.
+        let split = |m: Tensor, n: usize, norm: &Option<Tensor>| -> candle_core::Result<Tensor> {
+            let mut m = m.reshape((t, n, hd))?;
+            if let Some(norm) = norm {
+                m = candle_nn::ops::rms_norm(&m.contiguous()?, norm, self.eps)?;
+            }
+            m.transpose(0, 1)?.contiguous()?.unsqueeze(0)
+        };
+        let q = self.rope(&split(q, nh, &w.q_norm)?, ctx)?;
+        let k = self.rope(&split(k, nkv, &w.k_norm)?, ctx)?;
+        let v = v.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+        let q = match self.quirks.q_prescale {
+            Some(s) => (q * s as f64)?,
+            None => q,
+        };
+        // llama.cpp's F16 KV cache, and the f16 queries its F16 matmul converts.
+        let q = ops::round_f16(&q.squeeze(0)?)?;
+        let k = ops::round_f16(&k.squeeze(0)?)?;
+        let v = ops::round_f16(&v)?;
+        // Grouped-query attention without copying K/V: query head h reads KV head h / rep,
+        // and heads of one group are adjacent, so (nh, t, hd) is (nkv, rep * t, hd).
+        let rep = nh / nkv;
+        let mut scores = q
+            .reshape((nkv, rep * t, hd))?
+            .matmul(&k.t()?)?
+            .reshape((nh, t, t))?;
+        if let Some(cap) = self.quirks.attn_softcap {
+            scores = ((scores / cap as f64)?.tanh()? * cap as f64)?;
+        }
+        if self.quirks.q_prescale.is_none() {
+            scores = (scores * (1.0 / (hd as f64).sqrt()))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&ctx.mask)?)?;
+        let probs = ops::round_f16(&probs)?;
+        let attn = probs
+            .reshape((nkv, rep * t, t))?
+            .matmul(&v)?
+            .reshape((nh, t, hd))?
+            .transpose(0, 1)?
+            .reshape((t, nh * hd))?;
+        w.wo.forward(&attn, stats)
+    }
+
+    /// RoPE of the first `n_rot` dimensions of each head of `x` (1, heads, t, hd).
+    fn rope(&self, x: &Tensor, ctx: &Context) -> candle_core::Result<Tensor> {
+        let hd = self.head_dim;
+        let rotate = |x: &Tensor| match self.quirks.rope_style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, &ctx.cos, &ctx.sin),
+            RopeStyle::Neox => candle_nn::rotary_emb::rope(x, &ctx.cos, &ctx.sin),
+        };
+        if self.n_rot == hd {
+            return rotate(x);
+        }
+        let head = rotate(&x.narrow(3, 0, self.n_rot)?.contiguous()?)?;
+        Tensor::cat(&[head, x.narrow(3, self.n_rot, hd - self.n_rot)?], 3)
+    }
+
+    /// Mixtral's routed feed-forward network: softmax over the router's logits, the top
+    /// `expert_used_count` experts per token, their weights renormalized to sum to 1.
+    fn experts(
+        &self,
+        moe: &Moe,
+        h: &Tensor,
+        stats: Option<&ActivationStats>,
+    ) -> candle_core::Result<Tensor> {
+        let (t, n_embd) = h.dims2()?;
+        let probs = candle_nn::ops::softmax_last_dim(&moe.router.forward(h, stats)?)?;
+        let probs = probs.to_vec2::<f32>()?;
+        let n_expert = moe.gate.dims3()?.0;
+        let k = self.n_expert_used.clamp(1, n_expert);
+        // For each expert, the tokens routed to it and their weights.
+        let mut routed: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); n_expert];
+        for (tok, p) in probs.iter().enumerate() {
+            let mut order: Vec<usize> = (0..n_expert).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            let top = &order[..k];
+            let sum: f32 = top.iter().map(|&e| p[e]).sum::<f32>().max(6.103_515_6e-5);
+            for &e in top {
+                routed[e].0.push(tok as u32);
+                routed[e].1.push(p[e] / sum);
+            }
+        }
+        let mut out = Tensor::zeros((t, n_embd), DType::F32, &Device::Cpu)?;
+        for (e, (tokens, weights)) in routed.iter().enumerate() {
+            if tokens.is_empty() {
+                continue;
+            }
+            let idx = Tensor::new(tokens.as_slice(), &Device::Cpu)?;
+            let x = h.index_select(&idx, 0)?;
+            let gate = moe.gate_act.round(&x)?.matmul(&moe.gate.get(e)?.t()?)?;
+            let up = moe.up_act.round(&x)?.matmul(&moe.up.get(e)?.t()?)?;
+            let a = (self.activate(&gate)? * up)?;
+            if let Some(s) = stats {
+                s.add_expert(&moe.gate_name, n_expert, e, &x)?;
+                s.add_expert(&moe.up_name, n_expert, e, &x)?;
+                s.add_expert(&moe.down_name, n_expert, e, &a)?;
+            }
+            let y = moe.down_act.round(&a)?.matmul(&moe.down.get(e)?.t()?)?;
+            let wts = Tensor::from_vec(weights.clone(), (tokens.len(), 1), &Device::Cpu)?;
+            out = out.index_add(&idx, &y.broadcast_mul(&wts)?, 0)?;
+        }
+        Ok(out)
+    }
+
+    /// Logits (row-major, `n_vocab` per row) of positions `from..to` of a final hidden state.
+    pub fn logits(&self, hidden: &Tensor, from: usize, to: usize) -> Result<Vec<f32>> {
+        let name = if self.w.info("output.weight").is_some() {
+            "output.weight"
+        } else {
+            "token_embd.weight" // tied embeddings
+        };
+        let out = Linear::load(self, name)?;
+        let rows = hidden.narrow(0, from, to - from).map_err(cerr)?;
+        let mut logits = out.forward(&rows, None).map_err(cerr)?;
+        if let Some(cap) = self.quirks.final_softcap {
+            logits = ((logits / cap as f64).and_then(|l| l.tanh()).map_err(cerr)? * cap as f64)
+                .map_err(cerr)?;
+        }
+        logits
+            .flatten_all()
+            .and_then(|l| l.to_vec1::<f32>())
+            .map_err(cerr)
+    }
+}
+
+/// What attention needs per chunk length: RoPE tables and the mask.
+struct Context {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+impl Context {
+    fn new(rope: &Rope, n_ctx: usize, window: Option<usize>) -> Result<Context> {
+        let (cos, sin) = rope.tables(n_ctx).map_err(cerr)?;
+        let mask = ops::causal_mask(n_ctx, window).map_err(cerr)?;
+        Ok(Context { cos, sin, mask })
+    }
+}
+
+/// A weight matrix, its optional bias, and how its activations are rounded.
+struct Linear {
+    name: String,
+    w: Tensor,
+    bias: Option<Tensor>,
+    act: Activations,
+}
+
+impl Linear {
+    fn load(m: &Model, name: &str) -> Result<Linear> {
+        let info = m.w.info(name).ok_or_else(|| missing(name))?;
+        let bias_name = name.replace(".weight", ".bias");
+        Ok(Linear {
+            name: name.to_string(),
+            w: m.weight(name)?,
+            bias: m.optional(&bias_name)?,
+            act: Activations::for_weights(info.ty),
+        })
+    }
+
+    fn optional(m: &Model, name: &str) -> Result<Option<Linear>> {
+        match m.w.info(name) {
+            Some(_) => Linear::load(m, name).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// x (rows, n_in) -> (rows, n_out); the f32 input goes to `stats` first, as llama-imatrix
+    /// sees it (before the activation rounding).
+    fn forward(&self, x: &Tensor, stats: Option<&ActivationStats>) -> candle_core::Result<Tensor> {
+        if let Some(s) = stats {
+            s.add(&self.name, x)?;
+        }
+        let y = self.act.round(x)?.matmul(&self.w.t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// llama-imatrix's statistics: for each weight matrix (and each expert of a stacked one), the
+/// sum over every token of each input column's square, and the number of tokens.
+#[derive(Default)]
+pub struct ActivationStats {
+    sums: std::sync::Mutex<std::collections::BTreeMap<String, ImatrixEntry>>,
+}
+
+/// One weight's sums: `n_mat` (1, or the expert count) blocks of columns, a count per block.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImatrixEntry {
+    pub sums: Vec<f32>,
+    pub counts: Vec<u64>,
+}
+
+impl ActivationStats {
+    fn add(&self, name: &str, x: &Tensor) -> candle_core::Result<()> {
+        self.add_expert(name, 1, 0, x)
+    }
+
+    /// The rows of `x` routed to expert `e` of `n_mat`.
+    fn add_expert(
+        &self,
+        name: &str,
+        n_mat: usize,
+        e: usize,
+        x: &Tensor,
+    ) -> candle_core::Result<()> {
+        let (rows, cols) = x.dims2()?;
+        let values = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut sums = self.sums.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = sums
+            .entry(name.to_string())
+            .or_insert_with(|| ImatrixEntry {
+                sums: vec![0.0; cols * n_mat],
+                counts: vec![0; n_mat],
+            });
+        let acc = &mut entry.sums[e * cols..(e + 1) * cols];
+        for row in values.chunks_exact(cols) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += v * v;
+            }
+        }
+        entry.counts[e] += rows as u64;
+        Ok(())
+    }
+
+    /// Each weight's sums and counts, by name.
+    pub fn into_entries(self) -> std::collections::BTreeMap<String, ImatrixEntry> {
+        self.sums.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+enum Qkv {
+    Separate(Linear, Linear, Linear),
+    Fused(Linear),
+}
+
+enum Ffn {
+    Dense {
+        /// `None` when `up` holds gate and up fused (Phi-3).
+        gate: Option<Linear>,
+        up: Linear,
+        down: Linear,
+    },
+    Experts(Moe),
+}
+
+/// A layer's routed experts: the router and the stacked (n_expert, rows, cols) matrices.
+struct Moe {
+    router: Linear,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+    gate_act: Activations,
+    up_act: Activations,
+    down_act: Activations,
+    gate_name: String,
+    up_name: String,
+    down_name: String,
+}
+
+/// One layer's weights.
+struct Layer {
+    attn_norm: Tensor,
+    qkv: Qkv,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    wo: Linear,
+    attn_post_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    ffn: Ffn,
+    ffn_post_norm: Option<Tensor>,
+}
+
+impl Layer {
+    fn load(m: &Model, l: usize) -> Result<Layer> {
+        let name = |n: &str| format!("blk.{l}.{n}.weight");
+        let lin = |n: &str| Linear::load(m, &name(n));
+        let qkv = match Linear::optional(m, &name("attn_qkv"))? {
+            Some(fused) => Qkv::Fused(fused),
+            None => Qkv::Separate(lin("attn_q")?, lin("attn_k")?, lin("attn_v")?),
+        };
+        let ffn = if m.w.info(&name("ffn_gate_inp")).is_some() {
+            let act = |n: &str| -> Result<Activations> {
+                let info = m.w.info(&name(n)).ok_or_else(|| missing(&name(n)))?;
+                Ok(Activations::for_weights(info.ty))
+            };
+            Ffn::Experts(Moe {
+                router: lin("ffn_gate_inp")?,
+                gate: m.weight(&name("ffn_gate_exps"))?,
+                up: m.weight(&name("ffn_up_exps"))?,
+                down: m.weight(&name("ffn_down_exps"))?,
+                gate_act: act("ffn_gate_exps")?,
+                up_act: act("ffn_up_exps")?,
+                down_act: act("ffn_down_exps")?,
+                gate_name: name("ffn_gate_exps"),
+                up_name: name("ffn_up_exps"),
+                down_name: name("ffn_down_exps"),
+            })
+        } else {
+            Ffn::Dense {
+                gate: Linear::optional(m, &name("ffn_gate"))?,
+                up: lin("ffn_up")?,
+                down: lin("ffn_down")?,
+            }
+        };
+        Ok(Layer {
+            attn_norm: m.weight(&name("attn_norm"))?,
+            qkv,
+            q_norm: m.optional(&name("attn_q_norm"))?,
+            k_norm: m.optional(&name("attn_k_norm"))?,
+            wo: lin("attn_output")?,
+            attn_post_norm: m.optional(&name("post_attention_norm"))?,
+            ffn_norm: m.weight(&name("ffn_norm"))?,
+            ffn,
+            ffn_post_norm: m.optional(&name("post_ffw_norm"))?,
+        })
+    }
+}
