@@ -84,7 +84,7 @@ def splitmix(seed, n):
     return (z >> np.uint64(40)).astype(np.float64) / float(1 << 23) - 1.0
 
 
-def values(name, shape, kind):
+def values(name, shape, kind, weight_scale=1.0):
     n = int(np.prod(shape))
     u = splitmix(fnv1a(name), n)
     if kind == "norm":          # around 0 (Gemma norms are stored minus one) or 1
@@ -92,7 +92,7 @@ def values(name, shape, kind):
     elif kind == "norm1":
         x = 1.0 + 0.1 * u
     else:
-        x = 0.05 * u
+        x = 0.05 * weight_scale * u
     return x.astype(np.float32).reshape(shape)
 
 
@@ -294,10 +294,13 @@ ARCHS = {"llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "ge
          "phi3": phi3, "mixtral": mixtral}
 
 
-def write_folder(arch, out, tokenizer):
+def write_folder(arch, out, tokenizer, weight_scale=1.0, config=None):
     """The fixture folder of `arch` in `out`; 1-D tensors of 16-bit models are stored in the
-    model's type too (as real checkpoints do). Shards split the sorted names evenly."""
+    model's type too (as real checkpoints do). Shards split the sorted names evenly.
+    `weight_scale` multiplies the matrices (the evaluation tests want confident, far from
+    uniform predictions) and `config` overrides config.json keys."""
     cfg, tensors, dtype, shards = ARCHS[arch]()
+    cfg.update(config or {})
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     items = sorted(tensors)
@@ -309,7 +312,7 @@ def write_folder(arch, out, tokenizer):
             part += [x for x in items if x[0] in MOVED_TO_LAST_SHARD]
         fname = "model.safetensors" if shards == 1 else f"model-{k + 1:05}-of-{shards:05}.safetensors"
         # Header order is not name order on purpose: readers must sort.
-        rows = [(n, dtype, s, encode(values(n, s, kind), dtype)) for n, s, kind in reversed(part)]
+        rows = [(n, dtype, s, encode(values(n, s, kind, weight_scale), dtype)) for n, s, kind in reversed(part)]
         write_safetensors(out / fname, rows)
         weight_map.update({n: fname for n, *_ in part})
     if shards > 1:

@@ -65,14 +65,16 @@ pub fn round_f16(x: &Tensor) -> candle_core::Result<Tensor> {
     x.to_dtype(DType::F16)?.to_dtype(DType::F32)
 }
 
-/// ggml's `quantize_row_q8_0` then dequantized: d = amax / 127 stored as f16, q = round(x / d).
+/// ggml's x86 (AVX) `quantize_row_q8_0` then dequantized: d = amax / 127 stored as f16,
+/// q = x * (127 / amax) rounded half to even. (Its scalar reference multiplies by 1 / d and
+/// rounds half away from zero; the AVX kernel is what llama.cpp runs on x86, and the one
+/// tie or last-bit difference per few thousand values moves a perplexity measurably.)
 fn round_q8_0(b: &mut [f32]) {
     let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let d16 = half::f16::from_f32(d).to_f32();
+    let d16 = half::f16::from_f32(amax / 127.0).to_f32();
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for v in b.iter_mut() {
-        *v = d16 * (*v * id).round();
+        *v = d16 * (*v * id).round_ties_even();
     }
 }
 
