@@ -87,3 +87,32 @@ def test_every_architecture_evaluates_as_llama_perplexity(arch, tmp_path, text, 
     assert ours == pytest.approx(theirs, rel=1e-4), (arch, ours, theirs)
     ours, theirs = smelt_ppl(q8, text), llama_ppl(llama_bin, q8, text)
     assert ours == pytest.approx(theirs, rel=5e-3), (arch, ours, theirs)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "gemma2"])
+def test_imatrix_of_experts_and_gemma_matches_llama_imatrix(arch, tmp_path, text, llama_bin):
+    """Mixtral's stacked experts get one block of sums and one count per expert (the routing
+    must agree token for token for the counts to be equal); Gemma's GELU network and
+    post-norms feed its down projection."""
+    import gguf
+    import numpy as np
+
+    src = write_fixture(arch, tmp_path / arch)
+    out = tmp_path / f"{arch}-out"
+    run_smelt("convert", src, "-o", out, "--types", "F32")
+    model = sorted(out.glob("*-F32.gguf"))[0]
+    ours, theirs = tmp_path / "smelt.imatrix.gguf", tmp_path / "llama.imatrix.gguf"
+    run_smelt("imatrix", model, "--text", text, "--ctx", CTX, "--chunks", CHUNKS, "-o", ours)
+    p = subprocess.run([str(llama_bin / "llama-imatrix"), "-m", str(model), "-f", str(text), "-c", str(CTX),
+                        "--chunks", str(CHUNKS), "-t", "2", "-fa", "off", "--no-ppl", "-o", str(theirs)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
+    assert [(t.name, list(t.shape)) for t in a.tensors] == [(t.name, list(t.shape)) for t in b.tensors]
+    if arch == "mixtral":
+        assert any(t.name.endswith("ffn_down_exps.weight.counts") and t.data.size == 4 for t in a.tensors)
+    for x, y in zip(a.tensors, b.tensors):
+        if x.name.endswith(".counts"):
+            assert np.array_equal(x.data, y.data), x.name
+        else:
+            np.testing.assert_allclose(x.data, y.data, rtol=1e-2, err_msg=x.name)
