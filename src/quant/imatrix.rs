@@ -277,6 +277,102 @@ impl Imatrix {
     }
 }
 
+/// One weight's statistics as llama-imatrix collects them: per column, the sum of the squared
+/// inputs over every row (token) it saw, and how many rows that was. An expert stack holds
+/// `counts.len()` blocks of columns, one count per block (one expert).
+#[derive(Clone, Copy, Debug)]
+pub struct ImatrixStats<'a> {
+    pub name: &'a str,
+    pub sums: &'a [f32],
+    pub counts: &'a [u64],
+}
+
+/// The legacy binary imatrix (llama-imatrix `--output-format dat`), byte for byte as
+/// llama-imatrix writes it: the entry count; per entry in name order, the name's length and
+/// bytes, `ncall` (the largest count over `chunk_size`, rounded up), the value count and the
+/// mean squares times `ncall` (1 times `ncall` for an expert that saw no rows); then the chunk
+/// count and the dataset name. All integers are little-endian i32. Entries that saw no rows at
+/// all are left out, as llama-imatrix leaves them out.
+pub fn encode_legacy(
+    stats: &[ImatrixStats],
+    chunk_size: usize,
+    n_chunks: usize,
+    dataset: &str,
+) -> Result<Vec<u8>> {
+    let i32_of = |n: u64, what: &str| {
+        i32::try_from(n).map_err(|_| {
+            Error::Invalid(format!(
+                "legacy imatrix: {what} {n} does not fit the format's 32-bit integers"
+            ))
+        })
+    };
+    if chunk_size == 0 {
+        return Err(Error::Invalid("legacy imatrix: chunk size 0".into()));
+    }
+    let mut kept: Vec<&ImatrixStats> = stats
+        .iter()
+        .filter(|s| s.counts.iter().any(|&c| c > 0))
+        .collect();
+    // llama-imatrix sorts std::strings: byte order.
+    kept.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let mut out = Vec::new();
+    out.extend_from_slice(&i32_of(kept.len() as u64, "entry count")?.to_le_bytes());
+    for s in kept {
+        if s.sums.is_empty() || s.sums.len() % s.counts.len() != 0 {
+            return Err(Error::Invalid(format!(
+                "legacy imatrix: `{}` has {} sums for {} counts",
+                crate::error::printable(s.name),
+                s.sums.len(),
+                s.counts.len()
+            )));
+        }
+        out.extend_from_slice(&i32_of(s.name.len() as u64, "name length")?.to_le_bytes());
+        out.extend_from_slice(s.name.as_bytes());
+        let max = s.counts.iter().copied().max().unwrap_or(0);
+        let ncall = i32_of(max.div_ceil(chunk_size as u64), "call count")?;
+        out.extend_from_slice(&ncall.to_le_bytes());
+        out.extend_from_slice(&i32_of(s.sums.len() as u64, "value count")?.to_le_bytes());
+        // In f32 as llama-imatrix computes it: (sum / count) * ncall, or 1 * ncall where the
+        // expert saw nothing.
+        let per = s.sums.len() / s.counts.len();
+        for (block, &count) in s.sums.chunks_exact(per).zip(s.counts) {
+            for &sum in block {
+                let (v, c) = if count == 0 {
+                    (1.0f32, 1.0f32)
+                } else {
+                    (sum, count as f32)
+                };
+                out.extend_from_slice(&((v / c) * ncall as f32).to_le_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(&i32_of(n_chunks as u64, "chunk count")?.to_le_bytes());
+    out.extend_from_slice(&i32_of(dataset.len() as u64, "dataset name length")?.to_le_bytes());
+    out.extend_from_slice(dataset.as_bytes());
+    Ok(out)
+}
+
+/// Write [`encode_legacy`]'s bytes to `path` through an exclusive temporary file beside it,
+/// renamed into place only once complete and synced.
+pub fn write_legacy(
+    path: &Path,
+    stats: &[ImatrixStats],
+    chunk_size: usize,
+    n_chunks: usize,
+    dataset: &str,
+) -> Result<()> {
+    use std::io::Write;
+    let bytes = encode_legacy(stats, chunk_size, n_chunks, dataset)?;
+    let (mut file, tmp) = crate::output_files::temp_file_beside(path)?;
+    file.write_all(&bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    let tmp_path = tmp.to_path_buf();
+    let done = crate::output_files::commit(|| tmp.persist(path).map_err(|e| e.error));
+    crate::output_files::forget(&tmp_path);
+    done.map_err(|e| Error::io(path, e))
+}
+
 /// Bounds-checked reads over a legacy imatrix file.
 struct LegacyReader<'a> {
     bytes: &'a [u8],
@@ -302,5 +398,127 @@ impl<'a> LegacyReader<'a> {
 
     fn i32(&mut self, what: &str) -> Result<i32> {
         Ok(i32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_layout_is_llama_imatrix_s() {
+        let sums = [2.0f32, 4.0];
+        let stats = [
+            ImatrixStats {
+                name: "b.weight",
+                sums: &sums,
+                counts: &[300],
+            },
+            ImatrixStats {
+                name: "unused.weight",
+                sums: &sums,
+                counts: &[0],
+            },
+        ];
+        let bytes = encode_legacy(&stats, 128, 2, "calib.txt").unwrap();
+        let mut want = Vec::new();
+        for v in [1i32, 8] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        want.extend_from_slice(b"b.weight");
+        // 300 rows in chunks of 128: ncall 3 (rounded up); values are mean squares times 3.
+        for v in [3i32, 2] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [2.0f32 / 300.0 * 3.0, 4.0 / 300.0 * 3.0] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [2i32, 9] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        want.extend_from_slice(b"calib.txt");
+        assert_eq!(bytes, want);
+    }
+
+    #[test]
+    fn legacy_round_trips_through_the_reader() {
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            (0..64).map(|i| i as f32 * 0.25).collect(),
+            (0..32).map(|i| 1.0 + i as f32).collect(),
+        );
+        let stats = [
+            ImatrixStats {
+                name: "blk.0.ffn_down.weight",
+                sums: &a,
+                counts: &[512],
+            },
+            ImatrixStats {
+                name: "blk.0.attn_q.weight",
+                sums: &b,
+                counts: &[500],
+            },
+        ];
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("imatrix.dat");
+        write_legacy(&path, &stats, 128, 4, "smelt:calibration.txt").unwrap();
+        let im = Imatrix::load(&path).unwrap();
+        assert_eq!(im.chunk_count, 4);
+        assert_eq!(im.datasets, vec!["smelt:calibration.txt".to_string()]);
+        assert_eq!(im.entries.len(), 2);
+        for s in &stats {
+            let got = &im.entries[s.name];
+            assert_eq!(got.len(), s.sums.len());
+            for (g, sum) in got.iter().zip(s.sums) {
+                let want = sum / s.counts[0] as f32;
+                assert!(
+                    (g - want).abs() <= 1e-6 * want.abs(),
+                    "{}: {g} vs {want}",
+                    s.name
+                );
+            }
+        }
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn legacy_experts_share_the_largest_call_count() {
+        // Three experts of two columns: 256 rows, 100 rows, none.
+        let sums = [4.0f32, 8.0, 1.0, 2.0, 0.0, 0.0];
+        let stats = [ImatrixStats {
+            name: "blk.0.ffn_down_exps.weight",
+            sums: &sums,
+            counts: &[256, 100, 0],
+        }];
+        let bytes = encode_legacy(&stats, 128, 2, "").unwrap();
+        let at = 4 + 4 + stats[0].name.len();
+        let i32_at = |o: usize| i32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+        assert_eq!((i32_at(at), i32_at(at + 4)), (2, 6));
+        let values: Vec<f32> = bytes[at + 8..at + 8 + 24]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let want = [
+            4.0 / 256.0 * 2.0,
+            8.0 / 256.0 * 2.0,
+            0.01 * 2.0,
+            0.02 * 2.0,
+            2.0,
+            2.0,
+        ];
+        for (v, w) in values.iter().zip(want) {
+            assert!((v - w).abs() <= 1e-6, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn legacy_refuses_what_it_cannot_write() {
+        assert!(encode_legacy(&[], 0, 0, "").is_err());
+        let stats = [ImatrixStats {
+            name: "w",
+            sums: &[1.0, 2.0, 3.0],
+            counts: &[1, 1],
+        }];
+        assert!(encode_legacy(&stats, 128, 1, "").is_err());
     }
 }
