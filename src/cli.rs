@@ -92,8 +92,8 @@ pub enum Command {
     /// Perplexity of a model on a text, as llama-perplexity measures it; with --reference,
     /// the KL divergence from a reference model and how often both pick the same top token.
     Eval(EvalArgs),
-    /// Compute an importance matrix on a text, as llama-imatrix does (its GGUF format), for
-    /// `quantize --imatrix`.
+    /// Compute an importance matrix on a text, as llama-imatrix does (its GGUF or legacy .dat
+    /// format), for `quantize --imatrix`.
     Imatrix(ImatrixArgs),
     /// Quantize a model (GGUF of any type, safetensors or HF folder) to GGUF, as
     /// llama-quantize does: one file per type, all from one read of the input.
@@ -131,9 +131,9 @@ or --name). Takes quantize's options."
 pub struct EvalArgs {
     /// The model: GGUF of any type, safetensors or HF folder.
     pub model: PathBuf,
-    /// The evaluation text (UTF-8), e.g. wikitext-2's test set.
+    /// The evaluation text (UTF-8), e.g. wikitext-2's test set; default: the built-in one.
     #[arg(long)]
-    pub text: PathBuf,
+    pub text: Option<PathBuf>,
     /// Tokens per chunk (llama-perplexity's -c).
     #[arg(long = "ctx", default_value_t = 512)]
     pub n_ctx: usize,
@@ -152,18 +152,32 @@ pub struct EvalArgs {
 pub struct ImatrixArgs {
     /// The model: GGUF of any type, safetensors or HF folder.
     pub model: PathBuf,
-    /// The calibration text (UTF-8).
+    /// The calibration text (UTF-8). Default: the one built into smelt (data/calibration.txt:
+    /// prose in 20 languages, source code, maths), recorded as `smelt:calibration.txt`.
     #[arg(long)]
-    pub text: PathBuf,
-    /// Output imatrix file (GGUF, as llama-imatrix writes).
+    pub text: Option<PathBuf>,
+    /// Output imatrix file.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// gguf (llama-imatrix's default format) or dat (its legacy binary format). Like
+    /// llama-imatrix, smelt writes GGUF unless told, whatever the output's name.
+    #[arg(long, value_enum)]
+    pub output_format: Option<ImatrixFormat>,
     /// Tokens per chunk (llama-imatrix's -c).
     #[arg(long = "ctx", default_value_t = 512)]
     pub n_ctx: usize,
     /// At most this many chunks (default: every whole chunk of the text).
     #[arg(long)]
     pub chunks: Option<usize>,
+}
+
+/// The file formats of `imatrix --output-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImatrixFormat {
+    /// GGUF: `<tensor>.in_sum2` and `<tensor>.counts`, the `imatrix.*` keys.
+    Gguf,
+    /// llama-imatrix's legacy binary `.dat`.
+    Dat,
 }
 
 #[derive(clap::Args, Debug)]
@@ -546,7 +560,7 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     use crate::eval::{evaluate, tokenize, EvalOptions};
     let store = Store::open(&args.model)?;
     let reference = args.reference.as_ref().map(Store::open).transpose()?;
-    let text = crate::input::read_to_string(&args.text)?;
+    let (text, text_name) = eval_text(args.text.as_deref())?;
     let tokens = tokenize(&store, &text)?;
     if let Some(r) = &reference {
         if tokenize(r, &text)? != tokens {
@@ -580,7 +594,7 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
             })
         });
         let doc = serde_json::json!({
-            "model": args.model, "text": args.text, "tokens": tokens.len(),
+            "model": args.model, "text": text_name, "tokens": tokens.len(),
             "n_ctx": report.n_ctx, "chunks": report.n_chunks, "scored": report.n_scored,
             "perplexity": report.perplexity, "perplexity_error": report.perplexity_error,
             "per_chunk": report.per_chunk, "kld": kld,
@@ -622,14 +636,44 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     Ok(())
 }
 
-/// `imatrix`: llama-imatrix's statistics, written in its GGUF format.
+/// The calibration text built into smelt (data/README.md says what it holds and where each
+/// part comes from): `eval` and `imatrix` read it when no `--text` is given.
+pub const CALIBRATION_TEXT: &str = include_str!("../data/calibration.txt");
+/// The name outputs record for it (`imatrix.datasets`, `eval --json`'s `text`).
+pub const CALIBRATION_NAME: &str = "smelt:calibration.txt";
+
+/// The text `eval` and `imatrix` run on, and the name to record for it: the `--text` file, or
+/// the built-in calibration text.
+fn eval_text(arg: Option<&Path>) -> Result<(String, String)> {
+    match arg {
+        Some(p) => Ok((
+            crate::input::read_to_string(p)?,
+            p.to_string_lossy().into_owned(),
+        )),
+        None => Ok((CALIBRATION_TEXT.to_string(), CALIBRATION_NAME.to_string())),
+    }
+}
+
+/// `imatrix`: llama-imatrix's statistics, written in its GGUF or legacy `.dat` format.
 fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
     use crate::eval::{collect_imatrix, tokenize, write_imatrix_gguf, EvalOptions};
+    use crate::quant::imatrix::{write_legacy, ImatrixStats};
     let store = Store::open(&args.model)?;
     let mut inputs = store.paths();
-    inputs.push(&args.text);
+    if let Some(t) = &args.text {
+        inputs.push(t);
+    }
     crate::output_files::check_outputs(&inputs, &[&args.output])?;
-    let text = crate::input::read_to_string(&args.text)?;
+    let format = args.output_format.unwrap_or(ImatrixFormat::Gguf);
+    // llama-imatrix's rule: GGUF unless `--output-format dat`, with a warning for a name that
+    // suggests otherwise (an old `-o imatrix.dat` command line).
+    if args.output_format.is_none() && args.output.extension().is_none_or(|e| e != "gguf") {
+        eprintln!(
+            "warning: writing GGUF to {}, whose name does not end in .gguf; --output-format dat writes llama-imatrix's legacy format",
+            crate::error::printable(&args.output.display().to_string())
+        );
+    }
+    let (text, dataset) = eval_text(args.text.as_deref())?;
     let tokens = tokenize(&store, &text)?;
     let opts = EvalOptions {
         n_ctx: args.n_ctx,
@@ -644,12 +688,33 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
     let started = std::time::Instant::now();
     let (stats, n_chunks) = collect_imatrix(&store, &tokens, &opts, &progress)?;
     progress.finish();
-    let dataset = args.text.to_string_lossy();
-    write_imatrix_gguf(&args.output, stats, &dataset, n_chunks, args.n_ctx)?;
+    match format {
+        ImatrixFormat::Gguf => {
+            write_imatrix_gguf(&args.output, stats, &dataset, n_chunks, args.n_ctx)?
+        }
+        ImatrixFormat::Dat => {
+            let stats = stats.into_entries();
+            let entries: Vec<ImatrixStats> = stats
+                .iter()
+                .map(|(name, e)| ImatrixStats {
+                    name,
+                    sums: &e.sums,
+                    counts: &e.counts,
+                })
+                .collect();
+            write_legacy(&args.output, &entries, args.n_ctx, n_chunks, &dataset)?
+        }
+    }
     ui.say(format_args!(
-        "wrote {} ({n_chunks} chunks of {}) in {:.2?}",
+        "wrote {} ({}, {n_chunks} chunks of {} from {}) in {:.2?}",
         args.output.display(),
+        if format == ImatrixFormat::Gguf {
+            "GGUF"
+        } else {
+            "legacy .dat"
+        },
         args.n_ctx,
+        crate::error::printable(&dataset),
         started.elapsed()
     ));
     Ok(())
@@ -1132,5 +1197,34 @@ mod tests {
         assert_eq!(stem("llama-7b-Q4_K_M-00001-of-00003.gguf"), "llama-7b");
         assert_eq!(stem("model.safetensors"), "model");
         assert_eq!(stem("dir/Mistral-7B"), "Mistral-7B");
+    }
+
+    #[test]
+    fn built_in_calibration_text_is_the_default() {
+        let (text, name) = eval_text(None).unwrap();
+        assert_eq!(name, "smelt:calibration.txt");
+        assert!((300_000..=400_000).contains(&text.len()), "{}", text.len());
+        // Prose, other scripts, code and formulas, all in the first fifth.
+        let mut end = text.len() / 5;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let head = &text[..end];
+        for sample in [
+            "Phileas Fogg",
+            "Déclaration universelle",
+            "#define",
+            "\\frac",
+        ] {
+            assert!(head.contains(sample), "{sample}");
+        }
+        for sample in [
+            "世界人权宣言",
+            "الإعلان العالمي",
+            "Всеобщая декларация",
+            "fn ",
+        ] {
+            assert!(text.contains(sample), "{sample}");
+        }
     }
 }
