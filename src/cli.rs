@@ -558,12 +558,16 @@ fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
 /// `eval`: perplexity (and KL divergence against a reference) on a text.
 fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     use crate::eval::{evaluate, tokenize, EvalOptions};
-    let store = Store::open(&args.model)?;
-    let reference = args.reference.as_ref().map(Store::open).transpose()?;
+    let store = crate::eval::open(&args.model)?;
+    let reference = args
+        .reference
+        .as_ref()
+        .map(|r| crate::eval::open(r))
+        .transpose()?;
     let (text, text_name) = eval_text(args.text.as_deref())?;
-    let tokens = tokenize(&store, &text)?;
+    let tokens = tokenize(store.as_ref(), &text)?;
     if let Some(r) = &reference {
-        if tokenize(r, &text)? != tokens {
+        if tokenize(r.as_ref(), &text)? != tokens {
             return Err(Error::Invalid(format!(
                 "{}: the reference tokenizes the text differently from the model: KL divergence needs the same tokens",
                 args.reference.as_ref().expect("set").display()
@@ -574,7 +578,7 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
         n_ctx: args.n_ctx,
         max_chunks: args.chunks,
     };
-    let n_layer = store.hparam("block_count").unwrap_or(0);
+    let n_layer = store.n_layer();
     let passes = 1 + u64::from(reference.is_some());
     let progress = crate::progress::Progress::new(
         ui.display,
@@ -583,7 +587,13 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
         crate::progress::Unit::Layers,
     );
     let started = std::time::Instant::now();
-    let report = evaluate(&store, reference.as_ref(), &tokens, &opts, &progress)?;
+    let report = evaluate(
+        store.as_ref(),
+        reference.as_deref(),
+        &tokens,
+        &opts,
+        &progress,
+    )?;
     progress.finish();
     if args.json {
         let kld = report.kld.as_ref().map(|k| {
@@ -658,11 +668,12 @@ fn eval_text(arg: Option<&Path>) -> Result<(String, String)> {
 fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
     use crate::eval::{collect_imatrix, tokenize, write_imatrix_gguf, EvalOptions};
     use crate::quant::imatrix::{write_legacy, ImatrixStats};
-    let store = Store::open(&args.model)?;
-    let mut inputs = store.paths();
+    let store = crate::eval::open(&args.model)?;
+    let mut inputs = store.input_files();
     if let Some(t) = &args.text {
-        inputs.push(t);
+        inputs.push(t.clone());
     }
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
     crate::output_files::check_outputs(&inputs, &[&args.output])?;
     let format = args.output_format.unwrap_or(ImatrixFormat::Gguf);
     // llama-imatrix's rule: GGUF unless `--output-format dat`, with a warning for a name that
@@ -674,7 +685,7 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
         );
     }
     let (text, dataset) = eval_text(args.text.as_deref())?;
-    let tokens = tokenize(&store, &text)?;
+    let tokens = tokenize(store.as_ref(), &text)?;
     let opts = EvalOptions {
         n_ctx: args.n_ctx,
         max_chunks: args.chunks,
@@ -682,11 +693,11 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
     let progress = crate::progress::Progress::new(
         ui.display,
         "collecting",
-        store.hparam("block_count").unwrap_or(0),
+        store.n_layer(),
         crate::progress::Unit::Layers,
     );
     let started = std::time::Instant::now();
-    let (stats, n_chunks) = collect_imatrix(&store, &tokens, &opts, &progress)?;
+    let (stats, n_chunks) = collect_imatrix(store.as_ref(), &tokens, &opts, &progress)?;
     progress.finish();
     match format {
         ImatrixFormat::Gguf => {

@@ -10,18 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Scratch folder under target/ (not /tmp).
-fn scratch() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
+use common::scratch;
 
 fn run(dir: &Path, args: &[&str]) -> Result<String, String> {
     common::smelt(dir, args)
 }
 
 fn tiny(dir: &Path, name: &str) -> PathBuf {
-    run(dir, &["make-test-model", "-o", name, "--layers", "2"]).unwrap();
-    dir.join(name)
+    common::tiny_model(dir, name, &[])
 }
 
 fn sha(path: &Path) -> Vec<u8> {
@@ -36,32 +32,6 @@ fn temps_in(dir: &Path) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".smelt-") || n.contains("smelt-tmp"))
         .collect()
-}
-
-/// A copy of `src` (a GGUF) as F32 with `edit` applied to each tensor's name and values.
-fn rewrite(src: &Path, dst: &Path, edit: impl Fn(&mut String, &mut Vec<f32>)) {
-    let store = Store::open(src).unwrap();
-    let mut tensors = Vec::new();
-    for (i, t) in store.tensors.iter().enumerate() {
-        let mut name = t.name.clone();
-        let mut values = store.read_f32(i).unwrap();
-        edit(&mut name, &mut values);
-        tensors.push((name, t.shape.clone(), values));
-    }
-    let decls: Vec<TensorDecl> = tensors
-        .iter()
-        .map(|(name, shape, _)| TensorDecl {
-            name: name.clone(),
-            shape: shape.clone(),
-            ty: GgmlType::F32,
-        })
-        .collect();
-    let mut w = GgufWriter::create(dst, &store.metadata, &decls).unwrap();
-    for (_, _, values) in &tensors {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.write_data(&bytes).unwrap();
-    }
-    w.finish().unwrap();
 }
 
 #[test]
@@ -312,11 +282,16 @@ fn non_finite_values_are_refused_and_the_created_folder_removed() {
     let d = scratch();
     let dir = d.path();
     let model = tiny(dir, "m.gguf");
-    rewrite(&model, &dir.join("nan.gguf"), |name, values| {
-        if name == "blk.1.ffn_down.weight" {
-            values[70] = f32::NAN;
-        }
-    });
+    common::rewrite(
+        &model,
+        &dir.join("nan.gguf"),
+        |_| {},
+        |name, values| {
+            if name == "blk.1.ffn_down.weight" {
+                values[70] = f32::NAN;
+            }
+        },
+    );
     let err = run(
         dir,
         &[
@@ -417,11 +392,16 @@ fn control_characters_in_names_are_escaped() {
     let d = scratch();
     let dir = d.path();
     let model = tiny(dir, "m.gguf");
-    rewrite(&model, &dir.join("esc.gguf"), |name, _| {
-        if name == "blk.0.attn_q.weight" {
-            *name = "blk.0.\x1b]0;pwned\x07\x1b[2J".into();
-        }
-    });
+    common::rewrite(
+        &model,
+        &dir.join("esc.gguf"),
+        |_| {},
+        |name, _| {
+            if name == "blk.0.attn_q.weight" {
+                *name = "blk.0.\x1b]0;pwned\x07\x1b[2J".into();
+            }
+        },
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
         .args(["inspect", "esc.gguf"])
         .current_dir(dir)

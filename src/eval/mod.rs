@@ -14,10 +14,9 @@ mod quirks;
 mod weights;
 
 pub use model::{ActivationStats, ImatrixEntry};
-pub use weights::{MergedWeights, WeightInfo, Weights};
+pub use weights::{open, MergedWeights, WeightInfo, Weights};
 
 use crate::error::{Error, Result};
-use crate::store::Store;
 
 /// How to evaluate.
 #[derive(Clone, Debug)]
@@ -65,53 +64,29 @@ pub struct KldReport {
 
 /// The token ids of `text` as llama.cpp tokenizes it for llama-perplexity (BOS first when
 /// the vocabulary asks for one), from the model's own `tokenizer.*` metadata.
-pub fn tokenize(store: &Store, text: &str) -> Result<Vec<u32>> {
-    let md = &store.metadata;
-    let files = crate::tokenizer::export::hf_tokenizer_files(md)
-        .map_err(|why| Error::Invalid(format!("cannot tokenize for evaluation: {why}")))?;
-    let json = files
-        .iter()
-        .find(|(name, _)| name == "tokenizer.json")
-        .ok_or_else(|| {
-            Error::Invalid(
-                "cannot tokenize for evaluation: only byte-level BPE vocabularies (tokenizer.json) are supported so far".into(),
-            )
-        })?;
-    let tok = tokenizers::Tokenizer::from_bytes(&json.1)
-        .map_err(|e| Error::Invalid(format!("rebuilt tokenizer.json: {e}")))?;
-    let enc = tok
-        .encode(text, false)
-        .map_err(|e| Error::Invalid(format!("tokenizing the evaluation text: {e}")))?;
-    let mut ids: Vec<u32> = Vec::with_capacity(enc.len() + 1);
-    if add_bos(store) {
-        ids.push(bos(store)?);
-    }
-    ids.extend_from_slice(enc.get_ids());
-    Ok(ids)
-}
-
-fn add_bos(store: &Store) -> bool {
-    match store.metadata.get("tokenizer.ggml.add_bos_token") {
-        Some(crate::gguf::Value::Bool(b)) => *b,
-        // llama.cpp's default for vocabularies that do not say: SentencePiece adds one.
-        _ => store.metadata.get_str("tokenizer.ggml.model") == Some("llama"),
-    }
-}
-
-fn bos(store: &Store) -> Result<u32> {
-    store
-        .metadata
-        .get_u64("tokenizer.ggml.bos_token_id")
-        .map(|b| b as u32)
-        .ok_or_else(|| Error::Invalid("the vocabulary adds BOS but has no bos_token_id".into()))
+pub fn tokenize(model: &dyn Weights, text: &str) -> Result<Vec<u32>> {
+    crate::tokenizer::encode::tokenize(model.metadata(), text, true)
 }
 
 /// The chunks llama-perplexity evaluates: `n_ctx` tokens each, the first replaced by BOS when
 /// the vocabulary adds one.
-fn chunks(store: &Store, tokens: &[u32], opts: &EvalOptions) -> Result<Vec<Vec<u32>>> {
+fn chunks(store: &dyn Weights, tokens: &[u32], opts: &EvalOptions) -> Result<Vec<Vec<u32>>> {
     if opts.n_ctx < 4 {
         return Err(Error::Invalid(format!(
             "--ctx {} is too small (at least 4 tokens)",
+            opts.n_ctx
+        )));
+    }
+    let md = store.metadata();
+    let trained = md
+        .architecture()
+        .and_then(|a| md.get_u64(&format!("{a}.context_length")))
+        .unwrap_or(0) as usize;
+    if trained > 0 && opts.n_ctx > trained {
+        // llama.cpp only warns; positions past the trained context measure RoPE
+        // extrapolation, not the model, and quietly give a meaningless perplexity.
+        return Err(Error::Invalid(format!(
+            "--ctx {} is longer than the model's context ({trained} tokens)",
             opts.n_ctx
         )));
     }
@@ -125,11 +100,7 @@ fn chunks(store: &Store, tokens: &[u32], opts: &EvalOptions) -> Result<Vec<Vec<u
             opts.n_ctx
         )));
     }
-    let bos = if add_bos(store) {
-        Some(bos(store)?)
-    } else {
-        None
-    };
+    let bos = crate::tokenizer::encode::bos_to_add(store.metadata())?;
     Ok((0..n)
         .map(|c| {
             let mut chunk = tokens[c * opts.n_ctx..(c + 1) * opts.n_ctx].to_vec();
@@ -150,14 +121,14 @@ fn log_prob(logits: &[f32], token: usize) -> f64 {
 
 /// Perplexity (and, with `reference`, KL divergence) of `store` on `tokens`.
 pub fn evaluate(
-    store: &Store,
-    reference: Option<&Store>,
+    store: &dyn Weights,
+    reference: Option<&dyn Weights>,
     tokens: &[u32],
     opts: &EvalOptions,
     progress: &crate::progress::Progress,
 ) -> Result<EvalReport> {
     let model = model::Model::new(store)?;
-    let reference_model = reference.map(|r| model::Model::new(r)).transpose()?;
+    let reference_model = reference.map(model::Model::new).transpose()?;
     if let Some(r) = &reference_model {
         if r.n_vocab() != model.n_vocab() {
             return Err(Error::Invalid(format!(
@@ -266,7 +237,7 @@ fn kl_divergence(reference: &[f32], model: &[f32]) -> (f64, bool) {
 /// llama-imatrix's importance matrix of `store` on `tokens`: every chunk through every layer,
 /// the squares of each weight matrix's inputs summed over all tokens.
 pub fn collect_imatrix(
-    store: &Store,
+    store: &dyn Weights,
     tokens: &[u32],
     opts: &EvalOptions,
     progress: &crate::progress::Progress,

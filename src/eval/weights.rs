@@ -21,6 +21,15 @@ pub trait Weights: Sync {
     fn read(&self, name: &str) -> Result<Vec<f32>>;
     /// Row `row` (of `shape[0]` values) into `out`.
     fn read_row(&self, name: &str, row: usize, out: &mut [f32]) -> Result<()>;
+    /// Every file read (no output may replace one of them).
+    fn input_files(&self) -> Vec<std::path::PathBuf>;
+    /// `{arch}.block_count`, for progress.
+    fn n_layer(&self) -> u64 {
+        let md = self.metadata();
+        md.architecture()
+            .and_then(|a| md.get_u64(&format!("{a}.block_count")))
+            .unwrap_or(0)
+    }
 }
 
 impl Weights for Store {
@@ -46,6 +55,10 @@ impl Weights for Store {
     fn read_row(&self, name: &str, row: usize, out: &mut [f32]) -> Result<()> {
         let i = self.find(name).ok_or_else(|| missing(name))?;
         self.read_rows(i, row, out)
+    }
+
+    fn input_files(&self) -> Vec<std::path::PathBuf> {
+        self.paths().into_iter().map(|p| p.to_path_buf()).collect()
     }
 }
 
@@ -107,4 +120,38 @@ impl Weights for MergedWeights {
         // The plan keeps the last merged tensor: reading a table row by row merges it once.
         self.plan.read_rows(self.find(name)?, row, out)
     }
+
+    fn input_files(&self) -> Vec<std::path::PathBuf> {
+        use crate::write::TensorProducer;
+        self.plan.input_files()
+    }
+}
+
+/// The model `smelt eval` and `smelt imatrix` run: a merge recipe (`.yaml`/`.yml`, one
+/// document), evaluated as merged without writing it, or any model file or folder.
+pub fn open(path: &std::path::Path) -> Result<Box<dyn Weights>> {
+    let is_recipe = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    if !is_recipe {
+        return Ok(Box::new(Store::open(path)?));
+    }
+    let text = crate::input::read_to_string(path)?;
+    let origin = path.display().to_string();
+    let docs = crate::recipe::parse(&text, &origin)?;
+    if docs.len() != 1 {
+        return Err(Error::Invalid(format!(
+            "{origin}: a recipe of {} documents; evaluate one document (merge the earlier ones first)",
+            docs.len()
+        )));
+    }
+    let opts = crate::merge::PlanOptions {
+        // The inputs are read as the forward pass needs them; hashing them is a merge's
+        // provenance, not needed to evaluate.
+        dry_run: true,
+        ..Default::default()
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let plan = crate::merge::MergePlan::with_options(&docs[0], &text, &origin, dir, &[], &opts)?;
+    Ok(Box::new(MergedWeights::new(plan)))
 }

@@ -1,8 +1,61 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: run the binary, scratch folders under target/,
+//! tiny generated models, edited copies of a GGUF.
+// Each test crate includes this module and uses part of it.
+#![allow(dead_code)]
 
+use smelt::gguf::writer::TensorDecl;
+use smelt::gguf::{GgmlType, GgufWriter, Metadata};
+use smelt::store::Store;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Scratch folder under target/ (not /tmp), removed when dropped.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// `smelt make-test-model -o dir/name --layers 2 EXTRA...`; its path.
+pub fn tiny_model(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let mut args = vec!["make-test-model", "-o", name, "--layers", "2"];
+    args.extend_from_slice(extra);
+    smelt(dir, &args).unwrap();
+    dir.join(name)
+}
+
+/// A copy of `src` (a GGUF) as F32 with `edit_md` applied to its metadata and `edit` to each
+/// tensor's name and values.
+pub fn rewrite(
+    src: &Path,
+    dst: &Path,
+    edit_md: impl Fn(&mut Metadata),
+    edit: impl Fn(&mut String, &mut Vec<f32>),
+) {
+    let store = Store::open(src).unwrap();
+    let mut tensors = Vec::new();
+    for (i, t) in store.tensors.iter().enumerate() {
+        let mut name = t.name.clone();
+        let mut values = store.read_f32(i).unwrap();
+        edit(&mut name, &mut values);
+        tensors.push((name, t.shape.clone(), values));
+    }
+    let decls: Vec<TensorDecl> = tensors
+        .iter()
+        .map(|(name, shape, _)| TensorDecl {
+            name: name.clone(),
+            shape: shape.clone(),
+            ty: GgmlType::F32,
+        })
+        .collect();
+    let mut md = store.metadata.clone();
+    edit_md(&mut md);
+    let mut w = GgufWriter::create(dst, &md, &decls).unwrap();
+    for (_, _, values) in &tensors {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_data(&bytes).unwrap();
+    }
+    w.finish().unwrap();
+}
 
 /// Run the smelt binary in `dir`: Ok(stderr) on success, Err(stderr) on failure. A panic is
 /// never an acceptable way to fail.

@@ -1,0 +1,139 @@
+//! `smelt eval` and `smelt imatrix` through the CLI on tiny generated models: a merge recipe
+//! evaluated directly equals its written F32 file, and bad input gets one clear error.
+//! (Parity with llama-perplexity and llama-imatrix is tests/python/test_eval*.py.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+/// A text of a few thousand byte-level BPE tokens.
+fn text(dir: &Path) -> PathBuf {
+    let words = [
+        "the", "merge", "of", "two", "models", "is", "measured", "on", "a", "text", "that",
+        "nobody", "trained", "them", "for", "and", "each", "chunk", "counts",
+    ];
+    let body: Vec<&str> = (0..3000usize)
+        .map(|i| words[(i * 7 + i / 5) % words.len()])
+        .collect();
+    let path = dir.join("text.txt");
+    std::fs::write(&path, body.join(" ")).unwrap();
+    path
+}
+
+fn eval_json(dir: &Path, model: &Path, text: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["eval"])
+        .arg(model)
+        .arg("--text")
+        .arg(text)
+        .args(["--ctx", "64", "--chunks", "3", "--json"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_recipe_evaluates_as_its_written_f32_merge() {
+    let dir = common::scratch();
+    let d = dir.path();
+    common::tiny_model(d, "a.gguf", &["--dtype", "F32", "--seed", "1"]);
+    common::tiny_model(d, "b.gguf", &["--dtype", "F32", "--seed", "2"]);
+    let recipe = d.join("mix.yaml");
+    std::fs::write(
+        &recipe,
+        "merge_method: linear\nmodels:\n  - model: a.gguf\n    parameters: {weight: 0.3}\n  - model: b.gguf\n    parameters: {weight: 0.7}\n",
+    )
+    .unwrap();
+    common::smelt(d, ["merge", "mix.yaml", "-o", "out", "--types", "F32"]).unwrap();
+    let text = text(d);
+    let direct = eval_json(d, &recipe, &text);
+    let written = eval_json(d, &d.join("out/mix-F32.gguf"), &text);
+    assert_eq!(direct["perplexity"], written["perplexity"]);
+    assert_eq!(direct["per_chunk"], written["per_chunk"]);
+    // ... and it is a merge, not one of its inputs.
+    let a = eval_json(d, &d.join("a.gguf"), &text);
+    assert_ne!(direct["perplexity"], a["perplexity"]);
+    // Nothing was written by evaluating.
+    let names: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+}
+
+#[test]
+fn bad_evaluation_input_is_one_clear_error() {
+    let dir = common::scratch();
+    let d = dir.path();
+    let model = common::tiny_model(d, "m.gguf", &["--dtype", "F32"]);
+    let text = text(d);
+    let t = text.to_str().unwrap();
+    let eval = |model: &str, extra: &[&str]| {
+        let mut args = vec!["eval", model, "--text", t];
+        args.extend_from_slice(extra);
+        common::smelt(d, &args).unwrap_err()
+    };
+    // A context longer than the model's (the fixture says 2048).
+    let err = eval("m.gguf", &["--ctx", "4096"]);
+    assert!(
+        err.contains("longer than the model's context (2048"),
+        "{err}"
+    );
+    // A model missing a tensor the graph needs.
+    common::rewrite(
+        &model,
+        &d.join("gap.gguf"),
+        |_| {},
+        |name, _| {
+            if name == "blk.1.ffn_up.weight" {
+                *name = "blk.1.ffn_up_renamed.weight".into();
+            }
+        },
+    );
+    let err = eval("gap.gguf", &["--ctx", "64"]);
+    assert!(err.contains("`blk.1.ffn_up.weight`"), "{err}");
+    // An architecture the forward pass does not run.
+    common::rewrite(
+        &model,
+        &d.join("rwkv.gguf"),
+        |md| {
+            let renamed: Vec<(String, smelt::gguf::Value)> = md
+                .iter()
+                .filter(|(k, _)| k.starts_with("llama."))
+                .map(|(k, v)| (k.replacen("llama.", "rwkv7.", 1), v.clone()))
+                .collect();
+            for (k, v) in renamed {
+                md.set(&k, v);
+            }
+            md.set(
+                "general.architecture",
+                smelt::gguf::Value::String("rwkv7".into()),
+            );
+        },
+        |_, _| {},
+    );
+    let err = eval("rwkv.gguf", &["--ctx", "64"]);
+    assert!(
+        err.contains("no forward pass for the `rwkv7` architecture"),
+        "{err}"
+    );
+    // A reference with another vocabulary.
+    common::tiny_model(d, "v.gguf", &["--dtype", "F32", "--vocab", "300"]);
+    let err = eval("m.gguf", &["--ctx", "64", "--reference", "v.gguf"]);
+    assert!(err.contains("v.gguf"), "{err}");
+    // A recipe of two documents.
+    std::fs::write(
+        d.join("two.yaml"),
+        "name: first\nmerge_method: passthrough\nmodels:\n  - model: m.gguf\n---\nmerge_method: passthrough\nmodels:\n  - model: first\n",
+    )
+    .unwrap();
+    let err = eval("two.yaml", &["--ctx", "64"]);
+    assert!(err.contains("2 documents"), "{err}");
+}
