@@ -8,6 +8,7 @@
 //! and dropped before the next layer, so memory holds one layer, the chunks' hidden states and
 //! one chunk's logits, never the whole model as f32.
 
+pub mod logits_file;
 mod llama;
 
 pub use llama::ActivationStats;
