@@ -89,8 +89,8 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Perplexity of a model on a text, as llama-perplexity measures it; with --reference,
-    /// the KL divergence from a reference model and how often both pick the same top token.
+    /// Perplexity of a model on a text, as llama-perplexity measures it; with --reference (or
+    /// saved --ref-logits), llama-perplexity's KL-divergence, Δp and same-top-token statistics.
     Eval(EvalArgs),
     /// Compute an importance matrix on a text, as llama-imatrix does (its GGUF or legacy .dat
     /// format), for `quantize --imatrix`.
@@ -141,8 +141,17 @@ pub struct EvalArgs {
     #[arg(long)]
     pub chunks: Option<usize>,
     /// A reference model (e.g. the F16 original) for KL divergence and same-top-token %.
-    #[arg(long)]
+    #[arg(long, visible_alias = "ref", conflicts_with = "ref_logits")]
     pub reference: Option<PathBuf>,
+    /// Compare with reference log-probabilities saved earlier (by --save-logits, or
+    /// llama-perplexity --kl-divergence-base) instead of running a reference model; the text,
+    /// --ctx and vocabulary must be the file's (--chunks defaults to the file's).
+    #[arg(long, value_name = "FILE")]
+    pub ref_logits: Option<PathBuf>,
+    /// Save the reference's log-probabilities (the model's own without --reference) in
+    /// llama-perplexity's --kl-divergence-base format, for later --ref-logits runs.
+    #[arg(long, value_name = "FILE", conflicts_with = "ref_logits")]
+    pub save_logits: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -557,13 +566,28 @@ fn value_to_json(v: &Value, full: bool) -> serde_json::Value {
 
 /// `eval`: perplexity (and KL divergence against a reference) on a text.
 fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
-    use crate::eval::{evaluate, tokenize, EvalOptions};
+    use crate::eval::{evaluate, tokenize, EvalOptions, LogitsReader, LogitsWriter, Reference};
     let store = crate::eval::open(&args.model)?;
     let reference = args
         .reference
         .as_ref()
         .map(|r| crate::eval::open(r))
         .transpose()?;
+    // Opened first: a file that is not one, truncated or garbled is refused before any work.
+    let mut saved = args
+        .ref_logits
+        .as_deref()
+        .map(LogitsReader::open)
+        .transpose()?;
+    if let Some(out) = &args.save_logits {
+        let mut inputs = store.input_files();
+        inputs.extend(args.text.iter().cloned());
+        if let Some(r) = &reference {
+            inputs.extend(r.input_files());
+        }
+        let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+        crate::output_files::check_outputs(&inputs, &[out])?;
+    }
     let (text, text_name) = eval_text(args.text.as_deref())?;
     let tokens = tokenize(store.as_ref(), &text)?;
     if let Some(r) = &reference {
@@ -576,7 +600,8 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     }
     let opts = EvalOptions {
         n_ctx: args.n_ctx,
-        max_chunks: args.chunks,
+        // Against a saved file, as many chunks as it holds unless told otherwise.
+        max_chunks: args.chunks.or(saved.as_ref().map(|s| s.header.n_chunk)),
     };
     let n_layer = store.n_layer();
     let passes = 1 + u64::from(reference.is_some());
@@ -587,27 +612,42 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
         crate::progress::Unit::Layers,
     );
     let started = std::time::Instant::now();
+    let mut writer = args
+        .save_logits
+        .as_deref()
+        .map(LogitsWriter::create)
+        .transpose()?;
+    let against = match (&reference, saved.as_mut()) {
+        (Some(r), _) => Some(Reference::Model(r.as_ref())),
+        (None, Some(f)) => Some(Reference::Saved(f)),
+        (None, None) => None,
+    };
     let report = evaluate(
         store.as_ref(),
-        reference.as_deref(),
+        against,
+        writer.as_mut(),
         &tokens,
         &opts,
         &progress,
     )?;
     progress.finish();
+    let saved_to = match writer {
+        Some(w) => {
+            let path = w.target().to_path_buf();
+            let bytes = w.finish()?;
+            Some((path, bytes))
+        }
+        None => None,
+    };
+    let reference_name = args.reference.as_ref().or(args.ref_logits.as_ref());
     if args.json {
-        let kld = report.kld.as_ref().map(|k| {
-            serde_json::json!({
-                "reference_perplexity": k.reference_perplexity,
-                "mean": k.mean, "p99": k.p99, "max": k.max,
-                "same_top_percent": k.same_top_percent,
-            })
-        });
         let doc = serde_json::json!({
             "model": args.model, "text": text_name, "tokens": tokens.len(),
             "n_ctx": report.n_ctx, "chunks": report.n_chunks, "scored": report.n_scored,
             "perplexity": report.perplexity, "perplexity_error": report.perplexity_error,
-            "per_chunk": report.per_chunk, "kld": kld,
+            "per_chunk": report.per_chunk, "reference": reference_name,
+            "kld": report.kld.as_ref().map(|k| k.to_json()),
+            "saved_logits": saved_to.as_ref().map(|(p, _)| p),
         });
         let text = serde_json::to_string_pretty(&doc).expect("json values serialize");
         return print_stdout(&(text + "\n"));
@@ -634,14 +674,23 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
         "Final estimate: PPL = {:.4} +/- {:.5}",
         report.perplexity, report.perplexity_error
     );
-    if let Some(k) = &report.kld {
+    if let (Some(k), Some(name)) = (&report.kld, reference_name) {
         let _ = writeln!(
             out,
-            "reference PPL = {:.4}; KLD mean {:.6}, 99% {:.6}, max {:.6}; same top token {:.3}%",
-            k.reference_perplexity, k.mean, k.p99, k.max, k.same_top_percent
+            "\nagainst {} ({} tokens scored)\n",
+            crate::error::printable(&name.display().to_string()),
+            k.scored
         );
+        out.push_str(&k.table());
     }
     print_stdout(&out)?;
+    if let Some((path, bytes)) = &saved_to {
+        ui.say(format_args!(
+            "wrote {} ({:.2} MiB of reference log-probabilities)",
+            path.display(),
+            *bytes as f64 / (1 << 20) as f64
+        ));
+    }
     ui.say(format_args!("evaluated in {:.2?}", started.elapsed()));
     Ok(())
 }

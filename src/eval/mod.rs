@@ -7,12 +7,20 @@
 //! chunk: each layer's weights are dequantized once, with smelt's own bit-exact dequantizers,
 //! and dropped before the next layer, so memory holds one layer, the chunks' hidden states and
 //! one chunk's logits, never the whole model as f32.
+//!
+//! The KL-divergence statistics (`kld.rs`) compare against the reference's log-probabilities
+//! in llama-perplexity's `--kl-divergence-base` format (`logits_file.rs`), made from a reference
+//! model's logits or read, chunk by chunk, from a file saved earlier.
 
+mod kld;
+pub mod logits_file;
 mod model;
 mod ops;
 mod quirks;
 mod weights;
 
+pub use kld::{Estimate, KldReport, Quantiles};
+pub use logits_file::{LogitsReader, LogitsWriter};
 pub use model::{ActivationStats, ImatrixEntry};
 pub use weights::{open, MergedWeights, WeightInfo, Weights};
 
@@ -49,17 +57,17 @@ pub struct EvalReport {
     pub perplexity_error: f64,
     /// Perplexity after each chunk (llama-perplexity's `[1]23.4,[2]...` line).
     pub per_chunk: Vec<f64>,
-    /// Against a reference model: mean and 99th percentile KL divergence, same top token %.
+    /// Against a reference: llama-perplexity's KL-divergence statistics.
     pub kld: Option<KldReport>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct KldReport {
-    pub reference_perplexity: f64,
-    pub mean: f64,
-    pub p99: f64,
-    pub max: f64,
-    pub same_top_percent: f64,
+/// What the model is compared with.
+pub enum Reference<'a> {
+    /// Another model (e.g. the F16 original) run on the same chunks.
+    Model(&'a dyn Weights),
+    /// A reference's log-probabilities saved earlier (`--save-logits`, or llama-perplexity's
+    /// `--kl-divergence-base`).
+    Saved(&'a mut LogitsReader),
 }
 
 /// The token ids of `text` as llama.cpp tokenizes it for llama-perplexity (BOS first when
@@ -119,15 +127,23 @@ fn log_prob(logits: &[f32], token: usize) -> f64 {
     (logits[token] - max) as f64 - sum.ln()
 }
 
-/// Perplexity (and, with `reference`, KL divergence) of `store` on `tokens`.
+/// Perplexity (and, with `reference`, KL divergence) of `store` on `tokens`; with
+/// `save_logits`, the reference's log-probabilities (the model's own without a reference) are
+/// written there chunk by chunk.
 pub fn evaluate(
     store: &dyn Weights,
-    reference: Option<&dyn Weights>,
+    reference: Option<Reference<'_>>,
+    save_logits: Option<&mut LogitsWriter>,
     tokens: &[u32],
     opts: &EvalOptions,
     progress: &crate::progress::Progress,
 ) -> Result<EvalReport> {
     let model = model::Model::new(store)?;
+    let (reference, saved) = match reference {
+        Some(Reference::Model(r)) => (Some(r), None),
+        Some(Reference::Saved(f)) => (None, Some(f)),
+        None => (None, None),
+    };
     let reference_model = reference.map(model::Model::new).transpose()?;
     if let Some(r) = &reference_model {
         if r.n_vocab() != model.n_vocab() {
@@ -139,6 +155,15 @@ pub fn evaluate(
         }
     }
     let chunks = chunks(store, tokens, opts)?;
+    let mut baseline = kld::Baseline::new(
+        saved,
+        save_logits,
+        reference_model.is_some(),
+        tokens,
+        opts.n_ctx,
+        chunks.len(),
+        model.n_vocab(),
+    )?;
     let first = opts.n_ctx / 2;
     let hidden = model.final_hidden(&chunks, progress, None)?;
     let ref_hidden = match &reference_model {
@@ -149,9 +174,6 @@ pub fn evaluate(
     let mut nll2 = 0.0f64;
     let mut count = 0usize;
     let mut per_chunk = Vec::with_capacity(chunks.len());
-    let mut ref_nll = 0.0f64;
-    let mut klds: Vec<f64> = Vec::new();
-    let mut same_top = 0usize;
     for (c, chunk) in chunks.iter().enumerate() {
         // Positions first..n_ctx-1 predict tokens first+1..n_ctx.
         let logits = model.logits(&hidden[c], first, opts.n_ctx - 1)?;
@@ -159,6 +181,8 @@ pub fn evaluate(
             (Some(r), Some(h)) => Some(r.logits(&h[c], first, opts.n_ctx - 1)?),
             _ => None,
         };
+        // The reference's rows of this chunk (without a reference, the model's own, to save).
+        baseline.next_chunk(ref_logits.as_deref().unwrap_or(&logits))?;
         let n_vocab = model.n_vocab();
         for (j, row) in logits.chunks_exact(n_vocab).enumerate() {
             let target = chunk[first + j + 1] as usize;
@@ -166,13 +190,7 @@ pub fn evaluate(
             nll -= lp;
             nll2 += lp * lp;
             count += 1;
-            if let Some(rl) = &ref_logits {
-                let rrow = &rl[j * n_vocab..(j + 1) * n_vocab];
-                ref_nll -= log_prob(rrow, target);
-                let (kld, same) = kl_divergence(rrow, row);
-                klds.push(kld);
-                same_top += usize::from(same);
-            }
+            baseline.score(j, row, target);
         }
         per_chunk.push((nll / count as f64).exp());
     }
@@ -185,18 +203,6 @@ pub fn evaluate(
     } else {
         0.0
     };
-    let kld = (!klds.is_empty()).then(|| {
-        let mut sorted = klds.clone();
-        sorted.sort_by(f64::total_cmp);
-        let p99 = sorted[((sorted.len() - 1) as f64 * 0.99).round() as usize];
-        KldReport {
-            reference_perplexity: (ref_nll / count as f64).exp(),
-            mean: klds.iter().sum::<f64>() / klds.len() as f64,
-            p99,
-            max: *sorted.last().expect("not empty"),
-            same_top_percent: 100.0 * same_top as f64 / klds.len() as f64,
-        }
-    });
     Ok(EvalReport {
         n_chunks: chunks.len(),
         n_ctx: opts.n_ctx,
@@ -204,34 +210,8 @@ pub fn evaluate(
         perplexity: ppl,
         perplexity_error: err,
         per_chunk,
-        kld,
+        kld: baseline.finish(),
     })
-}
-
-/// KL(reference ‖ model) of the two softmaxed rows, in f64, and whether both rows have the
-/// same top token.
-fn kl_divergence(reference: &[f32], model: &[f32]) -> (f64, bool) {
-    let log_softmax = |row: &[f32]| -> Vec<f64> {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-        let log_sum = sum.ln();
-        row.iter().map(|&v| v as f64 - max - log_sum).collect()
-    };
-    let (lr, lm) = (log_softmax(reference), log_softmax(model));
-    let kld: f64 = lr.iter().zip(&lm).map(|(r, m)| r.exp() * (r - m)).sum();
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                if v > best.1 {
-                    (i, v)
-                } else {
-                    best
-                }
-            })
-            .0
-    };
-    (kld.max(0.0), argmax(reference) == argmax(model))
 }
 
 /// llama-imatrix's importance matrix of `store` on `tokens`: every chunk through every layer,
@@ -311,18 +291,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn log_prob_and_kld_of_known_rows() {
+    fn log_prob_of_known_row() {
         let row = [0.0f32, (2.0f32).ln(), (3.0f32).ln(), (4.0f32).ln()];
         assert!((log_prob(&row, 3) - (0.4f64).ln()).abs() < 1e-6);
-        let (kld, same) = kl_divergence(&row, &row);
-        assert!(kld.abs() < 1e-12 && same);
-        let uniform = [0.0f32; 4];
-        let (kld, same) = kl_divergence(&row, &uniform);
-        let want: f64 = [0.1f64, 0.2, 0.3, 0.4]
-            .iter()
-            .map(|p| p * (p / 0.25).ln())
-            .sum();
-        assert!((kld - want).abs() < 1e-6, "{kld} vs {want}");
-        assert!(!same);
+        assert!((log_prob(&row, 0) - (0.1f64).ln()).abs() < 1e-6);
     }
 }
