@@ -3,9 +3,7 @@
 
 mod common;
 
-use smelt::gguf::writer::TensorDecl;
-use smelt::gguf::{GgmlType, GgufWriter};
-use smelt::store::Store;
+use smelt::gguf::GgufWriter;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
