@@ -17,6 +17,7 @@
 //! class adds its own keys needs them here (fixtures/golden/convert checks every table's).
 
 mod bpe;
+pub mod encode;
 pub mod export;
 mod hf_load;
 pub mod pre;
