@@ -62,44 +62,20 @@ pub struct KldReport {
 /// The token ids of `text` as llama.cpp tokenizes it for llama-perplexity (BOS first when
 /// the vocabulary asks for one), from the model's own `tokenizer.*` metadata.
 pub fn tokenize(store: &Store, text: &str) -> Result<Vec<u32>> {
-    let md = &store.metadata;
-    let files = crate::tokenizer::export::hf_tokenizer_files(md)
-        .map_err(|why| Error::Invalid(format!("cannot tokenize for evaluation: {why}")))?;
-    let json = files
-        .iter()
-        .find(|(name, _)| name == "tokenizer.json")
-        .ok_or_else(|| {
-            Error::Invalid(
-                "cannot tokenize for evaluation: only byte-level BPE vocabularies (tokenizer.json) are supported so far".into(),
-            )
-        })?;
-    let tok = tokenizers::Tokenizer::from_bytes(&json.1)
-        .map_err(|e| Error::Invalid(format!("rebuilt tokenizer.json: {e}")))?;
-    let enc = tok
-        .encode(text, false)
-        .map_err(|e| Error::Invalid(format!("tokenizing the evaluation text: {e}")))?;
-    let mut ids: Vec<u32> = Vec::with_capacity(enc.len() + 1);
-    if add_bos(store) {
-        ids.push(bos(store)?);
-    }
-    ids.extend_from_slice(enc.get_ids());
-    Ok(ids)
+    crate::tokenizer::encode::tokenize(&store.metadata, text, true)
 }
 
+/// Whether chunks start with BOS; an error the vocabulary gives is [`bos`]'s to report.
 fn add_bos(store: &Store) -> bool {
-    match store.metadata.get("tokenizer.ggml.add_bos_token") {
-        Some(crate::gguf::Value::Bool(b)) => *b,
-        // llama.cpp's default for vocabularies that do not say: SentencePiece adds one.
-        _ => store.metadata.get_str("tokenizer.ggml.model") == Some("llama"),
-    }
+    !matches!(
+        crate::tokenizer::encode::bos_to_add(&store.metadata),
+        Ok(None)
+    )
 }
 
 fn bos(store: &Store) -> Result<u32> {
-    store
-        .metadata
-        .get_u64("tokenizer.ggml.bos_token_id")
-        .map(|b| b as u32)
-        .ok_or_else(|| Error::Invalid("the vocabulary adds BOS but has no bos_token_id".into()))
+    crate::tokenizer::encode::bos_to_add(&store.metadata)?
+        .ok_or_else(|| Error::Invalid("the vocabulary adds no BOS".into()))
 }
 
 /// The chunks llama-perplexity evaluates: `n_ctx` tokens each, the first replaced by BOS when
