@@ -214,11 +214,12 @@ pub enum OutputFormat {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "prompt"])))]
 pub struct TokenizeArgs {
     /// The model whose vocabulary tokenizes: GGUF, safetensors or HF folder.
     pub model: PathBuf,
     /// The text: this file's bytes as they are (UTF-8; no escapes, a final newline kept).
-    #[arg(long, required_unless_present = "prompt", conflicts_with = "prompt")]
+    #[arg(long)]
     pub text: Option<PathBuf>,
     /// The text, as given (no escape processing).
     #[arg(long)]
