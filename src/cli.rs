@@ -120,6 +120,11 @@ or --name). Takes quantize's options."
     },
     /// Generate a deterministic random llama-family model (test fixtures, benchmarks).
     MakeTestModel(MakeTestModelArgs),
+    /// The token ids of a text as llama.cpp gives them (llama-tokenize, llama-perplexity).
+    ///
+    /// As `smelt eval` and llama-perplexity tokenize: control tokens written in the text are
+    /// plain text, user-defined ones are split out (llama-tokenize --no-parse-special).
+    Tokenize(TokenizeArgs),
     /// Print a shell completion script (`smelt completions bash > /etc/bash_completion.d/smelt`).
     Completions {
         #[arg(value_enum)]
@@ -229,6 +234,25 @@ pub struct MergeArgs {
 pub enum OutputFormat {
     Gguf,
     Safetensors,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "prompt"])))]
+pub struct TokenizeArgs {
+    /// The model whose vocabulary tokenizes: GGUF, safetensors or HF folder.
+    pub model: PathBuf,
+    /// The text: this file's bytes as they are (UTF-8; no escapes, a final newline kept).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// The text, as given (no escape processing).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Print only the ids, as a list: `[1, 2, 3]` (llama-tokenize --ids).
+    #[arg(long)]
+    pub ids: bool,
+    /// Add no BOS (and so no EOS) even where the vocabulary asks for them.
+    #[arg(long)]
+    pub no_bos: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -391,6 +415,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 None => print_stdout(&text),
             }
         }
+        Command::Tokenize(args) => tokenize(&args),
         Command::MakeTestModel(a) => {
             let model = crate::fixture::TinyLlama {
                 n_layer: a.layers,
@@ -705,10 +730,14 @@ pub const CALIBRATION_NAME: &str = "smelt:calibration.txt";
 /// the built-in calibration text.
 fn eval_text(arg: Option<&Path>) -> Result<(String, String)> {
     match arg {
-        Some(p) => Ok((
-            crate::input::read_to_string(p)?,
-            p.to_string_lossy().into_owned(),
-        )),
+        Some(p) => {
+            let mut text = crate::input::read_to_string(p)?;
+            // llama.cpp's `-f` drops one final newline; the same text gives the same tokens.
+            if text.ends_with('\n') {
+                text.pop();
+            }
+            Ok((text, p.to_string_lossy().into_owned()))
+        }
         None => Ok((CALIBRATION_TEXT.to_string(), CALIBRATION_NAME.to_string())),
     }
 }
@@ -1216,6 +1245,36 @@ fn plain_file_name<'a>(name: &'a str, what: &str) -> Result<&'a str> {
         )));
     }
     Ok(name)
+}
+
+/// `tokenize`: one `id -> 'token'` line per token (the vocabulary's entry), or with `--ids`
+/// llama-tokenize's list.
+fn tokenize(args: &TokenizeArgs) -> Result<()> {
+    use crate::tokenizer::encode;
+    let store = Store::open(&args.model)?;
+    let md = &store.metadata;
+    let text = match &args.text {
+        Some(path) => crate::input::read_to_string(path)?,
+        None => args.prompt.clone().unwrap_or_default(),
+    };
+    // llama-tokenize passes `add_special = add_bos && !no_bos`: a vocabulary adding EOS but
+    // not BOS gets neither.
+    let add_special = !args.no_bos && encode::bos_to_add(md)?.is_some();
+    let ids = encode::tokenize(md, &text, add_special)?;
+    let out = if args.ids {
+        let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+        format!("[{}]\n", list.join(", "))
+    } else {
+        let tokens = md.get("tokenizer.ggml.tokens");
+        ids.iter()
+            .map(|&id| {
+                let piece = tokens.and_then(|t| t.item(id as usize));
+                let piece = piece.as_ref().and_then(Value::as_str).unwrap_or("");
+                format!("{id:6} -> '{}'\n", crate::error::printable(piece))
+            })
+            .collect()
+    };
+    print_stdout(&out)
 }
 
 /// Write a small text output (a recipe) through an exclusive temporary file, never over an

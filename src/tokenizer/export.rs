@@ -32,7 +32,7 @@ fn split_then_bytes(pattern: &str) -> Json {
 
 /// The `pre_tokenizer` of `tokenizer.json` for llama.cpp's pre-tokenizer `name`, as the
 /// family's own tokenizer.json has it.
-fn pre_tokenizer(name: &str) -> Option<Json> {
+pub(super) fn pre_tokenizer(name: &str) -> Option<Json> {
     Some(match name {
         "gpt-2" | "gpt2" | "default" => byte_level(true),
         "smollm" => json!({"type": "Sequence", "pretokenizers": [

@@ -205,11 +205,10 @@ def test_smollm2_llama_tokenize_matches_hf(smol_folder, smol_gguf):
 UNSEEN = "Ünïcödé ∑∫ 🎉 ไทย ñandú"
 
 
-@pytest.fixture(scope="module")
-def spm_folder(scratch) -> Path:
+def train_spm_folder(scratch: Path) -> Path:
     """A SentencePiece BPE trained as Llama 2's was (byte fallback, digits split, identity
     normalization, whitespace kept), saved as transformers saves a Llama tokenizer
-    (tokenizer.model + tokenizer.json + tokenizer_config.json)."""
+    (tokenizer.model + tokenizer.json + tokenizer_config.json), in `scratch`/spm-hf."""
     import sentencepiece as spm
     from transformers import LlamaTokenizerFast
 
@@ -232,6 +231,11 @@ def spm_folder(scratch) -> Path:
     hf.save_pretrained(folder)
     assert (folder / "tokenizer.model").is_file() and (folder / "tokenizer.json").is_file()
     return folder
+
+
+@pytest.fixture(scope="module")
+def spm_folder(scratch) -> Path:
+    return train_spm_folder(scratch)
 
 
 @pytest.fixture(scope="module")
@@ -261,11 +265,11 @@ def test_sentencepiece_llama_tokenize_matches_sentencepiece(spm_folder, spm_gguf
 
 # ---------------------------------------------------------------- byte-level BPE (Llama 3 style)
 
-@pytest.fixture(scope="module")
-def llama3_folder(scratch) -> Path:
+def train_llama3_folder(scratch: Path) -> Path:
     """A byte-level BPE trained with `tokenizers` on the Llama 3 split regex, laid out as
     Llama 3's folder is (BOS added by a TemplateProcessing post-processor, ignore_merges),
-    plus a non-special added token; config.json's vocab_size leaves 3 unused ids."""
+    plus a non-special added token; config.json's vocab_size leaves 3 unused ids. In
+    `scratch`/llama3-hf."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
@@ -296,6 +300,11 @@ def llama3_folder(scratch) -> Path:
     (folder / "tokenizer_config.json").write_text(json.dumps(tc, indent=2))
     (folder / "chat_template.jinja").write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
     return folder
+
+
+@pytest.fixture(scope="module")
+def llama3_folder(scratch) -> Path:
+    return train_llama3_folder(scratch)
 
 
 @pytest.fixture(scope="module")
