@@ -145,6 +145,11 @@ pub struct EvalArgs {
     /// At most this many chunks (default: every whole chunk of the text).
     #[arg(long)]
     pub chunks: Option<usize>,
+    /// Tokens evaluated together, in whole chunks: each group of chunks passes every layer
+    /// before the next (memory: one group's hidden states; each layer is dequantized once per
+    /// group). Default: as many chunks as keep the hidden states under 1 GiB.
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// A reference model (e.g. the F16 original) for KL divergence and same-top-token %.
     #[arg(long, visible_alias = "ref", conflicts_with = "ref_logits")]
     pub reference: Option<PathBuf>,
@@ -183,6 +188,11 @@ pub struct ImatrixArgs {
     /// At most this many chunks (default: every whole chunk of the text).
     #[arg(long)]
     pub chunks: Option<usize>,
+    /// Tokens evaluated together, in whole chunks: each group of chunks passes every layer
+    /// before the next (memory: one group's hidden states; each layer is dequantized once per
+    /// group). Default: as many chunks as keep the hidden states under 1 GiB.
+    #[arg(long)]
+    pub batch: Option<usize>,
 }
 
 /// The file formats of `imatrix --output-format`.
@@ -627,14 +637,16 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
         n_ctx: args.n_ctx,
         // Against a saved file, as many chunks as it holds unless told otherwise.
         max_chunks: args.chunks.or(saved.as_ref().map(|s| s.header.n_chunk)),
+        batch: args.batch,
     };
     let n_layer = store.n_layer();
     let passes = 1 + u64::from(reference.is_some());
+    let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
     let progress = crate::progress::Progress::new(
         ui.display,
         "evaluating",
-        n_layer * passes,
-        crate::progress::Unit::Layers,
+        n_tokens * n_layer * passes,
+        crate::progress::Unit::TokenLayers(n_layer),
     );
     let started = std::time::Instant::now();
     let mut writer = args
@@ -767,12 +779,14 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
     let opts = EvalOptions {
         n_ctx: args.n_ctx,
         max_chunks: args.chunks,
+        batch: args.batch,
     };
+    let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
     let progress = crate::progress::Progress::new(
         ui.display,
         "collecting",
-        store.n_layer(),
-        crate::progress::Unit::Layers,
+        n_tokens * store.n_layer(),
+        crate::progress::Unit::TokenLayers(store.n_layer()),
     );
     let started = std::time::Instant::now();
     let (stats, n_chunks) = collect_imatrix(store.as_ref(), &tokens, &opts, &progress)?;

@@ -3,6 +3,11 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = smelt::cli::Cli::parse_args();
+    if let Some(n) = cli.threads {
+        // candle (the forward pass) sizes its matmul thread pool from rayon's variable; set
+        // here, while this is the only thread, so `--threads` bounds every pool.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
     // RUST_LOG wins; else -q: errors only, default: warnings, -v: info, -vv: debug. SMELT_LOG
     // is still read, for scripts written before RUST_LOG was.
     let level = match (cli.quiet, cli.verbose) {

@@ -36,8 +36,9 @@ pub enum Unit {
     /// Tensor values.
     Weights,
     Bytes,
-    /// Transformer layers (a forward pass).
-    Layers,
+    /// Tokens through a forward pass of this many layers, counted a layer of a token at a
+    /// time and shown as tokens (tokens/s is what users compare with llama.cpp).
+    TokenLayers(u64),
 }
 
 /// Time between two progress lines when stderr is not a terminal.
@@ -71,7 +72,10 @@ fn amount(n: f64, unit: Unit) -> String {
             let (v, u) = scaled(n, 1000.0, &["", "K", "M", "G", "T"]);
             format!("{v:.2}{u} weights")
         }
-        Unit::Layers => format!("{n:.0} layers"),
+        Unit::TokenLayers(layers) => {
+            let (v, u) = scaled(n / layers.max(1) as f64, 1000.0, &["", "K", "M", "G"]);
+            format!("{v:.1}{u} tokens")
+        }
     }
 }
 
@@ -91,15 +95,35 @@ impl Progress {
             let counts = match unit {
                 Unit::Bytes => "{binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
                 Unit::Weights => "{human_pos}/{human_len} weights, {per_sec}",
-                Unit::Layers => "{pos}/{len} layers",
+                Unit::TokenLayers(_) => "{tokens}, {tokens_per_sec}",
             };
             let template = format!(
                 "{label} [{{elapsed_precise}}] {{wide_bar}} {{percent}}% {counts}, ETA {{eta}} {{msg}}"
             );
-            b.set_style(
-                ProgressStyle::with_template(&template)
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            let style = ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = match unit {
+                Unit::TokenLayers(layers) => {
+                    let per_token = layers.max(1) as f64;
+                    style
+                        .with_key(
+                            "tokens",
+                            move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                                let done = s.pos() as f64 / per_token;
+                                let all = s.len().unwrap_or(0) as f64 / per_token;
+                                let _ = write!(w, "{done:.0}/{all:.0} tokens");
+                            },
+                        )
+                        .with_key(
+                            "tokens_per_sec",
+                            move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                                let _ = write!(w, "{:.1} tokens/s", s.per_sec() / per_token);
+                            },
+                        )
+                }
+                _ => style,
+            };
+            b.set_style(style);
             b
         });
         Progress {

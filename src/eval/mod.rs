@@ -33,6 +33,19 @@ pub struct EvalOptions {
     pub n_ctx: usize,
     /// At most this many chunks (llama-perplexity's `--chunks`); `None`: every whole chunk.
     pub max_chunks: Option<usize>,
+    /// Tokens evaluated together (whole chunks): each group of chunks goes through every layer
+    /// before the next group, so memory holds one group's hidden states and each layer's
+    /// weights are dequantized once per group. `None`: as many as fit in [`GROUP_BYTES`].
+    pub batch: Option<usize>,
+}
+
+/// The hidden states held at once by default (all groups' activations beside one layer).
+pub const GROUP_BYTES: usize = 1 << 30;
+
+/// How many chunks `tokens` tokens give under `opts` (before any error `evaluate` reports).
+pub fn n_chunks(n_tokens: usize, opts: &EvalOptions) -> usize {
+    let available = n_tokens / opts.n_ctx.max(1);
+    opts.max_chunks.map_or(available, |m| m.min(available))
 }
 
 impl Default for EvalOptions {
@@ -40,6 +53,7 @@ impl Default for EvalOptions {
         EvalOptions {
             n_ctx: 512,
             max_chunks: None,
+            batch: None,
         }
     }
 }
@@ -98,8 +112,7 @@ fn chunks(store: &dyn Weights, tokens: &[u32], opts: &EvalOptions) -> Result<Vec
             opts.n_ctx
         )));
     }
-    let available = tokens.len() / opts.n_ctx;
-    let n = opts.max_chunks.map_or(available, |m| m.min(available));
+    let n = n_chunks(tokens.len(), opts);
     if n == 0 {
         return Err(Error::Invalid(format!(
             "the text has {} tokens: at least {} are needed for one chunk of --ctx {}",
@@ -118,6 +131,16 @@ fn chunks(store: &dyn Weights, tokens: &[u32], opts: &EvalOptions) -> Result<Vec
             chunk
         })
         .collect())
+}
+
+/// Chunks per group: `--batch` tokens, else as many as keep `width` floats per token (the
+/// hidden states of every model run) within [`GROUP_BYTES`].
+fn group_size(opts: &EvalOptions, width: usize) -> usize {
+    let n = match opts.batch {
+        Some(tokens) => tokens / opts.n_ctx,
+        None => GROUP_BYTES / (opts.n_ctx * width.max(1) * 4),
+    };
+    n.max(1)
 }
 
 /// `log p(token)` from one row of logits, in f64 as llama-perplexity's `log_softmax`.
@@ -165,34 +188,46 @@ pub fn evaluate(
         model.n_vocab(),
     )?;
     let first = opts.n_ctx / 2;
-    let hidden = model.final_hidden(&chunks, progress, None)?;
-    let ref_hidden = match &reference_model {
-        Some(r) => Some(r.final_hidden(&chunks, progress, None)?),
-        None => None,
-    };
+    let passes = 1 + usize::from(reference_model.is_some());
+    let group = group_size(opts, model.n_embd() * passes);
     let mut nll = 0.0f64;
     let mut nll2 = 0.0f64;
     let mut count = 0usize;
     let mut per_chunk = Vec::with_capacity(chunks.len());
-    for (c, chunk) in chunks.iter().enumerate() {
-        // Positions first..n_ctx-1 predict tokens first+1..n_ctx.
-        let logits = model.logits(&hidden[c], first, opts.n_ctx - 1)?;
-        let ref_logits = match (&reference_model, &ref_hidden) {
-            (Some(r), Some(h)) => Some(r.logits(&h[c], first, opts.n_ctx - 1)?),
-            _ => None,
+    for group in chunks.chunks(group) {
+        let hidden = model.final_hidden(group, progress, None)?;
+        let ref_hidden = match &reference_model {
+            Some(r) => Some(r.final_hidden(group, progress, None)?),
+            None => None,
         };
-        // The reference's rows of this chunk (without a reference, the model's own, to save).
-        baseline.next_chunk(ref_logits.as_deref().unwrap_or(&logits))?;
-        let n_vocab = model.n_vocab();
-        for (j, row) in logits.chunks_exact(n_vocab).enumerate() {
-            let target = chunk[first + j + 1] as usize;
-            let lp = log_prob(row, target);
-            nll -= lp;
-            nll2 += lp * lp;
-            count += 1;
-            baseline.score(j, row, target);
+        // The output matrices, dequantized once per group.
+        let head = model.output_head()?;
+        let ref_head = reference_model
+            .as_ref()
+            .map(|r| r.output_head())
+            .transpose()?;
+        for (c, chunk) in group.iter().enumerate() {
+            // Positions first..n_ctx-1 predict tokens first+1..n_ctx.
+            let logits = model.logits(&head, &hidden[c], first, opts.n_ctx - 1)?;
+            let ref_logits = match (&reference_model, &ref_hidden, &ref_head) {
+                (Some(r), Some(h), Some(head)) => {
+                    Some(r.logits(head, &h[c], first, opts.n_ctx - 1)?)
+                }
+                _ => None,
+            };
+            // The reference's rows of this chunk (without a reference, the model's own, to save).
+            baseline.next_chunk(ref_logits.as_deref().unwrap_or(&logits))?;
+            let n_vocab = model.n_vocab();
+            for (j, row) in logits.chunks_exact(n_vocab).enumerate() {
+                let target = chunk[first + j + 1] as usize;
+                let lp = log_prob(row, target);
+                nll -= lp;
+                nll2 += lp * lp;
+                count += 1;
+                baseline.score(j, row, target);
+            }
+            per_chunk.push((nll / count as f64).exp());
         }
-        per_chunk.push((nll / count as f64).exp());
     }
     let mean = nll / count as f64;
     let mean2 = nll2 / count as f64;
@@ -225,7 +260,9 @@ pub fn collect_imatrix(
     let model = model::Model::new(store)?;
     let chunks = chunks(store, tokens, opts)?;
     let stats = ActivationStats::default();
-    model.final_hidden(&chunks, progress, Some(&stats))?;
+    for group in chunks.chunks(group_size(opts, model.n_embd())) {
+        model.final_hidden(group, progress, Some(&stats))?;
+    }
     Ok((stats, chunks.len()))
 }
 

@@ -154,6 +154,10 @@ impl<'a> Model<'a> {
         self.n_vocab
     }
 
+    pub fn n_embd(&self) -> usize {
+        self.n_embd
+    }
+
     /// A tensor as f32 with its ggml shape reversed (rows, columns).
     fn weight(&self, name: &str) -> Result<Tensor> {
         let info = self.w.info(name).ok_or_else(|| missing(name))?;
@@ -251,8 +255,8 @@ impl<'a> Model<'a> {
             };
             for x in xs.iter_mut() {
                 *x = self.block(&layer, x, ctx, stats).map_err(cerr)?;
+                progress.inc(n_ctx as u64);
             }
-            progress.inc(1);
         }
         let norm = self.weight("output_norm.weight")?;
         xs.iter()
@@ -436,14 +440,25 @@ impl<'a> Model<'a> {
         Ok(out)
     }
 
-    /// Logits (row-major, `n_vocab` per row) of positions `from..to` of a final hidden state.
-    pub fn logits(&self, hidden: &Tensor, from: usize, to: usize) -> Result<Vec<f32>> {
+    /// The output matrix (the embeddings when tied), for [`Model::logits`].
+    pub fn output_head(&self) -> Result<OutputHead> {
         let name = if self.w.info("output.weight").is_some() {
             "output.weight"
         } else {
             "token_embd.weight" // tied embeddings
         };
-        let out = Linear::load(self, name)?;
+        Ok(OutputHead(Linear::load(self, name)?))
+    }
+
+    /// Logits (row-major, `n_vocab` per row) of positions `from..to` of a final hidden state.
+    pub fn logits(
+        &self,
+        head: &OutputHead,
+        hidden: &Tensor,
+        from: usize,
+        to: usize,
+    ) -> Result<Vec<f32>> {
+        let out = &head.0;
         let rows = hidden.narrow(0, from, to - from).map_err(cerr)?;
         let mut logits = out.forward(&rows, None).map_err(cerr)?;
         if let Some(cap) = self.quirks.final_softcap {
@@ -456,6 +471,9 @@ impl<'a> Model<'a> {
             .map_err(cerr)
     }
 }
+
+/// A model's output matrix, loaded once for many chunks.
+pub struct OutputHead(Linear);
 
 /// What attention needs per chunk length: RoPE tables and the mask.
 struct Context {
