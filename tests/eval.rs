@@ -21,12 +21,17 @@ fn text(dir: &Path) -> PathBuf {
 }
 
 fn eval_json(dir: &Path, model: &Path, text: &Path) -> serde_json::Value {
+    eval_json_with(dir, model, text, &[])
+}
+
+fn eval_json_with(dir: &Path, model: &Path, text: &Path, extra: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
         .args(["eval"])
         .arg(model)
         .arg("--text")
         .arg(text)
         .args(["--ctx", "64", "--chunks", "3", "--json"])
+        .args(extra)
         .current_dir(dir)
         .output()
         .unwrap();
@@ -66,6 +71,35 @@ fn a_recipe_evaluates_as_its_written_f32_merge() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(names.len(), 5, "{names:?}");
+}
+
+#[test]
+fn chunk_groups_and_threads_do_not_change_the_numbers() {
+    let dir = common::scratch();
+    let d = dir.path();
+    common::tiny_model(d, "f16.gguf", &["--dtype", "F16"]);
+    common::smelt(
+        d,
+        ["quantize", "f16.gguf", "-o", "m.gguf", "--type", "Q8_0"],
+    )
+    .unwrap();
+    let model = d.join("m.gguf");
+    let text = text(d);
+    let whole = eval_json(d, &model, &text);
+    // One chunk per group: every layer is read three times, the results are the same.
+    let grouped = eval_json_with(d, &model, &text, &["--batch", "64"]);
+    assert_eq!(whole["per_chunk"], grouped["per_chunk"]);
+    assert_eq!(whole["perplexity"], grouped["perplexity"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["--threads", "1", "eval"])
+        .arg(&model)
+        .arg("--text")
+        .arg(&text)
+        .args(["--ctx", "64", "--chunks", "3", "--json"])
+        .output()
+        .unwrap();
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(whole["perplexity"], one["perplexity"]);
 }
 
 #[test]
