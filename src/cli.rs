@@ -1080,7 +1080,7 @@ fn write_merge_as_hf(
             )))
         }
     };
-    let dtype = crate::safetensors::float_type_named(&dtype_name).ok_or_else(|| {
+    let dtype = crate::formats::safetensors::float_type_named(&dtype_name).ok_or_else(|| {
         Error::Invalid(format!(
             "--format safetensors writes F32, F16 or BF16, not `{dtype_name}`"
         ))

@@ -214,7 +214,7 @@ impl TinyLlama {
             "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0,
             "tie_word_embeddings": self.tied,
-            "torch_dtype": crate::safetensors::torch_dtype(self.dtype).unwrap_or("float16"),
+            "torch_dtype": crate::formats::safetensors::torch_dtype(self.dtype).unwrap_or("float16"),
             "bos_token_id": self.vocab - 1,
             "eos_token_id": self.vocab - 1,
         })
@@ -406,7 +406,7 @@ pub fn write_safetensors(
             (name.as_str(), *ty, shape.as_slice(), bytes.len() as u64)
         })
         .collect();
-    let head = crate::safetensors::encode_header(&[], &decls)?;
+    let head = crate::formats::safetensors::encode_header(&[], &decls)?;
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::new(file);
     let io = |e| Error::io(path, e);

@@ -17,12 +17,11 @@
 //!   removed, so `transformers` never loads a mix.
 
 use crate::arch::{self, Architecture, Permute};
+use crate::convert::{ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS};
 use crate::error::{Error, Result};
+use crate::formats::safetensors::{dtype_name, torch_dtype, INDEX_NAME};
 use crate::gguf::{GgmlType, Metadata, Value};
 use crate::quant::float;
-use crate::safetensors::{
-    dtype_name, torch_dtype, INDEX_NAME, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
-};
 use crate::store::{RowOrder, Transform};
 use crate::write::TensorProducer;
 use serde_json::{json, Map, Value as Json};
@@ -346,7 +345,7 @@ fn write_shard(
         .iter()
         .map(|t| (t.hf_name.as_str(), out.dtype, t.shape.as_slice(), t.n_bytes))
         .collect();
-    let head = crate::safetensors::encode_header(&metadata, &decls)?;
+    let head = crate::formats::safetensors::encode_header(&metadata, &decls)?;
     let io = |e| Error::io(path, e);
     let file = std::fs::File::create(path).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(8 << 20, file);

@@ -2,9 +2,11 @@
 
 pub mod arch;
 pub mod cli;
+pub mod convert;
 pub mod error;
 pub mod eval;
 pub mod fixture;
+pub mod formats;
 pub mod gguf;
 pub mod hf_writer;
 pub mod input;
@@ -16,7 +18,6 @@ pub mod progress;
 pub mod quant;
 pub mod quantize;
 pub mod recipe;
-pub mod safetensors;
 pub mod seed;
 pub mod store;
 pub mod tokenizer;

@@ -158,14 +158,14 @@ impl Store {
     ) -> Result<Store> {
         let path = path.as_ref();
         if path.is_dir() {
-            return crate::safetensors::open_hf_folder_with(path, tok);
+            return crate::convert::open_hf_folder_with(path, tok);
         }
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_lowercase())
             .unwrap_or_default();
         if name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
-            return crate::safetensors::open_file(path);
+            return crate::convert::open_file(path);
         }
         let mut magic = [0u8; 4];
         let read = std::io::Read::read(&mut crate::input::open(path)?, &mut magic)

@@ -203,7 +203,7 @@ pub struct Architecture {
     /// `config.json` `architectures[0]` values handled.
     pub hf_architectures: &'static [&'static str],
     /// Tensor rules, tried in order (the first match wins). The store presents tensors in
-    /// `convert_hf_to_gguf.py`'s order, not the table's (see `safetensors.rs`).
+    /// `convert_hf_to_gguf.py`'s order, not the table's (see `convert/`).
     pub tensors: &'static [TensorRule],
     /// HF tensor-name suffixes dropped without a look (e.g. `.rotary_emb.inv_freq`).
     pub ignored_suffixes: &'static [&'static str],

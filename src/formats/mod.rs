@@ -1,0 +1,3 @@
+//! File formats other than GGUF (which has its own module, `gguf`).
+
+pub mod safetensors;
