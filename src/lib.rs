@@ -18,6 +18,7 @@ pub mod quantize;
 pub mod recipe;
 pub mod safetensors;
 pub mod seed;
+pub mod split;
 pub mod store;
 pub mod tokenizer;
 pub mod write;
