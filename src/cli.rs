@@ -226,6 +226,8 @@ pub struct MergeArgs {
     /// Largest safetensors shard, in bytes (with --format safetensors; default 5e9 as mergekit).
     #[arg(long, default_value_t = crate::hf_writer::DEFAULT_SHARD_BYTES)]
     pub shard_size: u64,
+    #[command(flatten)]
+    pub split: SplitArgs,
     /// `tokenizer.ggml.pre` for HF folder inputs whose BPE pre-tokenizer llama.cpp's hash
     /// table does not know (as `quantize --tokenizer-pre`).
     #[arg(long)]
@@ -238,6 +240,33 @@ pub struct MergeArgs {
     /// and index); without it, a folder holding model weights is refused.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `--split-max-size` / `--split-max-tensors`: GGUF outputs as split sets, as llama-gguf-split
+/// writes them.
+#[derive(clap::Args, Debug, Default)]
+pub struct SplitArgs {
+    /// Write each GGUF output as a split set (`NAME-00001-of-0000N.gguf`, ...) of at most SIZE
+    /// bytes of tensor data per file, as llama-gguf-split --split-max-size: K, M or G, decimal
+    /// (1G = 1000000000 bytes). A tensor larger than SIZE gets a file of its own.
+    #[arg(long, value_name = "SIZE", value_parser = crate::split::parse_size,
+          conflicts_with = "split_max_tensors")]
+    pub split_max_size: Option<u64>,
+    /// Write each GGUF output as a split set of at most N tensors per file, as
+    /// llama-gguf-split --split-max-tensors.
+    #[arg(long, value_name = "N", value_parser = crate::split::parse_tensors)]
+    pub split_max_tensors: Option<usize>,
+}
+
+impl SplitArgs {
+    pub fn limit(&self) -> Option<crate::split::SplitLimit> {
+        use crate::split::SplitLimit;
+        match (self.split_max_size, self.split_max_tensors) {
+            (Some(b), _) => Some(SplitLimit::Bytes(b)),
+            (None, Some(n)) => Some(SplitLimit::Tensors(n)),
+            (None, None) => None,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,8 +381,10 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Write each output as a split set like the input's (`<OUT>-0000K-of-0000N.gguf`).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["split_max_size", "split_max_tensors"])]
     pub keep_split: bool,
+    #[command(flatten)]
+    pub split: SplitArgs,
     /// Accepted for llama-quantize compatibility: smelt always allows re-quantizing (and warns
     /// when the source is coarser than the target).
     #[arg(long)]
@@ -901,6 +932,7 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
             None => Vec::new(),
         },
         keep_split: args.keep_split,
+        split: args.split.limit(),
     };
     let multiple = to_folder || file_types.len() > 1 || args.output.is_dir();
     let stem = match &args.name {
@@ -942,6 +974,11 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
 }
 
 fn merge(args: &MergeArgs, ui: Ui) -> Result<()> {
+    if args.format == OutputFormat::Safetensors && args.split.limit().is_some() {
+        return Err(Error::Invalid(
+            "--split-max-size and --split-max-tensors split GGUF outputs; --format safetensors writes shards of --shard-size bytes".into(),
+        ));
+    }
     if args.dry_run {
         return merge_into(args, ui); // writes nothing, creates nothing
     }
@@ -1026,12 +1063,16 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             .iter()
             .map(|t| FileType::parse(t))
             .collect::<Result<Vec<_>>>()?;
+        let qopts = crate::quantize::QuantizeOptions {
+            split: args.split.limit(),
+            ..Default::default()
+        };
         let qplan = crate::quantize::plan(
             &plan,
             plan.tensors.len(),
             &plan.metadata,
             &file_types,
-            &Default::default(),
+            &qopts,
             |ft| args.output.join(format!("{name}-{}.gguf", ft.name())),
         )?;
         if args.dry_run {

@@ -19,6 +19,7 @@ pub mod quant;
 pub mod quantize;
 pub mod recipe;
 pub mod seed;
+pub mod split;
 pub mod store;
 pub mod tokenizer;
 pub mod write;

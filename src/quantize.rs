@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Metadata, Value, QUANTIZATION_VERSION};
 use crate::quant::imatrix::Imatrix;
 use crate::quant::mix::{self, FileType, MixOptions, ModelInfo, TensorRef};
+use crate::split::{self, SplitKeys};
 use crate::write::{llama_cpp_order, OutputFile, PlannedTensor, TensorProducer};
 use std::path::PathBuf;
 
@@ -18,6 +19,9 @@ pub struct QuantizeOptions {
     pub prune_layers: Vec<u32>,
     /// Write each output as the input's split set (`--keep-split`).
     pub keep_split: bool,
+    /// Write each output as a split set in llama-gguf-split's layout (`--split-max-size`,
+    /// `--split-max-tensors`).
+    pub split: Option<crate::split::SplitLimit>,
 }
 
 /// The plan for one run: the source tensors in output order and one file per type.
@@ -44,6 +48,11 @@ pub fn plan(
         .map(|i| source.split_of(i) + 1)
         .max()
         .unwrap_or(1);
+    if opts.keep_split && opts.split.is_some() {
+        return Err(Error::Invalid(
+            "--keep-split keeps the input's files; it does not go with --split-max-size or --split-max-tensors".into(),
+        ));
+    }
     let keep_split = opts.keep_split && n_split > 1;
     // llama-quantize visits tensors in its name order, or with --keep-split in file order.
     let visit: Vec<usize> = if keep_split {
@@ -144,42 +153,26 @@ pub fn plan(
             let kept = model.n_layer - opts.prune_layers.len();
             metadata.set_last(format!("{arch}.block_count"), Value::U32(kept as u32));
         }
-        if !keep_split {
-            outputs.push(OutputFile {
-                path: path_for(&ft),
-                metadata,
-                tensors,
-            });
-            continue;
+        let file = OutputFile {
+            path: path_for(&ft),
+            metadata,
+            tensors,
+        };
+        if keep_split {
+            // One file per input split, as llama-quantize --keep-split writes them.
+            let part_of: Vec<usize> = order.iter().map(|&i| source.split_of(i)).collect();
+            outputs.extend(split::into_parts(
+                file,
+                &part_of,
+                n_split,
+                SplitKeys::LlamaQuantize,
+            )?);
+        } else {
+            outputs.push(file);
         }
-        // One file per input split: the first carries the metadata, each the split keys.
-        let prefix = path_for(&ft);
-        let prefix = prefix.to_string_lossy();
-        let prefix = prefix.strip_suffix(".gguf").unwrap_or(&prefix);
-        for k in 0..n_split {
-            let mut meta = if k == 0 {
-                metadata.clone()
-            } else {
-                Metadata::new()
-            };
-            meta.set_last("split.no", Value::U16(k as u16));
-            meta.set_last("split.count", Value::U16(n_split as u16));
-            meta.set_last("split.tensors.count", Value::I32(order.len() as i32));
-            let part = order
-                .iter()
-                .zip(&tensors)
-                .map(|(&i, pt)| pt.clone().filter(|_| source.split_of(i) == k))
-                .collect();
-            outputs.push(OutputFile {
-                path: PathBuf::from(crate::gguf::split_file_name(
-                    prefix,
-                    k as u64,
-                    n_split as u64,
-                )),
-                metadata: meta,
-                tensors: part,
-            });
-        }
+    }
+    if let Some(limit) = opts.split {
+        outputs = split::split_outputs(outputs, &order, source, limit)?;
     }
     Ok(QuantizePlan {
         order,

@@ -228,6 +228,12 @@ impl Store {
             }
             metadata.retain(|k, _| !k.starts_with("split."));
         }
+        // The split keys describe files, not the model: a one-file set
+        // (`-00001-of-00001.gguf`) and llama-gguf-split --merge's output (split.count 0) keep
+        // them too.
+        for k in ["split.no", "split.count", "split.tensors.count"] {
+            metadata.remove(k);
+        }
         metadata.remove("general.alignment");
         let mut tensors = Vec::new();
         let mut files = Vec::new();

@@ -5,7 +5,7 @@
 //! the model size; source pages are released as soon as a tensor is done.
 
 use crate::error::{Error, Result};
-use crate::gguf::writer::TensorDecl;
+use crate::gguf::writer::{FinishedFile, TensorDecl};
 use crate::gguf::{GgmlType, GgufWriter, Metadata};
 use crate::progress::{Progress, Unit};
 use crate::quant;
@@ -147,9 +147,9 @@ pub fn write_matrix(
         planned_bytes.push((o.path.as_path(), bytes));
     }
     crate::output_files::check_free_space(&planned_bytes)?;
-    let mut writers: Vec<GgufWriter> = Vec::with_capacity(outputs.len());
+    let mut decls: Vec<Vec<TensorDecl>> = Vec::with_capacity(outputs.len());
     for o in outputs {
-        let decls: Vec<TensorDecl> = order
+        let d: Vec<TensorDecl> = order
             .iter()
             .zip(&o.tensors)
             .filter_map(|(&src, pt)| {
@@ -171,8 +171,10 @@ pub fn write_matrix(
                 ));
             }
         }
-        writers.push(GgufWriter::create(&o.path, &o.metadata, &decls)?);
+        GgufWriter::check(&o.path, &o.metadata, &d)?;
+        decls.push(d);
     }
+    let mut files = OpenFiles::new(outputs, &decls)?;
 
     let total: u64 = order
         .iter()
@@ -181,16 +183,21 @@ pub fn write_matrix(
     let bar = Progress::new(display, "writing", total, Unit::Weights);
     let started = Instant::now();
     // Compute and I/O overlap: this thread dequantizes and quantizes chunk k+1 while a writer
-    // thread writes chunk k. The bounded channel caps the chunks in flight (memory stays flat).
-    let (to_writer, from_main) = mpsc::sync_channel::<Msg>(2 * outputs.len().max(1));
+    // thread writes chunk k. The bounded channel caps the chunks in flight (memory stays flat):
+    // two per output a tensor goes to (the files of a split set count once).
+    let fan_out = (0..order.len())
+        .map(|k| outputs.iter().filter(|o| o.tensors[k].is_some()).count())
+        .max()
+        .unwrap_or(0);
+    let (to_writer, from_main) = mpsc::sync_channel::<Msg>(2 * fan_out.max(1));
     let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
     let reports = std::thread::scope(|scope| -> Result<Vec<OutputReport>> {
-        let writer = scope.spawn(move || -> Result<Vec<GgufWriter>> {
+        let writer = scope.spawn(move || -> Result<OpenFiles> {
             for msg in from_main {
                 match msg {
                     Msg::Data { outs, bytes } => {
                         for out in outs {
-                            writers[out].write_data(bytes.as_slice())?;
+                            files.write(out, bytes.as_slice())?;
                         }
                         if let Chunk::Owned(v) = bytes {
                             let _ = recycle.send(v);
@@ -200,18 +207,15 @@ pub fn write_matrix(
                     Msg::Release { src } => producer.release(src),
                 }
             }
-            Ok(writers)
+            Ok(files)
         });
         let produced = produce_chunks(producer, order, outputs, &bar, &to_writer, &recycled);
         drop(to_writer);
-        let writers = writer.join().expect("writer thread panicked")?;
+        let files = writer.join().expect("writer thread panicked")?;
         produced?;
-        // Every file synced first, then all renamed at once: an interrupted run leaves the
-        // whole new set (a matrix, a split set) or none of it.
-        let mut finished = Vec::with_capacity(writers.len());
-        for w in writers {
-            finished.push(w.finish_pending()?);
-        }
+        let finished = files.finish_all()?;
+        // Every file synced (as it was finished), then all renamed at once: an interrupted
+        // run leaves the whole new set (a matrix, a split set) or none of it.
         let reports = outputs
             .iter()
             .zip(&finished)
@@ -237,6 +241,69 @@ pub fn write_matrix(
         started.elapsed()
     );
     Ok(reports)
+}
+
+/// The writers of one run. Files that start with the first tensor (every unsplit output, the
+/// first file of a split set) are created before any work, so that an unwritable folder stops
+/// the run at once; later files of a split set are created when their first tensor comes and
+/// finished (synced, closed) when their last is written: a set of hundreds of files holds one
+/// open file and one buffer per output at a time.
+struct OpenFiles<'a> {
+    outputs: &'a [OutputFile],
+    decls: &'a [Vec<TensorDecl>],
+    open: Vec<Option<GgufWriter>>,
+    done: Vec<Option<FinishedFile>>,
+}
+
+impl<'a> OpenFiles<'a> {
+    fn new(outputs: &'a [OutputFile], decls: &'a [Vec<TensorDecl>]) -> Result<OpenFiles<'a>> {
+        let mut files = OpenFiles {
+            outputs,
+            decls,
+            open: (0..outputs.len()).map(|_| None).collect(),
+            done: (0..outputs.len()).map(|_| None).collect(),
+        };
+        for (i, o) in outputs.iter().enumerate() {
+            let starts_run = o.tensors.first().is_none_or(Option::is_some)
+                || o.tensors.iter().all(Option::is_none);
+            if starts_run {
+                files.open[i] = Some(files.create(i)?);
+            }
+        }
+        Ok(files)
+    }
+
+    fn create(&self, i: usize) -> Result<GgufWriter> {
+        let o = &self.outputs[i];
+        GgufWriter::create(&o.path, &o.metadata, &self.decls[i])
+    }
+
+    fn write(&mut self, i: usize, bytes: &[u8]) -> Result<()> {
+        if self.open[i].is_none() {
+            self.open[i] = Some(self.create(i)?);
+        }
+        let w = self.open[i].as_mut().expect("opened above");
+        w.write_data(bytes)?;
+        if w.next_tensor().is_none() {
+            let w = self.open[i].take().expect("opened above");
+            self.done[i] = Some(w.finish_pending()?);
+        }
+        Ok(())
+    }
+
+    /// Every file finished, in output order (files with no data to write still get written).
+    fn finish_all(mut self) -> Result<Vec<FinishedFile>> {
+        let mut finished = Vec::with_capacity(self.outputs.len());
+        for i in 0..self.outputs.len() {
+            let f = match (self.done[i].take(), self.open[i].take()) {
+                (Some(f), _) => f,
+                (None, Some(w)) => w.finish_pending()?,
+                (None, None) => self.create(i)?.finish_pending()?,
+            };
+            finished.push(f);
+        }
+        Ok(finished)
+    }
 }
 
 /// Bytes for one output, owned (quantized here) or borrowed (copied unchanged from the source).

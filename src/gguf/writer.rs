@@ -108,13 +108,9 @@ fn check_value(key: &str, v: &Value) -> Result<()> {
 }
 
 impl GgufWriter {
-    /// Start writing `target`: writes the whole header to a temporary file beside it.
-    pub fn create(
-        target: impl AsRef<Path>,
-        metadata: &Metadata,
-        tensors: &[TensorDecl],
-    ) -> Result<GgufWriter> {
-        let target = target.as_ref().to_path_buf();
+    /// Refuse what `create` would refuse (a bad `general.alignment`, array values of the
+    /// wrong type, no file name, tensors that are not whole blocks) without creating anything.
+    pub fn check(target: &Path, metadata: &Metadata, tensors: &[TensorDecl]) -> Result<u64> {
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(v) => v
@@ -135,6 +131,20 @@ impl GgufWriter {
                 target.display()
             )));
         }
+        for t in tensors {
+            t.n_bytes()?;
+        }
+        Ok(alignment)
+    }
+
+    /// Start writing `target`: writes the whole header to a temporary file beside it.
+    pub fn create(
+        target: impl AsRef<Path>,
+        metadata: &Metadata,
+        tensors: &[TensorDecl],
+    ) -> Result<GgufWriter> {
+        let target = target.as_ref().to_path_buf();
+        let alignment = Self::check(&target, metadata, tensors)?;
         let (file, tmp) = crate::output_files::temp_file_beside(&target)?;
         let mut w = GgufWriter {
             target,
