@@ -19,6 +19,7 @@ pub mod recipe;
 pub mod safetensors;
 pub mod seed;
 pub mod store;
+pub mod target;
 pub mod tokenizer;
 pub mod write;
 
