@@ -341,9 +341,25 @@ pub struct QuantizeArgs {
         long = "type",
         visible_alias = "types",
         value_delimiter = ',',
-        required = true
+        required_unless_present_any = ["target_bpw", "target_size"]
     )]
     pub types: Vec<String>,
+    /// Instead of --type: choose each tensor's type to minimise the imatrix-weighted
+    /// quantization error with the whole file at most this many bits per weight.
+    #[arg(long, conflicts_with_all = ["types", "target_size"])]
+    pub target_bpw: Option<f64>,
+    /// Instead of --type: as --target-bpw, with the whole file at most this size (5.5G, 800M,
+    /// 1024K or bytes; K, M, G are powers of 1024).
+    #[arg(long, conflicts_with = "types")]
+    pub target_size: Option<String>,
+    /// Types a target may choose from (default Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0, and IQ4_XS with
+    /// --imatrix).
+    #[arg(long, value_delimiter = ',')]
+    pub candidates: Vec<GgmlType>,
+    /// JSON cache of a target's per-tensor measurements: read when it exists (it must match
+    /// the model and imatrix), else written after measuring.
+    #[arg(long)]
+    pub measurement: Option<PathBuf>,
     /// Type of output.weight.
     #[arg(long)]
     pub output_tensor_type: Option<GgmlType>,
@@ -939,6 +955,24 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         Some(n) => plain_file_name(n, "--name")?.to_string(),
         None => model_name(&args.input),
     };
+    let target = match (args.target_bpw, &args.target_size) {
+        (Some(v), _) => Some(crate::target::Target::bpw(v)?),
+        (None, Some(s)) => Some(crate::target::Target::size(s)?),
+        (None, None) => None,
+    };
+    if let Some(target) = target {
+        let path = if multiple {
+            args.output.join(format!("{stem}-{}.gguf", target.label()))
+        } else {
+            args.output.clone()
+        };
+        return quantize_to_target(args, &store, &opts, &target, path, multiple, ui);
+    }
+    if !args.candidates.is_empty() || args.measurement.is_some() {
+        return Err(Error::Invalid(
+            "--candidates and --measurement go with --target-bpw or --target-size".into(),
+        ));
+    }
     let plan = q::plan(
         &store,
         store.tensors.len(),
@@ -971,6 +1005,90 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
     }
     ui.say(format_args!("done in {:.2?}", started.elapsed()));
     Ok(())
+}
+
+/// `quantize --target-bpw/--target-size`: measure (or read the cache), solve, then write the
+/// one output through the matrix writer and print the llama-quantize command that matches it.
+fn quantize_to_target(
+    args: &QuantizeArgs,
+    store: &Store,
+    opts: &crate::quantize::QuantizeOptions,
+    target: &crate::target::Target,
+    path: PathBuf,
+    to_dir: bool,
+    ui: Ui,
+) -> Result<()> {
+    use crate::target::{self as t, Measurement};
+    let candidates = if args.candidates.is_empty() {
+        t::default_candidates(opts.imatrix.is_some())
+    } else {
+        t::check_candidates(&args.candidates, opts.imatrix.is_some())?
+    };
+    let cached = match &args.measurement {
+        Some(p) if p.exists() => Some(Measurement::from_json(
+            p,
+            &crate::input::read_to_string(p)?,
+        )?),
+        _ => None,
+    };
+    let started = std::time::Instant::now();
+    let alloc = t::allocate(
+        store,
+        store.tensors.len(),
+        &store.metadata,
+        opts,
+        target,
+        &candidates,
+        cached,
+        path.clone(),
+        ui.display,
+    )?;
+    for w in &alloc.plan.warnings {
+        eprintln!("warning: {}", crate::error::printable(w));
+    }
+    if let (Some(p), true) = (&args.measurement, alloc.measured_now) {
+        write_text_output(p, &alloc.measurement.to_json(), &store.paths())?;
+        ui.say(format_args!("wrote measurement {}", p.display()));
+    }
+    let requantize = store.tensors.iter().any(|t| t.ty.is_quantized());
+    let command = alloc.llama_quantize_command(
+        &args.input.to_string_lossy(),
+        &path.to_string_lossy(),
+        &args.include_weights,
+        &args.exclude_weights,
+        requantize,
+    );
+    if args.dry_run {
+        return print_stdout(&format!(
+            "{}:\n{}{command}\n",
+            path.display(),
+            alloc.report(target)
+        ));
+    }
+    let write = || write::write_matrix(store, &alloc.plan.order, &alloc.plan.outputs, ui.display);
+    let reports = if to_dir {
+        crate::output_files::with_output_dir(&args.output, write)?
+    } else {
+        write()?
+    };
+    for r in &reports {
+        ui.say(wrote_line(r));
+        if r.bytes != alloc.file_bytes {
+            eprintln!(
+                "warning: {}: {} bytes written where {} were planned",
+                r.path.display(),
+                r.bytes,
+                alloc.file_bytes
+            );
+        }
+    }
+    ui.say(format_args!(
+        "{}: total error {:.6e}, done in {:.2?}",
+        target.label(),
+        alloc.total_error,
+        started.elapsed()
+    ));
+    print_stdout(&format!("{command}\n"))
 }
 
 fn merge(args: &MergeArgs, ui: Ui) -> Result<()> {

@@ -21,6 +21,7 @@ pub mod recipe;
 pub mod seed;
 pub mod split;
 pub mod store;
+pub mod target;
 pub mod tokenizer;
 pub mod write;
 

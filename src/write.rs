@@ -427,7 +427,12 @@ fn grow<T: Clone + Default>(buf: &mut Vec<T>, len: usize, tensor: &str) -> Resul
 /// A NaN or infinity in a tensor about to be written (a merge that divided by zero, an
 /// overflow, a damaged input) is an error naming the tensor and row, never a silently broken
 /// model; llama-quantize likewise refuses rows it cannot validate.
-fn refuse_non_finite(tensor: &str, values: &[f32], first_row: usize, row_len: usize) -> Result<()> {
+pub(crate) fn refuse_non_finite(
+    tensor: &str,
+    values: &[f32],
+    first_row: usize,
+    row_len: usize,
+) -> Result<()> {
     use rayon::prelude::*;
     // A fold without early exit vectorizes; chunks in parallel: the check costs no wall time
     // beside the dequantization it follows.
@@ -480,7 +485,7 @@ fn same_bytes_groups(outputs: &[OutputFile], k: usize) -> Vec<(&PlannedTensor, V
 
 /// Quantize rows `first_row..` of a tensor of `n_rows` rows. An imatrix longer than one row
 /// holds one slice per expert (3-D MoE tensors): each row takes its expert's slice.
-fn quantize_chunk(
+pub(crate) fn quantize_chunk(
     pt: &PlannedTensor,
     f32_rows: &[f32],
     row_len: usize,

@@ -111,17 +111,7 @@ impl GgufWriter {
     /// Refuse what `create` would refuse (a bad `general.alignment`, array values of the
     /// wrong type, no file name, tensors that are not whole blocks) without creating anything.
     pub fn check(target: &Path, metadata: &Metadata, tensors: &[TensorDecl]) -> Result<u64> {
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => v
-                .as_u64()
-                .filter(|a| *a > 0 && a.is_power_of_two() && *a <= MAX_ALIGNMENT)
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "general.alignment must be a power of two of at most {MAX_ALIGNMENT}, got {v}"
-                    ))
-                })?,
-        };
+        let alignment = alignment(metadata)?;
         for (k, v) in metadata.iter() {
             check_value(k, v)?;
         }
@@ -166,35 +156,8 @@ impl GgufWriter {
     }
 
     fn write_header(&mut self, metadata: &Metadata, tensors: &[TensorDecl]) -> std::io::Result<()> {
-        let align = self.alignment;
         let out = self.out.as_mut().expect("writer is open");
-        let mut pos = 0u64;
-        let mut counted = CountingWriter {
-            inner: out,
-            count: &mut pos,
-        };
-        counted.write_all(&MAGIC)?;
-        counted.write_all(&3u32.to_le_bytes())?;
-        counted.write_all(&(tensors.len() as u64).to_le_bytes())?;
-        counted.write_all(&(metadata.len() as u64).to_le_bytes())?;
-        for (k, v) in metadata.iter() {
-            write_str(&mut counted, k)?;
-            counted.write_all(&(v.value_type() as u32).to_le_bytes())?;
-            write_value(&mut counted, v)?;
-        }
-        let mut offset = 0u64;
-        for (t, (_, n_bytes)) in tensors.iter().zip(&self.sizes) {
-            write_str(&mut counted, &t.name)?;
-            counted.write_all(&(t.shape.len() as u32).to_le_bytes())?;
-            for d in &t.shape {
-                counted.write_all(&d.to_le_bytes())?;
-            }
-            counted.write_all(&t.ty.id().to_le_bytes())?;
-            counted.write_all(&offset.to_le_bytes())?;
-            offset += n_bytes.div_ceil(align) * align;
-        }
-        let pad = pos.div_ceil(align) * align - pos;
-        out.write_all(&vec![0u8; pad as usize])?;
+        write_header_to(out, metadata, tensors, &self.sizes, self.alignment)?;
         Ok(())
     }
 
@@ -304,6 +267,74 @@ impl Drop for GgufWriter {
             crate::output_files::forget(&path);
         }
     }
+}
+
+/// The header (magic, metadata, tensor infos) and its padding to `align`; returns its length.
+fn write_header_to(
+    out: &mut impl Write,
+    metadata: &Metadata,
+    tensors: &[TensorDecl],
+    sizes: &[(String, u64)],
+    align: u64,
+) -> std::io::Result<u64> {
+    let mut pos = 0u64;
+    let mut counted = CountingWriter {
+        inner: out,
+        count: &mut pos,
+    };
+    counted.write_all(&MAGIC)?;
+    counted.write_all(&3u32.to_le_bytes())?;
+    counted.write_all(&(tensors.len() as u64).to_le_bytes())?;
+    counted.write_all(&(metadata.len() as u64).to_le_bytes())?;
+    for (k, v) in metadata.iter() {
+        write_str(&mut counted, k)?;
+        counted.write_all(&(v.value_type() as u32).to_le_bytes())?;
+        write_value(&mut counted, v)?;
+    }
+    let mut offset = 0u64;
+    for (t, (_, n_bytes)) in tensors.iter().zip(sizes) {
+        write_str(&mut counted, &t.name)?;
+        counted.write_all(&(t.shape.len() as u32).to_le_bytes())?;
+        for d in &t.shape {
+            counted.write_all(&d.to_le_bytes())?;
+        }
+        counted.write_all(&t.ty.id().to_le_bytes())?;
+        counted.write_all(&offset.to_le_bytes())?;
+        offset += n_bytes.div_ceil(align) * align;
+    }
+    let pad = pos.div_ceil(align) * align - pos;
+    out.write_all(&vec![0u8; pad as usize])?;
+    Ok(pos + pad)
+}
+
+/// The file's `general.alignment` (or GGUF's default), checked as the writer checks it.
+pub fn alignment(metadata: &Metadata) -> Result<u64> {
+    match metadata.get("general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some(v) => v
+            .as_u64()
+            .filter(|a| *a > 0 && a.is_power_of_two() && *a <= MAX_ALIGNMENT)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "general.alignment must be a power of two of at most {MAX_ALIGNMENT}, got {v}"
+                ))
+            }),
+    }
+}
+
+/// Bytes the header of a file with this metadata and these tensors takes, padding included:
+/// it does not depend on the tensors' types (each info holds a fixed-size type id and offset),
+/// so a file's size is this plus each tensor's bytes rounded up to the alignment.
+pub fn header_len(metadata: &Metadata, tensors: &[TensorDecl]) -> Result<u64> {
+    let sizes = vec![(String::new(), 0u64); tensors.len()];
+    write_header_to(
+        &mut std::io::sink(),
+        metadata,
+        tensors,
+        &sizes,
+        alignment(metadata)?,
+    )
+    .map_err(|e| Error::Invalid(format!("GGUF header: {e}")))
 }
 
 struct CountingWriter<'a, W: Write> {

@@ -1,0 +1,268 @@
+//! `quantize --target-bpw/--target-size`: the file fits the budget and nearly fills it, a lower
+//! target makes a smaller file, the allocation beats the fixed mix of the same size on the
+//! imatrix-weighted error (computed here from the files), the bytes do not depend on threads,
+//! the measurement cache gives the same file, and bad input is one clear error each.
+
+mod common;
+
+use common::{scratch, smelt, tiny_model};
+use smelt::quant::imatrix::Imatrix;
+use smelt::store::Store;
+use std::path::Path;
+
+/// Σ over tensors, rows and columns of w_j (x_j − y_j)², x from `orig`, y from `quant`, w the
+/// tensor's imatrix weights (1 without an entry), as the allocation's objective defines it.
+fn weighted_error(orig: &Path, quant: &Path, im: &Imatrix) -> f64 {
+    let (a, b) = (Store::open(orig).unwrap(), Store::open(quant).unwrap());
+    let mut total = 0.0;
+    for (i, t) in a.tensors.iter().enumerate() {
+        let j = b.find(&t.name).unwrap();
+        let (x, y) = (a.read_f32(i).unwrap(), b.read_f32(j).unwrap());
+        let w = im.for_tensor(&t.name, t.row_len(), 1).unwrap();
+        for (xr, yr) in x.chunks(t.row_len()).zip(y.chunks(t.row_len())) {
+            for (k, (p, q)) in xr.iter().zip(yr).enumerate() {
+                let d = (*p - *q) as f64;
+                total += w.as_ref().map_or(1.0, |w| w[k] as f64) * d * d;
+            }
+        }
+    }
+    total
+}
+
+fn n_weights(path: &Path) -> u64 {
+    Store::open(path)
+        .unwrap()
+        .tensors
+        .iter()
+        .map(|t| t.n_elements())
+        .sum()
+}
+
+fn size(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn target_bpw_fits_beats_the_mix_and_is_deterministic() {
+    let dir = scratch();
+    let d = dir.path();
+    let model = tiny_model(
+        d,
+        "m.gguf",
+        &["--hidden", "256", "--ff", "512", "--vocab", "300"],
+    );
+    std::fs::write(
+        d.join("text.txt"),
+        "The quick brown fox jumps over the lazy dog. ".repeat(60),
+    )
+    .unwrap();
+    smelt(
+        d,
+        [
+            "imatrix", "m.gguf", "-o", "im.gguf", "--text", "text.txt", "--ctx", "64",
+        ],
+    )
+    .unwrap();
+    smelt(
+        d,
+        [
+            "quantize",
+            "m.gguf",
+            "-o",
+            "mix.gguf",
+            "--type",
+            "Q4_K_M",
+            "--imatrix",
+            "im.gguf",
+            "-q",
+        ],
+    )
+    .unwrap();
+    let n = n_weights(&model);
+    let mix_bpw = size(&d.join("mix.gguf")) as f64 * 8.0 / n as f64;
+    let target = format!("{mix_bpw:.4}");
+    let run = |out: &str, target: &str, threads: &str, cache: &str| {
+        smelt(
+            d,
+            [
+                "quantize",
+                "m.gguf",
+                "-o",
+                out,
+                "--target-bpw",
+                target,
+                "--imatrix",
+                "im.gguf",
+                "--measurement",
+                cache,
+                "--threads",
+                threads,
+            ],
+        )
+    };
+    let err = run("a.gguf", &target, "1", "m1.json").unwrap();
+    assert!(err.contains("wrote measurement"), "{err}");
+    let a = d.join("a.gguf");
+    let a_bpw = size(&a) as f64 * 8.0 / n as f64;
+    let t: f64 = target.parse().unwrap();
+    assert!(a_bpw <= t, "{a_bpw} bpw over the {t} target");
+    assert!(
+        a_bpw > t - 0.05,
+        "{a_bpw} bpw leaves too much of the {t} target unused"
+    );
+
+    let im = Imatrix::load(d.join("im.gguf")).unwrap();
+    let (e_mix, e_a) = (
+        weighted_error(&model, &d.join("mix.gguf"), &im),
+        weighted_error(&model, &a, &im),
+    );
+    assert!(e_a < e_mix, "allocation {e_a} vs Q4_K_M {e_mix}");
+
+    // Two threads, measured again: the same measurement and the same bytes.
+    run("b.gguf", &target, "2", "m2.json").unwrap();
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(d.join("b.gguf")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(d.join("m1.json")).unwrap(),
+        std::fs::read(d.join("m2.json")).unwrap()
+    );
+
+    // The cache: no new measurement, the same file.
+    let err = run("c.gguf", &target, "2", "m1.json").unwrap();
+    assert!(!err.contains("wrote measurement"), "{err}");
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(d.join("c.gguf")).unwrap()
+    );
+
+    // A lower target: a smaller file, still within its budget.
+    let low = format!("{:.4}", t - 1.0);
+    run("low.gguf", &low, "2", "m1.json").unwrap();
+    let low_bpw = size(&d.join("low.gguf")) as f64 * 8.0 / n as f64;
+    assert!(size(&d.join("low.gguf")) < size(&a));
+    assert!(low_bpw <= t - 1.0 && low_bpw > t - 1.05, "{low_bpw}");
+
+    // --target-size counts the whole file: never larger than asked.
+    let bytes = size(&d.join("mix.gguf")).to_string();
+    smelt(
+        d,
+        [
+            "quantize",
+            "m.gguf",
+            "-o",
+            "s.gguf",
+            "--target-size",
+            &bytes,
+            "--imatrix",
+            "im.gguf",
+            "--measurement",
+            "m1.json",
+        ],
+    )
+    .unwrap();
+    let s = size(&d.join("s.gguf"));
+    assert!(s <= size(&d.join("mix.gguf")) && s * 100 > size(&d.join("mix.gguf")) * 99);
+    let meta = Store::open(d.join("s.gguf")).unwrap().metadata;
+    assert!(meta.get("smelt.target.size").is_some());
+    let meta = Store::open(&a).unwrap().metadata;
+    assert!(meta.get("smelt.target.bpw").is_some());
+
+    // The cache refuses another imatrix (here: none) by name.
+    let e = smelt(
+        d,
+        [
+            "quantize",
+            "m.gguf",
+            "-o",
+            "x.gguf",
+            "--target-bpw",
+            "5",
+            "--measurement",
+            "m1.json",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("--measurement") && e.contains("importance matrix"),
+        "{e}"
+    );
+}
+
+#[test]
+fn target_errors() {
+    let dir = scratch();
+    let d = dir.path();
+    tiny_model(
+        d,
+        "m.gguf",
+        &["--hidden", "256", "--ff", "512", "--vocab", "300"],
+    );
+    tiny_model(
+        d,
+        "other.gguf",
+        &["--hidden", "256", "--ff", "512", "--vocab", "320"],
+    );
+    let q = |extra: &[&str]| {
+        let mut args = vec![
+            "quantize",
+            "m.gguf",
+            "-o",
+            "out.gguf",
+            "--candidates",
+            "Q4_K,Q8_0",
+        ];
+        args.extend_from_slice(extra);
+        smelt(d, args)
+    };
+    let e = q(&["--target-bpw", "1", "--dry-run"]).unwrap_err();
+    assert!(e.contains("smallest file") && e.contains("bpw"), "{e}");
+    let e = q(&["--target-bpw", "12", "--dry-run"]).unwrap_err();
+    assert!(e.contains("largest file"), "{e}");
+    let e = q(&["--target-size", "5X"]).unwrap_err();
+    assert!(e.contains("--target-size `5X`"), "{e}");
+    let e = q(&["--target-bpw", "0"]).unwrap_err();
+    assert!(e.contains("--target-bpw"), "{e}");
+    let e = q(&["--target-bpw", "5", "--target-size", "1M"]).unwrap_err();
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = q(&["--target-bpw", "5", "--type", "Q4_K_M"]).unwrap_err();
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = q(&["--type", "Q4_K_M"]).unwrap_err();
+    assert!(e.contains("--target-bpw or --target-size"), "{e}");
+    let e = smelt(
+        d,
+        [
+            "quantize",
+            "m.gguf",
+            "-o",
+            "o.gguf",
+            "--target-bpw",
+            "5",
+            "--candidates",
+            "IQ2_XXS",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.contains("needs an importance matrix"), "{e}");
+    // A measurement of another model is refused by name.
+    q(&["--target-bpw", "6", "--dry-run", "--measurement", "m.json"]).unwrap();
+    let e = smelt(
+        d,
+        [
+            "quantize",
+            "other.gguf",
+            "-o",
+            "o.gguf",
+            "--target-bpw",
+            "6",
+            "--candidates",
+            "Q4_K,Q8_0",
+            "--measurement",
+            "m.json",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.contains("m.gguf") && e.contains("other.gguf"), "{e}");
+    assert!(!d.join("out.gguf").exists() && !d.join("o.gguf").exists());
+}
