@@ -46,14 +46,18 @@ impl Activations {
                 if row % block != 0 {
                     return Ok(x.clone()); // ggml would not run this shape; leave it
                 }
+                use rayon::prelude::*;
                 let mut v = x.flatten_all()?.to_vec1::<f32>()?;
-                for b in v.chunks_exact_mut(block) {
-                    if self == Activations::Q8_0 {
-                        round_q8_0(b)
-                    } else {
-                        round_q8_k(b)
+                // Blocks are independent: rounded in parallel, the same values on any thread count.
+                v.par_chunks_mut(block * 64).for_each(|run| {
+                    for b in run.chunks_exact_mut(block) {
+                        if self == Activations::Q8_0 {
+                            round_q8_0(b)
+                        } else {
+                            round_q8_k(b)
+                        }
                     }
-                }
+                });
                 Tensor::from_vec(v, dims, x.device())
             }
         }
@@ -74,7 +78,9 @@ fn round_q8_0(b: &mut [f32]) {
     let d16 = half::f16::from_f32(amax / 127.0).to_f32();
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for v in b.iter_mut() {
-        *v = d16 * (*v * id).round_ties_even();
+        // ggml's magic-number rounding: ties to even like `_mm256_round_ps`, and inlined,
+        // where `round_ties_even` is a libm call (`rintf`) on baseline x86-64.
+        *v = d16 * crate::quant::search::nearest_int(*v * id) as f32;
     }
 }
 
