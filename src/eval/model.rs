@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use candle_core::{DType, Device, Tensor, D};
 
+/// Tokens whose chunks pass a layer's matmuls together.
+const MICRO_BATCH: usize = 2048;
+
 fn cerr(e: candle_core::Error) -> Error {
     Error::Invalid(format!("forward pass: {e}"))
 }
@@ -253,9 +256,21 @@ impl<'a> Model<'a> {
                 (Some(local), true) => local,
                 _ => &global,
             };
-            for x in xs.iter_mut() {
-                *x = self.block(&layer, x, ctx, stats).map_err(cerr)?;
-                progress.inc(n_ctx as u64);
+            // Chunks go through the layer's matmuls together, up to MICRO_BATCH tokens (as
+            // llama-perplexity packs n_batch / n_ctx sequences in a batch): bigger products
+            // run faster, and attention still sees one chunk at a time.
+            let per = (MICRO_BATCH / n_ctx.max(1)).max(1);
+            for batch in xs.chunks_mut(per) {
+                let x = if batch.len() == 1 {
+                    batch[0].clone()
+                } else {
+                    Tensor::cat(batch, 0).map_err(cerr)?
+                };
+                let y = self.block(&layer, &x, ctx, stats).map_err(cerr)?;
+                for (k, xk) in batch.iter_mut().enumerate() {
+                    *xk = y.narrow(0, k * n_ctx, n_ctx).map_err(cerr)?;
+                }
+                progress.inc((batch.len() * n_ctx) as u64);
             }
         }
         let norm = self.weight("output_norm.weight")?;
@@ -319,7 +334,6 @@ impl<'a> Model<'a> {
         ctx: &Context,
         stats: Option<&ActivationStats>,
     ) -> candle_core::Result<Tensor> {
-        let (t, _) = h.dims2()?;
         let (hd, nh, nkv) = (self.head_dim, self.n_head, self.n_head_kv);
         let (q, k, v) = match &w.qkv {
             Qkv::Separate(q, k, v) => (
@@ -336,6 +350,33 @@ impl<'a> Model<'a> {
                 )
             }
         };
+        // The projections ran on every chunk of the batch at once; attention is per chunk.
+        let t = ctx.mask.dim(0)?;
+        let n_seq = h.dim(0)? / t;
+        let mut out = Vec::with_capacity(n_seq);
+        for s in 0..n_seq {
+            let rows = |m: &Tensor| m.narrow(0, s * t, t);
+            out.push(self.attend(w, rows(&q)?, rows(&k)?, rows(&v)?, ctx)?);
+        }
+        let attn = if n_seq == 1 {
+            out.pop().expect("one chunk")
+        } else {
+            Tensor::cat(&out, 0)?
+        };
+        w.wo.forward(&attn, stats)
+    }
+
+    /// Causal attention of one chunk's projections q (t, nh * hd), k and v (t, nkv * hd).
+    fn attend(
+        &self,
+        w: &Layer,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        ctx: &Context,
+    ) -> candle_core::Result<Tensor> {
+        let (t, _) = q.dims2()?;
+        let (hd, nh, nkv) = (self.head_dim, self.n_head, self.n_head_kv);
         // (t, heads * hd) -> (t, heads, hd), per-head norms, then (1, heads, t, hd) for RoPE.
         let split = |m: Tensor, n: usize, norm: &Option<Tensor>| -> candle_core::Result<Tensor> {
             let mut m = m.reshape((t, n, hd))?;
@@ -376,7 +417,7 @@ impl<'a> Model<'a> {
             .reshape((nh, t, hd))?
             .transpose(0, 1)?
             .reshape((t, nh * hd))?;
-        w.wo.forward(&attn, stats)
+        Ok(attn)
     }
 
     /// RoPE of the first `n_rot` dimensions of each head of `x` (1, heads, t, hd).
