@@ -74,7 +74,9 @@ fn amount(n: f64, unit: Unit) -> String {
         }
         Unit::TokenLayers(layers) => {
             let (v, u) = scaled(n / layers.max(1) as f64, 1000.0, &["", "K", "M", "G"]);
-            format!("{v:.1}{u} tokens")
+            // Whole tokens below a thousand (a layer of a token is not a unit users count).
+            let digits = if u.is_empty() { 0 } else { 1 };
+            format!("{v:.digits$}{u} tokens")
         }
     }
 }

@@ -19,6 +19,20 @@ def run_smelt(*args, check=True) -> subprocess.CompletedProcess:
     return p
 
 
+def run_llama_tool(cmd, expect: str, timeout=300, attempts=3) -> subprocess.CompletedProcess:
+    """Run one of llama.cpp's tools; retried when it exits 0 without the line `expect`.
+
+    Its logger writes from a background thread, and on a loaded machine the last lines
+    (llama-perplexity's final estimate) are now and then lost at exit though the run
+    succeeded; the computation is deterministic, so a rerun gives the same figures."""
+    for _ in range(attempts):
+        p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+        assert p.returncode == 0, p.stderr[-2000:]
+        if expect in p.stdout + p.stderr:
+            return p
+    raise AssertionError(f"no `{expect}` in {attempts} runs:\n{(p.stdout + p.stderr)[-2000:]}")
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     out = subprocess.run([str(ROOT / "scripts" / "fetch-smollm2")], capture_output=True, text=True, check=True)

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_smelt
+from conftest import ROOT, run_llama_tool, run_smelt
 from test_convert_llama import ARCHS, llama_bin  # noqa: F401  (fixture)
 
 CTX, CHUNKS = 256, 2
@@ -63,10 +63,8 @@ def text(tmp_path_factory):
 
 
 def llama_ppl(bin_dir, model, text) -> float:
-    p = subprocess.run([str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(text),
-                        "-c", str(CTX), "--chunks", str(CHUNKS), "-t", "2", "-fa", "off"],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+    p = run_llama_tool([bin_dir / "llama-perplexity", "-m", model, "-f", text, "-c", CTX,
+                        "--chunks", CHUNKS, "-t", "2", "-fa", "off"], "Final estimate")
     m = re.search(r"Final estimate: PPL = ([0-9.]+)", p.stdout + p.stderr)
     assert m, (p.stdout + p.stderr)[-2000:]
     return float(m.group(1))

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_smelt
+from conftest import run_llama_tool, run_smelt
 from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
 
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 
 
 def perplexity(bin_dir: Path, model: Path) -> float:
-    p = subprocess.run([str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(TEXT), "-c", "128",
-                        "--chunks", "4", "-t", "2"], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-2000:]
+    p = run_llama_tool([bin_dir / "llama-perplexity", "-m", model, "-f", TEXT, "-c", "128",
+                        "--chunks", "4", "-t", "2"], "Final estimate")
     m = re.search(r"Final estimate: PPL = ([0-9.]+)", p.stdout + p.stderr)
     assert m, (p.stdout + p.stderr)[-2000:]
     return float(m.group(1))
