@@ -236,7 +236,8 @@ impl Rng {
     }
 }
 
-/// A scratch folder for the damaged files, in RAM where there is one: every case writes one.
+/// A scratch folder for the damaged files, in RAM where there is one (every case writes one),
+/// else under target/ like every other test's scratch (never /tmp).
 fn scratch() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
@@ -244,7 +245,7 @@ fn scratch() -> tempfile::TempDir {
             return d;
         }
     }
-    tempfile::tempdir().unwrap()
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
 fn random_cases() -> usize {
