@@ -1453,16 +1453,8 @@ fn tokenize(args: &TokenizeArgs) -> Result<()> {
 /// Write a small text output (a recipe) through an exclusive temporary file, never over an
 /// input.
 fn write_text_output(path: &Path, text: &str, inputs: &[&Path]) -> Result<()> {
-    use std::io::Write;
     crate::output_files::check_outputs(inputs, &[path])?;
-    let (mut file, tmp) = crate::output_files::temp_file_beside(path)?;
-    file.write_all(text.as_bytes())
-        .and_then(|_| file.sync_all())
-        .map_err(|e| Error::io(path, e))?;
-    let tmp_path = tmp.to_path_buf();
-    let done = crate::output_files::commit(|| tmp.persist(path).map_err(|e| e.error));
-    crate::output_files::forget(&tmp_path);
-    done.map_err(|e| Error::io(path, e))
+    crate::output_files::write_whole(path, text.as_bytes())
 }
 
 /// Write to stdout; a closed pipe (`smelt inspect … | head`) is not an error.

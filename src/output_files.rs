@@ -144,6 +144,20 @@ pub fn temp_file_beside(target: &Path) -> Result<(std::fs::File, tempfile::TempP
     Ok((file, tmp))
 }
 
+/// Write a small output whole: an exclusive temporary file beside `path`, synced, then renamed
+/// over it (all or nothing, like every other output).
+pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let (mut file, tmp) = temp_file_beside(path)?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    let tmp_path = tmp.to_path_buf();
+    let done = commit(|| tmp.persist(path).map_err(|e| e.error));
+    forget(&tmp_path);
+    done.map_err(|e| Error::io(path, e))
+}
+
 /// A temporary folder beside `target`, registered for removal on a signal.
 pub fn temp_dir_beside(target: &Path) -> Result<tempfile::TempDir> {
     let dir = parent_of(target);

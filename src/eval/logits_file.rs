@@ -433,22 +433,14 @@ impl LogitsWriter {
                 self.rows_written
             )));
         }
-        let file = self
-            .out
-            .take()
-            .expect("writer is open until finished")
-            .into_inner()
-            .map_err(|e| Error::io(&self.target, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.target, e))?;
-        let bytes = file
-            .metadata()
-            .map_err(|e| Error::io(&self.target, e))?
-            .len();
-        let tmp = self.tmp.take().expect("writer is open until finished");
-        let tmp_path = tmp.to_path_buf();
-        let done = crate::output_files::commit(|| tmp.persist(&self.target).map_err(|e| e.error));
-        crate::output_files::forget(&tmp_path);
-        done.map_err(|e| Error::io(&self.target, e))?;
+        use crate::gguf::writer::{commit, FinishedFile};
+        let finished = FinishedFile::seal(
+            self.target.clone(),
+            self.out.take().expect("writer is open until finished"),
+            self.tmp.take().expect("writer is open until finished"),
+        )?;
+        let bytes = finished.bytes;
+        commit(vec![finished])?;
         Ok(bytes)
     }
 }

@@ -213,20 +213,11 @@ impl GgufWriter {
                 self.current_written
             )));
         }
-        let out = self.out.take().expect("writer is open");
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io(&self.target, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.target, e))?;
-        let bytes = file
-            .metadata()
-            .map_err(|e| Error::io(&self.target, e))?
-            .len();
-        Ok(FinishedFile {
-            target: std::mem::take(&mut self.target),
-            tmp: self.tmp.take().expect("writer is open"),
-            bytes,
-        })
+        FinishedFile::seal(
+            std::mem::take(&mut self.target),
+            self.out.take().expect("writer is open"),
+            self.tmp.take().expect("writer is open"),
+        )
     }
 }
 
@@ -238,6 +229,20 @@ pub struct FinishedFile {
 }
 
 impl FinishedFile {
+    /// Flush `out` (the temporary file `tmp` for `target`), sync it and take its size.
+    pub fn seal(
+        target: PathBuf,
+        out: BufWriter<std::fs::File>,
+        tmp: tempfile::TempPath,
+    ) -> Result<FinishedFile> {
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(&target, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&target, e))?;
+        let bytes = file.metadata().map_err(|e| Error::io(&target, e))?.len();
+        Ok(FinishedFile { target, tmp, bytes })
+    }
+
     pub fn target(&self) -> &Path {
         &self.target
     }

@@ -361,16 +361,8 @@ pub fn write_legacy(
     n_chunks: usize,
     dataset: &str,
 ) -> Result<()> {
-    use std::io::Write;
     let bytes = encode_legacy(stats, chunk_size, n_chunks, dataset)?;
-    let (mut file, tmp) = crate::output_files::temp_file_beside(path)?;
-    file.write_all(&bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| Error::io(path, e))?;
-    let tmp_path = tmp.to_path_buf();
-    let done = crate::output_files::commit(|| tmp.persist(path).map_err(|e| e.error));
-    crate::output_files::forget(&tmp_path);
-    done.map_err(|e| Error::io(path, e))
+    crate::output_files::write_whole(path, &bytes)
 }
 
 /// Bounds-checked reads over a legacy imatrix file.
