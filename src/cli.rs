@@ -1,11 +1,15 @@
 //! Command-line interface: argument parsing, progress and exit codes. No logic of its own.
 
+use crate::app::naming::{model_name, plain_file_name};
+use crate::app::text::eval_text;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Value};
 use crate::store::Store;
 use crate::write;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
+
+pub use crate::app::text::{CALIBRATION_NAME, CALIBRATION_TEXT};
 
 /// `0.1.0 (commit 1a2b3c4d5e6f)`: the version with the git commit it was built from.
 pub const VERSION: &str = concat!(
@@ -125,6 +129,16 @@ or --name). Takes quantize's options."
     /// As `smelt eval` and llama-perplexity tokenize: control tokens written in the text are
     /// plain text, user-defined ones are split out (llama-tokenize --no-parse-special).
     Tokenize(TokenizeArgs),
+    /// Make a publishable GGUF release of a model or recipe: imatrix, every type in one pass,
+    /// splits, a quality table against the source, a plot, README.md model card, release.json
+    /// and SHA256SUMS. Rerun the same command to resume an interrupted release.
+    Release(ReleaseArgs),
+    /// Check a release folder: every file against SHA256SUMS, every GGUF header, every split
+    /// set complete. Exit status 1 on any mismatch.
+    Verify {
+        /// The release folder.
+        dir: PathBuf,
+    },
     /// Print a shell completion script (`smelt completions bash > /etc/bash_completion.d/smelt`).
     Completions {
         #[arg(value_enum)]
@@ -267,6 +281,62 @@ impl SplitArgs {
             (None, None) => None,
         }
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReleaseArgs {
+    /// The model (HF folder, safetensors, GGUF or split GGUF) or a one-document merge recipe.
+    pub source: PathBuf,
+    /// The release folder (new, empty, or an earlier run of the same release to resume).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Types to release, comma-separated or repeated (default: --preset standard).
+    #[arg(short = 't', long = "types", value_name = "TYPES")]
+    pub types: Vec<String>,
+    /// `standard` (Q2_K, Q3_K_M, Q4_K_S, Q4_K_M, IQ4_XS, Q5_K_M, Q6_K, Q8_0, F16) or `full`
+    /// (20 types from IQ1_M up, the imatrix-only ones included).
+    #[arg(long, conflicts_with = "types")]
+    pub preset: Option<String>,
+    /// `auto` (computed when a type needs or gains from one), `none`, or an imatrix file.
+    #[arg(long, default_value = "auto")]
+    pub imatrix: String,
+    /// The imatrix's calibration text (default: the first half of the built-in text).
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// The quality table's text (default: the second half of the built-in text, which the
+    /// imatrix never saw).
+    #[arg(long, value_name = "FILE")]
+    pub eval_text: Option<PathBuf>,
+    /// Tokens per chunk for the imatrix and the evaluation.
+    #[arg(long = "ctx", default_value_t = 512)]
+    pub n_ctx: usize,
+    /// Chunks of calibration text for the imatrix (default: every whole chunk).
+    #[arg(long)]
+    pub imatrix_chunks: Option<usize>,
+    /// Chunks of evaluation text per type (default: 40; each type and the reference run them).
+    #[arg(long, default_value_t = 40)]
+    pub eval_chunks: usize,
+    /// No quality table, no plot: only the files, card and checksums.
+    #[arg(long)]
+    pub no_eval: bool,
+    #[command(flatten)]
+    pub split: SplitArgs,
+    /// File names `NAME-TYPE.gguf` (default: from the source's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The card's `base_model` (a hub id); default: from the source.
+    #[arg(long)]
+    pub base_model: Option<String>,
+    /// The card's `quantized_by`.
+    #[arg(long)]
+    pub quantized_by: Option<String>,
+    /// Write into a folder holding another release or other files (removing only the files an
+    /// earlier release recorded).
+    #[arg(long)]
+    pub force: bool,
+    /// Print release.json to stdout when done.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -473,6 +543,25 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Tokenize(args) => tokenize(&args),
+        Command::Release(args) => release(&args, ui),
+        Command::Verify { dir } => {
+            let report = crate::app::verify::verify(&dir)?;
+            print_stdout(&report.lines())?;
+            let failed = report.checks.iter().filter(|(_, p)| p.is_some()).count();
+            if failed > 0 {
+                return Err(Error::Invalid(format!(
+                    "{}: {failed} of {} checks failed",
+                    dir.display(),
+                    report.checks.len()
+                )));
+            }
+            ui.say(format_args!(
+                "{}: all {} checks passed",
+                dir.display(),
+                report.checks.len()
+            ));
+            Ok(())
+        }
         Command::MakeTestModel(a) => {
             let model = crate::fixture::TinyLlama {
                 n_layer: a.layers,
@@ -777,28 +866,6 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     }
     ui.say(format_args!("evaluated in {:.2?}", started.elapsed()));
     Ok(())
-}
-
-/// The calibration text built into smelt (data/README.md says what it holds and where each
-/// part comes from): `eval` and `imatrix` read it when no `--text` is given.
-pub const CALIBRATION_TEXT: &str = include_str!("../data/calibration.txt");
-/// The name outputs record for it (`imatrix.datasets`, `eval --json`'s `text`).
-pub const CALIBRATION_NAME: &str = "smelt:calibration.txt";
-
-/// The text `eval` and `imatrix` run on, and the name to record for it: the `--text` file, or
-/// the built-in calibration text.
-fn eval_text(arg: Option<&Path>) -> Result<(String, String)> {
-    match arg {
-        Some(p) => {
-            let mut text = crate::input::read_to_string(p)?;
-            // llama.cpp's `-f` drops one final newline; the same text gives the same tokens.
-            if text.ends_with('\n') {
-                text.pop();
-            }
-            Ok((text, p.to_string_lossy().into_owned()))
-        }
-        None => Ok((CALIBRATION_TEXT.to_string(), CALIBRATION_NAME.to_string())),
-    }
 }
 
 /// `imatrix`: llama-imatrix's statistics, written in its GGUF or legacy `.dat` format.
@@ -1335,89 +1402,52 @@ fn dry_run_report(store: &Store, plan: &crate::quantize::QuantizePlan) -> String
     out
 }
 
-/// A model's name for output files: the file stem without split, format or type suffixes
-/// (`SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct`).
-fn model_stem(input: &Path) -> String {
-    let mut name = input
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    for suffix in [".gguf", ".safetensors", ".index.json", ".json"] {
-        if let Some(s) = name.strip_suffix(suffix) {
-            name = s.to_string();
-        }
+/// `release`: the options as the library takes them.
+fn release(args: &ReleaseArgs, ui: Ui) -> Result<()> {
+    use crate::app::release::{self as r, ImatrixChoice};
+    let types = r::parse_types(&args.types, args.preset.as_deref())?;
+    let imatrix = match args.imatrix.as_str() {
+        "auto" => ImatrixChoice::Auto,
+        "none" => ImatrixChoice::None,
+        path => ImatrixChoice::File(PathBuf::from(path)),
+    };
+    let split_arg = match (args.split.split_max_size, args.split.split_max_tensors) {
+        (Some(b), _) => Some(format!("{b} bytes")),
+        (None, Some(n)) => Some(format!("{n} tensors")),
+        (None, None) => None,
+    };
+    let opts = r::ReleaseOptions {
+        source: args.source.clone(),
+        out_dir: args.output.clone(),
+        types,
+        imatrix,
+        calibration_text: args.text.clone(),
+        eval_text: args.eval_text.clone(),
+        n_ctx: args.n_ctx,
+        imatrix_chunks: args.imatrix_chunks,
+        eval_chunks: Some(args.eval_chunks),
+        evaluate: !args.no_eval,
+        split: args.split.limit(),
+        split_arg,
+        name: args.name.clone(),
+        base_model: args.base_model.clone(),
+        quantized_by: args.quantized_by.clone(),
+        force: args.force,
+        // "smelt", not this machine's path to the binary: the card shows it.
+        command_line: std::iter::once("smelt".to_string())
+            .chain(std::env::args().skip(1))
+            .collect(),
+        display: ui.display,
+        quiet: ui.quiet,
+    };
+    let started = std::time::Instant::now();
+    let manifest = r::release(&opts)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&manifest).expect("plain data serializes");
+        print_stdout(&(text + "\n"))?;
     }
-    if let Some(i) = name.rfind("-00001-of-") {
-        name.truncate(i);
-    }
-    if let Some(i) = name.rfind(['.', '-']) {
-        let tail = name[i + 1..].to_ascii_uppercase();
-        let is_type = tail.parse::<GgmlType>().is_ok()
-            || ["_S", "_M", "_L", "_XS", "_XXS"].iter().any(|m| {
-                tail.strip_suffix(m)
-                    .is_some_and(|t| t.parse::<GgmlType>().is_ok())
-            });
-        if is_type && i > 0 {
-            name.truncate(i);
-        }
-    }
-    name
-}
-
-/// The model's name for output files. An HF hub snapshot (`.../models--org--Name/snapshots/
-/// <sha>`) is named by config.json's `_name_or_path`, else by its repository folder, not by
-/// the commit hash; other folders and files by their own name ([`model_stem`]).
-fn model_name(input: &Path) -> String {
-    if input.is_dir() {
-        let config = std::fs::read(input.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-        let from_config = config
-            .as_ref()
-            .and_then(|c| c.get("_name_or_path"))
-            .and_then(|v| v.as_str())
-            .and_then(|p| p.trim_end_matches('/').rsplit('/').next())
-            .filter(|n| plain_file_name(n, "").is_ok())
-            .map(str::to_string);
-        let dir = std::fs::canonicalize(input).unwrap_or_else(|_| input.to_path_buf());
-        let in_snapshot = dir
-            .parent()
-            .and_then(|p| p.file_name())
-            .is_some_and(|n| n == "snapshots");
-        if in_snapshot {
-            let repo = dir
-                .parent()
-                .and_then(Path::parent)
-                .and_then(|r| r.file_name())
-                .map(|n| n.to_string_lossy().into_owned());
-            let from_repo = repo.and_then(|r| {
-                r.strip_prefix("models--")
-                    .and_then(|r| r.rsplit("--").next())
-                    .map(str::to_string)
-            });
-            if let Some(name) = from_config.or(from_repo) {
-                return name;
-            }
-        }
-    }
-    model_stem(input)
-}
-
-/// `name` as a plain file name: not empty, no folder separators, not `.` or `..`; `what`
-/// names the option or recipe key for the error.
-fn plain_file_name<'a>(name: &'a str, what: &str) -> Result<&'a str> {
-    let bad = name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains(['/', '\\', '\0'])
-        || name.chars().any(char::is_control);
-    if bad {
-        return Err(Error::Invalid(format!(
-            "{what} `{}` must be a plain file name (no folders, no `..`)",
-            crate::error::printable(name)
-        )));
-    }
-    Ok(name)
+    ui.say(format_args!("done in {:.2?}", started.elapsed()));
+    Ok(())
 }
 
 /// `tokenize`: one `id -> 'token'` line per token (the vocabulary's entry), or with `--ids`
@@ -1463,52 +1493,5 @@ fn print_stdout(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("<stdout>", e)),
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn output_stems() {
-        let stem = |p: &str| model_stem(Path::new(p));
-        assert_eq!(
-            stem("m/SmolLM2-135M-Instruct.Q4_1.gguf"),
-            "SmolLM2-135M-Instruct"
-        );
-        assert_eq!(stem("synth-F16.gguf"), "synth");
-        assert_eq!(stem("llama-7b-Q4_K_M-00001-of-00003.gguf"), "llama-7b");
-        assert_eq!(stem("model.safetensors"), "model");
-        assert_eq!(stem("dir/Mistral-7B"), "Mistral-7B");
-    }
-
-    #[test]
-    fn built_in_calibration_text_is_the_default() {
-        let (text, name) = eval_text(None).unwrap();
-        assert_eq!(name, "smelt:calibration.txt");
-        assert!((300_000..=400_000).contains(&text.len()), "{}", text.len());
-        // Prose, other scripts, code and formulas, all in the first fifth.
-        let mut end = text.len() / 5;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let head = &text[..end];
-        for sample in [
-            "Phileas Fogg",
-            "Déclaration universelle",
-            "#define",
-            "\\frac",
-        ] {
-            assert!(head.contains(sample), "{sample}");
-        }
-        for sample in [
-            "世界人权宣言",
-            "الإعلان العالمي",
-            "Всеобщая декларация",
-            "fn ",
-        ] {
-            assert!(text.contains(sample), "{sample}");
-        }
     }
 }

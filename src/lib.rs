@@ -1,5 +1,6 @@
 //! smelt: merge and quantize large language models straight to GGUF.
 
+pub mod app;
 pub mod arch;
 pub mod cli;
 pub mod convert;

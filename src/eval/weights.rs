@@ -86,6 +86,11 @@ impl MergedWeights {
         MergedWeights { plan, index }
     }
 
+    /// The merge plan (also what a writer reads the merged tensors from).
+    pub fn plan(&self) -> &crate::merge::MergePlan {
+        &self.plan
+    }
+
     fn find(&self, name: &str) -> Result<usize> {
         self.index.get(name).copied().ok_or_else(|| missing(name))
     }

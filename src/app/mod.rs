@@ -1,0 +1,8 @@
+//! The application layer: what a command does, as library functions that return reports, so
+//! that tests and other programs call them without spawning the binary. `cli.rs` keeps the
+//! clap types, progress and printing.
+
+pub mod naming;
+pub mod release;
+pub mod text;
+pub mod verify;
