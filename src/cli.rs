@@ -291,7 +291,7 @@ pub struct ReleaseArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Types to release, comma-separated or repeated (default: --preset standard).
-    #[arg(short = 't', long = "types", value_name = "TYPES")]
+    #[arg(long = "types", visible_alias = "type", value_delimiter = ',')]
     pub types: Vec<String>,
     /// `standard` (Q2_K, Q3_K_M, Q4_K_S, Q4_K_M, IQ4_XS, Q5_K_M, Q6_K, Q8_0, F16) or `full`
     /// (20 types from IQ1_M up, the imatrix-only ones included).
@@ -547,12 +547,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify { dir } => {
             let report = crate::app::verify::verify(&dir)?;
             print_stdout(&report.lines())?;
-            let failed = report.checks.iter().filter(|(_, p)| p.is_some()).count();
-            if failed > 0 {
+            let failed: Vec<_> = report.checks.iter().filter(|(_, p)| p.is_some()).collect();
+            if let Some((file, Some(why))) = failed.first() {
                 return Err(Error::Invalid(format!(
-                    "{}: {failed} of {} checks failed",
+                    "{}: {} of {} checks failed (first: {}: {why})",
                     dir.display(),
-                    report.checks.len()
+                    failed.len(),
+                    report.checks.len(),
+                    crate::error::printable(file)
                 )));
             }
             ui.say(format_args!(

@@ -375,6 +375,25 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
     if let ImatrixChoice::File(p) = &opts.imatrix {
         inputs.push(p.clone());
     }
+    if let Some(SplitLimit::Bytes(limit)) = opts.split {
+        // Checked before the folder exists: the types that need no imatrix, planned without
+        // one, tell whether a tensor outgrows the limit (quantize_step checks the rest).
+        let plain: Vec<FileType> = opts
+            .types
+            .iter()
+            .copied()
+            .filter(|t| !needs_imatrix(*t))
+            .collect();
+        let plan = crate::quantize::plan(
+            source.producer(),
+            source.n_tensors(),
+            source.metadata(),
+            &plain,
+            &Default::default(),
+            |ft| dir.join(format!("{name}-{}.gguf", ft.name())),
+        )?;
+        check_split_size(source.producer(), &plan, limit)?;
+    }
     crate::output_files::with_output_dir(dir, || {
         let mut state = prepare(dir, &fingerprint, opts.force)?;
         state.name = name.clone();
