@@ -15,6 +15,7 @@ pub mod layout;
 pub mod merge;
 pub mod model_card;
 pub mod output_files;
+pub mod plot;
 pub mod progress;
 pub mod quant;
 pub mod quantize;
