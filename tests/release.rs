@@ -82,12 +82,13 @@ fn a_release_holds_every_type_its_measurements_card_and_checksums() {
             "model-F16.gguf",
             "model-Q4_0.gguf",
             "model-Q8_0.gguf",
+            "quality.png",
             "release.json",
         ]
     );
     // Every file but the list itself is listed, with its hash.
     let sums = std::fs::read_to_string(rel.join("SHA256SUMS")).unwrap();
-    assert_eq!(sums.lines().count(), 6);
+    assert_eq!(sums.lines().count(), 7);
     for line in sums.lines() {
         let (hex, name) = line.split_once("  ").unwrap();
         assert_eq!(sha256_hex(&rel.join(name)), hex, "{name}");
@@ -167,13 +168,20 @@ fn a_release_holds_every_type_its_measurements_card_and_checksums() {
     // Verify passes, and fails after one flipped byte.
     let ok = common::smelt(d, ["verify", "rel"]).unwrap();
     assert!(ok.contains("all 7 checks passed"), "{ok}");
+    assert!(
+        card.contains("![size against quality](quality.png)"),
+        "{card}"
+    );
     let victim = rel.join("model-Q8_0.gguf");
     let mut bytes = std::fs::read(&victim).unwrap();
     let k = bytes.len() - 100;
     bytes[k] ^= 1;
     std::fs::write(&victim, &bytes).unwrap();
     let err = common::smelt(d, ["verify", "rel"]).unwrap_err();
-    assert!(err.contains("1 of 7 checks failed"), "{err}");
+    assert!(
+        err.contains("1 of 7 checks failed (first: model-Q8_0.gguf: checksum differs)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -248,7 +256,13 @@ fn split_releases_verify_and_a_missing_part_is_found() {
     setup(d);
     release(
         d,
-        &["--types", "Q8_0,F16", "--no-eval", "--split-max-tensors", "7"],
+        &[
+            "--types",
+            "Q8_0,F16",
+            "--no-eval",
+            "--split-max-tensors",
+            "7",
+        ],
     )
     .unwrap();
     let rel = d.join("rel");
@@ -266,7 +280,11 @@ fn split_releases_verify_and_a_missing_part_is_found() {
     let ok = common::smelt(d, ["verify", "rel"]).unwrap();
     assert!(ok.contains("passed"), "{ok}");
     // The set read as one model equals the unsplit F16 smelt quantize writes.
-    common::smelt(d, ["quantize", "model.gguf", "-o", "f16.gguf", "--types", "F16"]).unwrap();
+    common::smelt(
+        d,
+        ["quantize", "model.gguf", "-o", "f16.gguf", "--types", "F16"],
+    )
+    .unwrap();
     let whole = smelt::store::Store::open(d.join("f16.gguf")).unwrap();
     let split = smelt::store::Store::open(rel.join(parts[0])).unwrap();
     assert_eq!(whole.tensors.len(), split.tensors.len());
@@ -303,7 +321,10 @@ fn bad_input_is_refused_before_anything_is_written() {
         ),
         (&["--types", "Q8_0,Q8_0"], "listed twice"),
         (&["--types", "Q9_9"], "Q9_9"),
-        (&["--types", "Q4_0", "--imatrix", "missing.gguf"], "missing.gguf"),
+        (
+            &["--types", "Q4_0", "--imatrix", "missing.gguf"],
+            "missing.gguf",
+        ),
     ];
     for (extra, says) in cases {
         let err = release(d, extra).unwrap_err();

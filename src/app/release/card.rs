@@ -313,8 +313,28 @@ fn file_label(path: &str) -> String {
 
 /// `quality.png`: each type's size against its mean KLD and perplexity.
 pub fn write_plot(dir: &Path, m: &Manifest) -> Result<()> {
-    let _ = (dir, m);
-    Ok(())
+    use crate::plot::{write_quality_png, QualityPoint};
+    let points: Vec<QualityPoint> = m
+        .types
+        .iter()
+        .filter_map(|t| {
+            let q = t.quality.as_ref()?;
+            Some(QualityPoint {
+                label: t.file_type.clone(),
+                bytes: t.bytes,
+                bits_per_weight: t.bits_per_weight,
+                kld_mean: Some(q.kld_mean),
+                perplexity: q.perplexity,
+            })
+        })
+        .collect();
+    let reference = m.evaluation.as_ref().map(|e| e.reference_perplexity);
+    write_quality_png(
+        &dir.join(PLOT_FILE),
+        &format!("{}: size vs quality", m.name),
+        &points,
+        reference,
+    )
 }
 
 #[cfg(test)]

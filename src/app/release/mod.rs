@@ -881,9 +881,7 @@ fn finish(opts: &ReleaseOptions, dir: &Path, state: &mut Manifest, evaluated: bo
     state.other_files.retain(|f| f.file == IMATRIX_FILE);
     if evaluated {
         card::write_plot(dir, state)?;
-        if dir.join(PLOT_FILE).exists() {
-            state.other_files.push(entry(dir, PLOT_FILE)?);
-        }
+        state.other_files.push(entry(dir, PLOT_FILE)?);
     }
     let card_text = card::render(state, opts.quantized_by.as_deref(), evaluated);
     crate::output_files::write_whole(&dir.join(CARD_FILE), card_text.as_bytes())?;
