@@ -313,8 +313,8 @@ pub struct ReleaseArgs {
     /// Chunks of calibration text for the imatrix (default: every whole chunk).
     #[arg(long)]
     pub imatrix_chunks: Option<usize>,
-    /// Chunks of evaluation text per type (default: 40; each type and the reference run them).
-    #[arg(long, default_value_t = 40)]
+    /// Chunks of evaluation text per type (each type and the reference run them all).
+    #[arg(long, default_value_t = 20)]
     pub eval_chunks: usize,
     /// No quality table, no plot: only the files, card and checksums.
     #[arg(long)]

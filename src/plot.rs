@@ -287,6 +287,17 @@ fn tick(v: f64) -> String {
     }
 }
 
+/// A tick of a linear axis spanning `span`: as many decimals as tell its ticks apart (a
+/// perplexity axis from 523.8 to 525.2 reads 524.0, 524.5, not 524, 524).
+fn linear_tick(v: f64, span: f64) -> String {
+    if !(span.is_finite() && span > 0.0) || !(v.abs() < 1e4) {
+        return tick(v);
+    }
+    // Ticks come about a tenth of the span apart: the decimals that step needs.
+    let decimals = (-(span / 10.0).log10().floor()).clamp(0.0, 6.0) as usize;
+    format!("{v:.decimals$}")
+}
+
 /// A pixel rectangle, `x0..x1` by `y0..y1`.
 #[derive(Clone, Copy)]
 struct Rect {
@@ -474,7 +485,7 @@ fn render(
         let mut chart = chart_on(&panels[0])
             .build_cartesian_2d(x_lo..x_hi, (k_lo..k_hi).log_scale())
             .map_err(draw_err)?;
-        mesh(&mut chart, &x_desc, "mean KLD (log)")?;
+        mesh(&mut chart, &x_desc, "mean KLD (log)", None)?;
         draw_points(
             &root,
             &mut chart,
@@ -499,7 +510,7 @@ fn render(
         let mut chart = chart_on(&panels[1])
             .build_cartesian_2d(x_lo..x_hi, p_lo..p_hi)
             .map_err(draw_err)?;
-        mesh(&mut chart, &x_desc, "perplexity")?;
+        mesh(&mut chart, &x_desc, "perplexity", Some(p_hi - p_lo))?;
         let mut drawn = Drawn::default();
         if let Some(r) = reference_ppl {
             let style = ShapeStyle {
@@ -557,6 +568,7 @@ fn mesh<'b, Y>(
     chart: &mut ChartContext<'_, Canvas<'b>, Cartesian2d<RangedCoordf64, Y>>,
     x_desc: &str,
     y_desc: &str,
+    linear_y_span: Option<f64>,
 ) -> std::result::Result<(), RenderError>
 where
     Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
@@ -566,7 +578,10 @@ where
         .x_desc(x_desc)
         .y_desc(y_desc)
         .x_label_formatter(&|v| tick(*v))
-        .y_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| match linear_y_span {
+            Some(span) => linear_tick(*v, span),
+            None => tick(*v),
+        })
         .label_style((FONT, 13).into_font().color(&BLACK))
         .axis_desc_style((FONT, 16).into_font().color(&BLACK))
         .light_line_style(RGBColor(235, 235, 235))
@@ -808,6 +823,14 @@ mod tests {
             let (left, right) = count(&info, &px, POINT);
             assert!(left + right > 0, "{points:?}");
         }
+    }
+
+    #[test]
+    fn linear_ticks_tell_close_values_apart() {
+        assert_eq!(linear_tick(524.5, 1.4), "524.5");
+        assert_ne!(linear_tick(524.0, 1.4), linear_tick(524.2, 1.4));
+        assert_eq!(linear_tick(20.0, 8.0), "20.0");
+        assert_eq!(linear_tick(1500.0, 900.0), "1500");
     }
 
     #[test]

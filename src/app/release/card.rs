@@ -230,7 +230,12 @@ pub fn render(m: &Manifest, quantized_by: Option<&str>, evaluated: bool) -> Stri
                     let _ = write!(
                         s,
                         " {:.4} | {:.6} | {:.6} | {:.2}% |",
-                        q.perplexity, q.kld_mean, q.kld_p99, q.same_top_percent
+                        q.perplexity,
+                        // The reference's 16-bit log-probabilities can make a lossless
+                        // type's mean a hair below 0 (release.json keeps the raw figure).
+                        q.kld_mean.max(0.0),
+                        q.kld_p99.max(0.0),
+                        q.same_top_percent
                     );
                 }
                 None => s.push_str(" – | – | – | – |"),
