@@ -46,7 +46,9 @@ impl Method for Sce {
         let keep = if topk <= 0.0 {
             Keep::None
         } else if topk < 1.0 {
-            let mut sel = Select::new(1, n, 64);
+            // m is set once the first pass has counted the nonzero variances; until then the
+            // selection must ask for its passes whatever n is (n = 1 too).
+            let mut sel = Select::new(1, u64::MAX, 64);
             let mut nonzero: Option<u64> = None;
             while sel.needs_pass() {
                 let mut count = 0u64;
@@ -159,4 +161,28 @@ fn variance(x: &[&[f32]], b: usize, others: &[usize], j: usize) -> f64 {
     let tv = |i: usize| (x[i][j] - x[b][j]) as f64;
     let mean = others.iter().map(|&i| tv(i)).sum::<f64>() / m;
     others.iter().map(|&i| (tv(i) - mean).powi(2)).sum::<f64>() / m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fraction_of_one_weight_selects_none() {
+        // One weight, varying across models: 0.4 of one nonzero variance is 0 weights kept,
+        // so the result is the base.
+        let (base, a, b) = ([1.0f32], [2.0f32], [5.0f32]);
+        let shared = |n: &str| if n == "select_topk" { 0.4 } else { 0.0 };
+        let per = |_: usize, _: &str| 0.0;
+        let tensors: [&[f32]; 3] = [&base, &a, &b];
+        let (out, _) = merge_in_memory(&Sce, &tensors, Some(0), 1, &shared, &per, 0, 1, 1).unwrap();
+        assert_eq!(out, [1.0]);
+        // Of two weights, 0.6 keeps the one with the larger variance.
+        let (base, a, b) = ([0.0f32, 0.0], [1.0f32, 1.0], [-1.0f32, 5.0]);
+        let shared = |n: &str| if n == "select_topk" { 0.6 } else { 0.0 };
+        let tensors: [&[f32]; 3] = [&base, &a, &b];
+        let (out, _) = merge_in_memory(&Sce, &tensors, Some(0), 2, &shared, &per, 0, 1, 1).unwrap();
+        assert_eq!(out[0], 0.0);
+        assert_ne!(out[1], 0.0);
+    }
 }
