@@ -254,6 +254,10 @@ pub struct MergeArgs {
     /// and index); without it, a folder holding model weights is refused.
     #[arg(long)]
     pub force: bool,
+    /// f32 bytes per input in one chunk of rows while merging (default 64 MiB; also
+    /// `SMELT_MERGE_CHUNK_BYTES`). Bounds the merge's memory; never changes the output bytes.
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub chunk_bytes: Option<usize>,
 }
 
 /// `--split-max-size` / `--split-max-tensors`: GGUF outputs as split sets, as llama-gguf-split
@@ -1111,6 +1115,7 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             dry_run: args.dry_run,
             recorded: recorded.as_ref().filter(|_| last),
             progress: Some(ui.display),
+            chunk_bytes: args.chunk_bytes,
         };
         let plan = MergePlan::with_options(doc, &text, &origin, &recipe_dir, &named, &opts)?;
         if last && args.format == OutputFormat::Safetensors && !args.dry_run {

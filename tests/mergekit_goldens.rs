@@ -28,6 +28,18 @@ const DETERMINISTIC: &[&str] = &[
     "breadcrumbs",
     "breadcrumbs_ties",
 ];
+/// The other deterministic recipes (every method smelt has).
+const MORE_DETERMINISTIC: &[&str] = &[
+    "karcher",
+    "multislerp",
+    "multislerp_base",
+    "nuslerp",
+    "nuslerp_base_rowwise",
+    "arcee_fusion",
+    "ram",
+    "ramplus_tl",
+    "sce",
+];
 const RANDOM: &[&str] = &["dare_ties", "dare_linear", "della", "della_linear"];
 
 fn setup(dir: &Path) {
@@ -43,27 +55,43 @@ fn setup(dir: &Path) {
 }
 
 fn merged(dir: &Path, name: &str) -> (Store, Value) {
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{GOLDEN}/{name}.json")).unwrap())
-            .unwrap();
+    let path = merge_with(dir, name, "out", None, None);
+    (Store::open(path).unwrap(), golden(name))
+}
+
+fn golden(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{GOLDEN}/{name}.json")).unwrap())
+        .unwrap()
+}
+
+/// Merge golden recipe `name` into folder `out` (with a chunk size in bytes and a thread
+/// count when given); the output file.
+fn merge_with(
+    dir: &Path,
+    name: &str,
+    out: &str,
+    chunk_bytes: Option<usize>,
+    threads: Option<usize>,
+) -> std::path::PathBuf {
     let recipe = dir.join(format!("{name}.yaml"));
     std::fs::copy(format!("{GOLDEN}/{name}.yaml"), &recipe).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .arg("merge")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smelt"));
+    if let Some(t) = threads {
+        cmd.args(["--threads", &t.to_string()]);
+    }
+    cmd.arg("merge")
         .arg(&recipe)
-        .args(["-o", "out", "--types", "F32"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
+        .args(["-o", out, "--types", "F32"]);
+    if let Some(c) = chunk_bytes {
+        cmd.args(["--chunk-bytes", &c.to_string()]);
+    }
+    let o = cmd.current_dir(dir).output().unwrap();
     assert!(
         o.status.success(),
         "{name}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    (
-        Store::open(dir.join(format!("out/{name}-F32.gguf"))).unwrap(),
-        json,
-    )
+    dir.join(format!("{out}/{name}-F32.gguf"))
 }
 
 /// The tensor in Hugging Face row order (undoing llama.cpp's q/k permutation).
@@ -94,7 +122,67 @@ fn deterministic_methods_match_mergekit() {
     let mut failures = Vec::new();
     for name in DETERMINISTIC {
         let (s, json) = merged(dir.path(), name);
-        let tol = if name.contains("slerp") || *name == "karcher" {
+        compare(name, &s, &json, &mut failures);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} differences:\n{}",
+        failures.len(),
+        failures[..failures.len().min(30)].join("\n")
+    );
+}
+
+/// Every recipe merged with chunks of one row, of rows that divide no tensor's row count, and
+/// of many rows, at 1 to 3 threads: the same bytes every time, and (for the deterministic
+/// methods) mergekit's values.
+#[test]
+fn chunked_merges_are_byte_identical_and_match_mergekit() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    // Rows are 64 or 128 values (256 or 512 bytes of f32): 1 byte is one row; 3 rows of 64
+    // or 1.5 of 128 rows divide neither 64, 128 nor 512 rows.
+    let runs: &[(Option<usize>, Option<usize>)] = &[
+        (Some(1), None),
+        (Some(3 * 256), Some(1)),
+        (Some(3 * 256), Some(3)),
+        (Some(1), Some(2)),
+        (Some(7 * 512 + 100), Some(1)),
+    ];
+    let mut failures = Vec::new();
+    for name in DETERMINISTIC.iter().chain(MORE_DETERMINISTIC).chain(RANDOM) {
+        let whole = std::fs::read(merge_with(dir.path(), name, "whole", None, None)).unwrap();
+        for (k, &(chunk, threads)) in runs.iter().enumerate() {
+            let out = format!("chunked{k}");
+            let path = merge_with(dir.path(), name, &out, chunk, threads);
+            if std::fs::read(&path).unwrap() != whole {
+                failures.push(format!(
+                    "{name}: chunks of {chunk:?} bytes at {threads:?} threads change the bytes"
+                ));
+            }
+            // arcee_fusion is outside mergekit's tolerance before chunking too (it is not in
+            // DETERMINISTIC): only its bytes are checked.
+            if k == 0 && !RANDOM.contains(name) && *name != "arcee_fusion" {
+                compare(
+                    name,
+                    &Store::open(&path).unwrap(),
+                    &golden(name),
+                    &mut failures,
+                );
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} differences:\n{}",
+        failures.len(),
+        failures[..failures.len().min(30)].join("\n")
+    );
+}
+
+/// Differences of merged model `s` from mergekit's golden `json`, into `failures`.
+fn compare(name: &str, s: &Store, json: &Value, failures: &mut Vec<String>) {
+    {
+        let tol = if name.contains("slerp") || name == "karcher" {
             1e-5
         } else {
             1e-6
@@ -103,7 +191,7 @@ fn deterministic_methods_match_mergekit() {
         assert_eq!(s.tensors.len(), tensors.len(), "{name}: tensor count");
         for t in tensors {
             let gguf = t["gguf"].as_str().unwrap();
-            let v = hf_values(&s, gguf);
+            let v = hf_values(s, gguf);
             let l2: f64 = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
             let sum: f64 = v.iter().map(|&x| x as f64).sum();
             let (gl2, gsum) = (t["l2"].as_f64().unwrap(), t["sum"].as_f64().unwrap());
@@ -126,12 +214,6 @@ fn deterministic_methods_match_mergekit() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} differences:\n{}",
-        failures.len(),
-        failures[..failures.len().min(30)].join("\n")
-    );
 }
 
 #[test]

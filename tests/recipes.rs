@@ -180,8 +180,17 @@ fn pruning_drops_and_renumbers() {
 #[test]
 fn nearswap_reports_swap_fractions() {
     let dir = setup();
-    let (_, log) = merge(dir.path(), "nearswap.yaml", "F32");
+    let (s, log) = merge(dir.path(), "nearswap.yaml", "F32");
     assert!(log.contains("blk.0.attn_q.weight: swapped"), "{log}");
+    // One remark per merged tensor, each once: the writer releasing a tensor after the merge
+    // has moved on to the next must neither drop the next one's work nor its remark.
+    for t in &s.tensors {
+        let lines = log
+            .lines()
+            .filter(|l| l.starts_with(&format!("{}: swapped", t.name)))
+            .count();
+        assert_eq!(lines, 1, "{}: {log}", t.name);
+    }
 }
 
 #[test]

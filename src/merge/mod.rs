@@ -1,7 +1,12 @@
 //! The merge engine: a recipe becomes a plan of output tensors (which input tensors, which
 //! method, which parameters), and the plan is a `TensorProducer`, so the quant-matrix writer
-//! pulls merged tensors one at a time and writes every requested type in one pass. Only the
-//! inputs of the tensor being merged and its result are ever in memory.
+//! pulls merged tensors one at a time and writes every requested type in one pass.
+//!
+//! Memory is bounded by the chunk size, not by the largest tensor: a method first gathers
+//! what it needs of the whole tensor in streaming passes over row chunks of its inputs (each
+//! input dequantized a chunk at a time, its pages dropped once read), then makes the rows the
+//! writer asks for from the same rows of the inputs. At most one chunk of rows per input is
+//! in memory (`chunk_bytes` of f32 each), plus the writer's chunk.
 
 pub mod chat_template;
 pub mod methods;
@@ -15,7 +20,7 @@ use crate::model_card::ParamCount;
 use crate::recipe::{self, InputSlice, OutputSlice, Params, Recipe, Scalar};
 use crate::store::Store;
 use crate::write::TensorProducer;
-use methods::{Base, MergeInput, Method, Scope};
+use methods::{Apply, Base, MergeInput, Method, Rows, Scope};
 use serde_saphyr::Spanned;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -56,10 +61,42 @@ pub struct MergePlan {
     pub tokenizer_input: usize,
     /// Set when the inputs' vocabularies differ from the output's.
     pub vocab: Option<VocabPlan>,
-    /// The merged tensor being written (computed whole on first use, dropped on release).
-    current: Mutex<Option<(usize, Vec<f32>)>>,
+    /// The merged tensor being written: its method, prepared on first use (dropped on
+    /// release).
+    current: Mutex<Option<Current>>,
+    /// Rows per chunk: `chunk_bytes` of f32 per input.
+    chunk_bytes: usize,
     /// Per-tensor remarks of methods (NearSwap's swap fractions), for the run summary.
     pub notes: Mutex<Vec<(String, String)>>,
+}
+
+/// The tensor being merged.
+struct Current {
+    i: usize,
+    apply: Box<dyn Apply>,
+    /// Its inputs laid out in the output vocabulary (only when vocabularies differ: then the
+    /// inputs are held whole).
+    remapped: Option<Vec<Vec<f32>>>,
+    bufs: Vec<Vec<f32>>,
+}
+
+/// Default f32 bytes per input in one chunk of rows (`SMELT_MERGE_CHUNK_BYTES` or
+/// `merge --chunk-bytes` change it).
+pub const DEFAULT_CHUNK_BYTES: usize = 64 << 20;
+
+/// The chunk size in effect: the option, else `SMELT_MERGE_CHUNK_BYTES`, else the default.
+pub fn chunk_bytes(option: Option<usize>) -> Result<usize> {
+    if let Some(b) = option {
+        return Ok(b.max(1));
+    }
+    match std::env::var("SMELT_MERGE_CHUNK_BYTES") {
+        Ok(v) => v.trim().parse::<usize>().map(|b| b.max(1)).map_err(|_| {
+            Error::Invalid(format!(
+                "SMELT_MERGE_CHUNK_BYTES must be a number of bytes, not `{v}`"
+            ))
+        }),
+        Err(_) => Ok(DEFAULT_CHUNK_BYTES),
+    }
 }
 
 /// Tensors with one row per token.
@@ -136,6 +173,9 @@ pub struct PlanOptions<'a> {
     pub recorded: Option<&'a Metadata>,
     /// How the input-hashing pass shows its progress.
     pub progress: Option<crate::progress::Display>,
+    /// f32 bytes per input in one chunk of rows (`None`: `SMELT_MERGE_CHUNK_BYTES`, else
+    /// `DEFAULT_CHUNK_BYTES`).
+    pub chunk_bytes: Option<usize>,
 }
 
 impl MergePlan {
@@ -230,6 +270,7 @@ impl MergePlan {
             tokenizer_input,
             vocab,
             current: Mutex::new(None),
+            chunk_bytes: chunk_bytes(opts.chunk_bytes)?,
             notes: Mutex::new(Vec::new()),
         })
     }
@@ -852,23 +893,34 @@ impl MergePlan {
         notes.iter().map(|(t, n)| format!("{t}: {n}")).collect()
     }
 
-    fn compute(&self, i: usize) -> Result<Vec<f32>> {
+    /// Rows per chunk for tensor `i`.
+    fn chunk_rows(&self, i: usize) -> usize {
+        let row_len = (self.tensors[i].shape[0] as usize).max(1);
+        (self.chunk_bytes / 4 / row_len).max(1)
+    }
+
+    /// Prepare tensor `i`'s method: the passes over its inputs that gather what it needs of
+    /// the whole tensor.
+    fn prepare(&self, i: usize) -> Result<Current> {
         let t = &self.tensors[i];
-        let mut data: Vec<Vec<f32>> = t
-            .sources
-            .iter()
-            .map(|&(inp, ti)| {
-                // The f32 copy is all the method needs: drop the source pages right away.
-                let v = self.inputs[inp].store.read_f32(ti);
-                self.inputs[inp].store.release(ti);
-                v
-            })
-            .collect::<Result<_>>()?;
-        if let (true, Some(v)) = (t.remap_vocab, &self.vocab) {
-            let tagged: Vec<(usize, Vec<f32>)> = t.sources.iter().map(|s| s.0).zip(data).collect();
-            data = v.remap(&tagged, t.shape[0] as usize);
-        }
-        let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+        let row_len = t.shape[0] as usize;
+        let remapped = match (t.remap_vocab, &self.vocab) {
+            (true, Some(v)) => {
+                let data: Vec<Vec<f32>> = t
+                    .sources
+                    .iter()
+                    .map(|&(inp, ti)| {
+                        let v = self.inputs[inp].store.read_f32(ti);
+                        self.inputs[inp].store.release(ti);
+                        v
+                    })
+                    .collect::<Result<_>>()?;
+                let tagged: Vec<(usize, Vec<f32>)> =
+                    t.sources.iter().map(|s| s.0).zip(data).collect();
+                Some(v.remap(&tagged, row_len))
+            }
+            _ => None,
+        };
         // A method reads only the parameters it declares (what the recipe can set and what
         // the planner resolved); reading another name is a bug in the method, not a 0.
         let declared = |name: &str| {
@@ -892,35 +944,92 @@ impl MergePlan {
                 .find(|(n, _)| *n == name)
                 .map_or(0.0, |p| p.1)
         };
-        let mut out = vec![0f32; data[0].len()];
+        let rows = SourceRows {
+            plan: self,
+            t,
+            remapped: remapped.as_deref(),
+            row_len,
+        };
+        let n_rows = t.shape[1..].iter().product::<u64>() as usize;
         let input = MergeInput {
-            tensors: &refs,
+            n_inputs: t.sources.len(),
             base: t.base,
-            row_len: t.shape[0] as usize,
+            row_len,
+            n_rows,
             shared: &shared,
             per_input: &per,
             seed: t.seed,
+            rows: &rows,
+            chunk_rows: self.chunk_rows(i),
         };
-        // A method's complaint about its parameters names the tensor it was merging.
-        let note = t.method.merge(&input, &mut out).map_err(|e| match e {
-            Error::Invalid(m) => Error::Invalid(format!("tensor `{}`: {m}", t.name)),
-            other => other,
-        })?;
-        // A NaN or infinity in a model is never what a recipe asked for (weights summing to
-        // almost 0, huge weights or scales, non-finite inputs).
-        if let Some(j) = out.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "tensor `{}`: the merged value at element {j} is {} (check the recipe's weights and parameters, and the inputs)",
-                t.name, out[j]
-            )));
-        }
-        if let Some(text) = note.text {
+        let apply = t
+            .method
+            .prepare(&input)
+            .map_err(|e| self.name_tensor(i, e))?;
+        Ok(Current {
+            i,
+            apply,
+            remapped,
+            bufs: vec![Vec::new(); t.sources.len()],
+        })
+    }
+
+    /// A tensor is done: its method's remark goes to the summary.
+    fn finish(&self, c: Current) {
+        if let Some(text) = c.apply.note().text {
             self.notes
                 .lock()
                 .expect("notes lock")
-                .push((t.name.clone(), text));
+                .push((self.tensors[c.i].name.clone(), text));
         }
-        Ok(out)
+    }
+
+    /// A method's complaint about its parameters names the tensor it was merging.
+    fn name_tensor(&self, i: usize, e: Error) -> Error {
+        match e {
+            Error::Invalid(m) => Error::Invalid(format!("tensor `{}`: {m}", self.tensors[i].name)),
+            other => other,
+        }
+    }
+}
+
+/// The rows of one output tensor's inputs, as its method's passes read them.
+struct SourceRows<'a> {
+    plan: &'a MergePlan,
+    t: &'a OutTensor,
+    remapped: Option<&'a [Vec<f32>]>,
+    row_len: usize,
+}
+
+impl Rows for SourceRows<'_> {
+    fn read(&self, first_row: usize, bufs: &mut [Vec<f32>]) -> Result<()> {
+        for (k, buf) in bufs.iter_mut().enumerate() {
+            match self.remapped {
+                Some(r) => {
+                    let start = first_row * self.row_len;
+                    let n = buf.len();
+                    buf.copy_from_slice(&r[k][start..start + n]);
+                }
+                None => {
+                    let (inp, ti) = self.t.sources[k];
+                    self.plan.inputs[inp].store.read_rows(ti, first_row, buf)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn done(&self, first_row: usize, n_rows: usize) {
+        if self.remapped.is_some() {
+            return;
+        }
+        // Those rows' pages can go: a later pass faults them back in from the file.
+        for &(inp, ti) in &self.t.sources {
+            let store = &self.plan.inputs[inp].store;
+            if store.tensors[ti].rows == crate::store::RowOrder::AsStored {
+                store.release_range(ti, first_row, n_rows);
+            }
+        }
     }
 }
 
@@ -1092,13 +1201,54 @@ impl TensorProducer for MergePlan {
     }
     fn read_rows(&self, i: usize, first_row: usize, out: &mut [f32]) -> Result<()> {
         let mut cur = self.current.lock().expect("merge cache lock");
-        if cur.as_ref().map(|c| c.0) != Some(i) {
-            *cur = Some((i, self.compute(i)?));
+        if cur.as_ref().map(|c| c.i) != Some(i) {
+            if let Some(done) = cur.take() {
+                self.finish(done);
+            }
+            *cur = Some(self.prepare(i)?);
         }
-        let data = &cur.as_ref().expect("just computed").1;
-        let row_len = self.tensors[i].shape[0] as usize;
-        let start = first_row * row_len;
-        out.copy_from_slice(&data[start..start + out.len()]);
+        let Current {
+            apply,
+            remapped,
+            bufs,
+            ..
+        } = cur.as_mut().expect("just prepared");
+        let t = &self.tensors[i];
+        let row_len = t.shape[0] as usize;
+        let rows = SourceRows {
+            plan: self,
+            t,
+            remapped: remapped.as_deref(),
+            row_len,
+        };
+        // The rows asked for, a chunk at a time.
+        let n_out = out.len() / row_len.max(1);
+        let step = self.chunk_rows(i);
+        let mut r = 0;
+        while r < n_out {
+            let n = step.min(n_out - r);
+            for b in bufs.iter_mut() {
+                b.resize(n * row_len, 0.0);
+            }
+            rows.read(first_row + r, bufs)?;
+            let x: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
+            let o = &mut out[r * row_len..(r + n) * row_len];
+            apply
+                .apply(first_row + r, &x, o)
+                .map_err(|e| self.name_tensor(i, e))?;
+            rows.done(first_row + r, n);
+            // A NaN or infinity in a model is never what a recipe asked for (weights summing
+            // to almost 0, huge weights or scales, non-finite inputs).
+            if let Some(j) = o.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "tensor `{}`: the merged value at element {} is {} (check the recipe's weights and parameters, and the inputs)",
+                    t.name,
+                    (first_row + r) * row_len + j,
+                    o[j]
+                )));
+            }
+            r += n;
+        }
         Ok(())
     }
     fn raw(&self, i: usize) -> Option<&[u8]> {
@@ -1117,7 +1267,19 @@ impl TensorProducer for MergePlan {
         store.passthrough(ti)
     }
     fn release(&self, i: usize) {
-        *self.current.lock().expect("merge cache lock") = None;
+        // The writer releases a tensor when it has written it, which may be after the
+        // producer has moved on to the next one: only tensor `i` itself is dropped.
+        let done = {
+            let mut cur = self.current.lock().expect("merge cache lock");
+            if cur.as_ref().is_some_and(|c| c.i == i) {
+                cur.take()
+            } else {
+                None
+            }
+        };
+        if let Some(c) = done {
+            self.finish(c);
+        }
         for &(inp, ti) in &self.tensors[i].sources {
             self.inputs[inp].store.release(ti);
         }

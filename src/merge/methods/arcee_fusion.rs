@@ -29,42 +29,71 @@ impl Method for ArceeFusion {
     fn inputs(&self) -> (usize, usize) {
         (2, 2)
     }
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
         let b = input.base.expect("arcee_fusion has a base");
-        let (base, other) = (input.tensors[b], input.tensors[1 - b]);
-        let n = base.len();
-        let row = input.row_len.clamp(1, n.max(1));
-        let mut importance = Vec::with_capacity(n);
-        for (p, q) in other.chunks(row).zip(base.chunks(row)) {
-            let (sp, sq) = (softmax(p), softmax(q));
-            let kl: f64 = sp
-                .iter()
-                .zip(&sq)
-                .map(|(a, b)| {
-                    let (a, b) = (a + 1e-8, b + 1e-8);
-                    a * (a / b).ln()
-                })
-                .sum();
-            importance.extend(
-                p.iter()
-                    .zip(q)
-                    .map(|(x, y)| ((x - y).abs() as f64 * kl) as f32),
-            );
-        }
-        let mut sample: Vec<f32> = if n > QUANTILE_SAMPLE {
+        let o = 1 - b;
+        let (n, row) = (input.n_elements(), input.row_len);
+        // The importances whose quantiles set the threshold: all of them, or (above 10⁶) the
+        // ones at the sampled positions, gathered as the passes reach them.
+        let mut picks: Vec<u64> = if n > QUANTILE_SAMPLE {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(input.seed);
             (0..QUANTILE_SAMPLE)
-                .map(|_| importance[(rng.next_u64() % n as u64) as usize])
+                .map(|_| rng.next_u64() % n as u64)
                 .collect()
         } else {
-            importance.clone()
+            Vec::new()
         };
+        picks.sort_unstable();
+        let mut sample: Vec<f32> = Vec::with_capacity(n.min(QUANTILE_SAMPLE));
+        let mut next = 0usize;
+        input.pass(|first_row, x| {
+            let imp = importance(x[o], x[b], row);
+            let start = (first_row * row) as u64;
+            if n > QUANTILE_SAMPLE {
+                let end = start + imp.len() as u64;
+                while next < picks.len() && picks[next] < end {
+                    sample.push(imp[(picks[next] - start) as usize]);
+                    next += 1;
+                }
+            } else {
+                sample.extend_from_slice(&imp);
+            }
+            Ok(())
+        })?;
         sample.sort_by(|a, b| a.total_cmp(b));
         let q = |f: f64| sample[(f * (sample.len() - 1) as f64) as usize];
         let threshold = q(0.5) + 1.5 * (q(0.75) - q(0.25));
-        for ((o, (&x, &y)), &imp) in out.iter_mut().zip(base.iter().zip(other)).zip(&importance) {
-            *o = if imp >= threshold { x + (y - x) } else { x };
-        }
-        Ok(MergeNote::default())
+        Ok(Box::new(Elementwise(
+            move |_: usize, x: &[&[f32]], out: &mut [f32]| {
+                let (base, other) = (x[b], x[o]);
+                let imp = importance(other, base, row);
+                for ((o, (&x, &y)), &imp) in out.iter_mut().zip(base.iter().zip(other)).zip(&imp) {
+                    *o = if imp >= threshold { x + (y - x) } else { x };
+                }
+                Ok(())
+            },
+        )))
     }
+}
+
+/// |Δ| times the KL divergence of the rows' softmaxes, per element of whole rows.
+fn importance(other: &[f32], base: &[f32], row: usize) -> Vec<f32> {
+    let mut importance = Vec::with_capacity(other.len());
+    for (p, q) in other.chunks(row).zip(base.chunks(row)) {
+        let (sp, sq) = (softmax(p), softmax(q));
+        let kl: f64 = sp
+            .iter()
+            .zip(&sq)
+            .map(|(a, b)| {
+                let (a, b) = (a + 1e-8, b + 1e-8);
+                a * (a / b).ln()
+            })
+            .sum();
+        importance.extend(
+            p.iter()
+                .zip(q)
+                .map(|(x, y)| ((x - y).abs() as f64 * kl) as f32),
+        );
+    }
+    importance
 }

@@ -21,22 +21,27 @@ impl Method for Linear {
     fn inputs(&self) -> (usize, usize) {
         (1, usize::MAX)
     }
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
-        let w: Vec<f32> = (0..input.tensors.len())
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
+        let w: Vec<f32> = (0..input.n_inputs)
             .map(|i| (input.per_input)(i, "weight") as f32)
             .collect();
-        out.fill(0.0);
-        for (x, &wi) in input.tensors.iter().zip(&w) {
-            for (o, &v) in out.iter_mut().zip(x.iter()) {
-                *o += v * wi;
-            }
-        }
-        if (input.shared)("normalize") != 0.0 {
-            let total: f32 = w.iter().sum();
-            for o in out.iter_mut() {
-                *o /= total;
-            }
-        }
-        Ok(MergeNote::default())
+        let normalize = (input.shared)("normalize") != 0.0;
+        Ok(Box::new(Elementwise(
+            move |_: usize, x: &[&[f32]], out: &mut [f32]| {
+                out.fill(0.0);
+                for (x, &wi) in x.iter().zip(&w) {
+                    for (o, &v) in out.iter_mut().zip(x.iter()) {
+                        *o += v * wi;
+                    }
+                }
+                if normalize {
+                    let total: f32 = w.iter().sum();
+                    for o in out.iter_mut() {
+                        *o /= total;
+                    }
+                }
+                Ok(())
+            },
+        )))
     }
 }

@@ -1,6 +1,9 @@
-//! Merge methods: one file each behind one trait, registered in `METHODS`. Every method works
-//! on whole tensors as f32 slices, computes in a fixed order (results never depend on the
-//! thread count) and accumulates reductions in f64.
+//! Merge methods: one file each behind one trait, registered in `METHODS`. A method never
+//! holds a whole tensor: what it needs of the whole tensor (norms, dot products, a magnitude
+//! threshold) it gathers in streaming passes over row chunks (`MergeInput::pass`), then it
+//! makes the result chunk by chunk (`Apply`). Reductions are in f64 over fixed blocks of the
+//! tensor's elements (`stats::BlockSums`), so results never depend on the thread count or the
+//! chunk size.
 
 mod arcee_fusion;
 mod karcher;
@@ -12,6 +15,7 @@ mod ram;
 mod sce;
 mod slerp;
 mod spherical;
+pub(crate) mod stats;
 mod task_arithmetic;
 
 use crate::error::{Error, Result};
@@ -49,20 +53,85 @@ pub enum Base {
     Optional,
 }
 
-/// Everything a method sees for one output tensor.
+/// Everything a method sees for one output tensor: its shape, parameters, and its inputs'
+/// rows, read chunk by chunk (never whole).
 pub struct MergeInput<'a> {
-    /// Input tensors in source order (all the same length).
-    pub tensors: &'a [&'a [f32]],
-    /// Index of the base model's tensor in `tensors`.
+    /// Number of inputs, the base included, in source order.
+    pub n_inputs: usize,
+    /// Index of the base model's tensor among the inputs.
     pub base: Option<usize>,
     /// Row length (ggml `shape[0]`), for per-row methods.
     pub row_len: usize,
+    /// Number of rows (the tensor has `row_len * n_rows` elements).
+    pub n_rows: usize,
     /// Shared parameters, by `ParamSpec` order of `Scope::Shared` entries.
     pub shared: &'a dyn Fn(&str) -> f64,
     /// Per-input parameters: `(input index, name)`.
     pub per_input: &'a dyn Fn(usize, &str) -> f64,
     /// Seed for random methods, derived from the recipe's seed and the tensor's name.
     pub seed: u64,
+    /// The inputs' rows, for the passes that gather a statistic of the whole tensor.
+    pub rows: &'a dyn Rows,
+    /// Rows per chunk of a pass (at least 1).
+    pub chunk_rows: usize,
+}
+
+impl MergeInput<'_> {
+    /// Elements in the tensor.
+    pub fn n_elements(&self) -> usize {
+        self.row_len * self.n_rows
+    }
+
+    /// One pass over the whole tensor, chunk by chunk in row order: `f(first_row, chunks)`,
+    /// `chunks[k]` holding those rows of input `k`. At most one chunk per input is in memory.
+    pub fn pass(&self, mut f: impl FnMut(usize, &[&[f32]]) -> Result<()>) -> Result<()> {
+        let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); self.n_inputs];
+        let mut row = 0;
+        while row < self.n_rows {
+            let n = self.chunk_rows.max(1).min(self.n_rows - row);
+            for b in bufs.iter_mut() {
+                b.resize(n * self.row_len, 0.0);
+            }
+            self.rows.read(row, &mut bufs)?;
+            let refs: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
+            f(row, &refs)?;
+            self.rows.done(row, n);
+            row += n;
+        }
+        Ok(())
+    }
+
+    /// The inputs other than the base, in source order.
+    pub fn others(&self) -> Vec<usize> {
+        (0..self.n_inputs)
+            .filter(|&i| Some(i) != self.base)
+            .collect()
+    }
+}
+
+/// Where a method's passes read the inputs' rows.
+pub trait Rows: Sync {
+    /// Rows `first_row..first_row + bufs[k].len() / row_len` of every input `k` into `bufs[k]`.
+    fn read(&self, first_row: usize, bufs: &mut [Vec<f32>]) -> Result<()>;
+    /// Those rows are done with (a memory-mapped input can drop their pages).
+    fn done(&self, _first_row: usize, _n_rows: usize) {}
+}
+
+/// Whole tensors in memory as `Rows` (unit tests, small tensors).
+pub struct InMemory<'a> {
+    pub tensors: &'a [&'a [f32]],
+    pub row_len: usize,
+}
+
+impl Rows for InMemory<'_> {
+    fn read(&self, first_row: usize, bufs: &mut [Vec<f32>]) -> Result<()> {
+        for (b, t) in bufs.iter_mut().zip(self.tensors) {
+            let start = first_row * self.row_len;
+            let n = b.len();
+            b.copy_from_slice(&t[start..start + n]);
+        }
+        Ok(())
+    }
 }
 
 /// What a method reports about one tensor (shown in the run summary).
@@ -77,7 +146,72 @@ pub trait Method: Sync {
     fn base(&self) -> Base;
     /// (min, max) number of inputs, the base included.
     fn inputs(&self) -> (usize, usize);
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote>;
+    /// Gather what the method needs of the whole tensor (streaming passes over
+    /// `input.rows`, none for element-wise methods) and return what makes its rows.
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>>;
+}
+
+/// A method ready to produce one tensor's rows: any rows, in any chunks, always the same
+/// values (a row depends only on the same rows of the inputs and the prepared statistics).
+pub trait Apply: Send {
+    /// Rows `first_row..first_row + out.len() / row_len` of the result, from the same rows of
+    /// every input (`x[k]`, as long as `out`).
+    fn apply(&mut self, first_row: usize, x: &[&[f32]], out: &mut [f32]) -> Result<()>;
+    /// A remark for the run summary, once every row is done.
+    fn note(&self) -> MergeNote {
+        MergeNote::default()
+    }
+}
+
+/// Merge whole in-memory tensors: prepare with chunks of `chunk_rows`, then apply in chunks of
+/// `apply_rows` (unit tests and the chunking tests use this).
+#[allow(clippy::too_many_arguments)]
+pub fn merge_in_memory(
+    method: &dyn Method,
+    tensors: &[&[f32]],
+    base: Option<usize>,
+    row_len: usize,
+    shared: &dyn Fn(&str) -> f64,
+    per_input: &dyn Fn(usize, &str) -> f64,
+    seed: u64,
+    chunk_rows: usize,
+    apply_rows: usize,
+) -> Result<(Vec<f32>, MergeNote)> {
+    let n = tensors[0].len();
+    let row_len = row_len.clamp(1, n.max(1));
+    let rows = InMemory { tensors, row_len };
+    let input = MergeInput {
+        n_inputs: tensors.len(),
+        base,
+        row_len,
+        n_rows: n / row_len,
+        shared,
+        per_input,
+        seed,
+        rows: &rows,
+        chunk_rows,
+    };
+    let mut apply = method.prepare(&input)?;
+    let mut out = vec![0f32; n];
+    let step = apply_rows.max(1) * row_len;
+    for (c, o) in out.chunks_mut(step).enumerate() {
+        let start = c * step;
+        let x: Vec<&[f32]> = tensors.iter().map(|t| &t[start..start + o.len()]).collect();
+        apply.apply(c * apply_rows.max(1), &x, o)?;
+    }
+    Ok((out, apply.note()))
+}
+
+/// An element-wise method's `Apply` from a closure.
+pub(crate) struct Elementwise<F>(pub F);
+
+impl<F> Apply for Elementwise<F>
+where
+    F: FnMut(usize, &[&[f32]], &mut [f32]) -> Result<()> + Send,
+{
+    fn apply(&mut self, first_row: usize, x: &[&[f32]], out: &mut [f32]) -> Result<()> {
+        (self.0)(first_row, x, out)
+    }
 }
 
 /// Every method smelt implements.
@@ -187,7 +321,104 @@ pub fn check_combination(
     }
 }
 
-/// Σ x² in f64, in order.
-pub(crate) fn norm2(x: &[f32]) -> f64 {
-    x.iter().map(|&v| v as f64 * v as f64).sum()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs for every method: four tensors of 700 rows of 101 values (more than one
+    /// summation block, rows that no chunk below divides), with repeated values (ties for
+    /// the magnitude selections) and with zeros.
+    fn inputs() -> Vec<Vec<f32>> {
+        let mut x = 0x9e37_79b9u32;
+        (0..4)
+            .map(|k| {
+                (0..700 * 101)
+                    .map(|j| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        match j % 5 {
+                            // Repeated magnitudes, equal across inputs sometimes.
+                            0 => ((x % 7) as f32 - 3.0) * 0.01,
+                            1 if k == 0 => 0.0,
+                            _ => (x as f32 / u32::MAX as f32 - 0.5) * 0.1,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Parameters that exercise each method's passes.
+    fn param_value(method: &str, name: &str, k: usize) -> Option<f64> {
+        Some(match name {
+            "weight" => [0.2, 0.5, 0.3, 0.4][k],
+            "density" => [0.3, 0.5, 0.7, 0.4][k],
+            "t" => 0.3,
+            "select_topk" => 0.4,
+            "gamma" => 0.05,
+            "epsilon" if method.starts_with("della") => 0.1,
+            "nuslerp_row_wise" => 1.0,
+            "nuslerp_flatten" => 0.0,
+            "filter_wise" => 0.0,
+            "scale" => 0.5,
+            _ => return None,
+        })
+    }
+
+    #[test]
+    fn every_method_gives_the_same_bits_at_any_chunk_size_and_thread_count() {
+        let data = inputs();
+        for m in METHODS {
+            let (lo, hi) = m.inputs();
+            let n_inputs = 4.clamp(lo, hi);
+            let tensors: Vec<&[f32]> = data[..n_inputs].iter().map(|v| v.as_slice()).collect();
+            let spec = |name: &str| {
+                m.params()
+                    .iter()
+                    .find(|p| p.name == name)
+                    .unwrap_or_else(|| panic!("{} has no {name}", m.name()))
+            };
+            let shared = |name: &str| {
+                param_value(m.name(), name, 0)
+                    .or(spec(name).default)
+                    .unwrap()
+            };
+            let per = |k: usize, name: &str| {
+                param_value(m.name(), name, k)
+                    .or(spec(name).default)
+                    .unwrap()
+            };
+            let run = |chunk: usize, apply: usize, threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    merge_in_memory(*m, &tensors, Some(0), 101, &shared, &per, 42, chunk, apply)
+                })
+                .unwrap_or_else(|e| panic!("{}: {e}", m.name()))
+                .0
+            };
+            let whole = run(700, 700, 1);
+            assert!(whole.iter().all(|v| v.is_finite()), "{}", m.name());
+            assert!(
+                whole.iter().zip(tensors[0]).any(|(a, b)| a != b) || m.name() == "passthrough",
+                "{}: the merge changed nothing",
+                m.name()
+            );
+            for (chunk, apply, threads) in [(1, 1, 1), (3, 7, 2), (650, 1, 3), (64, 700, 4)] {
+                let got = run(chunk, apply, threads);
+                let same = got
+                    .iter()
+                    .zip(&whole)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{}: chunks of {chunk} rows (applied {apply} at a time) at {threads} threads change the result",
+                    m.name()
+                );
+            }
+        }
+    }
 }

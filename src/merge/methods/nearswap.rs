@@ -20,32 +20,59 @@ impl Method for NearSwap {
     fn inputs(&self) -> (usize, usize) {
         (2, usize::MAX)
     }
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
-        let b = input.base.expect("nearswap has a base");
-        let t = (input.shared)("t") as f32;
-        out.copy_from_slice(input.tensors[b]);
-        let mut moved = 0f64;
-        let mut full = 0usize;
-        let mut rounds = 0usize;
-        for (i, other) in input.tensors.iter().enumerate().filter(|(i, _)| *i != b) {
-            let _ = i;
-            rounds += 1;
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
+        Ok(Box::new(Swap {
+            base: input.base.expect("nearswap has a base"),
+            t: (input.shared)("t") as f32,
+            n: input.n_elements(),
+            rounds: input.n_inputs - 1,
+            moved: 0.0,
+            full: 0,
+        }))
+    }
+}
+
+/// NearSwap over row chunks; it counts what it swapped for the summary.
+struct Swap {
+    base: usize,
+    t: f32,
+    n: usize,
+    rounds: usize,
+    /// Σ w over the elements done so far (in element order), and how many swapped fully.
+    moved: f64,
+    full: usize,
+}
+
+impl Apply for Swap {
+    fn apply(&mut self, _first_row: usize, x: &[&[f32]], out: &mut [f32]) -> Result<()> {
+        let t = self.t;
+        out.copy_from_slice(x[self.base]);
+        for other in x
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.base)
+            .map(|p| p.1)
+        {
             for (o, &v1) in out.iter_mut().zip(other.iter()) {
                 let v0 = *o;
                 let w = (t / (v0 - v1).abs().max(1e-6)).clamp(0.0, 1.0);
                 let w = if w.is_nan() { 1.0 } else { w };
-                moved += w as f64;
-                full += (w >= 1.0) as usize;
+                self.moved += w as f64;
+                self.full += (w >= 1.0) as usize;
                 *o = w * v1 + (1.0 - w) * v0;
             }
         }
-        let n = (out.len() * rounds.max(1)) as f64;
-        Ok(MergeNote {
+        Ok(())
+    }
+
+    fn note(&self) -> MergeNote {
+        let n = (self.n * self.rounds.max(1)) as f64;
+        MergeNote {
             text: Some(format!(
                 "swapped {:.2}% fully, mean weight {:.4}",
-                100.0 * full as f64 / n,
-                moved / n
+                100.0 * self.full as f64 / n,
+                self.moved / n
             )),
-        })
+        }
     }
 }

@@ -19,11 +19,15 @@ impl Method for Passthrough {
     fn inputs(&self) -> (usize, usize) {
         (1, 1)
     }
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
         let scale = (input.per_input)(0, "scale") as f32;
-        for (o, &x) in out.iter_mut().zip(input.tensors[0]) {
-            *o = x * scale;
-        }
-        Ok(MergeNote::default())
+        Ok(Box::new(Elementwise(
+            move |_: usize, x: &[&[f32]], out: &mut [f32]| {
+                for (o, &v) in out.iter_mut().zip(x[0]) {
+                    *o = v * scale;
+                }
+                Ok(())
+            },
+        )))
     }
 }

@@ -2,7 +2,9 @@
 //! across models), Calculate (weight each task vector by its mean square), Erase (TIES sign
 //! election), then the weighted mean of the surviving task vectors is added to the base.
 
+use super::stats::{BlockSums, Select};
 use super::*;
+use rayon::prelude::*;
 
 pub struct Sce;
 
@@ -23,89 +25,164 @@ impl Method for Sce {
     fn inputs(&self) -> (usize, usize) {
         (1, usize::MAX)
     }
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
         let b = input.base.expect("sce has a base");
-        let base = input.tensors[b];
-        out.copy_from_slice(base);
-        let tvs: Vec<Vec<f32>> = (0..input.tensors.len())
-            .filter(|&i| i != b)
-            .map(|i| {
-                input.tensors[i]
-                    .iter()
-                    .zip(base)
-                    .map(|(&x, &y)| x - y)
-                    .collect()
-            })
-            .collect();
-        if tvs.is_empty() {
-            return Ok(MergeNote::default());
+        let others = input.others();
+        if others.is_empty() {
+            return Ok(Box::new(Elementwise(
+                move |_: usize, x: &[&[f32]], out: &mut [f32]| {
+                    out.copy_from_slice(x[b]);
+                    Ok(())
+                },
+            )));
         }
-        let n = base.len();
-        let m = tvs.len() as f64;
+        let n = input.n_elements() as u64;
+        let m = others.len();
         let topk = (input.shared)("select_topk");
-        let mut keep = vec![true; n];
-        if topk <= 0.0 {
-            keep.fill(false);
+        // Select: the `topk` fraction of the weights with a nonzero variance, largest
+        // variance first (ties: earlier weights first), found exactly by radix selection on
+        // the variance's bits (descending: the complement of the bits, smallest first), the
+        // count of nonzero variances gathered in the first pass.
+        let keep = if topk <= 0.0 {
+            Keep::None
         } else if topk < 1.0 {
-            // Population variance across models, per weight; keep the top `topk` of the nonzero.
-            let var: Vec<f64> = (0..n)
-                .map(|j| {
-                    let mean = tvs.iter().map(|t| t[j] as f64).sum::<f64>() / m;
-                    tvs.iter()
-                        .map(|t| (t[j] as f64 - mean).powi(2))
-                        .sum::<f64>()
-                        / m
-                })
-                .collect();
-            let nonzero = var.iter().filter(|&&v| v != 0.0).count();
-            let k = (nonzero as f64 * topk) as usize;
-            let mut idx: Vec<usize> = (0..n).collect();
-            idx.sort_by(|&a, &c| var[c].total_cmp(&var[a]).then(a.cmp(&c)));
-            keep.fill(false);
-            for &i in &idx[..k] {
-                keep[i] = true;
+            // m is set once the first pass has counted the nonzero variances; until then the
+            // selection must ask for its passes whatever n is (n = 1 too).
+            let mut sel = Select::new(1, u64::MAX, 64);
+            let mut nonzero: Option<u64> = None;
+            while sel.needs_pass() {
+                let mut count = 0u64;
+                input.pass(|first_row, x| {
+                    let len = x[b].len();
+                    let key = |j: usize| !variance(x, b, &others, j).to_bits();
+                    if nonzero.is_none() {
+                        count += (0..len)
+                            .into_par_iter()
+                            .with_min_len(1 << 14)
+                            .filter(|&j| variance(x, b, &others, j) != 0.0)
+                            .count() as u64;
+                    }
+                    sel.feed((first_row * input.row_len) as u64, len, key);
+                    Ok(())
+                })?;
+                if nonzero.is_none() {
+                    nonzero = Some(count);
+                    sel.set_m((count as f64 * topk) as u64, n);
+                }
+                sel.end_pass();
             }
-        }
-        let tvs: Vec<Vec<f32>> = tvs
-            .into_iter()
-            .map(|t| {
-                t.iter()
-                    .zip(&keep)
-                    .map(|(&x, &k)| if k { x } else { 0.0 })
-                    .collect()
-            })
-            .collect();
-        // Weights: mean square of each (masked) task vector, normalized to sum to 1.
-        let ms: Vec<f64> = tvs
-            .iter()
-            .map(|t| t.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / n as f64)
-            .collect();
+            Keep::Top(sel)
+        } else {
+            Keep::All
+        };
+        // Calculate: each task vector's mean square (after the selection).
+        let mut sums = BlockSums::new(m);
+        input.pass(|first_row, x| {
+            let start = (first_row * input.row_len) as u64;
+            sums.feed(x[b].len(), |r, acc| {
+                for j in r {
+                    if keep.contains(x, b, &others, start + j as u64, j) {
+                        for (a, &i) in acc.iter_mut().zip(&others) {
+                            let t = (x[i][j] - x[b][j]) as f64;
+                            *a += t * t;
+                        }
+                    }
+                }
+            });
+            Ok(())
+        })?;
+        let ms: Vec<f64> = sums.values().iter().map(|s| s / n as f64).collect();
         let total: f64 = ms.iter().sum();
         let w: Vec<f64> = if total.abs() < 1e-6 {
-            vec![1.0 / m; tvs.len()]
+            vec![1.0 / m as f64; m]
         } else {
             ms.iter().map(|x| x / total).collect()
         };
-        for (j, o) in out.iter_mut().enumerate() {
-            let sum: f64 = tvs.iter().map(|t| t[j] as f64).sum();
-            let elected = if sum >= 0.0 { 1.0 } else { -1.0 };
-            let (mut num, mut den) = (0f64, 0f64);
-            for (t, &wi) in tvs.iter().zip(&w) {
-                let x = t[j] as f64;
-                let sign = if x > 0.0 {
-                    1.0
-                } else if x < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                };
-                if sign == elected {
-                    num += x * wi;
-                    den += wi;
-                }
-            }
-            *o += (num / den.max(1e-6)) as f32;
+        let row = input.row_len;
+        // Erase: TIES sign election per weight, then the weighted mean of the agreeing ones.
+        Ok(Box::new(Elementwise(
+            move |first_row: usize, x: &[&[f32]], out: &mut [f32]| {
+                let start = (first_row * row) as u64;
+                out.par_iter_mut().enumerate().for_each(|(j, o)| {
+                    let base = x[b][j];
+                    *o = base;
+                    if !keep.contains(x, b, &others, start + j as u64, j) {
+                        *o += 0.0;
+                        return;
+                    }
+                    let tv = |i: usize| (x[i][j] - base) as f64;
+                    let sum: f64 = others.iter().map(|&i| tv(i)).sum();
+                    let elected = if sum >= 0.0 { 1.0 } else { -1.0 };
+                    let (mut num, mut den) = (0f64, 0f64);
+                    for (&i, &wi) in others.iter().zip(&w) {
+                        let x = tv(i);
+                        let sign = if x > 0.0 {
+                            1.0
+                        } else if x < 0.0 {
+                            -1.0
+                        } else {
+                            0.0
+                        };
+                        if sign == elected {
+                            num += x * wi;
+                            den += wi;
+                        }
+                    }
+                    *o += (num / den.max(1e-6)) as f32;
+                });
+                Ok(())
+            },
+        )))
+    }
+}
+
+/// Which weights the selection keeps.
+enum Keep {
+    None,
+    All,
+    Top(Select),
+}
+
+impl Keep {
+    #[inline]
+    fn contains(&self, x: &[&[f32]], b: usize, others: &[usize], pos: u64, j: usize) -> bool {
+        match self {
+            Keep::None => false,
+            Keep::All => true,
+            Keep::Top(sel) => sel.contains(pos, !variance(x, b, others, j).to_bits()),
         }
-        Ok(MergeNote::default())
+    }
+}
+
+/// The population variance across models of element `j`'s task vectors (f64).
+#[inline]
+fn variance(x: &[&[f32]], b: usize, others: &[usize], j: usize) -> f64 {
+    let m = others.len() as f64;
+    let tv = |i: usize| (x[i][j] - x[b][j]) as f64;
+    let mean = others.iter().map(|&i| tv(i)).sum::<f64>() / m;
+    others.iter().map(|&i| (tv(i) - mean).powi(2)).sum::<f64>() / m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fraction_of_one_weight_selects_none() {
+        // One weight, varying across models: 0.4 of one nonzero variance is 0 weights kept,
+        // so the result is the base.
+        let (base, a, b) = ([1.0f32], [2.0f32], [5.0f32]);
+        let shared = |n: &str| if n == "select_topk" { 0.4 } else { 0.0 };
+        let per = |_: usize, _: &str| 0.0;
+        let tensors: [&[f32]; 3] = [&base, &a, &b];
+        let (out, _) = merge_in_memory(&Sce, &tensors, Some(0), 1, &shared, &per, 0, 1, 1).unwrap();
+        assert_eq!(out, [1.0]);
+        // Of two weights, 0.6 keeps the one with the larger variance.
+        let (base, a, b) = ([0.0f32, 0.0], [1.0f32, 1.0], [-1.0f32, 5.0]);
+        let shared = |n: &str| if n == "select_topk" { 0.6 } else { 0.0 };
+        let tensors: [&[f32]; 3] = [&base, &a, &b];
+        let (out, _) = merge_in_memory(&Sce, &tensors, Some(0), 2, &shared, &per, 0, 1, 1).unwrap();
+        assert_eq!(out[0], 0.0);
+        assert_ne!(out[1], 0.0);
     }
 }

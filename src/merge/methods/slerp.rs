@@ -1,24 +1,20 @@
 //! `slerp`: spherical interpolation between the base and one other model, over the whole
 //! tensor; linear interpolation when the two are (anti)collinear (|cos| > 0.9995).
 
+use super::stats::BlockSums;
 use super::*;
 
 pub struct Slerp;
 
-/// `v0 → v1` at `t`; norms and the dot product are computed in f64.
-pub fn slerp(t: f64, v0: &[f32], v1: &[f32], out: &mut [f32]) {
+/// The coefficients of `v0` and `v1` in the slerp `v0 → v1` at `t`, from Σv0², Σv1² and
+/// Σv0·v1 (in f64).
+pub fn slerp_coefficients(t: f64, n0_sq: f64, n1_sq: f64, dot: f64) -> (f32, f32) {
     const DOT_THRESHOLD: f64 = 0.9995;
     const EPS: f64 = 1e-8;
-    let n0 = norm2(v0).sqrt();
-    let n1 = norm2(v1).sqrt();
+    let (n0, n1) = (n0_sq.sqrt(), n1_sq.sqrt());
     let n0 = if n0 > EPS { n0 } else { 1.0 };
     let n1 = if n1 > EPS { n1 } else { 1.0 };
-    let dot: f64 = v0
-        .iter()
-        .zip(v1)
-        .map(|(&a, &b)| (a as f64 / n0) * (b as f64 / n1))
-        .sum();
-    let dot = dot.clamp(-1.0, 1.0);
+    let dot = (dot / (n0 * n1)).clamp(-1.0, 1.0);
     let (ca, cb) = if dot.abs() > DOT_THRESHOLD {
         (1.0 - t, t)
     } else {
@@ -26,10 +22,7 @@ pub fn slerp(t: f64, v0: &[f32], v1: &[f32], out: &mut [f32]) {
         let s = theta.sin();
         (((1.0 - t) * theta).sin() / s, (t * theta).sin() / s)
     };
-    let (ca, cb) = (ca as f32, cb as f32);
-    for ((o, &a), &b) in out.iter_mut().zip(v0).zip(v1) {
-        *o = ca * a + cb * b;
-    }
+    (ca as f32, cb as f32)
 }
 
 impl Method for Slerp {
@@ -46,14 +39,32 @@ impl Method for Slerp {
     fn inputs(&self) -> (usize, usize) {
         (2, 2)
     }
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
         let b = input.base.expect("slerp has a base");
-        slerp(
-            (input.shared)("t"),
-            input.tensors[b],
-            input.tensors[1 - b],
-            out,
-        );
-        Ok(MergeNote::default())
+        let o = 1 - b;
+        // One pass: Σv0², Σv1², Σv0·v1.
+        let mut sums = BlockSums::new(3);
+        input.pass(|_, x| {
+            let (v0, v1) = (x[b], x[o]);
+            sums.feed(v0.len(), |r, acc| {
+                for (&a, &c) in v0[r.clone()].iter().zip(&v1[r]) {
+                    let (a, c) = (a as f64, c as f64);
+                    acc[0] += a * a;
+                    acc[1] += c * c;
+                    acc[2] += a * c;
+                }
+            });
+            Ok(())
+        })?;
+        let s = sums.values();
+        let (ca, cb) = slerp_coefficients((input.shared)("t"), s[0], s[1], s[2]);
+        Ok(Box::new(Elementwise(
+            move |_: usize, x: &[&[f32]], out: &mut [f32]| {
+                for ((o, &a), &c) in out.iter_mut().zip(x[b]).zip(x[o]) {
+                    *o = ca * a + cb * c;
+                }
+                Ok(())
+            },
+        )))
     }
 }

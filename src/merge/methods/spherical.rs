@@ -1,46 +1,38 @@
 //! `nuslerp` and `multislerp`: spherical interpolation of two or more models, optionally of
 //! their task vectors from a base (mergekit's definitions; norms and dot products in f64).
 
+use super::stats::BlockSums;
 use super::*;
+use rayon::prelude::*;
 
-/// Slerp `v0 → v1` at `t` over each vector of length `len` taken with stride `step` from
-/// `start` (whole tensor, rows or columns), as mergekit's `nuslerp`.
-fn nuslerp_vectors(
-    t: f64,
-    v0: &[f64],
-    v1: &[f64],
-    out: &mut [f64],
-    vectors: &[(usize, usize, usize)],
-) {
+/// nuslerp's coefficients of `v0` and `v1` at `t`, from Σv0², Σv1² and Σv0·v1 of one vector.
+fn nuslerp_coefficients(t: f64, n0_sq: f64, n1_sq: f64, dot: f64) -> (f64, f64) {
     const EPS: f64 = 1e-8;
-    for &(start, len, step) in vectors {
-        let idx = |k: usize| start + k * step;
-        let n0 = (0..len)
-            .map(|k| v0[idx(k)] * v0[idx(k)])
-            .sum::<f64>()
-            .sqrt()
-            .max(1e-7);
-        let n1 = (0..len)
-            .map(|k| v1[idx(k)] * v1[idx(k)])
-            .sum::<f64>()
-            .sqrt()
-            .max(1e-7);
-        let cos = (0..len)
-            .map(|k| (v0[idx(k)] / n0) * (v1[idx(k)] / n1))
-            .sum::<f64>()
-            .clamp(-1.0, 1.0);
-        let colinear = 1.0 - cos * cos <= EPS * EPS;
-        let (a, b) = if colinear {
-            (1.0 - t, t)
-        } else {
-            let theta = cos.acos();
-            let s = theta.sin();
-            (((1.0 - t) * theta).sin() / s, (t * theta).sin() / s)
-        };
-        for k in 0..len {
-            out[idx(k)] = a * v0[idx(k)] + b * v1[idx(k)];
-        }
+    let n0 = n0_sq.sqrt().max(1e-7);
+    let n1 = n1_sq.sqrt().max(1e-7);
+    let cos = (dot / (n0 * n1)).clamp(-1.0, 1.0);
+    let colinear = 1.0 - cos * cos <= EPS * EPS;
+    if colinear {
+        (1.0 - t, t)
+    } else {
+        let theta = cos.acos();
+        let s = theta.sin();
+        (((1.0 - t) * theta).sin() / s, (t * theta).sin() / s)
     }
+}
+
+/// Element `j` of the delta of input `i` from the base (the input itself without a base).
+#[inline]
+fn delta(x: &[&[f32]], base: Option<usize>, i: usize, j: usize) -> f64 {
+    x[i][j] as f64 - base.map_or(0.0, |b| x[b][j] as f64)
+}
+
+/// How nuslerp cuts the tensor into vectors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vectors {
+    Whole,
+    Rows,
+    Columns,
 }
 
 pub struct NuSlerp;
@@ -63,51 +55,97 @@ impl Method for NuSlerp {
     fn inputs(&self) -> (usize, usize) {
         (2, 3)
     }
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
-        let others: Vec<usize> = (0..input.tensors.len())
-            .filter(|&i| Some(i) != input.base)
-            .collect();
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
+        let others = input.others();
         if others.len() != 2 {
             return Err(Error::Invalid(format!(
                 "nuslerp merges exactly two models besides the base, got {}",
                 others.len()
             )));
         }
+        let (i0, i1) = (others[0], others[1]);
         let (w0, w1) = (
-            (input.per_input)(others[0], "weight"),
-            (input.per_input)(others[1], "weight"),
+            (input.per_input)(i0, "weight"),
+            (input.per_input)(i1, "weight"),
         );
         let total = w0 + w1;
         let t = if total.abs() < 1e-6 { 0.5 } else { w1 / total };
-        let base: Option<Vec<f64>> = input
-            .base
-            .map(|b| input.tensors[b].iter().map(|&x| x as f64).collect());
-        let delta = |i: usize| -> Vec<f64> {
-            input.tensors[i]
-                .iter()
-                .enumerate()
-                .map(|(j, &x)| x as f64 - base.as_ref().map_or(0.0, |b| b[j]))
-                .collect()
+        let base = input.base;
+        let (row, rows) = (input.row_len, input.n_rows);
+        let mode = if (input.shared)("nuslerp_flatten") != 0.0 || rows == 1 {
+            Vectors::Whole
+        } else if (input.shared)("nuslerp_row_wise") != 0.0 {
+            // mergekit's dim=0: one vector per column (down the rows).
+            Vectors::Columns
+        } else {
+            Vectors::Rows
         };
-        let (v0, v1) = (delta(others[0]), delta(others[1]));
-        let n = v0.len();
-        let row = input.row_len.min(n).max(1);
-        let rows = n / row;
-        let vectors: Vec<(usize, usize, usize)> =
-            if (input.shared)("nuslerp_flatten") != 0.0 || rows == 1 {
-                vec![(0, n, 1)]
-            } else if (input.shared)("nuslerp_row_wise") != 0.0 {
-                // mergekit's dim=0: one vector per column (down the rows).
-                (0..row).map(|c| (c, rows, row)).collect()
-            } else {
-                (0..rows).map(|r| (r * row, row, 1)).collect()
-            };
-        let mut res = vec![0f64; n];
-        nuslerp_vectors(t, &v0, &v1, &mut res, &vectors);
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = (res[j] + base.as_ref().map_or(0.0, |b| b[j])) as f32;
-        }
-        Ok(MergeNote::default())
+        // Coefficients per vector: one for the whole tensor, or one per column (summed down
+        // the rows in row order); rows are done one by one as they come.
+        let coefficients: Vec<(f64, f64)> = match mode {
+            Vectors::Rows => Vec::new(),
+            Vectors::Whole => {
+                let mut sums = BlockSums::new(3);
+                input.pass(|_, x| {
+                    sums.feed(x[0].len(), |r, acc| {
+                        for j in r {
+                            let (a, b) = (delta(x, base, i0, j), delta(x, base, i1, j));
+                            acc[0] += a * a;
+                            acc[1] += b * b;
+                            acc[2] += a * b;
+                        }
+                    });
+                    Ok(())
+                })?;
+                let s = sums.values();
+                vec![nuslerp_coefficients(t, s[0], s[1], s[2])]
+            }
+            Vectors::Columns => {
+                let mut sums = vec![[0f64; 3]; row];
+                input.pass(|_, x| {
+                    sums.par_iter_mut().enumerate().for_each(|(c, acc)| {
+                        for j in (c..x[0].len()).step_by(row) {
+                            let (a, b) = (delta(x, base, i0, j), delta(x, base, i1, j));
+                            acc[0] += a * a;
+                            acc[1] += b * b;
+                            acc[2] += a * b;
+                        }
+                    });
+                    Ok(())
+                })?;
+                sums.iter()
+                    .map(|s| nuslerp_coefficients(t, s[0], s[1], s[2]))
+                    .collect()
+            }
+        };
+        Ok(Box::new(Elementwise(
+            move |_: usize, x: &[&[f32]], out: &mut [f32]| {
+                out.par_chunks_mut(row).enumerate().for_each(|(r, o)| {
+                    let off = r * row;
+                    let row_coefficients = (mode == Vectors::Rows).then(|| {
+                        let mut s = [0f64; 3];
+                        for j in off..off + o.len() {
+                            let (a, b) = (delta(x, base, i0, j), delta(x, base, i1, j));
+                            s[0] += a * a;
+                            s[1] += b * b;
+                            s[2] += a * b;
+                        }
+                        nuslerp_coefficients(t, s[0], s[1], s[2])
+                    });
+                    for (c, v) in o.iter_mut().enumerate() {
+                        let j = off + c;
+                        let (ca, cb) = match mode {
+                            Vectors::Whole => coefficients[0],
+                            Vectors::Columns => coefficients[c],
+                            Vectors::Rows => row_coefficients.expect("per row"),
+                        };
+                        let res = ca * delta(x, base, i0, j) + cb * delta(x, base, i1, j);
+                        *v = (res + base.map_or(0.0, |b| x[b][j] as f64)) as f32;
+                    }
+                });
+                Ok(())
+            },
+        )))
     }
 }
 
@@ -131,27 +169,20 @@ impl Method for MultiSlerp {
     fn inputs(&self) -> (usize, usize) {
         (1, usize::MAX)
     }
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
         let eps = (input.shared)("eps");
-        let others: Vec<usize> = (0..input.tensors.len())
-            .filter(|&i| Some(i) != input.base)
-            .collect();
+        let others = input.others();
+        let base = input.base;
         if others.len() == 1 {
-            out.copy_from_slice(input.tensors[others[0]]);
-            return Ok(MergeNote::default());
+            let only = others[0];
+            return Ok(Box::new(Elementwise(
+                move |_: usize, x: &[&[f32]], out: &mut [f32]| {
+                    out.copy_from_slice(x[only]);
+                    Ok(())
+                },
+            )));
         }
-        let n = out.len();
-        let base: Option<&[f32]> = input.base.map(|b| input.tensors[b]);
-        let vs: Vec<Vec<f64>> = others
-            .iter()
-            .map(|&i| {
-                input.tensors[i]
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &x)| x as f64 - base.map_or(0.0, |b| b[j] as f64))
-                    .collect()
-            })
-            .collect();
+        let m = others.len();
         let mut w: Vec<f64> = others
             .iter()
             .map(|&i| (input.per_input)(i, "weight"))
@@ -160,48 +191,93 @@ impl Method for MultiSlerp {
             let s: f64 = w.iter().sum();
             w.iter_mut().for_each(|x| *x /= s);
         }
-        let norms: Vec<f64> = vs
-            .iter()
-            .map(|v| v.iter().map(|x| x * x).sum::<f64>().sqrt())
-            .collect();
-        let units: Vec<Vec<f64>> = vs
-            .iter()
-            .zip(&norms)
-            .map(|(v, &nm)| v.iter().map(|x| x / (nm + eps)).collect())
-            .collect();
-        let mut mean = vec![0f64; n];
-        for (u, &wi) in units.iter().zip(&w) {
-            for (m, x) in mean.iter_mut().zip(u) {
-                *m += x * wi;
-            }
-        }
-        let mean_norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt();
-        let add_base = |j: usize, x: f64| (x + base.map_or(0.0, |b| b[j] as f64)) as f32;
-        if mean_norm < eps {
-            if vs.len() == 2 {
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = add_base(j, vs[0][j] * w[0] + vs[1][j] * w[1]);
+        // Everything below is a combination of the deltas vᵢ: one pass gathers their Gram
+        // matrix Gᵢₖ = vᵢ·vₖ, and the mean direction, the tangent and their norms follow from
+        // it (unit uᵢ = vᵢ / (‖vᵢ‖ + eps)).
+        let mut sums = BlockSums::new(m * m);
+        input.pass(|_, x| {
+            sums.feed(x[0].len(), |r, acc| {
+                let mut d = vec![0f64; m];
+                for j in r {
+                    for (dk, &i) in d.iter_mut().zip(&others) {
+                        *dk = delta(x, base, i, j);
+                    }
+                    for a in 0..m {
+                        for b in a..m {
+                            acc[a * m + b] += d[a] * d[b];
+                        }
+                    }
                 }
-                return Ok(MergeNote::default());
+            });
+            Ok(())
+        })?;
+        let g = symmetric(&sums.values(), m);
+        let norms: Vec<f64> = (0..m).map(|i| g[i * m + i].sqrt()).collect();
+        let quad = |a: &[f64], b: &[f64]| -> f64 {
+            let mut s = 0.0;
+            for i in 0..m {
+                for k in 0..m {
+                    s += a[i] * g[i * m + k] * b[k];
+                }
             }
-            return Err(Error::Invalid(
-                "multislerp: the weighted sum of the inputs is zero".into(),
-            ));
-        }
-        mean.iter_mut().for_each(|x| *x /= mean_norm);
-        let mut tangent = vec![0f64; n];
-        for (u, &wi) in units.iter().zip(&w) {
-            let dot: f64 = u.iter().zip(&mean).map(|(a, b)| a * b).sum();
-            for ((t, &x), &m) in tangent.iter_mut().zip(u).zip(&mean) {
-                *t += (x - dot * m) * wi;
+            s
+        };
+        // mean = Σ wᵢ uᵢ, as coefficients of the vᵢ.
+        let mean: Vec<f64> = (0..m).map(|i| w[i] / (norms[i] + eps)).collect();
+        let mean_norm = quad(&mean, &mean).max(0.0).sqrt();
+        let coef = if mean_norm < eps {
+            if m != 2 {
+                return Err(Error::Invalid(
+                    "multislerp: the weighted sum of the inputs is zero".into(),
+                ));
             }
-        }
-        let tn = tangent.iter().map(|x| x * x).sum::<f64>().sqrt() + eps;
-        let avg_norm: f64 = norms.iter().zip(&w).map(|(a, b)| a * b).sum();
-        let (c, s) = (tn.cos(), tn.sin() / tn);
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = add_base(j, (mean[j] * c + tangent[j] * s) * avg_norm);
-        }
-        Ok(MergeNote::default())
+            w.clone()
+        } else {
+            let unit_mean: Vec<f64> = mean.iter().map(|c| c / mean_norm).collect();
+            // tangent = Σ wᵢ (uᵢ − (uᵢ·m̂) m̂)
+            let mut tangent = vec![0f64; m];
+            let mut along = 0.0;
+            for i in 0..m {
+                let mut e = vec![0f64; m];
+                e[i] = 1.0 / (norms[i] + eps);
+                let dot = quad(&e, &unit_mean);
+                tangent[i] += w[i] * e[i];
+                along += w[i] * dot;
+            }
+            for (t, um) in tangent.iter_mut().zip(&unit_mean) {
+                *t -= along * um;
+            }
+            let tn = quad(&tangent, &tangent).max(0.0).sqrt() + eps;
+            let avg_norm: f64 = norms.iter().zip(&w).map(|(a, b)| a * b).sum();
+            let (c, s) = (tn.cos(), tn.sin() / tn);
+            unit_mean
+                .iter()
+                .zip(&tangent)
+                .map(|(um, t)| (um * c + t * s) * avg_norm)
+                .collect()
+        };
+        Ok(Box::new(Elementwise(
+            move |_: usize, x: &[&[f32]], out: &mut [f32]| {
+                out.par_iter_mut().enumerate().for_each(|(j, o)| {
+                    let mut v = 0f64;
+                    for (&c, &i) in coef.iter().zip(&others) {
+                        v += c * delta(x, base, i, j);
+                    }
+                    *o = (v + base.map_or(0.0, |b| x[b][j] as f64)) as f32;
+                });
+                Ok(())
+            },
+        )))
     }
+}
+
+/// The full symmetric matrix from its upper triangle (row-major `m × m`, lower part unset).
+pub(crate) fn symmetric(upper: &[f64], m: usize) -> Vec<f64> {
+    let mut g = upper.to_vec();
+    for a in 0..m {
+        for b in 0..a {
+            g[a * m + b] = g[b * m + a];
+        }
+    }
+    g
 }

@@ -7,6 +7,7 @@
 //! with the elected sign of the weighted sum (≥ 0 counts as positive), optionally normalized by
 //! the weights that took part, times `lambda`, added to the base.
 
+use super::stats::{BlockSums, Select};
 use super::*;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -101,30 +102,6 @@ gta!(
     param("epsilon", Scope::NonBase, Some(0.15))
 );
 
-/// Keep-mask by magnitude: the `k` largest |x|, ties at the cut broken by position (for
-/// determinism). Linear time: a selection finds the cut, one pass marks the kept values.
-fn top_k_mask(x: &[f32], k: usize) -> Vec<bool> {
-    let k = k.min(x.len());
-    if k == 0 {
-        return vec![false; x.len()];
-    }
-    let mut mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-    let (_, cut, _) = mags.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-    let cut = *cut;
-    let above = x.iter().filter(|v| v.abs().total_cmp(&cut).is_gt()).count();
-    let mut at_cut = k - above;
-    x.iter()
-        .map(|v| match v.abs().total_cmp(&cut) {
-            std::cmp::Ordering::Greater => true,
-            std::cmp::Ordering::Equal if at_cut > 0 => {
-                at_cut -= 1;
-                true
-            }
-            _ => false,
-        })
-        .collect()
-}
-
 /// Elements per block of the random mask (each block seeks the stream on its own).
 const RNG_BLOCK: usize = 1 << 16;
 
@@ -133,111 +110,134 @@ fn uniform(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u32() as f64) / 4_294_967_296.0
 }
 
-/// How one delta is thinned.
-struct Sparsity {
-    method: Sparsify,
-    density: f64,
-    gamma: f64,
-    epsilon: f64,
-    /// Keep the delta's L1 norm.
-    rescale: bool,
+/// The radix key of |x| for "the k largest first": the complement of its bits (|x| is never
+/// negative, so its bits order as its value), smallest first.
+#[inline]
+fn largest_first(x: f32) -> u64 {
+    (u32::MAX - x.abs().to_bits()) as u64
 }
 
-/// mergekit's `sparsify` of one delta, in place.
-fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8Rng) -> Result<()> {
-    let Sparsity {
-        method,
-        density,
-        gamma,
-        epsilon,
-        rescale,
-    } = *sp;
-    if density >= 1.0 {
-        return Ok(());
-    }
-    let n = delta.len();
-    // The L1 norm to restore (only DARE-style rescaling needs it).
-    let before = if rescale { l1(delta) } else { 0.0 };
-    let keep: Vec<bool> = match method {
-        Sparsify::Magnitude => {
-            if density <= 0.0 || n == 0 {
-                delta.fill(0.0);
-                return Ok(());
-            }
-            top_k_mask(delta, ((density * n as f64) as usize).max(1))
+/// The radix key of |x| for "the smallest first".
+#[inline]
+fn smallest_first(x: f32) -> u64 {
+    x.abs().to_bits() as u64
+}
+
+/// How one delta is thinned (mergekit's `sparsify`), ready to apply to any chunk.
+enum Mask {
+    /// Kept whole (density ≥ 1, or no sparsification).
+    All,
+    /// Dropped whole (density ≤ 0).
+    Nothing,
+    /// The k largest |δ|, ties at the cut broken by position (earlier first).
+    Top(Select),
+    /// Ranks n_bot..n_bot+target of the ascending |δ| order (ties by position): the
+    /// `upper` smallest but not the `lower` smallest.
+    Band { upper: Select, lower: Select },
+    /// Element j draws word `first + j` of the tensor's ChaCha stream, kept when
+    /// word / 2^32 < density (`threshold` = density·2^32).
+    Random {
+        rng: ChaCha8Rng,
+        first: u128,
+        threshold: f64,
+    },
+    /// DELLA: rank by magnitude within each row, keep with probability rising with the rank;
+    /// row r draws words `first + r·row_len..`.
+    Della {
+        rng: ChaCha8Rng,
+        first: u128,
+        density: f64,
+        epsilon: f64,
+    },
+}
+
+impl Mask {
+    /// Whether the mask still needs a selection pass.
+    fn needs_pass(&self) -> bool {
+        match self {
+            Mask::Top(s) => s.needs_pass(),
+            Mask::Band { upper, lower } => upper.needs_pass() || lower.needs_pass(),
+            _ => false,
         }
-        Sparsify::Random => {
-            // Element j draws word j of the tensor's ChaCha stream, kept when
-            // word / 2^32 < density. Blocks seek straight to their first word, so this is the
-            // serial stream computed in parallel: the same mask at any thread count. The mask
-            // is applied as it is drawn.
-            let first = rng.get_word_pos();
-            let threshold = density * 4_294_967_296.0;
-            delta
-                .par_chunks_mut(RNG_BLOCK)
-                .enumerate()
-                .for_each(|(b, block)| {
-                    let mut r = rng.clone();
-                    r.set_word_pos(first + (b * RNG_BLOCK) as u128);
-                    let mut words = [0u8; 4 * 1024];
-                    for part in block.chunks_mut(1024) {
-                        // fill_bytes takes whole words in stream order, as next_u32 would.
-                        let bytes = &mut words[..4 * part.len()];
-                        r.fill_bytes(bytes);
-                        for (d, w) in part.iter_mut().zip(bytes.chunks_exact(4)) {
-                            let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                            if (word as f64) >= threshold {
-                                *d = 0.0;
+    }
+
+    /// Feed one chunk of the delta (first element `pos` of the tensor) to the selections.
+    fn feed(&mut self, pos: u64, d: &(impl Fn(usize) -> f32 + Sync), n: usize) {
+        match self {
+            Mask::Top(s) => s.feed(pos, n, |j| largest_first(d(j))),
+            Mask::Band { upper, lower } => {
+                upper.feed(pos, n, |j| smallest_first(d(j)));
+                lower.feed(pos, n, |j| smallest_first(d(j)));
+            }
+            _ => {}
+        }
+    }
+
+    fn end_pass(&mut self) {
+        match self {
+            Mask::Top(s) => s.end_pass(),
+            Mask::Band { upper, lower } => {
+                upper.end_pass();
+                lower.end_pass();
+            }
+            _ => {}
+        }
+    }
+
+    /// Zero the dropped elements of `d`, a chunk of the delta starting at element `start`
+    /// (whole rows of `row_len`).
+    fn apply(&self, d: &mut [f32], start: u64, row_len: usize) {
+        match self {
+            Mask::All => {}
+            Mask::Nothing => d.fill(0.0),
+            Mask::Top(s) => d.par_iter_mut().enumerate().for_each(|(j, v)| {
+                if !s.contains(start + j as u64, largest_first(*v)) {
+                    *v = 0.0;
+                }
+            }),
+            Mask::Band { upper, lower } => d.par_iter_mut().enumerate().for_each(|(j, v)| {
+                let (pos, key) = (start + j as u64, smallest_first(*v));
+                if !upper.contains(pos, key) || lower.contains(pos, key) {
+                    *v = 0.0;
+                }
+            }),
+            Mask::Random {
+                rng,
+                first,
+                threshold,
+            } => {
+                // Blocks seek straight to their first word, so this is the serial stream
+                // computed in parallel: the same mask at any thread count or chunking.
+                d.par_chunks_mut(RNG_BLOCK)
+                    .enumerate()
+                    .for_each(|(b, block)| {
+                        let mut r = rng.clone();
+                        r.set_word_pos(first + start as u128 + (b * RNG_BLOCK) as u128);
+                        let mut words = [0u8; 4 * 1024];
+                        for part in block.chunks_mut(1024) {
+                            // fill_bytes takes whole words in stream order, as next_u32 would.
+                            let bytes = &mut words[..4 * part.len()];
+                            r.fill_bytes(bytes);
+                            for (d, w) in part.iter_mut().zip(bytes.chunks_exact(4)) {
+                                let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                                if (word as f64) >= *threshold {
+                                    *d = 0.0;
+                                }
                             }
                         }
-                    }
-                });
-            return rescale_l1(delta, before, rescale);
-        }
-        Sparsify::MagnitudeOutliers => {
-            let target = (density * n as f64) as usize;
-            let n_top = (gamma * n as f64) as usize;
-            // Saturating: a huge density or gamma casts to usize::MAX.
-            let n_bot = n.saturating_sub(target.saturating_add(n_top));
-            // Keep ranks n_bot..n_bot+target of the ascending order: the `n_bot + target`
-            // smallest minus the `n_bot` smallest.
-            let smallest = |m: usize| -> Vec<bool> {
-                let mut keep = vec![false; n];
-                if m == 0 {
-                    return keep;
-                }
-                let mut mags: Vec<(f32, u32)> = delta.iter().map(|v| v.abs()).zip(0u32..).collect();
-                mags.select_nth_unstable_by(m - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                for &(_, i) in &mags[..m] {
-                    keep[i as usize] = true;
-                }
-                keep
-            };
-            let upper = smallest(n_bot.saturating_add(target).min(n));
-            let lower = smallest(n_bot.min(n));
-            upper.iter().zip(&lower).map(|(&u, &l)| u && !l).collect()
-        }
-        Sparsify::DellaMagprune => {
-            if density <= 0.0 {
-                delta.fill(0.0);
-                return Ok(());
+                    });
             }
-            if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
-                return Err(Error::Invalid(format!(
-                    "della: epsilon {epsilon} must keep density ± epsilon inside (0, 1) (density {density})"
-                )));
-            }
-            // Rank by magnitude within each row; keep with probability rising with the rank.
-            // Row r draws words r*row_len.. of the stream (rows in parallel, same mask).
-            let first = rng.get_word_pos();
-            let row_len = row_len.max(1);
-            let mut keep = vec![false; n];
-            keep.par_chunks_mut(row_len)
-                .zip(delta.par_chunks(row_len))
-                .enumerate()
-                .for_each(|(r, (keep, row))| {
+            Mask::Della {
+                rng,
+                first,
+                density,
+                epsilon,
+            } => {
+                let (density, epsilon) = (*density, *epsilon);
+                let first_row = start / row_len as u64;
+                d.par_chunks_mut(row_len).enumerate().for_each(|(r, row)| {
                     let mut rng = rng.clone();
-                    rng.set_word_pos(first + (r * row_len) as u128);
+                    rng.set_word_pos(first + ((first_row + r as u64) * row_len as u64) as u128);
                     let mut idx: Vec<usize> = (0..row.len()).collect();
                     idx.sort_by(|&a, &b| row[a].abs().total_cmp(&row[b].abs()).then(a.cmp(&b)));
                     let span = (row.len().max(2) - 1) as f64;
@@ -245,45 +245,108 @@ fn sparsify(delta: &mut [f32], sp: &Sparsity, row_len: usize, rng: &mut ChaCha8R
                     for (pos, &i) in idx.iter().enumerate() {
                         rank[i] = pos;
                     }
-                    for (k, &rk) in keep.iter_mut().zip(&rank) {
+                    for (v, &rk) in row.iter_mut().zip(&rank) {
                         let p = (density - epsilon) + (rk as f64 / span) * 2.0 * epsilon;
-                        *k = uniform(&mut rng) < p;
+                        if uniform(&mut rng) >= p {
+                            *v = 0.0;
+                        }
                     }
                 });
-            keep
-        }
-    };
-    delta
-        .par_iter_mut()
-        .zip(keep.par_iter())
-        .for_each(|(d, &k)| {
-            if !k {
-                *d = 0.0;
             }
-        });
-    rescale_l1(delta, before, rescale)
-}
-
-/// DARE's rescale: bring the thinned delta's L1 norm back to `before`.
-fn rescale_l1(delta: &mut [f32], before: f64, rescale: bool) -> Result<()> {
-    if rescale {
-        let after = l1(delta);
-        if before >= 1e-7 && after >= 1e-7 {
-            let s = (before / after) as f32;
-            delta.par_iter_mut().for_each(|d| *d *= s);
         }
     }
-    Ok(())
 }
 
-/// Σ|x| in f64 over fixed-size blocks summed in order: parallel, yet the same value at any
-/// thread count.
-fn l1(x: &[f32]) -> f64 {
-    let blocks: Vec<f64> = x
-        .par_chunks(1 << 16)
-        .map(|c| c.iter().map(|&v| v.abs() as f64).sum())
-        .collect();
-    blocks.iter().sum()
+/// How one delta is thinned.
+struct Sparsity {
+    method: Sparsify,
+    density: f64,
+    gamma: f64,
+    epsilon: f64,
+}
+
+/// The mask of one delta of `n` elements (before its selection passes).
+fn mask(sp: &Sparsity, n: usize, seed: u64) -> Result<Mask> {
+    let Sparsity {
+        method,
+        density,
+        gamma,
+        epsilon,
+    } = *sp;
+    if density >= 1.0 {
+        return Ok(Mask::All);
+    }
+    let rng = ChaCha8Rng::seed_from_u64(seed);
+    let first = rng.get_word_pos();
+    let nn = n as u64;
+    Ok(match method {
+        Sparsify::Magnitude => {
+            if density <= 0.0 || n == 0 {
+                return Ok(Mask::Nothing);
+            }
+            let k = ((density * n as f64) as usize).max(1);
+            Mask::Top(Select::new(k as u64, nn, 32))
+        }
+        Sparsify::Random => Mask::Random {
+            rng,
+            first,
+            threshold: density * 4_294_967_296.0,
+        },
+        Sparsify::MagnitudeOutliers => {
+            let target = (density * n as f64) as usize;
+            let n_top = (gamma * n as f64) as usize;
+            // Saturating: a huge density or gamma casts to usize::MAX.
+            let n_bot = n.saturating_sub(target.saturating_add(n_top));
+            Mask::Band {
+                upper: Select::new(n_bot.saturating_add(target).min(n) as u64, nn, 32),
+                lower: Select::new(n_bot.min(n) as u64, nn, 32),
+            }
+        }
+        Sparsify::DellaMagprune => {
+            if density <= 0.0 {
+                return Ok(Mask::Nothing);
+            }
+            if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
+                return Err(Error::Invalid(format!(
+                    "della: epsilon {epsilon} must keep density ± epsilon inside (0, 1) (density {density})"
+                )));
+            }
+            Mask::Della {
+                rng,
+                first,
+                density,
+                epsilon,
+            }
+        }
+    })
+}
+
+/// One input's thinned, rescaled and weighted delta from the base.
+struct Delta {
+    input: usize,
+    mask: Mask,
+    /// DARE's rescale: the factor bringing the thinned delta's L1 norm back.
+    scale: Option<f32>,
+    weight: f32,
+}
+
+impl Delta {
+    /// This delta over a chunk starting at element `start`, into `d`.
+    fn compute(&self, x: &[&[f32]], b: usize, start: u64, row_len: usize, d: &mut Vec<f32>) {
+        d.clear();
+        d.par_extend(
+            x[self.input]
+                .par_iter()
+                .zip(x[b].par_iter())
+                .map(|(&x, &b)| x - b),
+        );
+        self.mask.apply(d, start, row_len);
+        if let Some(s) = self.scale {
+            d.par_iter_mut().for_each(|v| *v *= s);
+        }
+        let w = self.weight;
+        d.par_iter_mut().for_each(|v| *v *= w);
+    }
 }
 
 impl Method for TaskArithmetic {
@@ -299,45 +362,119 @@ impl Method for TaskArithmetic {
     fn inputs(&self) -> (usize, usize) {
         (1, usize::MAX)
     }
-    fn merge(&self, input: &MergeInput, out: &mut [f32]) -> Result<MergeNote> {
+    fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
         let b = input.base.expect("task arithmetic has a base");
-        let base = input.tensors[b];
-        let others: Vec<usize> = (0..input.tensors.len()).filter(|&i| i != b).collect();
-        out.copy_from_slice(base);
-        if others.is_empty() {
-            return Ok(MergeNote::default());
-        }
+        let n = input.n_elements();
+        let row_len = input.row_len;
         let rescale = (input.shared)("rescale") != 0.0;
-        let mut deltas = Vec::with_capacity(others.len());
-        let mut weights = Vec::with_capacity(others.len());
-        for &i in &others {
-            let mut d: Vec<f32> = input.tensors[i]
-                .par_iter()
-                .zip(base.par_iter())
-                .map(|(&x, &b)| x - b)
-                .collect();
-            if let Some(method) = self.sparsify {
-                let get = |name: &str| (input.per_input)(i, name);
-                let has = |name: &str| self.params.iter().any(|p| p.name == name);
-                let mut rng = ChaCha8Rng::seed_from_u64(
-                    input.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                );
-                let sp = Sparsity {
-                    method,
-                    density: get("density"),
-                    gamma: if has("gamma") { get("gamma") } else { 0.0 },
-                    epsilon: if has("epsilon") { get("epsilon") } else { 0.0 },
-                    rescale,
-                };
-                sparsify(&mut d, &sp, input.row_len, &mut rng)?;
-            }
-            let w = (input.per_input)(i, "weight") as f32;
-            d.par_iter_mut().for_each(|v| *v *= w);
-            deltas.push(d);
-            weights.push(w);
+        let mut deltas = Vec::new();
+        for i in input.others() {
+            let get = |name: &str| (input.per_input)(i, name);
+            let has = |name: &str| self.params.iter().any(|p| p.name == name);
+            let mask = match self.sparsify {
+                None => Mask::All,
+                Some(method) => {
+                    let sp = Sparsity {
+                        method,
+                        density: get("density"),
+                        gamma: if has("gamma") { get("gamma") } else { 0.0 },
+                        epsilon: if has("epsilon") { get("epsilon") } else { 0.0 },
+                    };
+                    let seed = input.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    mask(&sp, n, seed)?
+                }
+            };
+            deltas.push(Delta {
+                input: i,
+                mask,
+                scale: None,
+                weight: get("weight") as f32,
+            });
         }
-        let normalize = (input.shared)("normalize") != 0.0;
-        let lambda = (input.shared)("lambda") as f32;
+        // Magnitude thresholds: exact, by radix selection over passes.
+        while deltas.iter().any(|d| d.mask.needs_pass()) {
+            input.pass(|first_row, x| {
+                let pos = (first_row * row_len) as u64;
+                for d in deltas.iter_mut().filter(|d| d.mask.needs_pass()) {
+                    let (xi, xb) = (x[d.input], x[b]);
+                    d.mask.feed(pos, &|j: usize| xi[j] - xb[j], xb.len());
+                }
+                Ok(())
+            })?;
+            for d in deltas.iter_mut() {
+                d.mask.end_pass();
+            }
+        }
+        // DARE's rescale: the L1 norms of each delta before and after thinning.
+        let rescaled: Vec<usize> = (0..deltas.len())
+            .filter(|&k| rescale && !matches!(deltas[k].mask, Mask::All | Mask::Nothing))
+            .collect();
+        if !rescaled.is_empty() {
+            let mut sums: Vec<BlockSums> = rescaled.iter().map(|_| BlockSums::new(2)).collect();
+            let mut thinned = Vec::new();
+            input.pass(|first_row, x| {
+                let start = (first_row * row_len) as u64;
+                for (s, &k) in sums.iter_mut().zip(&rescaled) {
+                    let d = &deltas[k];
+                    let (xi, xb) = (x[d.input], x[b]);
+                    thinned.clear();
+                    thinned.par_extend(xi.par_iter().zip(xb.par_iter()).map(|(&x, &b)| x - b));
+                    d.mask.apply(&mut thinned, start, row_len);
+                    let thinned = &thinned;
+                    s.feed(xb.len(), |r, acc| {
+                        for j in r {
+                            acc[0] += (xi[j] - xb[j]).abs() as f64;
+                            acc[1] += thinned[j].abs() as f64;
+                        }
+                    });
+                }
+                Ok(())
+            })?;
+            for (s, &k) in sums.iter().zip(&rescaled) {
+                let v = s.values();
+                let (before, after) = (v[0], v[1]);
+                if before >= 1e-7 && after >= 1e-7 {
+                    deltas[k].scale = Some((before / after) as f32);
+                }
+            }
+        }
+        Ok(Box::new(Combine {
+            base: b,
+            row_len,
+            ties: self.ties,
+            normalize: (input.shared)("normalize") != 0.0,
+            lambda: (input.shared)("lambda") as f32,
+            deltas,
+            bufs: Vec::new(),
+        }))
+    }
+}
+
+/// The combination of the prepared deltas, chunk by chunk.
+struct Combine {
+    base: usize,
+    row_len: usize,
+    ties: bool,
+    normalize: bool,
+    lambda: f32,
+    deltas: Vec<Delta>,
+    bufs: Vec<Vec<f32>>,
+}
+
+impl Apply for Combine {
+    fn apply(&mut self, first_row: usize, x: &[&[f32]], out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(x[self.base]);
+        if self.deltas.is_empty() {
+            return Ok(());
+        }
+        let start = (first_row * self.row_len) as u64;
+        self.bufs.resize(self.deltas.len(), Vec::new());
+        for (d, buf) in self.deltas.iter().zip(self.bufs.iter_mut()) {
+            d.compute(x, self.base, start, self.row_len, buf);
+        }
+        let deltas = &self.bufs;
+        let weights: Vec<f32> = self.deltas.iter().map(|d| d.weight).collect();
+        let (ties, normalize, lambda) = (self.ties, self.normalize, self.lambda);
         // Each weight is independent: parallel over blocks of elements (the same bytes at any
         // thread count), with each block's per-model passes written so that they vectorize.
         const BLOCK: usize = 4096;
@@ -345,11 +482,11 @@ impl Method for TaskArithmetic {
             let (start, len) = (blk * BLOCK, o.len());
             let mut mixed = [0f32; BLOCK];
             let mut divisor = [0f32; BLOCK];
-            if self.ties {
+            if ties {
                 // Elect each weight's sign from the weighted deltas' sum (>= 0 is positive);
                 // only deltas of that sign (never zeros) take part.
                 let mut total = [0f32; BLOCK];
-                for d in &deltas {
+                for d in deltas {
                     for (t, &x) in total[..len].iter_mut().zip(&d[start..start + len]) {
                         *t += x;
                     }
@@ -399,7 +536,7 @@ impl Method for TaskArithmetic {
                 o[jj] += m;
             }
         });
-        Ok(MergeNote::default())
+        Ok(())
     }
 }
 
@@ -431,17 +568,10 @@ mod tests {
                 .and_then(|p| p.default)
                 .unwrap(),
         };
-        let mut out = vec![0.0; tensors[0].len()];
-        let input = MergeInput {
-            tensors,
-            base: Some(0),
-            row_len: tensors[0].len(),
-            shared: &shared,
-            per_input: &per,
-            seed,
-        };
-        m.merge(&input, &mut out).unwrap();
-        out
+        let n = tensors[0].len();
+        merge_in_memory(m, tensors, Some(0), n, &shared, &per, seed, 1, 1)
+            .unwrap()
+            .0
     }
 
     #[test]
