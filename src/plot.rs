@@ -290,7 +290,7 @@ fn tick(v: f64) -> String {
 /// A tick of a linear axis spanning `span`: as many decimals as tell its ticks apart (a
 /// perplexity axis from 523.8 to 525.2 reads 524.0, 524.5, not 524, 524).
 fn linear_tick(v: f64, span: f64) -> String {
-    if !(span.is_finite() && span > 0.0) || !(v.abs() < 1e4) {
+    if !(span.is_finite() && span > 0.0 && v.abs() < 1e4) {
         return tick(v);
     }
     // Ticks come about a tenth of the span apart: the decimals that step needs.
