@@ -109,15 +109,7 @@ or --name). Takes quantize's options."
     /// Merge models as a YAML recipe (mergekit's schema) says, straight to GGUF.
     Merge(MergeArgs),
     /// Propose the K most redundant layers to prune, as a passthrough recipe.
-    PrunePlan {
-        model: PathBuf,
-        /// How many layers to drop.
-        #[arg(long)]
-        count: usize,
-        /// Write the recipe here (default: stdout).
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-    },
+    PrunePlan(PrunePlanArgs),
     /// Generate a deterministic random llama-family model (test fixtures, benchmarks).
     MakeTestModel(MakeTestModelArgs),
     /// The token ids of a text as llama.cpp gives them (llama-tokenize, llama-perplexity).
@@ -130,6 +122,38 @@ or --name). Takes quantize's options."
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PrunePlanArgs {
+    pub model: PathBuf,
+    /// How many layers to drop.
+    #[arg(long)]
+    pub count: usize,
+    /// Write the recipe here (default: stdout).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// `weights`: the layers whose matrices are most similar to the layer below's (any
+    /// K layers); `activations`: the block of K consecutive layers that changes the hidden
+    /// state least on a text (angular distance, Gromov et al. 2024).
+    #[arg(long, value_enum, default_value_t = Rank::Weights)]
+    pub rank: Rank,
+    /// With --rank activations: the text (default: the built-in calibration text).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// With --rank activations: tokens per chunk.
+    #[arg(long = "ctx")]
+    pub n_ctx: Option<usize>,
+    /// With --rank activations: at most this many chunks (default 16).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+}
+
+/// How `prune-plan` ranks layers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rank {
+    Weights,
+    Activations,
 }
 
 #[derive(clap::Args, Debug)]
@@ -447,31 +471,7 @@ pub fn run(cli: Cli) -> Result<()> {
             quantize(&args, true, ui)
         }
         Command::Merge(args) => merge(&args, ui),
-        Command::PrunePlan {
-            model,
-            count,
-            output,
-        } => {
-            use crate::merge::prune;
-            let store = Store::open(&model)?;
-            if let Some(p) = &output {
-                crate::output_files::check_outputs(&store.paths(), &[p])?;
-            }
-            let n = store.hparam("block_count").unwrap_or(0) as u32;
-            let scores = prune::redundancy(&store)?;
-            if count > scores.len() {
-                return Err(Error::Invalid(format!(
-                    "--count {count}: only {} layers can be dropped (never the first or last)",
-                    scores.len()
-                )));
-            }
-            let drop = prune::most_redundant(&scores, count);
-            let text = prune::recipe(&model.to_string_lossy(), n, &drop, &scores);
-            match output {
-                Some(p) => write_text_output(&p, &text, &store.paths()),
-                None => print_stdout(&text),
-            }
-        }
+        Command::PrunePlan(args) => prune_plan(&args, ui),
         Command::Tokenize(args) => tokenize(&args),
         Command::MakeTestModel(a) => {
             let model = crate::fixture::TinyLlama {
@@ -503,6 +503,71 @@ pub fn run(cli: Cli) -> Result<()> {
                 model.write_hf(&a.output, a.shards)
             }
         }
+    }
+}
+
+/// `prune-plan`: the recipe dropping the most redundant layers, by weights or activations.
+fn prune_plan(args: &PrunePlanArgs, ui: Ui) -> Result<()> {
+    use crate::merge::prune;
+    if args.count == 0 {
+        return Err(Error::Invalid("--count 0: nothing to drop".into()));
+    }
+    let model_name = args.model.to_string_lossy();
+    let text = match args.rank {
+        Rank::Weights => {
+            if args.text.is_some() || args.n_ctx.is_some() || args.chunks.is_some() {
+                return Err(Error::Invalid(
+                    "--text, --ctx and --chunks go with --rank activations".into(),
+                ));
+            }
+            let store = Store::open(&args.model)?;
+            if let Some(p) = &args.output {
+                crate::output_files::check_outputs(&store.paths(), &[p])?;
+            }
+            let n = store.hparam("block_count").unwrap_or(0) as u32;
+            let scores = prune::redundancy(&store)?;
+            if args.count > scores.len() {
+                return Err(Error::Invalid(format!(
+                    "--count {}: only {} layers can be dropped (never the first or last)",
+                    args.count,
+                    scores.len()
+                )));
+            }
+            let drop = prune::most_redundant(&scores, args.count);
+            prune::recipe(&model_name, n, &drop, &scores)
+        }
+        Rank::Activations => {
+            use crate::eval::{layer_distances, ranking, tokenize, EvalOptions};
+            let store = crate::eval::open(&args.model)?;
+            let mut inputs = store.input_files();
+            inputs.extend(args.text.iter().cloned());
+            if let Some(p) = &args.output {
+                let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+                crate::output_files::check_outputs(&inputs, &[p])?;
+            }
+            let (text, text_name) = eval_text(args.text.as_deref())?;
+            let tokens = tokenize(store.as_ref(), &text)?;
+            let opts = EvalOptions {
+                n_ctx: args.n_ctx.unwrap_or(512),
+                max_chunks: Some(args.chunks.unwrap_or(16)),
+                batch: None,
+            };
+            let n_layer = store.n_layer();
+            let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
+            let progress = crate::progress::Progress::new(
+                ui.display,
+                "ranking",
+                n_tokens * n_layer,
+                crate::progress::Unit::TokenLayers(n_layer),
+            );
+            let d = layer_distances(store.as_ref(), &tokens, &opts, args.count, &progress)?;
+            progress.finish();
+            ranking::activation_recipe(&model_name, &d, &text_name, &d.dropped())
+        }
+    };
+    match &args.output {
+        Some(p) => write_text_output(p, &text, &[&args.model]),
+        None => print_stdout(&text),
     }
 }
 

@@ -161,6 +161,10 @@ impl<'a> Model<'a> {
         self.n_embd
     }
 
+    pub fn n_layer(&self) -> usize {
+        self.n_layer
+    }
+
     /// A tensor as f32 with its ggml shape reversed (rows, columns).
     fn weight(&self, name: &str) -> Result<Tensor> {
         let info = self.w.info(name).ok_or_else(|| missing(name))?;
@@ -237,25 +241,35 @@ impl<'a> Model<'a> {
         progress: &Progress,
         stats: Option<&ActivationStats>,
     ) -> Result<Vec<Tensor>> {
+        let xs = self.residual_stream(chunks, progress, stats, &mut |_, _| Ok(()))?;
+        let norm = self.weight("output_norm.weight")?;
+        xs.iter()
+            .map(|x| candle_nn::ops::rms_norm(x, &norm, self.eps).map_err(cerr))
+            .collect()
+    }
+
+    /// Every chunk through every layer, before the final norm. `observe(depth, states)` sees
+    /// the residual stream of every chunk entering layer `depth` (0: the embeddings) and,
+    /// last, leaving the last layer (`depth` = the layer count); it only reads, so the numbers
+    /// are those of [`Model::final_hidden`].
+    pub fn residual_stream(
+        &self,
+        chunks: &[Vec<u32>],
+        progress: &Progress,
+        stats: Option<&ActivationStats>,
+        observe: &mut dyn FnMut(usize, &[Tensor]) -> Result<()>,
+    ) -> Result<Vec<Tensor>> {
         let mut xs: Vec<Tensor> = chunks
             .iter()
             .map(|c| self.embed(c))
             .collect::<Result<_>>()?;
         let n_ctx = chunks.first().map_or(0, Vec::len);
-        let (global, local) = self.ropes(n_ctx);
-        let global = Context::new(&global, n_ctx, None)?;
-        let local = match &self.quirks.swa {
-            Some((window, _)) => Some(Context::new(&local, n_ctx, Some(*window))?),
-            None => None,
-        };
+        let ctxs = self.contexts(n_ctx)?;
         for l in 0..self.n_layer {
+            observe(l, &xs)?;
             progress.set_message(&format!("layer {l}"));
             let layer = Layer::load(self, l)?;
-            let sliding = self.quirks.swa.as_ref().is_some_and(|(_, on)| on[l]);
-            let ctx = match (&local, sliding) {
-                (Some(local), true) => local,
-                _ => &global,
-            };
+            let ctx = ctxs.for_layer(self, l);
             // Chunks go through the layer's matmuls together, up to MICRO_BATCH tokens (as
             // llama-perplexity packs n_batch / n_ctx sequences in a batch): bigger products
             // run faster, and attention still sees one chunk at a time.
@@ -273,10 +287,19 @@ impl<'a> Model<'a> {
                 progress.inc((batch.len() * n_ctx) as u64);
             }
         }
-        let norm = self.weight("output_norm.weight")?;
-        xs.iter()
-            .map(|x| candle_nn::ops::rms_norm(x, &norm, self.eps).map_err(cerr))
-            .collect()
+        observe(self.n_layer, &xs)?;
+        Ok(xs)
+    }
+
+    /// The attention contexts (RoPE tables, masks) of chunks of `n_ctx` tokens.
+    fn contexts(&self, n_ctx: usize) -> Result<Contexts> {
+        let (global, local) = self.ropes(n_ctx);
+        let global = Context::new(&global, n_ctx, None)?;
+        let local = match &self.quirks.swa {
+            Some((window, _)) => Some(Context::new(&local, n_ctx, Some(*window))?),
+            None => None,
+        };
+        Ok(Contexts { global, local })
     }
 
     /// One transformer block on one chunk `x` (n_ctx, n_embd).
@@ -515,6 +538,22 @@ impl<'a> Model<'a> {
 
 /// A model's output matrix, loaded once for many chunks.
 pub struct OutputHead(Linear);
+
+/// The contexts of the global layers and, with sliding-window attention, of the others.
+struct Contexts {
+    global: Context,
+    local: Option<Context>,
+}
+
+impl Contexts {
+    fn for_layer(&self, m: &Model, l: usize) -> &Context {
+        let sliding = m.quirks.swa.as_ref().is_some_and(|(_, on)| on[l]);
+        match (&self.local, sliding) {
+            (Some(local), true) => local,
+            _ => &self.global,
+        }
+    }
+}
 
 /// What attention needs per chunk length: RoPE tables and the mask.
 struct Context {
