@@ -39,6 +39,8 @@ pub enum Unit {
     /// Tokens through a forward pass of this many layers, counted a layer of a token at a
     /// time and shown as tokens (tokens/s is what users compare with llama.cpp).
     TokenLayers(u64),
+    /// Training steps.
+    Steps,
 }
 
 /// Time between two progress lines when stderr is not a terminal.
@@ -72,6 +74,7 @@ fn amount(n: f64, unit: Unit) -> String {
             let (v, u) = scaled(n, 1000.0, &["", "K", "M", "G", "T"]);
             format!("{v:.2}{u} weights")
         }
+        Unit::Steps => format!("{n:.0} steps"),
         Unit::TokenLayers(layers) => {
             let (v, u) = scaled(n / layers.max(1) as f64, 1000.0, &["", "K", "M", "G"]);
             // Whole tokens below a thousand (a layer of a token is not a unit users count).
@@ -98,6 +101,7 @@ impl Progress {
                 Unit::Bytes => "{binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
                 Unit::Weights => "{human_pos}/{human_len} weights, {per_sec}",
                 Unit::TokenLayers(_) => "{tokens}, {tokens_per_sec}",
+                Unit::Steps => "{pos}/{len} steps",
             };
             let template = format!(
                 "{label} [{{elapsed_precise}}] {{wide_bar}} {{percent}}% {counts}, ETA {{eta}} {{msg}}"

@@ -14,7 +14,7 @@
 
 mod kld;
 pub mod logits_file;
-mod model;
+pub(crate) mod model;
 mod ops;
 mod quirks;
 pub mod ranking;

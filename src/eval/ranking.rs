@@ -113,7 +113,7 @@ pub fn layer_distances(
             window[depth % (count + 1)] = xs.to_vec();
             Ok(())
         };
-        model.residual_stream(group, progress, None, &mut observe)?;
+        model.residual_stream(group, n_layer, progress, None, &mut observe)?;
     }
     let n_tokens = chunks.len() * opts.n_ctx;
     for d in single.iter_mut().chain(blocks.iter_mut()) {
