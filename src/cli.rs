@@ -695,6 +695,7 @@ fn heal(args: &HealArgs, ui: Ui) -> Result<()> {
             "layer_map": report.layer_map, "layers": report.layers,
             "window": [report.window.0, report.window.1], "teacher_depth": report.teacher_depth,
             "train_sequences": report.n_train, "validation_sequences": report.n_val,
+            "shared_prefix": report.shared_prefix,
             "train_loss": report.train_loss, "validation_loss": report.val_loss,
             "best_step": report.best_step, "stopped_early": report.stopped_early,
             "seconds": trained_in.as_secs_f64(), "output": args.output,

@@ -74,7 +74,9 @@ fn amount(n: f64, unit: Unit) -> String {
             let (v, u) = scaled(n, 1000.0, &["", "K", "M", "G", "T"]);
             format!("{v:.2}{u} weights")
         }
-        Unit::Steps => format!("{n:.0} steps"),
+        // Whole steps done, and a rate below one a second still readable.
+        Unit::Steps if n.fract() == 0.0 => format!("{n:.0} steps"),
+        Unit::Steps => format!("{n:.2} steps"),
         Unit::TokenLayers(layers) => {
             let (v, u) = scaled(n / layers.max(1) as f64, 1000.0, &["", "K", "M", "G"]);
             // Whole tokens below a thousand (a layer of a token is not a unit users count).
@@ -228,5 +230,7 @@ mod tests {
         assert!(line.contains("weights/s, ETA "), "{line}");
         assert!(line.ends_with(", blk.0.attn_q.weight"), "{line}");
         assert_eq!(amount(3.0 * (1u64 << 30) as f64, Unit::Bytes), "3.00 GiB");
+        assert_eq!(amount(150.0, Unit::Steps), "150 steps");
+        assert_eq!(amount(0.4321, Unit::Steps), "0.43 steps");
     }
 }

@@ -357,3 +357,37 @@ fn bad_heal_input_is_one_clear_error_and_writes_nothing() {
     assert!(err.contains("matches no layer of the teacher"), "{err}");
     assert!(!d.join("o.gguf").exists());
 }
+
+#[test]
+fn a_teacher_prefix_shared_or_recomputed_gives_the_same_bytes() {
+    let dir = common::scratch();
+    let d = dir.path();
+    pruned_pair(d);
+    text(d);
+    // The same teacher with one more hyper-parameter key: its prefix is no longer taken as
+    // the pruned model's, which then runs its own frozen layers, to the same numbers.
+    common::rewrite(
+        &d.join("t.gguf"),
+        &d.join("t2.gguf"),
+        |md| md.set("llama.unused_key", smelt::gguf::Value::U32(1)),
+        |_, _| {},
+    );
+    let extra = ["--steps", "3", "--batch", "2"];
+    let a = heal(d, "a.gguf", &extra).unwrap();
+    let mut other = extra.to_vec();
+    other.extend(["--teacher", "t2.gguf"]);
+    let b = heal(d, "b.gguf", &other).unwrap();
+    assert_eq!(
+        (&a["shared_prefix"], &b["shared_prefix"]),
+        (&true.into(), &false.into())
+    );
+    assert_eq!(a["train_loss"], b["train_loss"]);
+    assert_eq!(a["validation_loss"], b["validation_loss"]);
+    let tensors = |p: &str| {
+        let s = smelt::store::Store::open(d.join(p)).unwrap();
+        (0..s.tensors.len())
+            .map(|i| s.raw(i).unwrap().to_vec())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tensors("a.gguf"), tensors("b.gguf"));
+}

@@ -21,6 +21,7 @@ pub use write::{heal_metadata, write_healed, Provenance};
 use crate::error::{Error, Result};
 use crate::eval::model::{Layer, Model};
 use crate::eval::Weights;
+use crate::store::Store;
 use candle_core::{DType, Tensor, Var};
 use candle_nn::Optimizer;
 use std::collections::BTreeMap;
@@ -102,6 +103,8 @@ pub struct HealReport {
     pub teacher_depth: usize,
     pub n_train: usize,
     pub n_val: usize,
+    /// The student's frozen prefix is the teacher's: one pass computed both.
+    pub shared_prefix: bool,
     /// Training loss of each step run.
     pub train_loss: Vec<f64>,
     /// (step, validation loss), step 0 before training.
@@ -236,8 +239,8 @@ fn sequences(
 
 /// Heal `student` (a model with layers pruned from `teacher`) on `tokens`.
 pub fn heal(
-    student: &dyn Weights,
-    teacher: &dyn Weights,
+    student: &Store,
+    teacher: &Store,
     tokens: &[u32],
     opts: &HealOptions,
     progress: &crate::progress::Progress,
@@ -288,8 +291,18 @@ pub fn heal(
     );
     let all: Vec<Vec<u32>> = train.iter().chain(&val).cloned().collect();
     progress.set_message("running the frozen layers");
-    let inputs = sm.residual_stream(&all, first, &quiet, None, &mut |_, _| Ok(()))?;
-    let targets = tm.residual_stream(&all, teacher_depth, &quiet, None, &mut |_, _| Ok(()))?;
+    // When the student's prefix is the teacher's, byte for byte, one pass gives both.
+    let shared = same_prefix(student, teacher, &map, first);
+    let mut inputs = Vec::new();
+    let targets = tm.residual_stream(&all, teacher_depth, &quiet, None, &mut |d, xs| {
+        if shared && d == first {
+            inputs = xs.to_vec();
+        }
+        Ok(())
+    })?;
+    if !shared {
+        inputs = sm.residual_stream(&all, first, &quiet, None, &mut |_, _| Ok(()))?;
+    }
     let (train_in, val_in) = inputs.split_at(train.len());
     let (train_out, val_out) = targets.split_at(train.len());
     // The loss divides by the teacher's mean square over the training set.
@@ -429,12 +442,56 @@ pub fn heal(
         teacher_depth,
         n_train: train_in.len(),
         n_val: val_in.len(),
+        shared_prefix: shared,
         train_loss,
         val_loss,
         best_step: best.1,
         stopped_early,
         trained: best.2,
     })
+}
+
+/// Whether the student's embeddings and layers `0..first` are the teacher's (same names,
+/// types, shapes and bytes; the same hyper-parameters but the layer count), so that the
+/// teacher's hidden state entering layer `first` is the student's.
+fn same_prefix(student: &Store, teacher: &Store, map: &[usize], first: usize) -> bool {
+    let arch = student.metadata.architecture().unwrap_or("");
+    let count = format!("{arch}.block_count");
+    let hparams = |s: &Store| -> Vec<(String, String)> {
+        s.metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{arch}.")) && *k != count)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    if teacher.metadata.architecture() != Some(arch) || hparams(student) != hparams(teacher) {
+        return false;
+    }
+    if map.iter().take(first).enumerate().any(|(i, &j)| i != j) {
+        return false;
+    }
+    let in_prefix = |name: &str| {
+        name == "token_embd.weight" || (0..first).any(|l| name.starts_with(&format!("blk.{l}.")))
+    };
+    let mine: Vec<usize> = (0..student.tensors.len())
+        .filter(|&i| in_prefix(&student.tensors[i].name))
+        .collect();
+    let theirs = teacher
+        .tensors
+        .iter()
+        .filter(|t| in_prefix(&t.name))
+        .count();
+    mine.len() == theirs
+        && mine.iter().all(|&i| {
+            let t = &student.tensors[i];
+            teacher.find(&t.name).is_some_and(|j| {
+                let u = &teacher.tensors[j];
+                u.ty == t.ty
+                    && u.shape == t.shape
+                    && student.raw(i).is_some()
+                    && student.raw(i) == teacher.raw(j)
+            })
+        })
 }
 
 /// 0..n in the order of a Fisher–Yates shuffle drawn from `rng`.
