@@ -180,7 +180,7 @@ pub struct HealArgs {
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
     /// Peak learning rate of AdamW.
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Steps of linear warm-up (default: a tenth of --steps).
     #[arg(long)]

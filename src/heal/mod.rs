@@ -77,7 +77,7 @@ impl Default for HealOptions {
             train: vec!["ffn_gate".into(), "ffn_up".into(), "ffn_down".into()],
             layers: None,
             steps: 200,
-            lr: 3e-4,
+            lr: 1e-3,
             warmup: 20,
             seq: 128,
             batch: 4,
