@@ -113,15 +113,10 @@ or --name). Takes quantize's options."
     /// Merge models as a YAML recipe (mergekit's schema) says, straight to GGUF.
     Merge(MergeArgs),
     /// Propose the K most redundant layers to prune, as a passthrough recipe.
-    PrunePlan {
-        model: PathBuf,
-        /// How many layers to drop.
-        #[arg(long)]
-        count: usize,
-        /// Write the recipe here (default: stdout).
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-    },
+    PrunePlan(PrunePlanArgs),
+    /// Train a few projections of a pruned model's layers around each cut to match the
+    /// original's hidden states again (block-wise distillation), and write it as GGUF.
+    Heal(HealArgs),
     /// Generate a deterministic random llama-family model (test fixtures, benchmarks).
     MakeTestModel(MakeTestModelArgs),
     /// The token ids of a text as llama.cpp gives them (llama-tokenize, llama-perplexity).
@@ -144,6 +139,97 @@ or --name). Takes quantize's options."
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PrunePlanArgs {
+    pub model: PathBuf,
+    /// How many layers to drop.
+    #[arg(long)]
+    pub count: usize,
+    /// Write the recipe here (default: stdout).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// `weights`: the layers whose matrices are most similar to the layer below's (any
+    /// K layers); `activations`: the block of K consecutive layers that changes the hidden
+    /// state least on a text (angular distance, Gromov et al. 2024).
+    #[arg(long, value_enum, default_value_t = Rank::Weights)]
+    pub rank: Rank,
+    /// With --rank activations: the text (default: the built-in calibration text).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// With --rank activations: tokens per chunk.
+    #[arg(long = "ctx")]
+    pub n_ctx: Option<usize>,
+    /// With --rank activations: at most this many chunks (default 16).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HealArgs {
+    /// The pruned model (GGUF), e.g. merged from a `prune-plan` recipe.
+    pub pruned: PathBuf,
+    /// The model it was pruned from.
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// The training text; every fifth sequence validates (default: the built-in calibration
+    /// text).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// The healed GGUF, each tensor at the type it has in the pruned model.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Projections to train (ffn_gate, ffn_up, ffn_down, attn_q, attn_k, attn_v, attn_output).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ffn_gate,ffn_up,ffn_down"
+    )]
+    pub train: Vec<String>,
+    /// `auto` (the layers on both sides of each cut) or layer numbers, comma-separated.
+    #[arg(long, default_value = "auto")]
+    pub layers: String,
+    /// Optimizer steps at most (fewer when validation stops improving).
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    /// Peak learning rate of AdamW.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Steps of linear warm-up (default: a tenth of --steps).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Tokens per training sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Sequences of the text used at most (train and validation), spread over the text.
+    #[arg(long, default_value_t = 80)]
+    pub sequences: usize,
+    /// Validate every this many steps.
+    #[arg(long, default_value_t = 10)]
+    pub val_every: usize,
+    /// Stop after this many validations without improvement.
+    #[arg(long, default_value_t = 3)]
+    pub patience: usize,
+    /// Largest global gradient norm.
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Seed of the order of the training sequences.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the report (losses, layers) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How `prune-plan` ranks layers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rank {
+    Weights,
+    Activations,
 }
 
 #[derive(clap::Args, Debug)]
@@ -521,31 +607,8 @@ pub fn run(cli: Cli) -> Result<()> {
             quantize(&args, true, ui)
         }
         Command::Merge(args) => merge(&args, ui),
-        Command::PrunePlan {
-            model,
-            count,
-            output,
-        } => {
-            use crate::merge::prune;
-            let store = Store::open(&model)?;
-            if let Some(p) = &output {
-                crate::output_files::check_outputs(&store.paths(), &[p])?;
-            }
-            let n = store.hparam("block_count").unwrap_or(0) as u32;
-            let scores = prune::redundancy(&store)?;
-            if count > scores.len() {
-                return Err(Error::Invalid(format!(
-                    "--count {count}: only {} layers can be dropped (never the first or last)",
-                    scores.len()
-                )));
-            }
-            let drop = prune::most_redundant(&scores, count);
-            let text = prune::recipe(&model.to_string_lossy(), n, &drop, &scores);
-            match output {
-                Some(p) => write_text_output(&p, &text, &store.paths()),
-                None => print_stdout(&text),
-            }
-        }
+        Command::PrunePlan(args) => prune_plan(&args, ui),
+        Command::Heal(args) => heal(&args, ui),
         Command::Tokenize(args) => tokenize(&args),
         Command::Release(args) => release(&args, ui),
         Command::Verify { dir } => {
@@ -599,6 +662,167 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+/// `prune-plan`: the recipe dropping the most redundant layers, by weights or activations.
+fn prune_plan(args: &PrunePlanArgs, ui: Ui) -> Result<()> {
+    use crate::merge::prune;
+    if args.count == 0 {
+        return Err(Error::Invalid("--count 0: nothing to drop".into()));
+    }
+    let model_name = args.model.to_string_lossy();
+    let text = match args.rank {
+        Rank::Weights => {
+            if args.text.is_some() || args.n_ctx.is_some() || args.chunks.is_some() {
+                return Err(Error::Invalid(
+                    "--text, --ctx and --chunks go with --rank activations".into(),
+                ));
+            }
+            let store = Store::open(&args.model)?;
+            if let Some(p) = &args.output {
+                crate::output_files::check_outputs(&store.paths(), &[p])?;
+            }
+            let n = store.hparam("block_count").unwrap_or(0) as u32;
+            let scores = prune::redundancy(&store)?;
+            if args.count > scores.len() {
+                return Err(Error::Invalid(format!(
+                    "--count {}: only {} layers can be dropped (never the first or last)",
+                    args.count,
+                    scores.len()
+                )));
+            }
+            let drop = prune::most_redundant(&scores, args.count);
+            prune::recipe(&model_name, n, &drop, &scores)
+        }
+        Rank::Activations => {
+            use crate::eval::{layer_distances, ranking, tokenize, EvalOptions};
+            let store = crate::eval::open(&args.model)?;
+            let mut inputs = store.input_files();
+            inputs.extend(args.text.iter().cloned());
+            if let Some(p) = &args.output {
+                let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+                crate::output_files::check_outputs(&inputs, &[p])?;
+            }
+            let (text, text_name) = eval_text(args.text.as_deref())?;
+            let tokens = tokenize(store.as_ref(), &text)?;
+            let opts = EvalOptions {
+                n_ctx: args.n_ctx.unwrap_or(512),
+                max_chunks: Some(args.chunks.unwrap_or(16)),
+                batch: None,
+            };
+            let n_layer = store.n_layer();
+            let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
+            let progress = crate::progress::Progress::new(
+                ui.display,
+                "ranking",
+                n_tokens * n_layer,
+                crate::progress::Unit::TokenLayers(n_layer),
+            );
+            let d = layer_distances(store.as_ref(), &tokens, &opts, args.count, &progress)?;
+            progress.finish();
+            ranking::activation_recipe(&model_name, &d, &text_name, &d.dropped())
+        }
+    };
+    match &args.output {
+        Some(p) => write_text_output(p, &text, &[&args.model]),
+        None => print_stdout(&text),
+    }
+}
+
+/// `heal`: train, then write the healed model with its provenance.
+fn heal(args: &HealArgs, ui: Ui) -> Result<()> {
+    use crate::heal::{self as h, HealOptions};
+    let student = Store::open(&args.pruned)?;
+    let teacher = Store::open(&args.teacher)?;
+    let mut inputs: Vec<&Path> = student.paths();
+    inputs.extend(teacher.paths());
+    inputs.extend(args.text.as_deref());
+    crate::output_files::check_outputs(&inputs, &[&args.output])?;
+    let opts = HealOptions {
+        train: args.train.clone(),
+        layers: h::parse_layers(&args.layers)?,
+        steps: args.steps,
+        lr: args.lr,
+        warmup: args.warmup.unwrap_or(args.steps / 10),
+        seq: args.seq,
+        batch: args.batch,
+        max_sequences: args.sequences,
+        val_every: args.val_every,
+        patience: args.patience,
+        clip: args.clip,
+        seed: args.seed,
+    };
+    let (text, text_name) = eval_text(args.text.as_deref())?;
+    let tokens = crate::eval::tokenize(&student, &text)?;
+    if crate::eval::tokenize(&teacher, &text)? != tokens {
+        return Err(Error::Invalid(format!(
+            "{}: the teacher tokenizes the text differently from the model: heal needs the same vocabulary",
+            args.teacher.display()
+        )));
+    }
+    let started = std::time::Instant::now();
+    let progress = crate::progress::Progress::new(
+        ui.display,
+        "healing",
+        opts.steps as u64,
+        crate::progress::Unit::Steps,
+    );
+    let report = h::heal(&student, &teacher, &tokens, &opts, &progress)?;
+    progress.finish();
+    let trained_in = started.elapsed();
+    let text_sha256 = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(text.as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let prov = h::Provenance {
+        teacher_name: &args.teacher.to_string_lossy(),
+        teacher_hash: teacher.sha256_with(&|_| {})?,
+        student_hash: student.sha256_with(&|_| {})?,
+        text_name: &text_name,
+        text_sha256,
+        threads: rayon::current_num_threads(),
+    };
+    let md = h::heal_metadata(&student.metadata, &opts, &report, &prov);
+    let written = h::write_healed(&student, &report, md, &args.output, ui.display)?;
+    if args.json {
+        let doc = serde_json::json!({
+            "layer_map": report.layer_map, "layers": report.layers,
+            "window": [report.window.0, report.window.1], "teacher_depth": report.teacher_depth,
+            "train_sequences": report.n_train, "validation_sequences": report.n_val,
+            "shared_prefix": report.shared_prefix,
+            "train_loss": report.train_loss, "validation_loss": report.val_loss,
+            "best_step": report.best_step, "stopped_early": report.stopped_early,
+            "seconds": trained_in.as_secs_f64(), "output": args.output,
+        });
+        print_stdout(&(serde_json::to_string_pretty(&doc).expect("json values serialize") + "\n"))?;
+    }
+    ui.say(format_args!(
+        "trained {} of layers {:?} ({} sequences of {}, {} validating) for {} steps in {:.1?}",
+        opts.train.join(","),
+        report.layers,
+        report.n_train,
+        opts.seq,
+        report.n_val,
+        report.train_loss.len(),
+        trained_in
+    ));
+    for (step, v) in &report.val_loss {
+        ui.say(format_args!("  step {step:>5}: validation loss {v:.6}"));
+    }
+    ui.say(format_args!(
+        "kept step {} (validation {:.6}, {:.6} before){}",
+        report.best_step,
+        report.val_best(),
+        report.val_before(),
+        if report.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        }
+    ));
+    ui.say(wrote_line(&written));
+    Ok(())
 }
 
 fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod fixture;
 pub mod formats;
 pub mod gguf;
+pub mod heal;
 pub mod hf_writer;
 pub mod input;
 pub mod layout;

@@ -39,6 +39,8 @@ pub enum Unit {
     /// Tokens through a forward pass of this many layers, counted a layer of a token at a
     /// time and shown as tokens (tokens/s is what users compare with llama.cpp).
     TokenLayers(u64),
+    /// Training steps.
+    Steps,
 }
 
 /// Time between two progress lines when stderr is not a terminal.
@@ -72,6 +74,9 @@ fn amount(n: f64, unit: Unit) -> String {
             let (v, u) = scaled(n, 1000.0, &["", "K", "M", "G", "T"]);
             format!("{v:.2}{u} weights")
         }
+        // Whole steps done, and a rate below one a second still readable.
+        Unit::Steps if n.fract() == 0.0 => format!("{n:.0} steps"),
+        Unit::Steps => format!("{n:.2} steps"),
         Unit::TokenLayers(layers) => {
             let (v, u) = scaled(n / layers.max(1) as f64, 1000.0, &["", "K", "M", "G"]);
             // Whole tokens below a thousand (a layer of a token is not a unit users count).
@@ -98,6 +103,7 @@ impl Progress {
                 Unit::Bytes => "{binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
                 Unit::Weights => "{human_pos}/{human_len} weights, {per_sec}",
                 Unit::TokenLayers(_) => "{tokens}, {tokens_per_sec}",
+                Unit::Steps => "{pos}/{len} steps",
             };
             let template = format!(
                 "{label} [{{elapsed_precise}}] {{wide_bar}} {{percent}}% {counts}, ETA {{eta}} {{msg}}"
@@ -224,5 +230,7 @@ mod tests {
         assert!(line.contains("weights/s, ETA "), "{line}");
         assert!(line.ends_with(", blk.0.attn_q.weight"), "{line}");
         assert_eq!(amount(3.0 * (1u64 << 30) as f64, Unit::Bytes), "3.00 GiB");
+        assert_eq!(amount(150.0, Unit::Steps), "150 steps");
+        assert_eq!(amount(0.4321, Unit::Steps), "0.43 steps");
     }
 }

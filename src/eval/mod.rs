@@ -14,14 +14,16 @@
 
 mod kld;
 pub mod logits_file;
-mod model;
+pub(crate) mod model;
 mod ops;
 mod quirks;
+pub mod ranking;
 mod weights;
 
 pub use kld::{Estimate, KldReport, Quantiles};
 pub use logits_file::{LogitsReader, LogitsWriter};
 pub use model::{ActivationStats, ImatrixEntry};
+pub use ranking::{layer_distances, LayerDistances};
 pub use weights::{open, MergedWeights, WeightInfo, Weights};
 
 use crate::error::{Error, Result};

@@ -55,6 +55,10 @@ pub struct Model<'a> {
     rope_mscale: f32,
     rope_factors: RopeFactors,
     quirks: Quirks,
+    /// Plain f32 and differentiable (training): no llama.cpp rounding of activations, keys,
+    /// values or probabilities, GELU by its formula, and the norm, softmax and RoPE built
+    /// from candle's elementary ops, through which gradients flow.
+    plain: bool,
 }
 
 impl<'a> Model<'a> {
@@ -150,7 +154,33 @@ impl<'a> Model<'a> {
             rope_mscale: f32_or("rope.scaling.attn_factor", 1.0),
             rope_factors,
             quirks,
+            plain: false,
         })
+    }
+
+    /// The model's graph in plain f32 with gradients (see the `plain` field), for training.
+    pub fn new_plain(w: &'a dyn Weights) -> Result<Model<'a>> {
+        let mut m = Model::new(w)?;
+        m.plain = true;
+        Ok(m)
+    }
+
+    /// RMS norm: llama.cpp's (candle's fused kernel), or differentiable when plain.
+    fn norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        if self.plain {
+            candle_nn::ops::rms_norm_slow(x, w, self.eps)
+        } else {
+            candle_nn::ops::rms_norm(x, w, self.eps)
+        }
+    }
+
+    /// `x` rounded to f16 as llama.cpp's KV cache and F16 matmuls do; unchanged when plain.
+    fn round_f16(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.plain {
+            Ok(x.clone())
+        } else {
+            ops::round_f16(x)
+        }
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -159,6 +189,10 @@ impl<'a> Model<'a> {
 
     pub fn n_embd(&self) -> usize {
         self.n_embd
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.n_layer
     }
 
     /// A tensor as f32 with its ggml shape reversed (rows, columns).
@@ -237,25 +271,38 @@ impl<'a> Model<'a> {
         progress: &Progress,
         stats: Option<&ActivationStats>,
     ) -> Result<Vec<Tensor>> {
+        let all = self.n_layer;
+        let xs = self.residual_stream(chunks, all, progress, stats, &mut |_, _| Ok(()))?;
+        let norm = self.weight("output_norm.weight")?;
+        xs.iter()
+            .map(|x| self.norm(x, &norm).map_err(cerr))
+            .collect()
+    }
+
+    /// Every chunk through the first `depth` layers (at most all), before the final norm.
+    /// `observe(d, states)` sees the residual stream of every chunk entering layer `d` (0: the
+    /// embeddings) and, last, leaving layer `depth - 1` (`d` = `depth`); it only reads, so the
+    /// numbers are those of [`Model::final_hidden`].
+    pub fn residual_stream(
+        &self,
+        chunks: &[Vec<u32>],
+        depth: usize,
+        progress: &Progress,
+        stats: Option<&ActivationStats>,
+        observe: &mut dyn FnMut(usize, &[Tensor]) -> Result<()>,
+    ) -> Result<Vec<Tensor>> {
         let mut xs: Vec<Tensor> = chunks
             .iter()
             .map(|c| self.embed(c))
             .collect::<Result<_>>()?;
         let n_ctx = chunks.first().map_or(0, Vec::len);
-        let (global, local) = self.ropes(n_ctx);
-        let global = Context::new(&global, n_ctx, None)?;
-        let local = match &self.quirks.swa {
-            Some((window, _)) => Some(Context::new(&local, n_ctx, Some(*window))?),
-            None => None,
-        };
-        for l in 0..self.n_layer {
+        let ctxs = self.contexts(n_ctx)?;
+        let depth = depth.min(self.n_layer);
+        for l in 0..depth {
+            observe(l, &xs)?;
             progress.set_message(&format!("layer {l}"));
             let layer = Layer::load(self, l)?;
-            let sliding = self.quirks.swa.as_ref().is_some_and(|(_, on)| on[l]);
-            let ctx = match (&local, sliding) {
-                (Some(local), true) => local,
-                _ => &global,
-            };
+            let ctx = ctxs.for_layer(self, l);
             // Chunks go through the layer's matmuls together, up to MICRO_BATCH tokens (as
             // llama-perplexity packs n_batch / n_ctx sequences in a batch): bigger products
             // run faster, and attention still sees one chunk at a time.
@@ -273,10 +320,42 @@ impl<'a> Model<'a> {
                 progress.inc((batch.len() * n_ctx) as u64);
             }
         }
-        let norm = self.weight("output_norm.weight")?;
-        xs.iter()
-            .map(|x| candle_nn::ops::rms_norm(x, &norm, self.eps).map_err(cerr))
-            .collect()
+        observe(depth, &xs)?;
+        Ok(xs)
+    }
+
+    /// Layer `l`'s weights, for [`Model::forward_block`] (training swaps some for variables).
+    pub(crate) fn layer(&self, l: usize) -> Result<Layer> {
+        if l >= self.n_layer {
+            return Err(Error::Invalid(format!(
+                "layer {l}: the model has {} layers",
+                self.n_layer
+            )));
+        }
+        Layer::load(self, l)
+    }
+
+    /// Layer `l` (with weights `layer`) on `x`: rows of whole sequences of the contexts'
+    /// length, each attending only to itself.
+    pub(crate) fn forward_block(
+        &self,
+        layer: &Layer,
+        l: usize,
+        x: &Tensor,
+        ctxs: &Contexts,
+    ) -> candle_core::Result<Tensor> {
+        self.block(layer, x, ctxs.for_layer(self, l), None)
+    }
+
+    /// The attention contexts (RoPE tables, masks) of chunks of `n_ctx` tokens.
+    pub(crate) fn contexts(&self, n_ctx: usize) -> Result<Contexts> {
+        let (global, local) = self.ropes(n_ctx);
+        let global = Context::new(&global, n_ctx, None)?;
+        let local = match &self.quirks.swa {
+            Some((window, _)) => Some(Context::new(&local, n_ctx, Some(*window))?),
+            None => None,
+        };
+        Ok(Contexts { global, local })
     }
 
     /// One transformer block on one chunk `x` (n_ctx, n_embd).
@@ -287,13 +366,13 @@ impl<'a> Model<'a> {
         ctx: &Context,
         stats: Option<&ActivationStats>,
     ) -> candle_core::Result<Tensor> {
-        let h = candle_nn::ops::rms_norm(x, &w.attn_norm, self.eps)?;
+        let h = self.norm(x, &w.attn_norm)?;
         let mut o = self.attention(w, &h, ctx, stats)?;
         if let Some(norm) = &w.attn_post_norm {
-            o = candle_nn::ops::rms_norm(&o, norm, self.eps)?;
+            o = self.norm(&o, norm)?;
         }
         let x = (x + o)?;
-        let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, self.eps)?;
+        let h = self.norm(&x, &w.ffn_norm)?;
         let mut f = match &w.ffn {
             Ffn::Dense { gate, up, down } => {
                 let a = match gate {
@@ -314,7 +393,7 @@ impl<'a> Model<'a> {
             Ffn::Experts(moe) => self.experts(moe, &h, stats)?,
         };
         if let Some(norm) = &w.ffn_post_norm {
-            f = candle_nn::ops::rms_norm(&f, norm, self.eps)?;
+            f = self.norm(&f, norm)?;
         }
         x + f
     }
@@ -322,6 +401,7 @@ impl<'a> Model<'a> {
     fn activate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.quirks.ffn_act {
             FfnAct::Silu => x.silu(),
+            FfnAct::GeluTanh if self.plain => x.gelu(),
             FfnAct::GeluTanh => ops::gelu(x),
         }
     }
@@ -381,7 +461,7 @@ impl<'a> Model<'a> {
         let split = |m: Tensor, n: usize, norm: &Option<Tensor>| -> candle_core::Result<Tensor> {
             let mut m = m.reshape((t, n, hd))?;
             if let Some(norm) = norm {
-                m = candle_nn::ops::rms_norm(&m.contiguous()?, norm, self.eps)?;
+                m = self.norm(&m.contiguous()?, norm)?;
             }
             m.transpose(0, 1)?.contiguous()?.unsqueeze(0)
         };
@@ -393,9 +473,9 @@ impl<'a> Model<'a> {
             None => q,
         };
         // llama.cpp's F16 KV cache, and the f16 queries its F16 matmul converts.
-        let q = ops::round_f16(&q.squeeze(0)?)?;
-        let k = ops::round_f16(&k.squeeze(0)?)?;
-        let v = ops::round_f16(&v)?;
+        let q = self.round_f16(&q.squeeze(0)?)?;
+        let k = self.round_f16(&k.squeeze(0)?)?;
+        let v = self.round_f16(&v)?;
         // Grouped-query attention without copying K/V: query head h reads KV head h / rep,
         // and heads of one group are adjacent, so (nh, t, hd) is (nkv, rep * t, hd).
         let rep = nh / nkv;
@@ -409,8 +489,12 @@ impl<'a> Model<'a> {
         if self.quirks.q_prescale.is_none() {
             scores = (scores * (1.0 / (hd as f64).sqrt()))?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&ctx.mask)?)?;
-        let probs = ops::round_f16(&probs)?;
+        let scores = scores.broadcast_add(&ctx.mask)?;
+        let probs = if self.plain {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            ops::round_f16(&candle_nn::ops::softmax_last_dim(&scores)?)?
+        };
         let attn = probs
             .reshape((nkv, rep * t, t))?
             .matmul(&v)?
@@ -423,9 +507,12 @@ impl<'a> Model<'a> {
     /// RoPE of the first `n_rot` dimensions of each head of `x` (1, heads, t, hd).
     fn rope(&self, x: &Tensor, ctx: &Context) -> candle_core::Result<Tensor> {
         let hd = self.head_dim;
-        let rotate = |x: &Tensor| match self.quirks.rope_style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, &ctx.cos, &ctx.sin),
-            RopeStyle::Neox => candle_nn::rotary_emb::rope(x, &ctx.cos, &ctx.sin),
+        use candle_nn::rotary_emb as re;
+        let rotate = |x: &Tensor| match (self.quirks.rope_style, self.plain) {
+            (RopeStyle::Interleaved, false) => re::rope_i(x, &ctx.cos, &ctx.sin),
+            (RopeStyle::Neox, false) => re::rope(x, &ctx.cos, &ctx.sin),
+            (RopeStyle::Interleaved, true) => re::rope_i_slow(x, &ctx.cos, &ctx.sin),
+            (RopeStyle::Neox, true) => re::rope_slow(x, &ctx.cos, &ctx.sin),
         };
         if self.n_rot == hd {
             return rotate(x);
@@ -516,6 +603,22 @@ impl<'a> Model<'a> {
 /// A model's output matrix, loaded once for many chunks.
 pub struct OutputHead(Linear);
 
+/// The contexts of the global layers and, with sliding-window attention, of the others.
+pub(crate) struct Contexts {
+    global: Context,
+    local: Option<Context>,
+}
+
+impl Contexts {
+    fn for_layer(&self, m: &Model, l: usize) -> &Context {
+        let sliding = m.quirks.swa.as_ref().is_some_and(|(_, on)| on[l]);
+        match (&self.local, sliding) {
+            (Some(local), true) => local,
+            _ => &self.global,
+        }
+    }
+}
+
 /// What attention needs per chunk length: RoPE tables and the mask.
 struct Context {
     cos: Tensor,
@@ -547,7 +650,11 @@ impl Linear {
             name: name.to_string(),
             w: m.weight(name)?,
             bias: m.optional(&bias_name)?,
-            act: Activations::for_weights(info.ty),
+            act: if m.plain {
+                Activations::F32
+            } else {
+                Activations::for_weights(info.ty)
+            },
         })
     }
 
@@ -654,7 +761,7 @@ struct Moe {
 }
 
 /// One layer's weights.
-struct Layer {
+pub(crate) struct Layer {
     attn_norm: Tensor,
     qkv: Qkv,
     q_norm: Option<Tensor>,
@@ -667,6 +774,23 @@ struct Layer {
 }
 
 impl Layer {
+    /// The matrix (rows, columns) of a dense projection by its GGUF suffix (`ffn_up`,
+    /// `attn_output`, ...), to read or replace; `None` where the layer has no such matrix
+    /// (fused or routed).
+    pub(crate) fn matrix_mut(&mut self, suffix: &str) -> Option<&mut Tensor> {
+        let lin = match (suffix, &mut self.qkv, &mut self.ffn) {
+            ("attn_q", Qkv::Separate(q, _, _), _) => q,
+            ("attn_k", Qkv::Separate(_, k, _), _) => k,
+            ("attn_v", Qkv::Separate(_, _, v), _) => v,
+            ("attn_output", _, _) => &mut self.wo,
+            ("ffn_gate", _, Ffn::Dense { gate: Some(g), .. }) => g,
+            ("ffn_up", _, Ffn::Dense { up, .. }) => up,
+            ("ffn_down", _, Ffn::Dense { down, .. }) => down,
+            _ => return None,
+        };
+        Some(&mut lin.w)
+    }
+
     fn load(m: &Model, l: usize) -> Result<Layer> {
         let name = |n: &str| format!("blk.{l}.{n}.weight");
         let lin = |n: &str| Linear::load(m, &name(n));

@@ -1,4 +1,5 @@
-//! Layer pruning by a weight-space redundancy measure.
+//! Layer pruning by a weight-space redundancy measure (`eval::ranking` ranks by activations
+//! and writes its recipe with [`slices`]).
 //!
 //! The redundancy of layer `l` (for 0 < l < n−1; the first and last layers are never
 //! proposed) is the mean cosine similarity between each of its weight matrices and the same
@@ -74,7 +75,13 @@ pub fn recipe(model: &str, n_layer: u32, drop: &[u32], scores: &[(u32, f64)]) ->
             if drop.contains(l) { "  (dropped)" } else { "" }
         ));
     }
-    text.push_str("merge_method: passthrough\nslices:\n");
+    text.push_str(&slices(model, n_layer, drop));
+    text
+}
+
+/// The `merge_method: passthrough` and `slices:` of a recipe keeping all but `drop`.
+pub fn slices(model: &str, n_layer: u32, drop: &[u32]) -> String {
+    let mut text = String::from("merge_method: passthrough\nslices:\n");
     let mut start = 0;
     for cut in drop.iter().copied().chain(std::iter::once(n_layer)) {
         if cut > start {
