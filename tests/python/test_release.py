@@ -12,7 +12,8 @@ import pytest
 
 from conftest import run_llama_tool, run_smelt
 from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
-from test_split_output import gguf_split, with_split_keys
+from split_keys import with_split_keys
+from test_split_output import gguf_split
 
 TYPES = "Q4_K_M,Q6_K,Q8_0,F16"
 

@@ -2,13 +2,13 @@
 llama-gguf-split (built by scripts/build-llama-cpp): splitting smelt's unsplit file gives
 smelt's files byte for byte, merging smelt's files gives smelt's unsplit file (plus the three
 split keys llama-gguf-split --merge leaves in it), and llama.cpp loads and runs the set."""
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import run_smelt
+from split_keys import with_split_keys  # noqa: F401  (also imported from here)
 from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
 
 TYPES = ["F16", "Q8_0"]
@@ -34,53 +34,6 @@ def gguf_split(bin_dir: Path, *args) -> None:
     p = subprocess.run([str(bin_dir / "llama-gguf-split"), *map(str, args)], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-
-
-def with_split_keys(unsplit: bytes) -> bytes:
-    """`unsplit` as llama-gguf-split --merge writes a merge of its split set: the first file's
-    keys, so the same metadata followed by split.no = 0, split.tensors.count = N and
-    split.count = 0 (which it zeroes so the merge is not taken for a split), the header
-    re-padded to 32 bytes; tensor infos and data unchanged."""
-    n_tensors, n_kv = struct.unpack_from("<QQ", unsplit, 8)
-    pos = 24
-
-    def skip_string(p):
-        (n,) = struct.unpack_from("<Q", unsplit, p)
-        return p + 8 + n
-
-    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-    def skip_value(p, ty):
-        if ty == 8:
-            return skip_string(p)
-        if ty == 9:
-            elem, n = struct.unpack_from("<IQ", unsplit, p)
-            p += 12
-            for _ in range(n):
-                p = skip_value(p, elem)
-            return p
-        return p + sizes[ty]
-
-    for _ in range(n_kv):
-        pos = skip_string(pos)
-        (ty,) = struct.unpack_from("<I", unsplit, pos)
-        pos = skip_value(pos + 4, ty)
-    kv_end = pos
-    for _ in range(n_tensors):
-        pos = skip_string(pos)
-        (n_dims,) = struct.unpack_from("<I", unsplit, pos)
-        pos += 4 + 8 * n_dims + 4 + 8
-    infos_end = pos
-    data_start = -(-infos_end // 32) * 32
-
-    def kv(key, ty, fmt, value):
-        k = key.encode()
-        return struct.pack("<Q", len(k)) + k + struct.pack("<I", ty) + struct.pack(fmt, value)
-
-    extra = kv("split.no", 2, "<H", 0) + kv("split.tensors.count", 5, "<i", n_tensors) + kv("split.count", 2, "<H", 0)
-    head = (unsplit[:16] + struct.pack("<Q", n_kv + 3) + unsplit[24:kv_end] + extra
-            + unsplit[kv_end:infos_end])
-    return head + bytes(-len(head) % 32) + unsplit[data_start:]
 
 
 @pytest.mark.parametrize("mode", list(MODES))
