@@ -1512,11 +1512,6 @@ fn release(args: &ReleaseArgs, ui: Ui) -> Result<()> {
         "none" => ImatrixChoice::None,
         path => ImatrixChoice::File(PathBuf::from(path)),
     };
-    let split_arg = match (args.split.split_max_size, args.split.split_max_tensors) {
-        (Some(b), _) => Some(format!("{b} bytes")),
-        (None, Some(n)) => Some(format!("{n} tensors")),
-        (None, None) => None,
-    };
     let opts = r::ReleaseOptions {
         source: args.source.clone(),
         out_dir: args.output.clone(),
@@ -1529,7 +1524,6 @@ fn release(args: &ReleaseArgs, ui: Ui) -> Result<()> {
         eval_chunks: Some(args.eval_chunks),
         evaluate: !args.no_eval,
         split: args.split.limit(),
-        split_arg,
         name: args.name.clone(),
         base_model: args.base_model.clone(),
         quantized_by: args.quantized_by.clone(),

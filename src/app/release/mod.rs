@@ -21,6 +21,7 @@ use crate::app::verify::sha256_file;
 use crate::error::{Error, Result};
 use crate::eval::{EvalOptions, Weights};
 use crate::progress::{Display, Progress, Unit};
+use crate::quant::imatrix::Imatrix;
 use crate::quant::mix::FileType;
 use crate::split::SplitLimit;
 use crate::store::Store;
@@ -67,8 +68,6 @@ pub struct ReleaseOptions {
     /// Measure each type against the source (the quality table, the plot).
     pub evaluate: bool,
     pub split: Option<SplitLimit>,
-    /// As written (`48G`, `300` tensors), recorded in the fingerprint.
-    pub split_arg: Option<String>,
     pub name: Option<String>,
     pub base_model: Option<String>,
     pub quantized_by: Option<String>,
@@ -365,7 +364,10 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
         n_ctx: opts.n_ctx,
         imatrix_chunks: opts.imatrix_chunks,
         eval_chunks: opts.eval_chunks,
-        split: opts.split_arg.clone(),
+        split: opts.split.map(|l| match l {
+            SplitLimit::Bytes(b) => format!("{b} bytes"),
+            SplitLimit::Tensors(n) => format!("{n} tensors"),
+        }),
         name: name.clone(),
     };
     let dir = opts.out_dir.as_path();
@@ -422,15 +424,7 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
             } else {
                 None
             };
-        quantize_step(
-            &source,
-            opts,
-            dir,
-            imatrix.as_ref(),
-            &mut state,
-            &state_path,
-            &paths,
-        )?;
+        quantize_step(&source, opts, dir, imatrix, &mut state, &state_path, &paths)?;
         let evaluated = opts.evaluate && has_tokenizer;
         if evaluated {
             evaluate_step(&source, opts, dir, &evaluation, &mut state, &state_path)?;
@@ -531,7 +525,7 @@ fn source_info(
         architecture: md.architecture().unwrap_or("").to_string(),
         parameters: params.total,
         base_models: card::base_models(
-            source_kind_is_recipe(kind),
+            kind == "recipe",
             md,
             &opts.source,
             opts.base_model.as_deref(),
@@ -544,10 +538,6 @@ fn source_info(
     }
 }
 
-fn source_kind_is_recipe(kind: &str) -> bool {
-    kind == "recipe"
-}
-
 /// The importance matrix: the recorded one if it is still there, else computed (or the
 /// given file, hashed).
 fn imatrix_step(
@@ -557,10 +547,16 @@ fn imatrix_step(
     calibration: &Text,
     state: &mut Manifest,
     state_path: &Path,
-) -> Result<PathBuf> {
+) -> Result<(Imatrix, String)> {
     if let ImatrixChoice::File(p) = &opts.imatrix {
         // Loaded now so a bad file is refused before any work.
-        crate::quant::imatrix::Imatrix::load(p)?;
+        let im = Imatrix::load(p)?;
+        // Recorded by name when it lies in the release, not by this machine's path.
+        let recorded = if p.starts_with(dir) {
+            file_name(p)
+        } else {
+            p.display().to_string()
+        };
         state.imatrix = Some(ImatrixInfo {
             file: p.display().to_string(),
             sha256: sha256_file(p)?,
@@ -570,14 +566,14 @@ fn imatrix_step(
             n_ctx: None,
         });
         state.save(state_path)?;
-        return Ok(p.clone());
+        return Ok((im, recorded));
     }
     let path = dir.join(IMATRIX_FILE);
     if let Some(info) = &state.imatrix {
         let recorded = state.other_files.iter().find(|f| f.file == IMATRIX_FILE);
         if recorded.is_some_and(|e| still_valid(dir, e)) && info.computed {
             opts.say(format_args!("{IMATRIX_FILE}: done earlier, verified"));
-            return Ok(path);
+            return Ok((Imatrix::load(&path)?, IMATRIX_FILE.into()));
         }
     }
     let weights = source.weights();
@@ -616,7 +612,7 @@ fn imatrix_step(
         opts.n_ctx,
         calibration.name
     ));
-    Ok(path)
+    Ok((Imatrix::load(&path)?, IMATRIX_FILE.into()))
 }
 
 /// Every type not already released and verified, in one pass of the matrix writer.
@@ -624,7 +620,7 @@ fn quantize_step(
     source: &Source,
     opts: &ReleaseOptions,
     dir: &Path,
-    imatrix: Option<&PathBuf>,
+    imatrix: Option<(Imatrix, String)>,
     state: &mut Manifest,
     state_path: &Path,
     path_for: &dyn Fn(&FileType) -> PathBuf,
@@ -644,19 +640,6 @@ fn quantize_step(
     if todo.is_empty() {
         return Ok(());
     }
-    let imatrix = match imatrix {
-        Some(p) => {
-            let im = crate::quant::imatrix::Imatrix::load(p)?;
-            // Recorded by name: the file beside the release, not this machine's path.
-            let recorded = if p.starts_with(dir) {
-                file_name(p)
-            } else {
-                p.display().to_string()
-            };
-            Some((im, recorded))
-        }
-        None => None,
-    };
     let qopts = crate::quantize::QuantizeOptions {
         imatrix,
         split: opts.split,
