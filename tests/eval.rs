@@ -4,21 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-/// A text of a few thousand byte-level BPE tokens.
-fn text(dir: &Path) -> PathBuf {
-    let words = [
-        "the", "merge", "of", "two", "models", "is", "measured", "on", "a", "text", "that",
-        "nobody", "trained", "them", "for", "and", "each", "chunk", "counts",
-    ];
-    let body: Vec<&str> = (0..3000usize)
-        .map(|i| words[(i * 7 + i / 5) % words.len()])
-        .collect();
-    let path = dir.join("text.txt");
-    std::fs::write(&path, body.join(" ")).unwrap();
-    path
-}
+use std::path::Path;
 
 fn eval_json(dir: &Path, model: &Path, text: &Path) -> serde_json::Value {
     eval_json_with(dir, model, text, &[])
@@ -56,7 +42,7 @@ fn a_recipe_evaluates_as_its_written_f32_merge() {
     )
     .unwrap();
     common::smelt(d, ["merge", "mix.yaml", "-o", "out", "--types", "F32"]).unwrap();
-    let text = text(d);
+    let text = common::word_text(d, "text.txt", 0);
     let direct = eval_json(d, &recipe, &text);
     let written = eval_json(d, &d.join("out/mix-F32.gguf"), &text);
     assert_eq!(direct["perplexity"], written["perplexity"]);
@@ -84,7 +70,7 @@ fn chunk_groups_and_threads_do_not_change_the_numbers() {
     )
     .unwrap();
     let model = d.join("m.gguf");
-    let text = text(d);
+    let text = common::word_text(d, "text.txt", 0);
     let whole = eval_json(d, &model, &text);
     // One chunk per group: every layer is read three times, the results are the same.
     let grouped = eval_json_with(d, &model, &text, &["--batch", "64"]);
@@ -107,7 +93,7 @@ fn bad_evaluation_input_is_one_clear_error() {
     let dir = common::scratch();
     let d = dir.path();
     let model = common::tiny_model(d, "m.gguf", &["--dtype", "F32"]);
-    let text = text(d);
+    let text = common::word_text(d, "text.txt", 0);
     let t = text.to_str().unwrap();
     let eval = |model: &str, extra: &[&str]| {
         let mut args = vec!["eval", model, "--text", t];

@@ -4,20 +4,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-/// A text of a few thousand byte-level BPE tokens.
-fn text(dir: &Path) -> PathBuf {
-    let words = [
-        "the", "merge", "of", "two", "models", "is", "measured", "on", "a", "text", "that",
-        "nobody", "trained", "them", "for", "and", "each", "chunk", "counts",
-    ];
-    let body: Vec<&str> = (0..3000usize)
-        .map(|i| words[(i * 7 + i / 5) % words.len()])
-        .collect();
-    let path = dir.join("text.txt");
-    std::fs::write(&path, body.join(" ")).unwrap();
-    path
-}
-
 /// A 6-layer F32 model whose layer 3 writes nothing to the residual stream (its attention
 /// output and FFN down projections are zero): an identity.
 fn model_with_identity_layer(d: &Path) -> PathBuf {
@@ -71,7 +57,7 @@ fn an_identity_layer_ranks_most_redundant_by_activations() {
     let dir = common::scratch();
     let d = dir.path();
     model_with_identity_layer(d);
-    text(d);
+    common::word_text(d, "text.txt", 0);
     common::smelt(d, rank_args(&["--count", "1", "-o", "p.yaml"])).unwrap();
     let recipe = std::fs::read_to_string(d.join("p.yaml")).unwrap();
     assert!(recipe.contains("drops [3] of 6 layers"), "{recipe}");
@@ -100,7 +86,7 @@ fn activation_ranking_is_the_same_on_any_thread_count() {
     let dir = common::scratch();
     let d = dir.path();
     model_with_identity_layer(d);
-    text(d);
+    common::word_text(d, "text.txt", 0);
     let mut one = vec!["--threads", "1"];
     one.extend(rank_args(&["--count", "2", "-o", "one.yaml"]));
     common::smelt(d, one).unwrap();
@@ -117,7 +103,7 @@ fn bad_ranking_input_is_one_clear_error() {
     let dir = common::scratch();
     let d = dir.path();
     model_with_identity_layer(d);
-    text(d);
+    common::word_text(d, "text.txt", 0);
     let err = common::smelt(d, rank_args(&["--count", "0"])).unwrap_err();
     assert!(err.contains("--count 0: nothing to drop"), "{err}");
     let err = common::smelt(d, rank_args(&["--count", "6"])).unwrap_err();
@@ -214,7 +200,7 @@ fn healing_lowers_the_loss_and_keeps_the_frozen_tensors() {
     let dir = common::scratch();
     let d = dir.path();
     pruned_pair(d);
-    text(d);
+    common::word_text(d, "text.txt", 0);
     let r = heal(d, "h.gguf", &[]).unwrap();
     // The cut is between the pruned model's layers 2 and 3 (teacher layers 2 and 4).
     assert_eq!(r["layer_map"], serde_json::json!([0, 1, 2, 4, 5]));
@@ -290,7 +276,7 @@ fn healing_is_the_same_bytes_for_the_same_seed_and_threads() {
     let dir = common::scratch();
     let d = dir.path();
     pruned_pair(d);
-    text(d);
+    common::word_text(d, "text.txt", 0);
     let extra = ["--batch", "2", "--steps", "6", "--seed", "7"];
     heal(d, "a.gguf", &extra).unwrap();
     heal(d, "b.gguf", &extra).unwrap();
@@ -311,7 +297,7 @@ fn bad_heal_input_is_one_clear_error_and_writes_nothing() {
     let dir = common::scratch();
     let d = dir.path();
     pruned_pair(d);
-    text(d);
+    common::word_text(d, "text.txt", 0);
     let err = heal(d, "o.gguf", &["--layers", "2,9"]).unwrap_err();
     assert!(err.contains("--layers 9: the model has 5 layers"), "{err}");
     let err = heal(d, "o.gguf", &["--train", "ffn_gate,lm_head"]).unwrap_err();
@@ -363,7 +349,7 @@ fn a_teacher_prefix_shared_or_recomputed_gives_the_same_bytes() {
     let dir = common::scratch();
     let d = dir.path();
     pruned_pair(d);
-    text(d);
+    common::word_text(d, "text.txt", 0);
     // The same teacher with one more hyper-parameter key: its prefix is no longer taken as
     // the pruned model's, which then runs its own frozen layers, to the same numbers.
     common::rewrite(

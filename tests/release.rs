@@ -5,21 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-/// A text of a few thousand byte-level tokens.
-fn text(dir: &Path, name: &str, salt: usize) -> PathBuf {
-    let words = [
-        "a", "release", "is", "measured", "on", "text", "its", "imatrix", "never", "saw", "and",
-        "every", "file", "gets", "checked", "twice",
-    ];
-    let body: Vec<&str> = (0..2500usize)
-        .map(|i| words[(i * 7 + i / 5 + salt) % words.len()])
-        .collect();
-    let path = dir.join(name);
-    std::fs::write(&path, body.join(" ")).unwrap();
-    path
-}
+use std::path::Path;
 
 /// `release model.gguf -o rel` on a tiny model, small chunks; extra args appended.
 fn release(d: &Path, extra: &[&str]) -> Result<String, String> {
@@ -45,8 +31,8 @@ fn release(d: &Path, extra: &[&str]) -> Result<String, String> {
 
 fn setup(d: &Path) {
     common::tiny_model(d, "model.gguf", &["--dtype", "F32", "--seed", "3"]);
-    text(d, "calib.txt", 0);
-    text(d, "eval.txt", 5);
+    common::word_text(d, "calib.txt", 0);
+    common::word_text(d, "eval.txt", 5);
 }
 
 fn manifest(dir: &Path) -> serde_json::Value {

@@ -77,3 +77,18 @@ where
         Err(err)
     }
 }
+
+/// `dir/name`: a text of 3000 words, a few thousand byte-level BPE tokens; `salt` shifts the
+/// word sequence (0 for one text, others for a second text of the same words).
+pub fn word_text(dir: &Path, name: &str, salt: usize) -> PathBuf {
+    let words = [
+        "the", "merge", "of", "two", "models", "is", "measured", "on", "a", "text", "that",
+        "nobody", "trained", "them", "for", "and", "each", "chunk", "counts",
+    ];
+    let body: Vec<&str> = (0..3000usize)
+        .map(|i| words[(i * 7 + i / 5 + salt) % words.len()])
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, body.join(" ")).unwrap();
+    path
+}
