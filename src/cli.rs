@@ -495,8 +495,9 @@ pub struct QuantizeArgs {
     /// `_name_or_path`, else the input's file or folder name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Target type, llama-quantize's names (Q8_0, Q4_K_M, F16, ...). Repeat or comma-separate
-    /// for several outputs from one read.
+    /// Target type, llama-quantize's names (Q8_0, Q4_K_M, F16, ...), or a size for smelt to
+    /// fill as --target-bpw/--target-size do (4.25bpw, 5.5G). Repeat or comma-separate for
+    /// several outputs from one read.
     #[arg(
         long = "type",
         visible_alias = "types",
@@ -1074,11 +1075,24 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
     for w in &store.warnings {
         eprintln!("warning: {w}");
     }
-    let file_types = args
+    use crate::target::{Target, TypeSpec};
+    let mut specs = args
         .types
         .iter()
-        .map(|t| crate::quant::mix::FileType::parse(t))
+        .map(|t| TypeSpec::parse(t))
         .collect::<Result<Vec<_>>>()?;
+    match (args.target_bpw, &args.target_size) {
+        (Some(v), _) => specs.push(TypeSpec::Target(Target::bpw(v)?)),
+        (None, Some(s)) => specs.push(TypeSpec::Target(Target::size(s)?)),
+        (None, None) => {}
+    }
+    let file_types: Vec<crate::quant::mix::FileType> = specs
+        .iter()
+        .filter_map(|s| match s {
+            TypeSpec::Mix(ft) => Some(*ft),
+            TypeSpec::Target(_) => None,
+        })
+        .collect();
     let mut tensor_types = args
         .tensor_types
         .iter()
@@ -1117,23 +1131,20 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         keep_split: args.keep_split,
         split: args.split.limit(),
     };
-    let multiple = to_folder || file_types.len() > 1 || args.output.is_dir();
+    let multiple = to_folder || specs.len() > 1 || args.output.is_dir();
     let stem = match &args.name {
         Some(n) => plain_file_name(n, "--name")?.to_string(),
         None => model_name(&args.input),
     };
-    let target = match (args.target_bpw, &args.target_size) {
-        (Some(v), _) => Some(crate::target::Target::bpw(v)?),
-        (None, Some(s)) => Some(crate::target::Target::size(s)?),
-        (None, None) => None,
-    };
-    if let Some(target) = target {
-        let path = if multiple {
-            args.output.join(format!("{stem}-{}.gguf", target.label()))
-        } else {
-            args.output.clone()
+    if specs.iter().any(|s| matches!(s, TypeSpec::Target(_))) {
+        let path_for = |spec: &TypeSpec| {
+            if multiple {
+                args.output.join(format!("{stem}-{}.gguf", spec.label()))
+            } else {
+                args.output.clone()
+            }
         };
-        return quantize_to_target(args, &store, &opts, &target, path, multiple, ui);
+        return quantize_with_targets(args, &store, &opts, &specs, path_for, multiple, ui);
     }
     if !args.candidates.is_empty() || args.measurement.is_some() {
         return Err(Error::Invalid(
@@ -1174,14 +1185,15 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
     Ok(())
 }
 
-/// `quantize --target-bpw/--target-size`: measure (or read the cache), solve, then write the
-/// one output through the matrix writer and print the llama-quantize command that matches it.
-fn quantize_to_target(
+/// `quantize` with targets among its types (`--types Q4_K_M,4.25bpw`, `--target-bpw`,
+/// `--target-size`): measure once (or read the cache), solve each target, then write every
+/// output in one pass and print, per target, the llama-quantize command that matches it.
+fn quantize_with_targets(
     args: &QuantizeArgs,
     store: &Store,
     opts: &crate::quantize::QuantizeOptions,
-    target: &crate::target::Target,
-    path: PathBuf,
+    specs: &[crate::target::TypeSpec],
+    path_for: impl Fn(&crate::target::TypeSpec) -> PathBuf,
     to_dir: bool,
     ui: Ui,
 ) -> Result<()> {
@@ -1198,41 +1210,56 @@ fn quantize_to_target(
         )?),
         _ => None,
     };
+    let measured_now = cached.is_none();
     let started = std::time::Instant::now();
-    let alloc = t::allocate(
+    let matrix = t::plan_matrix(
         store,
         store.tensors.len(),
         &store.metadata,
+        specs,
         opts,
-        target,
         &candidates,
         cached,
-        path.clone(),
+        path_for,
         ui.display,
     )?;
-    for w in &alloc.plan.warnings {
+    for w in &matrix.plan.warnings {
         eprintln!("warning: {}", crate::error::printable(w));
     }
-    if let (Some(p), true) = (&args.measurement, alloc.measured_now) {
-        write_text_output(p, &alloc.measurement.to_json(), &store.paths())?;
+    if let (Some(p), true, Some((_, first))) =
+        (&args.measurement, measured_now, matrix.allocations.first())
+    {
+        write_text_output(p, &first.measurement.to_json(), &store.paths())?;
         ui.say(format_args!("wrote measurement {}", p.display()));
     }
     let requantize = store.tensors.iter().any(|t| t.ty.is_quantized());
-    let command = alloc.llama_quantize_command(
-        &args.input.to_string_lossy(),
-        &path.to_string_lossy(),
-        &args.include_weights,
-        &args.exclude_weights,
-        requantize,
-    );
+    let commands: Vec<String> = matrix
+        .allocations
+        .iter()
+        .map(|(_, alloc)| {
+            let path = &alloc.plan.outputs[0].path;
+            alloc.llama_quantize_command(
+                &args.input.to_string_lossy(),
+                &path.to_string_lossy(),
+                &args.include_weights,
+                &args.exclude_weights,
+                requantize,
+            )
+        })
+        .collect();
     if args.dry_run {
-        return print_stdout(&format!(
-            "{}:\n{}{command}\n",
-            path.display(),
-            alloc.report(target)
-        ));
+        let mut out = String::new();
+        for ((target, alloc), command) in matrix.allocations.iter().zip(&commands) {
+            out.push_str(&format!(
+                "{}:\n{}{command}\n",
+                alloc.plan.outputs[0].path.display(),
+                alloc.report(target)
+            ));
+        }
+        return print_stdout(&out);
     }
-    let write = || write::write_matrix(store, &alloc.plan.order, &alloc.plan.outputs, ui.display);
+    let plan = &matrix.plan;
+    let write = || write::write_matrix(store, &plan.order, &plan.outputs, ui.display);
     let reports = if to_dir {
         crate::output_files::with_output_dir(&args.output, write)?
     } else {
@@ -1240,22 +1267,28 @@ fn quantize_to_target(
     };
     for r in &reports {
         ui.say(wrote_line(r));
-        if r.bytes != alloc.file_bytes {
-            eprintln!(
-                "warning: {}: {} bytes written where {} were planned",
-                r.path.display(),
-                r.bytes,
-                alloc.file_bytes
-            );
+        let planned = matrix
+            .allocations
+            .iter()
+            .find(|(_, a)| a.plan.outputs[0].path == r.path);
+        if let Some((target, alloc)) = planned {
+            if r.bytes != alloc.file_bytes {
+                eprintln!(
+                    "warning: {}: {} bytes written where {} were planned",
+                    r.path.display(),
+                    r.bytes,
+                    alloc.file_bytes
+                );
+            }
+            ui.say(format_args!(
+                "{}: total error {:.6e}",
+                target.label(),
+                alloc.total_error
+            ));
         }
     }
-    ui.say(format_args!(
-        "{}: total error {:.6e}, done in {:.2?}",
-        target.label(),
-        alloc.total_error,
-        started.elapsed()
-    ));
-    print_stdout(&format!("{command}\n"))
+    ui.say(format_args!("done in {:.2?}", started.elapsed()));
+    print_stdout(&format!("{}\n", commands.join("\n")))
 }
 
 fn merge(args: &MergeArgs, ui: Ui) -> Result<()> {

@@ -29,6 +29,9 @@ pub struct QualityPoint {
     /// Mean KL divergence against the reference; `None` for the reference itself.
     pub kld_mean: Option<f64>,
     pub perplexity: f64,
+    /// A file whose types smelt chose for a size (`--target-size`/`--target-bpw`) rather than
+    /// one of llama.cpp's fixed mixes: these are joined into a curve, in their own colour.
+    pub optimised: bool,
 }
 
 /// Width and height of the PNG in pixels.
@@ -38,6 +41,8 @@ pub const PLOT_SIZE: (u32, u32) = (1200, 600);
 const FONT: &str = "sans-serif";
 /// The colour of the points (both panels).
 const POINT: RGBColor = RGBColor(31, 119, 180);
+/// The colour of the optimised files' curve and points.
+const CURVE: RGBColor = RGBColor(255, 127, 14);
 /// The reference perplexity's dashed line.
 const REFERENCE: RGBColor = RGBColor(214, 39, 40);
 const LABEL: RGBColor = RGBColor(40, 40, 40);
@@ -405,8 +410,8 @@ fn place_labels(
         .collect()
 }
 
-/// One panel's points: x (in the size unit), y, label.
-type Series = Vec<(f64, f64, String)>;
+/// One panel's points: x (in the size unit), y, label, optimised (drawn on the curve).
+type Series = Vec<(f64, f64, String, bool)>;
 
 fn label_of(p: &QualityPoint) -> String {
     if p.bits_per_weight.is_finite() {
@@ -429,13 +434,25 @@ fn render(
         .iter()
         .filter_map(|p| {
             let k = p.kld_mean.filter(|k| k.is_finite())?;
-            Some((p.bytes as f64 / unit, k.max(KLD_FLOOR), label_of(p)))
+            Some((
+                p.bytes as f64 / unit,
+                k.max(KLD_FLOOR),
+                label_of(p),
+                p.optimised,
+            ))
         })
         .collect();
     let ppl: Series = points
         .iter()
         .filter(|p| p.perplexity.is_finite())
-        .map(|p| (p.bytes as f64 / unit, p.perplexity, label_of(p)))
+        .map(|p| {
+            (
+                p.bytes as f64 / unit,
+                p.perplexity,
+                label_of(p),
+                p.optimised,
+            )
+        })
         .collect();
     if kld.is_empty() && ppl.is_empty() {
         return Err(RenderError::Nothing);
@@ -462,8 +479,13 @@ fn render(
         let body = root
             .titled(title, (FONT, 24).into_font().color(&BLACK))
             .map_err(draw_err)?;
-        // What the numbers in the labels are, at the right end of the title's line.
-        let note = "labels: type (bits per weight)";
+        // What the numbers in the labels are, at the right end of the title's line, and what
+        // the curve is when there is one.
+        let note = if points.iter().any(|p| p.optimised) {
+            "labels: type (bits per weight); curve: smelt's types chosen for a size"
+        } else {
+            "labels: type (bits per weight)"
+        };
         let style = (FONT, 13).into_font().color(&LABEL);
         let (tw, _) = root.estimate_text_size(note, &style).map_err(draw_err)?;
         root.draw(&Text::new(note, (w as i32 - tw as i32 - 12, 12), style))
@@ -614,12 +636,19 @@ where
             .draw(&Text::new(empty.to_string(), at, font))
             .map_err(draw_err);
     }
+    let mut curve: Vec<(f64, f64)> = series.iter().filter(|p| p.3).map(|p| (p.0, p.1)).collect();
+    curve.sort_by(|a, b| a.0.total_cmp(&b.0));
     chart
-        .draw_series(
-            series
-                .iter()
-                .map(|p| Circle::new((p.0, p.1), POINT_RADIUS, POINT.filled())),
-        )
+        .draw_series(LineSeries::new(
+            curve,
+            ShapeStyle::from(&CURVE).stroke_width(2),
+        ))
+        .map_err(draw_err)?;
+    chart
+        .draw_series(series.iter().map(|p| {
+            let colour = if p.3 { CURVE } else { POINT };
+            Circle::new((p.0, p.1), POINT_RADIUS, colour.filled())
+        }))
         .map_err(draw_err)?;
     let marks: Vec<(i32, i32)> = series
         .iter()
@@ -669,6 +698,7 @@ mod tests {
             bits_per_weight: mib / 270.0 * 16.0,
             kld_mean: kld,
             perplexity: ppl,
+            optimised: false,
         }
     }
 
@@ -823,6 +853,24 @@ mod tests {
             let (left, right) = count(&info, &px, POINT);
             assert!(left + right > 0, "{points:?}");
         }
+    }
+
+    #[test]
+    fn optimised_files_are_a_curve_in_their_own_colour() {
+        let fixed = release();
+        let mut points = fixed.clone();
+        for (mib, kld, ppl) in [(74.0, 0.09, 19.0), (88.0, 0.028, 17.8), (98.0, 0.009, 17.5)] {
+            points.push(QualityPoint {
+                optimised: true,
+                ..point(&format!("{mib}M"), mib, Some(kld), ppl)
+            });
+        }
+        let (info, px) = decode(&render("t", &points, Some(17.31)).unwrap());
+        let (left, right) = count(&info, &px, CURVE);
+        // Three circles (about 50 pixels each) and the two lines joining them, in each panel.
+        assert!(left > 150 && right > 150, "{left} {right}");
+        let (info, px) = decode(&render("t", &fixed, Some(17.31)).unwrap());
+        assert_eq!(count(&info, &px, CURVE), (0, 0));
     }
 
     #[test]

@@ -110,6 +110,141 @@ impl Target {
     }
 }
 
+/// One entry of `--types`: one of llama.cpp's mixes, or a size for smelt to fill
+/// (`Q8_0,4.25bpw,3.5bpw,5.5G`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TypeSpec {
+    Mix(FileType),
+    Target(Target),
+}
+
+impl TypeSpec {
+    /// `4.25bpw` is a bits-per-weight target, an entry starting with a digit a size
+    /// (`5.5G`, `800M`, bytes); anything else a mix's name. No mix name starts with a digit.
+    pub fn parse(s: &str) -> Result<TypeSpec> {
+        let t = s.trim();
+        let lower = t.to_ascii_lowercase();
+        if let Some(num) = lower.strip_suffix("bpw") {
+            let v: f64 = num.trim().parse().map_err(|_| {
+                Error::Invalid(format!(
+                    "--types `{s}`: expected bits per weight such as 4.25bpw"
+                ))
+            })?;
+            return Ok(TypeSpec::Target(Target::bpw(v)?));
+        }
+        if t.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+            return Ok(TypeSpec::Target(Target::size(t)?));
+        }
+        Ok(TypeSpec::Mix(FileType::parse(t)?))
+    }
+
+    /// The name in output file names: the mix's (`Q4_K_M`) or the target's (`4.25bpw`).
+    pub fn label(&self) -> String {
+        match self {
+            TypeSpec::Mix(ft) => ft.name().to_string(),
+            TypeSpec::Target(t) => t.label(),
+        }
+    }
+}
+
+/// A matrix of mixes and targets planned for one write: the mixes' plan with each target's
+/// output appended, and the targets' allocations (for their reports and llama-quantize
+/// commands), in the order the targets were given.
+pub struct MatrixPlan {
+    pub plan: QuantizePlan,
+    pub allocations: Vec<(Target, Allocation)>,
+}
+
+/// Plans every entry of `specs` for one pass of the writer. The targets share one
+/// measurement: `cached` when given, else the first target's, so a matrix of targets costs
+/// one measurement however many it holds.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_matrix(
+    source: &dyn TensorProducer,
+    n_tensors: usize,
+    metadata: &crate::gguf::Metadata,
+    specs: &[TypeSpec],
+    opts: &QuantizeOptions,
+    candidates: &[GgmlType],
+    mut cached: Option<Measurement>,
+    path_for: impl Fn(&TypeSpec) -> PathBuf,
+    display: Display,
+) -> Result<MatrixPlan> {
+    let mixes: Vec<FileType> = specs
+        .iter()
+        .filter_map(|s| match s {
+            TypeSpec::Mix(ft) => Some(*ft),
+            TypeSpec::Target(_) => None,
+        })
+        .collect();
+    for (i, a) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|b| path_for(b) == path_for(a)) {
+            return Err(Error::Invalid(format!(
+                "--types names {} twice (one output file each)",
+                a.label()
+            )));
+        }
+    }
+    let mut plan = if mixes.is_empty() {
+        None
+    } else {
+        Some(quantize::plan(
+            source,
+            n_tensors,
+            metadata,
+            &mixes,
+            opts,
+            |ft| path_for(&TypeSpec::Mix(*ft)),
+        )?)
+    };
+    let mut allocations = Vec::new();
+    for spec in specs {
+        let TypeSpec::Target(target) = spec else {
+            continue;
+        };
+        let alloc = allocate(
+            source,
+            n_tensors,
+            metadata,
+            opts,
+            target,
+            candidates,
+            cached.clone(),
+            path_for(spec),
+            display,
+        )?;
+        cached = Some(alloc.measurement.clone());
+        match &mut plan {
+            None => {
+                plan = Some(QuantizePlan {
+                    order: alloc.plan.order.clone(),
+                    outputs: alloc.plan.outputs.clone(),
+                    warnings: alloc.plan.warnings.clone(),
+                })
+            }
+            Some(p) => {
+                // Every plan of one source and options visits the tensors in llama.cpp's
+                // order; the writer needs one order for all its outputs.
+                if p.order != alloc.plan.order {
+                    return Err(Error::Invalid(format!(
+                        "{}: the target's tensor order differs from the other types'",
+                        target.label()
+                    )));
+                }
+                p.outputs.extend(alloc.plan.outputs.iter().cloned());
+                for w in &alloc.plan.warnings {
+                    if !p.warnings.contains(w) {
+                        p.warnings.push(w.clone());
+                    }
+                }
+            }
+        }
+        allocations.push((target.clone(), alloc));
+    }
+    let plan = plan.ok_or_else(|| Error::Invalid("no types given".into()))?;
+    Ok(MatrixPlan { plan, allocations })
+}
+
 /// `--candidates Q4_K,Q6_K`: types smelt can write; those that need an imatrix only with one.
 pub fn check_candidates(types: &[GgmlType], has_imatrix: bool) -> Result<Vec<GgmlType>> {
     let mut out: Vec<GgmlType> = Vec::new();

@@ -266,3 +266,85 @@ fn target_errors() {
     assert!(e.contains("m.gguf") && e.contains("other.gguf"), "{e}");
     assert!(!d.join("out.gguf").exists() && !d.join("o.gguf").exists());
 }
+
+/// `--types Q4_K_M,5bpw,4bpw`: mixes and targets in one run, each target the same bytes as its
+/// own `--target-bpw` run, measured once for all of them; a target named twice is refused.
+#[test]
+fn targets_in_a_type_matrix() {
+    let dir = scratch();
+    let d = dir.path();
+    tiny_model(
+        d,
+        "m.gguf",
+        &["--hidden", "256", "--ff", "512", "--vocab", "300"],
+    );
+    let err = smelt(
+        d,
+        [
+            "quantize",
+            "m.gguf",
+            "-o",
+            "out",
+            "--types",
+            "Q4_K_M,5bpw,4bpw",
+            "--measurement",
+            "m.json",
+            "--threads",
+            "2",
+        ],
+    )
+    .unwrap();
+    assert_eq!(err.matches("wrote measurement").count(), 1, "{err}");
+    for (spec, alone) in [("5bpw", "5"), ("4bpw", "4")] {
+        smelt(
+            d,
+            [
+                "quantize",
+                "m.gguf",
+                "-o",
+                &format!("{alone}.gguf"),
+                "--target-bpw",
+                alone,
+                "--measurement",
+                "m.json",
+            ],
+        )
+        .unwrap();
+        let matrix = std::fs::read(d.join(format!("out/m-{spec}.gguf"))).unwrap();
+        assert!(
+            matrix == std::fs::read(d.join(format!("{alone}.gguf"))).unwrap(),
+            "{spec}"
+        );
+    }
+    smelt(
+        d,
+        ["quantize", "m.gguf", "-o", "q4km.gguf", "--type", "Q4_K_M"],
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(d.join("out/m-Q4_K_M.gguf")).unwrap()
+            == std::fs::read(d.join("q4km.gguf")).unwrap()
+    );
+    assert!(size(&d.join("out/m-4bpw.gguf")) < size(&d.join("out/m-5bpw.gguf")));
+
+    let e = smelt(
+        d,
+        [
+            "quantize",
+            "m.gguf",
+            "-o",
+            "o2",
+            "--types",
+            "4.5bpw,4.50bpw",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.contains("4.5bpw twice"), "{e}");
+    let e = smelt(
+        d,
+        ["quantize", "m.gguf", "-o", "o3", "--types", "Q8_0,xbpw"],
+    )
+    .unwrap_err();
+    assert!(e.contains("--types `xbpw`"), "{e}");
+    assert!(!d.join("o2").exists() && !d.join("o3").exists());
+}

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_llama_tool, run_smelt
+from conftest import ROOT, run_llama_tool, run_smelt
 from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
 
-TEXT = Path("/usr/share/common-licenses/GPL-3")
+# smelt's built-in calibration text, in the repository: the same on every machine.
+TEXT = ROOT / "data" / "calibration.txt"
 
 
 def perplexity(bin_dir: Path, model: Path) -> float:

@@ -330,6 +330,7 @@ pub fn write_plot(dir: &Path, m: &Manifest) -> Result<()> {
                 bits_per_weight: t.bits_per_weight,
                 kld_mean: Some(q.kld_mean),
                 perplexity: q.perplexity,
+                optimised: false,
             })
         })
         .collect();
