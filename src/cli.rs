@@ -517,6 +517,21 @@ pub struct QuantizeArgs {
     /// --imatrix).
     #[arg(long, value_delimiter = ',')]
     pub candidates: Vec<GgmlType>,
+    /// With a target: weight each tensor's error by its measured effect on the output (KL
+    /// divergence against the unquantized model on --text; default: the first half of the
+    /// built-in calibration text), so the allocation minimises predicted KLD. Costs one
+    /// forward pass per layer, per tensor kind and per other tensor, on a short text.
+    #[arg(long)]
+    pub sensitivity: bool,
+    /// The text --sensitivity measures on (llama.cpp's `-f` reading).
+    #[arg(long, requires = "sensitivity")]
+    pub text: Option<PathBuf>,
+    /// Tokens per chunk of the --sensitivity passes.
+    #[arg(long, default_value_t = 128, requires = "sensitivity")]
+    pub sensitivity_ctx: usize,
+    /// Chunks of the --sensitivity passes.
+    #[arg(long, default_value_t = 4, requires = "sensitivity")]
+    pub sensitivity_chunks: usize,
     /// JSON cache of a target's per-tensor measurements: read when it exists (it must match
     /// the model and imatrix), else written after measuring.
     #[arg(long)]
@@ -1146,9 +1161,9 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         };
         return quantize_with_targets(args, &store, &opts, &specs, path_for, multiple, ui);
     }
-    if !args.candidates.is_empty() || args.measurement.is_some() {
+    if !args.candidates.is_empty() || args.measurement.is_some() || args.sensitivity {
         return Err(Error::Invalid(
-            "--candidates and --measurement go with --target-bpw or --target-size".into(),
+            "--candidates, --measurement and --sensitivity go with a target (--target-bpw, --target-size, or 4.25bpw / 5.5G in --types)".into(),
         ));
     }
     let plan = q::plan(
@@ -1210,8 +1225,33 @@ fn quantize_with_targets(
         )?),
         _ => None,
     };
-    let measured_now = cached.is_none();
     let started = std::time::Instant::now();
+    // --sensitivity: the text, tokenized as llama-perplexity would, and a scratch folder beside
+    // the output for the reference's log-probabilities (removed when done).
+    let scratch = args
+        .sensitivity
+        .then(|| crate::output_files::temp_dir_beside(&args.output))
+        .transpose()?;
+    let sensitivity = match &scratch {
+        Some(dir) => {
+            let (text, name) = match &args.text {
+                Some(_) => crate::app::text::eval_text(args.text.as_deref())?,
+                None => (
+                    crate::app::text::calibration_halves().0.to_string(),
+                    format!("{} (first half)", crate::app::text::CALIBRATION_NAME),
+                ),
+            };
+            Some(t::SensitivityText {
+                weights: store,
+                tokens: crate::eval::tokenize(store, &text)?,
+                name,
+                ctx: args.sensitivity_ctx,
+                chunks: args.sensitivity_chunks,
+                scratch: dir.path().to_path_buf(),
+            })
+        }
+        None => None,
+    };
     let matrix = t::plan_matrix(
         store,
         store.tensors.len(),
@@ -1220,16 +1260,20 @@ fn quantize_with_targets(
         opts,
         &candidates,
         cached,
+        sensitivity.as_ref(),
         path_for,
         ui.display,
     )?;
+    drop(scratch);
     for w in &matrix.plan.warnings {
         eprintln!("warning: {}", crate::error::printable(w));
     }
-    if let (Some(p), true, Some((_, first))) =
-        (&args.measurement, measured_now, matrix.allocations.first())
+    // The last target's measurement holds everything measured (the sensitivity too).
+    let measured = matrix.allocations.iter().any(|(_, a)| a.measured_now);
+    if let (Some(p), true, Some((_, last))) =
+        (&args.measurement, measured, matrix.allocations.last())
     {
-        write_text_output(p, &first.measurement.to_json(), &store.paths())?;
+        write_text_output(p, &last.measurement.to_json(), &store.paths())?;
         ui.say(format_args!("wrote measurement {}", p.display()));
     }
     let requantize = store.tensors.iter().any(|t| t.ty.is_quantized());

@@ -229,7 +229,7 @@ fn target_errors() {
     let e = q(&["--target-bpw", "5", "--type", "Q4_K_M"]).unwrap_err();
     assert!(e.contains("cannot be used with"), "{e}");
     let e = q(&["--type", "Q4_K_M"]).unwrap_err();
-    assert!(e.contains("--target-bpw or --target-size"), "{e}");
+    assert!(e.contains("go with a target"), "{e}");
     let e = smelt(
         d,
         [
@@ -347,4 +347,102 @@ fn targets_in_a_type_matrix() {
     .unwrap_err();
     assert!(e.contains("--types `xbpw`"), "{e}");
     assert!(!d.join("o2").exists() && !d.join("o3").exists());
+}
+
+/// `--sensitivity`: every tensor with a choice gets a finite positive factor, measured once and
+/// cached with the measurement; the same bytes on any thread count; a cache holding factors
+/// gives the plain allocation when --sensitivity is not asked for; a factor changes the choice
+/// (the attention value projection, which writes into the residual stream directly, weighs
+/// more per unit of error than the query projection, whose error only moves the softmax).
+#[test]
+fn sensitivity_weights_the_errors_by_measured_kld() {
+    let dir = scratch();
+    let d = dir.path();
+    tiny_model(
+        d,
+        "m.gguf",
+        &["--hidden", "256", "--ff", "512", "--vocab", "300"],
+    );
+    std::fs::write(
+        d.join("text.txt"),
+        "The quick brown fox jumps over the lazy dog. ".repeat(80),
+    )
+    .unwrap();
+    let run = |out: &str, threads: &str, cache: &str, sensitivity: bool| {
+        let mut args = vec![
+            "quantize",
+            "m.gguf",
+            "-o",
+            out,
+            "--target-bpw",
+            "4.5",
+            "--measurement",
+            cache,
+            "--threads",
+            threads,
+        ];
+        if sensitivity {
+            args.extend([
+                "--sensitivity",
+                "--text",
+                "text.txt",
+                "--sensitivity-ctx",
+                "64",
+            ]);
+        }
+        smelt(d, args)
+    };
+    let err = run("s1.gguf", "1", "m1.json", true).unwrap();
+    assert!(err.contains("wrote measurement"), "{err}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("m1.json")).unwrap()).unwrap();
+    let factors = m["sensitivity"]["factors"].as_array().unwrap();
+    let measured = m["tensors"].as_array().unwrap();
+    assert_eq!(factors.len(), measured.len());
+    let factor = |name: &str| {
+        factors
+            .iter()
+            .find(|f| f[0] == name)
+            .and_then(|f| f[1].as_f64())
+            .unwrap()
+    };
+    for f in factors {
+        let v = f[1].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{f}");
+    }
+    assert!(factor("blk.0.attn_v.weight") > factor("blk.0.attn_q.weight"));
+
+    // Two threads, measured again: the same factors and bytes. The cache: nothing measured.
+    run("s2.gguf", "2", "m2.json", true).unwrap();
+    assert!(std::fs::read(d.join("s1.gguf")).unwrap() == std::fs::read(d.join("s2.gguf")).unwrap());
+    assert_eq!(
+        std::fs::read(d.join("m1.json")).unwrap(),
+        std::fs::read(d.join("m2.json")).unwrap()
+    );
+    let err = run("s3.gguf", "2", "m1.json", true).unwrap();
+    assert!(!err.contains("wrote measurement"), "{err}");
+    assert!(std::fs::read(d.join("s1.gguf")).unwrap() == std::fs::read(d.join("s3.gguf")).unwrap());
+
+    // Without --sensitivity the cached factors are not used: the plain allocation.
+    run("p1.gguf", "2", "m1.json", false).unwrap();
+    run("p2.gguf", "2", "plain.json", false).unwrap();
+    let plain = std::fs::read(d.join("p2.gguf")).unwrap();
+    assert!(std::fs::read(d.join("p1.gguf")).unwrap() == plain);
+    assert!(std::fs::read(d.join("s1.gguf")).unwrap() != plain);
+
+    let e = smelt(
+        d,
+        [
+            "quantize",
+            "m.gguf",
+            "-o",
+            "x.gguf",
+            "--type",
+            "Q4_K_M",
+            "--sensitivity",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.contains("--sensitivity go with a target"), "{e}");
+    assert!(!d.join("x.gguf").exists());
 }

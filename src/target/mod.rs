@@ -24,6 +24,9 @@ use crate::write::{PlannedTensor, TensorProducer};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+pub mod sensitivity;
+pub use sensitivity::SensitivityText;
+
 /// Rows measured per tensor (all of them when it has fewer).
 pub const SAMPLE_ROWS: usize = 256;
 
@@ -167,6 +170,7 @@ pub fn plan_matrix(
     opts: &QuantizeOptions,
     candidates: &[GgmlType],
     mut cached: Option<Measurement>,
+    sensitivity: Option<&SensitivityText<'_>>,
     path_for: impl Fn(&TypeSpec) -> PathBuf,
     display: Display,
 ) -> Result<MatrixPlan> {
@@ -210,6 +214,7 @@ pub fn plan_matrix(
             target,
             candidates,
             cached.clone(),
+            sensitivity,
             path_for(spec),
             display,
         )?;
@@ -278,6 +283,21 @@ pub struct Measurement {
     pub imatrix_sha256: Option<String>,
     pub sample_rows: usize,
     pub tensors: Vec<MeasuredTensor>,
+    /// Measured sensitivity factors (`--sensitivity`), when they were asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<Sensitivity>,
+}
+
+/// Per tensor, ΔKLD per unit of measured error on a text ([`sensitivity`]): the allocation
+/// minimises Σ factor × error, a prediction of the KL divergence.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Sensitivity {
+    pub text: String,
+    /// Digest of the text's tokens and its cut (ctx, chunks): what a cached one must match.
+    pub text_sha256: String,
+    pub ctx: usize,
+    pub chunks: usize,
+    pub factors: Vec<(String, f64)>,
 }
 
 const FORMAT: &str = "smelt-measurement-1";
@@ -327,6 +347,13 @@ impl Measurement {
         s
     }
 
+    fn factor_of(&self, name: &str) -> f64 {
+        self.sensitivity
+            .as_ref()
+            .and_then(|s| s.factors.iter().find(|(n, _)| n == name))
+            .map_or(1.0, |(_, f)| *f)
+    }
+
     fn error_of(&self, name: &str, ty: GgmlType) -> Option<f64> {
         let t = self.tensors.iter().find(|t| t.name == name)?;
         t.types.iter().find(|m| m.ty == ty.name()).map(|m| m.error)
@@ -373,6 +400,7 @@ pub fn allocate(
     target: &Target,
     candidates: &[GgmlType],
     cached: Option<Measurement>,
+    sensitivity: Option<&SensitivityText<'_>>,
     path: PathBuf,
     display: Display,
 ) -> Result<Allocation> {
@@ -416,7 +444,7 @@ pub fn allocate(
         .collect();
     let model = model_id(source, n_tensors)?;
     let imatrix_sha256 = opts.imatrix.as_ref().map(|(im, _)| imatrix_digest(im));
-    let (measurement, measured_now) = match cached {
+    let (mut measurement, mut measured_now) = match cached {
         Some(m) => {
             if m.model != model
                 || m.imatrix_sha256 != imatrix_sha256
@@ -446,6 +474,7 @@ pub fn allocate(
                 imatrix_sha256,
                 sample_rows: SAMPLE_ROWS,
                 tensors,
+                sensitivity: None,
             };
             (m, true)
         }
@@ -503,6 +532,34 @@ pub fn allocate(
         }
         opts_k.sort_by_key(|o| o.bytes);
         items.push((k, opts_k));
+    }
+    // Measured sensitivity: each tensor's errors scaled by its factor (measured now unless
+    // the measurement already holds factors for this text).
+    if let Some(text) = sensitivity {
+        let current = measurement
+            .sensitivity
+            .as_ref()
+            .is_some_and(|s| s.text_sha256 == text.digest());
+        if !current {
+            let probes: Vec<sensitivity::Probe> = items
+                .iter()
+                .map(|(k, o)| sensitivity::Probe {
+                    source_index: order[*k],
+                    planned: planned(o[0].c, *k),
+                    error: o[0].error,
+                })
+                .collect();
+            measurement.sensitivity = Some(sensitivity::measure(text, source, &probes, display)?);
+            measured_now = true;
+        }
+    }
+    if sensitivity.is_some() {
+        for (k, o) in &mut items {
+            let f = measurement.factor_of(&planned(o[0].c, *k).name);
+            for opt in o.iter_mut() {
+                opt.error *= f;
+            }
+        }
     }
     let min: u64 = fixed + items.iter().map(|(_, o)| o[0].bytes).sum::<u64>();
     let max: u64 = fixed + items.iter().map(|(_, o)| o[o.len() - 1].bytes).sum::<u64>();
