@@ -158,11 +158,20 @@ impl Calibration {
         for r in &self.recipe.ranges {
             head.push(format!("{}@{}", r.parameter, r.line));
         }
-        head.extend(["ppl".into(), "kld".into(), "aborted".into(), "seconds".into()]);
+        head.extend([
+            "ppl".into(),
+            "kld".into(),
+            "aborted".into(),
+            "seconds".into(),
+        ]);
         let mut out = head.join(&sep.to_string());
         out.push('\n');
         for (k, t) in self.trials.iter().enumerate() {
-            let mut row = vec![format!("{}{}", k + 1, if k == self.best { "*" } else { "" })];
+            let mut row = vec![format!(
+                "{}{}",
+                k + 1,
+                if k == self.best { "*" } else { "" }
+            )];
             row.extend(t.values.iter().map(|&v| SearchRange::format(v)));
             row.push(format!("{:.4}", t.perplexity));
             row.push(t.kld.map_or("-".into(), |k| format!("{k:.6}")));
@@ -183,11 +192,8 @@ pub fn calibrate(recipe_path: &Path, opts: &CalibrateOptions) -> Result<Calibrat
     let text = crate::input::read_to_string(recipe_path)?;
     let origin = recipe_path.display().to_string();
     let recipe = SearchRecipe::parse(&text, &origin)?;
-    let recipe_dir = recipe_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    if !(opts.abort_factor > 1.0) {
+    let recipe_dir = recipe_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if opts.abort_factor.is_nan() || opts.abort_factor <= 1.0 {
         return Err(Error::Invalid(format!(
             "the abort factor must be above 1, not {}",
             opts.abort_factor
@@ -303,6 +309,14 @@ pub fn calibrate(recipe_path: &Path, opts: &CalibrateOptions) -> Result<Calibrat
                 .expect("metrics are not NaN")
         })
         .expect("at least one trial ran");
+    if !done[best].metric.is_finite() {
+        return Err(Error::Invalid(format!(
+            "{}: every one of {} trials measured an infinite {} (the merge overflows across the search ranges): nothing written; narrow the ranges",
+            recipe.origin,
+            done.len(),
+            opts.metric.name()
+        )));
+    }
     let mut calibration = Calibration {
         calibrated: String::new(),
         recipe,
@@ -318,7 +332,10 @@ pub fn calibrate(recipe_path: &Path, opts: &CalibrateOptions) -> Result<Calibrat
         written: Vec::new(),
         seconds: 0.0,
     };
-    calibration.calibrated = header(&calibration) + &calibration.recipe.with_values(&calibration.best_trial().values);
+    calibration.calibrated = header(&calibration)
+        + &calibration
+            .recipe
+            .with_values(&calibration.best_trial().values);
 
     // The outputs: the recipe and table together, then the models merged from that recipe.
     crate::output_files::write_whole(&opts.output, calibration.calibrated.as_bytes())?;
@@ -535,7 +552,8 @@ impl Trials<'_> {
         if first_ppl.is_nan() || first.kld.as_ref().is_some_and(|k| k.kld.value.is_nan()) {
             return Err(self.not_a_number(&values));
         }
-        let aborted = self.n_chunks > 1 && !(first_ppl <= first_best * self.abort_factor);
+        let within_bound = first_ppl <= first_best * self.abort_factor;
+        let aborted = self.n_chunks > 1 && !within_bound;
         let report = if aborted || self.n_chunks == 1 {
             first
         } else {
@@ -573,10 +591,11 @@ impl Trials<'_> {
 
     /// `chunks` chunks of the text from token `from`, against the matching reference file.
     fn evaluate(&self, weights: &dyn Weights, from: usize, chunks: usize) -> Result<EvalReport> {
-        let file = self
-            .reference
-            .map(|r| if from == 0 { Some(&r.first) } else { r.rest.as_ref() })
-            .map(|p| p.expect("a reference file for every part measured"));
+        let file = match self.reference {
+            Some(r) if from == 0 => Some(&r.first),
+            Some(r) => r.rest.as_ref(),
+            None => None,
+        };
         let mut saved = file.map(|p| LogitsReader::open(p)).transpose()?;
         let opts = EvalOptions {
             n_ctx: self.n_ctx,
@@ -626,7 +645,12 @@ fn combine(first: &EvalReport, rest: &EvalReport) -> EvalReport {
     out.n_chunks += first.n_chunks;
     out.n_scored += first.n_scored;
     out.perplexity = log_ppl.exp();
-    out.per_chunk = first.per_chunk.iter().chain(&rest.per_chunk).copied().collect();
+    out.per_chunk = first
+        .per_chunk
+        .iter()
+        .chain(&rest.per_chunk)
+        .copied()
+        .collect();
     if let (Some(f), Some(r)) = (&first.kld, out.kld.as_mut()) {
         let (fa, rb) = (f.scored as f64, r.scored as f64);
         r.kld.value = (fa * f.kld.value + rb * r.kld.value) / (fa + rb);

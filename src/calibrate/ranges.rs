@@ -168,10 +168,7 @@ impl<'de> Deserialize<'de> for Node {
             fn visit_none<E>(self) -> std::result::Result<Node, E> {
                 Ok(Node::Other)
             }
-            fn visit_some<D: Deserializer<'de>>(
-                self,
-                d: D,
-            ) -> std::result::Result<Node, D::Error> {
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Node, D::Error> {
                 Node::deserialize(d)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> std::result::Result<Node, A::Error> {
@@ -439,10 +436,7 @@ impl Finder<'_> {
             })
             .collect();
         let [low, high] = nums[..] else {
-            return Err(self.error(
-                list,
-                format!("{shape}; got {} bound(s)", bounds.len()),
-            ));
+            return Err(self.error(list, format!("{shape}; got {} bound(s)", bounds.len())));
         };
         if nums.len() != bounds.len() || !low.is_finite() || !high.is_finite() {
             return Err(self.error(list, format!("{shape} (finite)")));
@@ -605,11 +599,17 @@ slices:
     #[test]
     fn a_range_where_no_number_is_taken_names_its_line() {
         let e = error_of("merge_method: passthrough\nslices:\n  - sources:\n      - model: a.gguf\n        layer_range: [0, {search: [1, 2]}]\n");
-        assert!(e.starts_with("r.yaml:5:") && e.contains("layer_range"), "{e}");
+        assert!(
+            e.starts_with("r.yaml:5:") && e.contains("layer_range"),
+            "{e}"
+        );
         let e = error_of("merge_method: linear\nmodels:\n  - model: a.gguf\n    parameters:\n      weight: 1\n      normalize: {search: [0, 1]}\n");
         assert!(e.starts_with("r.yaml:6:") && e.contains("flag"), "{e}");
         let e = error_of("merge_method: linear\nmodels:\n  - model: a.gguf\n    parameters:\n      wieght: {search: [0, 1]}\n");
-        assert!(e.starts_with("r.yaml:5:") && e.contains("takes no parameter `wieght`"), "{e}");
+        assert!(
+            e.starts_with("r.yaml:5:") && e.contains("takes no parameter `wieght`"),
+            "{e}"
+        );
         let e = error_of("merge_method: slerp\nparameters:\n  t:\n    - filter: {search: [0, 1]}\n      value: 0.5\nmodels:\n  - model: a\n");
         assert!(e.starts_with("r.yaml:4:") && e.contains("`filter`"), "{e}");
     }
@@ -627,7 +627,10 @@ slices:
             ("{search: 1}", "LOW < HIGH"),
         ] {
             let e = error_of(&format!("{base}{range}\n"));
-            assert!(e.starts_with("r.yaml:5:") && e.contains(says), "{range}: {e}");
+            assert!(
+                e.starts_with("r.yaml:5:") && e.contains(says),
+                "{range}: {e}"
+            );
         }
     }
 
