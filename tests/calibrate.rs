@@ -88,7 +88,14 @@ fn golden_section_finds_the_merge_a_reference_was_made_from() {
         d,
         "r.yaml",
         "cal.yaml",
-        &["--metric", "kld", "--ref", "ref/ref-F32.gguf"],
+        &[
+            "--metric",
+            "kld",
+            "--ref",
+            "ref/ref-F32.gguf",
+            "--table",
+            "t.tsv",
+        ],
     )
     .unwrap();
     let text = std::fs::read_to_string(d.join("cal.yaml")).unwrap();
@@ -113,12 +120,42 @@ fn golden_section_finds_the_merge_a_reference_was_made_from() {
             .as_f64()
             .unwrap()
     };
+    // A trial measures what `smelt eval --ref` measures (its first chunk and the rest apart,
+    // combined): the first trial, at t = 0.382 of the golden section.
+    let tsv = std::fs::read_to_string(d.join("t.tsv")).unwrap();
+    let first: Vec<&str> = tsv.lines().nth(1).unwrap().split('\t').collect();
+    let table_kld: f64 = first[3].parse().unwrap();
+    let eval_kld = kld_at(first[1]);
+    assert!(
+        (table_kld - eval_kld).abs() < 1e-6,
+        "{table_kld} vs {eval_kld}\n{table}"
+    );
     let best = kld_at(&t.to_string());
     for g in [
         "0.0", "0.1", "0.2", "0.25", "0.35", "0.4", "0.5", "0.7", "1.0",
     ] {
         assert!(best <= kld_at(g), "t = {g} beats the calibrated {t}");
     }
+}
+
+#[test]
+fn kl_divergence_defaults_to_the_base_model() {
+    let dir = setup();
+    let d = dir.path();
+    // Against its base model a.gguf, slerp's best t is 0: the base itself.
+    std::fs::write(d.join("r.yaml"), slerp("{search: [0.0, 1.0]}")).unwrap();
+    let table = calibrate(d, "r.yaml", "cal.yaml", &["--metric", "kld"]).unwrap();
+    let text = std::fs::read_to_string(d.join("cal.yaml")).unwrap();
+    let t: f64 = calibrated_value(&text, 7).parse().unwrap();
+    assert!(t < 1e-3, "t = {t}\n{table}");
+    // The reference's log-probabilities lived in a temporary folder: nothing is left of it.
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

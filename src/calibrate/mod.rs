@@ -260,7 +260,9 @@ pub fn calibrate(recipe_path: &Path, opts: &CalibrateOptions) -> Result<Calibrat
     // The reference's log-probabilities, computed once, in a temporary folder beside the
     // output (removed at the end, or on a signal).
     let scratch = match &reference_path {
-        Some(_) => Some(crate::output_files::temp_dir_beside(&opts.output)?),
+        Some(_) => Some(ScratchDir(Some(crate::output_files::temp_dir_beside(
+            &opts.output,
+        )?))),
         None => None,
     };
     let reference_files = match (&reference_path, &scratch) {
@@ -422,6 +424,25 @@ fn reference_of(
             recipe.origin,
             plan.inputs.len()
         ))),
+    }
+}
+
+/// A temporary folder, removed (and no longer the signal handler's to remove) when dropped.
+struct ScratchDir(Option<tempfile::TempDir>);
+
+impl ScratchDir {
+    fn path(&self) -> &Path {
+        self.0.as_ref().expect("held until dropped").path()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let path = dir.path().to_path_buf();
+            let _ = dir.close();
+            crate::output_files::forget(&path);
+        }
     }
 }
 
