@@ -328,6 +328,9 @@ fn bad_calibration_input_is_one_clear_error_and_writes_nothing() {
     std::fs::write(d.join("r.yaml"), head_scale("[1e37, 3e38]")).unwrap();
     let e = calibrate(d, "r.yaml", "cal.yaml", &[]).unwrap_err();
     assert!(e.contains("r.yaml:13:"), "{e}");
+    // An output in a folder that does not exist is refused before any trial.
+    let e = calibrate(d, "r.yaml", "no/cal.yaml", &[]).unwrap_err();
+    assert!(e.contains("no/cal.yaml: its folder does not exist"), "{e}");
     // The output may not be an input.
     std::fs::write(d.join("r.yaml"), slerp("{search: [0.0, 1.0]}")).unwrap();
     let e = calibrate(d, "r.yaml", "r.yaml", &[]).unwrap_err();

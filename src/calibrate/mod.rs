@@ -239,6 +239,16 @@ pub fn calibrate(recipe_path: &Path, opts: &CalibrateOptions) -> Result<Calibrat
     outputs.extend(model_paths.iter().map(PathBuf::as_path));
     let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
     crate::output_files::check_outputs(&input_refs, &outputs)?;
+    // Found out now, not after the last trial.
+    for out in &outputs {
+        let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
+        if folder.is_some_and(|f| !f.is_dir()) {
+            return Err(Error::Invalid(format!(
+                "{}: its folder does not exist",
+                out.display()
+            )));
+        }
+    }
 
     let (eval_text, text_name) = crate::app::text::eval_text(opts.text.as_deref())?;
     let tokens = crate::eval::tokenize(&probe, &eval_text)?;
