@@ -114,6 +114,9 @@ or --name). Takes quantize's options."
     Merge(MergeArgs),
     /// Propose the K most redundant layers to prune, as a passthrough recipe.
     PrunePlan(PrunePlanArgs),
+    /// Tune a recipe's `{search: [LOW, HIGH]}` values by measured perplexity (or KL
+    /// divergence), merging each trial in memory, and write the recipe with the best values.
+    Calibrate(CalibrateArgs),
     /// Train a few projections of a pruned model's layers around each cut to match the
     /// original's hidden states again (block-wise distillation), and write it as GGUF.
     Heal(HealArgs),
@@ -265,6 +268,51 @@ pub struct EvalArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// The recipe (one YAML document) with values to tune written as `{search: [LOW, HIGH]}`.
+    pub recipe: PathBuf,
+    /// The calibrated recipe to write (the input's text with each range replaced by its value).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The text trials are measured on (default: the built-in calibration text).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// What to minimise: `ppl` (perplexity) or `kld` (KL divergence from --ref).
+    #[arg(long, value_enum, default_value_t = CalibrateMetric::Ppl)]
+    pub metric: CalibrateMetric,
+    /// The reference of --metric kld (default: the recipe's base_model, else its one input).
+    #[arg(long = "ref", visible_alias = "reference")]
+    pub reference: Option<PathBuf>,
+    /// Trials at most (default: 20 for one value, 10 more per further value).
+    #[arg(long)]
+    pub budget: Option<usize>,
+    /// Tokens per chunk.
+    #[arg(long = "ctx", default_value_t = 128)]
+    pub n_ctx: usize,
+    /// Chunks each trial measures (every trial runs them all: keep it short).
+    #[arg(long, default_value_t = 4)]
+    pub chunks: usize,
+    /// Stop a trial after its first chunk when that chunk's perplexity is above this many times
+    /// the lowest first-chunk perplexity so far.
+    #[arg(long, default_value_t = 10.0)]
+    pub abort_factor: f64,
+    /// Also write the calibrated model in these types, beside the recipe
+    /// (`<OUTPUT stem>-<TYPE>.gguf`).
+    #[arg(long = "types", visible_alias = "type", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Also write the table of trials here (tab-separated).
+    #[arg(long, value_name = "FILE")]
+    pub table: Option<PathBuf>,
+}
+
+/// `calibrate --metric`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalibrateMetric {
+    Ppl,
+    Kld,
 }
 
 #[derive(clap::Args, Debug)]
@@ -624,6 +672,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Merge(args) => merge(&args, ui),
         Command::PrunePlan(args) => prune_plan(&args, ui),
+        Command::Calibrate(args) => calibrate(&args, ui),
         Command::Heal(args) => heal(&args, ui),
         Command::Tokenize(args) => tokenize(&args),
         Command::Release(args) => release(&args, ui),
@@ -849,6 +898,56 @@ fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {
         return print_stdout(&(text + "\n"));
     }
     print_stdout(&crate::app::inspect::text(&store))
+}
+
+/// `calibrate`: the search's table, the best values, the files written.
+fn calibrate(args: &CalibrateArgs, ui: Ui) -> Result<()> {
+    use crate::calibrate::{CalibrateOptions, Metric};
+    let opts = CalibrateOptions {
+        output: args.output.clone(),
+        text: args.text.clone(),
+        metric: match args.metric {
+            CalibrateMetric::Ppl => Metric::Perplexity,
+            CalibrateMetric::Kld => Metric::Kld,
+        },
+        reference: args.reference.clone(),
+        budget: args.budget,
+        n_ctx: args.n_ctx,
+        chunks: args.chunks,
+        abort_factor: args.abort_factor,
+        types: args.types.clone(),
+        table: args.table.clone(),
+        display: ui.display,
+    };
+    let c = crate::calibrate::calibrate(&args.recipe, &opts)?;
+    print_stdout(&c.table())?;
+    let best = c.best_trial();
+    let aborted = c.trials.iter().filter(|t| t.aborted).count();
+    ui.say(format_args!(
+        "{} trials ({aborted} stopped after their first chunk) of {} search, budget {}, on {} ({} chunks of {}), in {:.1} s",
+        c.trials.len(),
+        c.search,
+        c.budget,
+        c.text_name,
+        c.n_chunks,
+        c.n_ctx,
+        c.seconds
+    ));
+    ui.say(format_args!(
+        "best: trial {}, perplexity {:.4}{}",
+        c.best + 1,
+        best.perplexity,
+        best.kld
+            .map_or(String::new(), |k| format!(", KL divergence {k:.6}"))
+    ));
+    ui.say(format_args!("wrote {}", args.output.display()));
+    if let Some(t) = &args.table {
+        ui.say(format_args!("wrote {}", t.display()));
+    }
+    for r in &c.written {
+        ui.say(wrote_line(r));
+    }
+    Ok(())
 }
 
 /// `eval`: perplexity (and KL divergence against a reference) on a text.

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod arch;
+pub mod calibrate;
 pub mod cli;
 pub mod convert;
 pub mod error;
