@@ -66,21 +66,33 @@ impl LoraDelta {
         use rayon::prelude::*;
         let (rank, row_len, n_out) = (self.a.rows, self.a.cols, self.b.rows);
         let a = Self::read(store, self.file, &self.a, 0, rank)?;
-        let b_rows: Vec<Vec<f32>> = (0..out.len() / row_len)
-            .map(|i| {
-                let hf_row = self.rows.stored_row(first_row + i, n_out);
-                Self::read(store, self.file, &self.b, hf_row, 1)
-            })
-            .collect::<Result<_>>()?;
+        let n_rows = out.len() / row_len;
+        // B's rows for the rows asked for: one run when the order is kept, else one by one.
+        let b = match self.rows {
+            RowOrder::AsStored => Self::read(store, self.file, &self.b, first_row, n_rows)?,
+            order => (0..n_rows)
+                .map(|i| {
+                    let hf_row = order.stored_row(first_row + i, n_out);
+                    Self::read(store, self.file, &self.b, hf_row, 1)
+                })
+                .collect::<Result<Vec<_>>>()?
+                .concat(),
+        };
+        let a: Vec<f64> = a.iter().map(|&x| x as f64).collect();
         out.par_chunks_mut(row_len)
-            .zip(b_rows.par_iter())
+            .zip(b.par_chunks(rank))
             .for_each(|(dst, b)| {
-                // (B·A) in f64, then scaled and added in f32, as PEFT adds its f32 delta.
-                for (j, d) in dst.iter_mut().enumerate() {
-                    let dot: f64 = (0..rank)
-                        .map(|k| b[k] as f64 * a[k * row_len + j] as f64)
-                        .sum();
-                    *d += (dot * self.scale) as f32;
+                // (B·A) in f64, a row of A at a time (contiguous), then scaled and added in
+                // f32, as PEFT adds its f32 delta.
+                let mut row = vec![0f64; row_len];
+                for (k, &bk) in b.iter().enumerate() {
+                    let bk = bk as f64;
+                    for (r, &x) in row.iter_mut().zip(&a[k * row_len..(k + 1) * row_len]) {
+                        *r += bk * x;
+                    }
+                }
+                for (d, r) in dst.iter_mut().zip(&row) {
+                    *d += (r * self.scale) as f32;
                 }
             });
         Ok(())

@@ -109,7 +109,15 @@ fn adapters_that_do_not_fit_the_base_name_the_recipe_line() {
     let d = dir.path();
     setup(d);
     // (adapter folder, config, module, A shape, B shape, words of the error)
-    let cases: &[(&str, &str, &str, (usize, usize), (usize, usize), &[&str])] = &[
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        (usize, usize),
+        (usize, usize),
+        &'a [&'a str],
+    );
+    let cases: &[Case] = &[
         (
             "beyond",
             CONFIG,
