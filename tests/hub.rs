@@ -141,6 +141,71 @@ fn hub_ids_resolve_from_a_prefilled_cache() {
 }
 
 #[test]
+fn a_lora_adapter_named_by_hub_id_comes_from_the_cache_too() {
+    let dir = common::scratch();
+    let cache = dir.path().join("cache");
+    let base = fill_cache(&cache, "org/tiny", "main", COMMIT_A, &tiny(1));
+    // A PEFT adapter snapshot (no config.json): rank 1 on layer 0's v_proj (32 × 64).
+    let snap = cache.join(format!("models--org--ad/snapshots/{COMMIT_B}"));
+    std::fs::create_dir_all(cache.join("models--org--ad/refs")).unwrap();
+    std::fs::write(cache.join("models--org--ad/refs/main"), COMMIT_B).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::write(
+        snap.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 1, "lora_alpha": 2}"#,
+    )
+    .unwrap();
+    let bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let module = "base_model.model.model.layers.0.self_attn.v_proj";
+    smelt::fixture::write_safetensors(
+        &snap.join("adapter_model.safetensors"),
+        &[
+            (
+                format!("{module}.lora_A.weight"),
+                GgmlType::F32,
+                vec![1, 64],
+                bytes(vec![0.5; 64]),
+            ),
+            (
+                format!("{module}.lora_B.weight"),
+                GgmlType::F32,
+                vec![32, 1],
+                bytes(vec![0.25; 32]),
+            ),
+        ],
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("recipe.yaml"),
+        "merge_method: passthrough
+models:
+  - model: org/tiny+org/ad
+",
+    )
+    .unwrap();
+    let env = [
+        ("HF_HUB_CACHE", cache.display().to_string()),
+        ("HF_HUB_OFFLINE", "1".to_string()),
+    ];
+    merge(dir.path(), &env).unwrap();
+    let (out, base) = (
+        tensors(&dir.path().join("out/recipe-F32.gguf")),
+        tensors(&base),
+    );
+    for (name, want) in &base {
+        // scale 2 / 1 · 0.25 · 0.5 on every element of the one targeted tensor.
+        let delta = if name == "blk.0.attn_v.weight" {
+            0.25
+        } else {
+            0.0
+        };
+        for (w, o) in want.iter().zip(&out[name]) {
+            assert!((w + delta - o).abs() < 1e-6, "{name}");
+        }
+    }
+}
+
+#[test]
 fn offline_and_missing_names_the_recipe_line() {
     let dir = common::scratch();
     let cache = dir.path().join("cache");

@@ -172,6 +172,13 @@ fn tokenizer_source_can_name_a_model_that_is_not_merged() {
         out.metadata.get("general.name"),
         Some(Value::String(_))
     ));
+    // The `tokenizer:` block's `source` names a donor the same way.
+    let block = recipe.replace(
+        "tokenizer_source: models/D.gguf",
+        "tokenizer:\n  source: models/D.gguf",
+    );
+    merge(d, "block", &block).unwrap();
+    assert_eq!(got, tensors(&d.join("out-block/block-F32.gguf")));
 }
 
 #[test]
