@@ -103,6 +103,9 @@ pub struct Recipe {
     pub out_dtype: Option<String>,
     pub tokenizer_source: Option<Spanned<String>>,
     pub tokenizer: Option<Spanned<serde_json::Value>>,
+    /// mergekit's `modules: {NAME: {slices | models, parameters}}`; smelt merges one module,
+    /// moved into `slices` / `models` / `parameters` by `parse`.
+    pub modules: Option<BTreeMap<String, Spanned<Module>>>,
     /// A Jinja template, `auto` (the template most inputs share) or a bundled template's name
     /// (see `chat_template::named`).
     pub chat_template: Option<Spanned<String>>,
@@ -128,9 +131,45 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "out_dtype",
     "tokenizer_source",
     "tokenizer",
+    "modules",
     "chat_template",
     "output",
     "globals",
+];
+
+/// One module of mergekit's `modules:` (the text decoder of a single-module model).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Module {
+    pub slices: Option<Vec<OutputSlice>>,
+    pub models: Option<Vec<InputModel>>,
+    #[serde(default)]
+    pub parameters: Params,
+}
+
+/// A first document of a multi-document recipe that holds no merge, only settings the
+/// documents after it share (each document's own value wins).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SharedSettings {
+    base_model: Option<Spanned<String>>,
+    dtype: Option<String>,
+    out_dtype: Option<String>,
+    tokenizer_source: Option<Spanned<String>>,
+    chat_template: Option<Spanned<String>>,
+    #[serde(default)]
+    parameters: Params,
+}
+
+/// Keys of mergekit's other configuration files, which are not merge recipes: (key, what
+/// the file is).
+const OTHER_CONFIG_KEYS: &[(&str, &str)] = &[
+    ("experts", "a mergekit-moe config"),
+    ("gate_mode", "a mergekit-moe config"),
+    ("experts_per_token", "a mergekit-moe config"),
+    ("shared_experts", "a mergekit-moe config"),
+    ("genome", "a mergekit-evolve config"),
+    ("tasks", "a mergekit-evolve config"),
 ];
 
 /// Parameters smelt itself reads, whatever the method.
@@ -149,10 +188,21 @@ pub struct Globals {
 
 /// Parse every document of a recipe; errors carry the line.
 pub fn parse(text: &str, origin: &str) -> Result<Vec<Recipe>> {
+    let keys: Vec<BTreeMap<String, Spanned<serde::de::IgnoredAny>>> =
+        serde_saphyr::from_multiple(text).unwrap_or_default();
+    reject_other_configs(text, &keys, origin)?;
+    let (text, shared) = split_shared_settings(text, &keys, origin)?;
+    let text = text.as_ref();
     let mut docs: Vec<Recipe> =
         serde_saphyr::from_multiple(text).map_err(|e| Error::Invalid(format!("{origin}: {e}")))?;
     if docs.is_empty() {
         return Err(Error::Invalid(format!("{origin}: empty recipe")));
+    }
+    for d in docs.iter_mut() {
+        if let Some(shared) = &shared {
+            shared.apply_to(d);
+        }
+        flatten_modules(d, text, origin)?;
     }
     for d in &docs {
         let line = d.merge_method.referenced.line();
@@ -204,8 +254,172 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Recipe>> {
         }
         let params = parameter_warnings(d, origin);
         d.warnings.extend(params);
+        if d.slices
+            .iter()
+            .flatten()
+            .any(|s| s.residual_weight.is_some())
+        {
+            d.warnings.push(format!(
+                "{origin}: a slice's `residual_weight` is not implemented by smelt (nor used by mergekit's merge planner): it is ignored"
+            ));
+        }
     }
     Ok(docs)
+}
+
+/// The line of `key:` for a value that starts on line `value_line` (a block mapping or
+/// list starts on the line after its key).
+fn key_line(text: &str, key: &str, value_line: u64) -> u64 {
+    let lines: Vec<&str> = text.lines().collect();
+    let key = format!("{key}:");
+    (1..=value_line.min(lines.len() as u64))
+        .rev()
+        .find(|&l| lines[l as usize - 1].trim_start().starts_with(&key))
+        .unwrap_or(value_line)
+}
+
+/// mergekit-moe and mergekit-evolve files are not merge recipes: say so, naming the line.
+fn reject_other_configs(
+    text: &str,
+    keys: &[BTreeMap<String, Spanned<serde::de::IgnoredAny>>],
+    origin: &str,
+) -> Result<()> {
+    for doc in keys {
+        // The first such key in the file.
+        let found = OTHER_CONFIG_KEYS
+            .iter()
+            .filter_map(|(key, what)| {
+                doc.get(*key)
+                    .map(|at| (key_line(text, key, at.referenced.line()), key, what))
+            })
+            .min();
+        if let Some((line, key, what)) = found {
+            let hint = if what.contains("moe") {
+                "building a mixture of experts from dense models is not yet supported by smelt"
+            } else {
+                "evolutionary merge search is not supported by smelt (`smelt merge` takes mergekit-yaml recipes)"
+            };
+            return Err(Error::Invalid(format!(
+                "{origin}:{line}: `{key}`: this is {what}, not a merge recipe: {hint}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl SharedSettings {
+    /// Fill what document `d` leaves unset.
+    fn apply_to(&self, d: &mut Recipe) {
+        if d.base_model.is_none() {
+            d.base_model = self.base_model.clone();
+        }
+        if d.dtype.is_none() {
+            d.dtype = self.dtype.clone();
+        }
+        if d.out_dtype.is_none() {
+            d.out_dtype = self.out_dtype.clone();
+        }
+        if d.tokenizer_source.is_none() && d.tokenizer.is_none() {
+            d.tokenizer_source = self.tokenizer_source.clone();
+        }
+        if d.chat_template.is_none() {
+            d.chat_template = self.chat_template.clone();
+        }
+        for (k, v) in &self.parameters {
+            d.parameters.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+/// A first document with no merge in it (no `merge_method`, `models`, `slices` or
+/// `modules`) followed by others holds settings they share (`base_model` given once at the
+/// top of a multi-document file). Returns the recipe text without that document (its lines
+/// blanked, so every line keeps its number) and the settings.
+fn split_shared_settings<'t>(
+    text: &'t str,
+    keys: &[BTreeMap<String, Spanned<serde::de::IgnoredAny>>],
+    origin: &str,
+) -> Result<(std::borrow::Cow<'t, str>, Option<SharedSettings>)> {
+    let merge_keys = ["merge_method", "models", "slices", "modules"];
+    let is_settings_only = |doc: &BTreeMap<String, _>| {
+        !doc.is_empty() && !merge_keys.iter().any(|k| doc.contains_key(*k))
+    };
+    if keys.len() < 2 || !is_settings_only(&keys[0]) {
+        return Ok((std::borrow::Cow::Borrowed(text), None));
+    }
+    // The first document ends at the first `---` after its first content line.
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let is_separator =
+        |l: &str| l.starts_with("---") && l[3..].chars().next().is_none_or(char::is_whitespace);
+    let mut seen_content = false;
+    let mut end = None;
+    for (i, l) in lines.iter().enumerate() {
+        if is_separator(l) {
+            if seen_content {
+                end = Some(i);
+                break;
+            }
+        } else if !l.trim().is_empty() && !l.trim_start().starts_with('#') && !l.starts_with('%') {
+            seen_content = true;
+        }
+    }
+    let Some(end) = end else {
+        return Ok((std::borrow::Cow::Borrowed(text), None));
+    };
+    let head: String = lines[..end].concat();
+    let shared: SharedSettings = serde_saphyr::from_str(&head).map_err(|e| {
+        Error::Invalid(format!(
+            "{origin}: the first document has no merge_method, so it holds settings the others share (base_model, dtype, out_dtype, tokenizer_source, chat_template, parameters): {e}"
+        ))
+    })?;
+    let blanked: String = lines[..end]
+        .iter()
+        .map(|l| if l.ends_with('\n') { "\n" } else { "" })
+        .chain(lines[end..].iter().copied())
+        .collect();
+    Ok((std::borrow::Cow::Owned(blanked), Some(shared)))
+}
+
+/// mergekit's `modules:` with one module: its slices or models and its parameters become
+/// the recipe's (a module's parameters rank between a slice's and the recipe's, as in
+/// mergekit's ConfigReader). Several modules (a vision tower beside the text decoder) are
+/// refused.
+fn flatten_modules(d: &mut Recipe, text: &str, origin: &str) -> Result<()> {
+    let Some(modules) = d.modules.take() else {
+        return Ok(());
+    };
+    let line = d.merge_method.referenced.line();
+    if d.models.is_some() || d.slices.is_some() {
+        return Err(Error::Invalid(format!(
+            "{origin}:{line}: exactly one of `models`, `slices` or `modules` must be present"
+        )));
+    }
+    let mut modules = modules.into_iter();
+    let Some((_, first)) = modules.next() else {
+        return Err(Error::Invalid(format!(
+            "{origin}:{line}: `modules` is empty: the recipe names no model to merge"
+        )));
+    };
+    if let Some((name, other)) = modules.next() {
+        return Err(Error::Invalid(format!(
+            "{origin}:{}: module `{name}`: smelt merges one module (a text model); mergekit's multi-module merges (a vision tower beside the text decoder) are not supported",
+            key_line(text, &name, other.referenced.line())
+        )));
+    }
+    let m = first.value;
+    match (&m.models, &m.slices) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(Error::Invalid(format!(
+                "{origin}:{}: a module needs exactly one of `models` or `slices`",
+                first.referenced.line()
+            )))
+        }
+        _ => {}
+    }
+    d.models = m.models;
+    d.slices = m.slices;
+    d.parameters.extend(m.parameters);
+    Ok(())
 }
 
 /// A name that stays inside the folder it is joined to: one component, not `.` or `..`.

@@ -142,6 +142,9 @@ pub struct Store {
     pub files: Vec<SourceFile>,
     /// Things a user should know about this input (a folder without tokenizer files).
     pub warnings: Vec<String>,
+    /// LoRA updates added to tensors as they are read (`BASE+ADAPTER` inputs), by tensor
+    /// index; their adapter files are among `files`.
+    pub adapters: std::collections::BTreeMap<usize, crate::lora::LoraDelta>,
 }
 
 impl Store {
@@ -266,6 +269,7 @@ impl Store {
             tensors,
             files,
             warnings: Vec::new(),
+            adapters: Default::default(),
         })
     }
 
@@ -283,7 +287,8 @@ impl Store {
     /// (then [`Store::read_rows`] reports it).
     pub fn raw(&self, t: usize) -> Option<&[u8]> {
         let st = &self.tensors[t];
-        if !st.parts.is_empty() {
+        // A LoRA update changes the values: the stored bytes are not the tensor.
+        if !st.parts.is_empty() || self.adapters.contains_key(&t) {
             return None;
         }
         self.files[st.file]
@@ -361,6 +366,9 @@ impl Store {
         };
         result.map_err(|e| Error::quant(&st.name, e))?;
         st.transform.apply_to(st.stored, out);
+        if let Some(delta) = self.adapters.get(&t) {
+            delta.add_rows(self, first_row, out)?;
+        }
         Ok(())
     }
 

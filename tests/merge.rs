@@ -334,7 +334,7 @@ fn bad_recipes_name_the_line_and_write_nothing() {
         ("shape.yaml", "merge_method: linear\nmodels:\n  - model: m1.gguf\n    parameters: {weight: 1}\n  - model: wide.gguf\n    parameters: {weight: 1}\n", vec!["shape.yaml", "token_embd.weight", "shape"]),
         ("key.yaml", "merge_method: linear\nmodels:\n  - model: m1.gguf\n    weigth: 1\n", vec!["weigth"]),
         ("base.yaml", "merge_method: slerp\nmodels:\n  - model: m1.gguf\n  - model: m2.gguf\nparameters: {t: 0.5}\n", vec!["base.yaml:1", "base_model"]),
-        ("tok.yaml", "merge_method: linear\ntokenizer_source: other.gguf\nmodels:\n  - model: m1.gguf\n    parameters: {weight: 1}\n", vec!["tok.yaml:2", "other.gguf", "not one of the recipe's models"]),
+        ("tok.yaml", "merge_method: linear\ntokenizer_source: other.gguf\nmodels:\n  - model: m1.gguf\n    parameters: {weight: 1}\n", vec!["tok.yaml:2", "other.gguf", "no such file or folder"]),
     ];
     for (file, text, needles) in cases {
         let r = e.recipe(file, text);

@@ -585,6 +585,7 @@ fn build(
         tensors,
         files: source_files,
         warnings: Vec::new(),
+        adapters: Default::default(),
     })
 }
 

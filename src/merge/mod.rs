@@ -127,7 +127,26 @@ fn own_method<'a>(
 }
 
 /// Resolve a model reference: a named earlier result, else a path (relative to the working
-/// folder, then to the recipe's folder).
+/// folder, then to the recipe's folder), else a hub model id (`org/name[@revision]`) from the
+/// Hugging Face cache or downloaded into it. The error is about the reference (the caller
+/// names the recipe line).
+fn resolve_model(
+    reference: &str,
+    recipe_dir: &Path,
+    named: &[(String, PathBuf)],
+    progress: crate::progress::Display,
+) -> std::result::Result<PathBuf, String> {
+    if let Some(p) = resolve_path(reference, recipe_dir, named) {
+        return Ok(p);
+    }
+    match crate::hub::HubId::parse(reference) {
+        Some(id) => crate::hub::resolve(&id, &crate::hub::HubOptions::from_env(progress)),
+        None => Err(format!("model `{reference}`: no such file or folder")),
+    }
+}
+
+/// A named earlier result, else a path (relative to the working folder, then to the recipe's
+/// folder).
 fn resolve_path(
     reference: &str,
     recipe_dir: &Path,
@@ -142,6 +161,20 @@ fn resolve_path(
     }
     let q = recipe_dir.join(reference);
     q.exists().then_some(q)
+}
+
+/// The model a recipe's `tokenizer_source` (or `tokenizer: {source}`) names, when it names
+/// one (not `base` or `union`).
+fn tokenizer_model(recipe: &Recipe) -> Option<Spanned<String>> {
+    let named = match (&recipe.tokenizer_source, &recipe.tokenizer) {
+        (Some(t), _) => t.clone(),
+        (None, Some(block)) => {
+            let source = block.value.get("source")?.as_str()?.to_string();
+            Spanned::new(source, block.referenced, block.defined)
+        }
+        (None, None) => return None,
+    };
+    (!matches!(named.value.as_str(), "base" | "union")).then_some(named)
 }
 
 /// One source of a slice: input index, layer range, its parameters, its recipe entry and the
@@ -208,14 +241,8 @@ impl MergePlan {
         // The steps of mergekit's plan.py: normalize the recipe into slices (opening each
         // input once), validate them, then plan every output tensor.
         let mut inputs: Vec<Input> = Vec::new();
-        let (mut slices, mut globals) = Self::normalize(
-            recipe,
-            &mut inputs,
-            origin,
-            recipe_dir,
-            named,
-            &opts.tokenizer,
-        )?;
+        let (mut slices, mut globals) =
+            Self::normalize(recipe, &mut inputs, origin, recipe_dir, named, opts)?;
         Self::validate(&inputs, &mut slices, &mut globals, recipe, origin)?;
         let seed = match recipe.parameters.get("seed") {
             Some(s) => match &s.value {
@@ -247,6 +274,7 @@ impl MergePlan {
             recipe,
             recipe_text,
             &inputs,
+            &slices,
             tokenizer_input,
             vocab.as_ref(),
             out_layer,
@@ -283,22 +311,42 @@ impl MergePlan {
         origin: &str,
         recipe_dir: &Path,
         named: &[(String, PathBuf)],
-        tokenizer: &crate::tokenizer::TokenizerOptions,
+        opts: &PlanOptions,
     ) -> Result<(Vec<Slice<'a>>, Option<Slice<'a>>)> {
+        let progress = opts.progress.unwrap_or(crate::progress::Display::Hidden);
         // Inputs, each opened once.
         let mut open = |r: &Spanned<String>| -> Result<usize> {
             if let Some(i) = inputs.iter().position(|x| x.reference == r.value) {
                 return Ok(i);
             }
-            let path = resolve_path(&r.value, recipe_dir, named).ok_or_else(|| {
-                at(
-                    origin,
-                    r,
-                    format!("model `{}`: no such file or folder", r.value),
-                )
-            })?;
-            let store = Store::open_with(&path, tokenizer)
-                .map_err(|e| at(origin, r, format!("model `{}`: {e}", r.value)))?;
+            // `BASE+ADAPTER`: a LoRA adapter applied to the base as it is read (mergekit
+            // splits on `+` the same way).
+            let (base, adapter) = match r.value.split('+').collect::<Vec<_>>()[..] {
+                [base] => (base, None),
+                [base, adapter] if !base.is_empty() && !adapter.is_empty() => (base, Some(adapter)),
+                _ => {
+                    return Err(at(
+                        origin,
+                        r,
+                        format!("model `{}`: expected MODEL or MODEL+LORA_ADAPTER", r.value),
+                    ))
+                }
+            };
+            let path =
+                resolve_model(base, recipe_dir, named, progress).map_err(|e| at(origin, r, e))?;
+            let mut store = Store::open_with(&path, &opts.tokenizer)
+                .map_err(|e| at(origin, r, format!("model `{base}`: {e}")))?;
+            if let Some(adapter) = adapter {
+                let dir = resolve_model(adapter, recipe_dir, named, progress)
+                    .map_err(|e| at(origin, r, format!("LoRA adapter: {e}")))?;
+                crate::lora::attach(&mut store, &dir).map_err(|e| {
+                    at(
+                        origin,
+                        r,
+                        format!("LoRA adapter `{adapter}` on `{base}`: {e}"),
+                    )
+                })?;
+            }
             inputs.push(Input {
                 reference: r.value.clone(),
                 path,
@@ -378,6 +426,11 @@ impl MergePlan {
                 method_at,
                 repeat: 1,
             });
+        }
+        // A tokenizer source that is not merged: opened for its tokenizer alone, as mergekit
+        // reads any model's tokenizer.
+        if let Some(donor) = tokenizer_model(recipe) {
+            open(&donor)?;
         }
         Ok((slices, globals))
     }
@@ -741,11 +794,34 @@ impl MergePlan {
         recipe: &Recipe,
         recipe_text: &str,
         inputs: &[Input],
+        slices: &[Slice],
         source: usize,
         vocab: Option<&VocabPlan>,
         n_layers: u32,
     ) -> Result<Metadata> {
-        let mut m = inputs[source].store.metadata.clone();
+        // A tokenizer donor that is not merged gives its tokenizer only: the architecture's
+        // keys are the merged models' (the base's, else the first's).
+        let merged = |i: usize| {
+            slices
+                .iter()
+                .any(|s| s.sources.iter().any(|src| src.0 == i))
+        };
+        let mut m = if merged(source) {
+            inputs[source].store.metadata.clone()
+        } else {
+            let base = slices[0]
+                .base
+                .map(|b| slices[0].sources[b].0)
+                .unwrap_or(slices[0].sources[0].0);
+            let mut m = inputs[base].store.metadata.clone();
+            m.retain(|k, _| !k.starts_with("tokenizer."));
+            for (k, v) in inputs[source].store.metadata.iter() {
+                if k.starts_with("tokenizer.") {
+                    m.set(k, v.clone());
+                }
+            }
+            m
+        };
         m.retain(|k, _| {
             !matches!(k, "general.file_type" | "general.quantization_version")
                 && !k.starts_with("smelt.")
