@@ -54,7 +54,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let stem = out.strip_suffix(".png").unwrap_or(out);
     for ((model, imatrix), (points, base_ppl)) in &groups {
         let path = format!("{stem}-{model}-{imatrix}.png");
-        let title = format!("{model}, imatrix: {imatrix}: llama.cpp mixes vs --target-size");
+        let title = format!("{model}, imatrix {imatrix}: mixes vs targets");
         write_quality_png(Path::new(&path), &title, points, Some(*base_ppl))?;
         println!("{path}");
     }

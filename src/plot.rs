@@ -482,7 +482,7 @@ fn render(
         // What the numbers in the labels are, at the right end of the title's line, and what
         // the curve is when there is one.
         let note = if points.iter().any(|p| p.optimised) {
-            "labels: type (bits per weight); curve: smelt's types chosen for a size"
+            "labels: type (bits per weight); curve: types chosen for a size"
         } else {
             "labels: type (bits per weight)"
         };
