@@ -270,7 +270,12 @@ pub struct EvalArgs {
 #[derive(clap::Args, Debug)]
 pub struct ImatrixArgs {
     /// The model: GGUF of any type, safetensors or HF folder.
-    pub model: PathBuf,
+    #[arg(required_unless_present = "combine")]
+    pub model: Option<PathBuf>,
+    /// Sum these imatrix files (GGUF) into -o, as llama-imatrix --in-file a --in-file b ...
+    /// combines them (e.g. the `--chunks A..B` parts of one text); no model is run.
+    #[arg(long, num_args = 2.., value_name = "IMATRIX", conflicts_with_all = ["model", "text", "chunks"])]
+    pub combine: Vec<PathBuf>,
     /// The calibration text (UTF-8). Default: the one built into smelt (data/calibration.txt:
     /// prose in 20 languages, source code, maths), recorded as `smelt:calibration.txt`.
     #[arg(long)]
@@ -285,9 +290,10 @@ pub struct ImatrixArgs {
     /// Tokens per chunk (llama-imatrix's -c).
     #[arg(long = "ctx", default_value_t = 512)]
     pub n_ctx: usize,
-    /// At most this many chunks (default: every whole chunk of the text).
-    #[arg(long)]
-    pub chunks: Option<usize>,
+    /// At most N chunks (default: every whole chunk of the text), or `A..B`: chunks A to B-1
+    /// (from 0) only, a partial matrix for `--combine`.
+    #[arg(long, value_name = "N|A..B")]
+    pub chunks: Option<crate::app::imatrix::ChunkRange>,
     /// Tokens evaluated together, in whole chunks: each group of chunks passes every layer
     /// before the next (memory: one group's hidden states; each layer is dequantized once per
     /// group). Default: as many chunks as keep the hidden states under 1 GiB.
@@ -332,6 +338,15 @@ pub struct MergeArgs {
     /// table does not know (as `quantize --tokenizer-pre`).
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
+    /// Write only this process's share of a sharded split run: `K/N` (0-based, 0/4 .. 3/4),
+    /// `slurm` (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or
+    /// `k8s/N` (JOB_COMPLETION_INDEX of N). Without another split flag, the layout is
+    /// `--shards N`; the files are byte for byte the single-process run's.
+    #[arg(long, value_name = "SPEC", value_parser = parse_shard)]
+    pub shard: Option<crate::shard::ShardSpec>,
+    /// With --dry-run: print the split plan (files, shards, tensors, hash) as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// Print the plan (each output tensor's method, sources and type) and stop: no tensor
     /// data is read, nothing is written.
     #[arg(long)]
@@ -358,28 +373,48 @@ pub struct SplitArgs {
     pub split_max_size: Option<u64>,
     /// Write each GGUF output as a split set of at most N tensors per file, as
     /// llama-gguf-split --split-max-tensors.
-    #[arg(long, value_name = "N", value_parser = crate::split::parse_tensors)]
+    #[arg(long, value_name = "N", value_parser = crate::split::parse_tensors,
+          conflicts_with = "shards")]
     pub split_max_tensors: Option<usize>,
+    /// Write each GGUF output as N split files of balanced work, cut at the same tensors for
+    /// every type; every file carries the plan's hash (`smelt.shard_plan`). With
+    /// `--shard K/N`, one process writes only file K+1 of every type.
+    #[arg(long, value_name = "N", value_parser = crate::split::parse_tensors,
+          conflicts_with = "split_max_size")]
+    pub shards: Option<usize>,
 }
 
 impl SplitArgs {
     pub fn limit(&self) -> Option<crate::split::SplitLimit> {
         use crate::split::SplitLimit;
-        match (self.split_max_size, self.split_max_tensors) {
-            (Some(b), _) => Some(SplitLimit::Bytes(b)),
-            (None, Some(n)) => Some(SplitLimit::Tensors(n)),
-            (None, None) => None,
+        match (self.split_max_size, self.split_max_tensors, self.shards) {
+            (Some(b), _, _) => Some(SplitLimit::Bytes(b)),
+            (None, Some(n), _) => Some(SplitLimit::Tensors(n)),
+            (None, None, Some(n)) => Some(SplitLimit::Balanced(n)),
+            (None, None, None) => None,
         }
     }
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ReleaseArgs {
-    /// The model (HF folder, safetensors, GGUF or split GGUF) or a one-document merge recipe.
-    pub source: PathBuf,
+    /// The model (HF folder, safetensors, GGUF or split GGUF) or a one-document merge recipe;
+    /// with --finalize optional (hashed for the card when given).
+    #[arg(required_unless_present = "finalize")]
+    pub source: Option<PathBuf>,
     /// The release folder (new, empty, or an earlier run of the same release to resume).
-    #[arg(short, long)]
-    pub output: PathBuf,
+    #[arg(
+        short,
+        long,
+        required_unless_present = "finalize",
+        conflicts_with = "finalize"
+    )]
+    pub output: Option<PathBuf>,
+    /// Publish the split sets that sharded runs (`quantize --shard`, `merge --shard`) wrote
+    /// into DIR: every set checked complete and of one plan, then the card, release.json and
+    /// SHA256SUMS. Run once, after every shard finished.
+    #[arg(long, value_name = "DIR")]
+    pub finalize: Option<PathBuf>,
     /// Types to release, comma-separated or repeated (default: --preset standard).
     #[arg(long = "types", visible_alias = "type", value_delimiter = ',')]
     pub types: Vec<String>,
@@ -561,6 +596,15 @@ pub struct QuantizeArgs {
     pub keep_split: bool,
     #[command(flatten)]
     pub split: SplitArgs,
+    /// Write only this process's share of a sharded split run: `K/N` (0-based, 0/4 .. 3/4),
+    /// `slurm` (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or
+    /// `k8s/N` (JOB_COMPLETION_INDEX of N). Without another split flag, the layout is
+    /// `--shards N`; the files are byte for byte the single-process run's.
+    #[arg(long, value_name = "SPEC", value_parser = parse_shard)]
+    pub shard: Option<crate::shard::ShardSpec>,
+    /// With --dry-run: print the split plan (files, shards, tensors, hash) as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// Accepted for llama-quantize compatibility: smelt always allows re-quantizing (and warns
     /// when the source is coarser than the target).
     #[arg(long)]
@@ -972,7 +1016,14 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
 fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
     use crate::eval::{collect_imatrix, tokenize, write_imatrix_gguf, EvalOptions};
     use crate::quant::imatrix::{write_legacy, ImatrixStats};
-    let store = crate::eval::open(&args.model)?;
+    if !args.combine.is_empty() {
+        return imatrix_combine(args, ui);
+    }
+    let model = args
+        .model
+        .as_ref()
+        .expect("clap requires a model without --combine");
+    let store = crate::eval::open(model)?;
     let mut inputs = store.input_files();
     if let Some(t) = &args.text {
         inputs.push(t.clone());
@@ -989,10 +1040,14 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
         );
     }
     let (text, dataset) = eval_text(args.text.as_deref())?;
-    let tokens = tokenize(store.as_ref(), &text)?;
+    let all_tokens = tokenize(store.as_ref(), &text)?;
+    let (tokens, max_chunks) = match args.chunks {
+        Some(c) => c.slice(&all_tokens, args.n_ctx)?,
+        None => (&all_tokens[..], None),
+    };
     let opts = EvalOptions {
         n_ctx: args.n_ctx,
-        max_chunks: args.chunks,
+        max_chunks,
         batch: args.batch,
     };
     let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
@@ -1003,7 +1058,7 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
         crate::progress::Unit::TokenLayers(store.n_layer()),
     );
     let started = std::time::Instant::now();
-    let (stats, n_chunks) = collect_imatrix(store.as_ref(), &tokens, &opts, &progress)?;
+    let (stats, n_chunks) = collect_imatrix(store.as_ref(), tokens, &opts, &progress)?;
     progress.finish();
     match format {
         ImatrixFormat::Gguf => {
@@ -1033,6 +1088,34 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
         args.n_ctx,
         crate::error::printable(&dataset),
         started.elapsed()
+    ));
+    Ok(())
+}
+
+/// `imatrix --combine`: partial matrices summed as llama-imatrix sums its --in-files.
+fn imatrix_combine(args: &ImatrixArgs, ui: Ui) -> Result<()> {
+    let inputs: Vec<&Path> = args.combine.iter().map(PathBuf::as_path).collect();
+    crate::output_files::check_outputs(&inputs, &[&args.output])?;
+    if args.output_format == Some(ImatrixFormat::Dat) {
+        return Err(Error::Invalid(
+            "--combine writes GGUF (the legacy .dat format keeps means, not the sums a later combine needs)".into(),
+        ));
+    }
+    let c = crate::app::imatrix::combine(&inputs)?;
+    crate::eval::write_imatrix_entries(
+        &args.output,
+        &c.entries,
+        &c.datasets,
+        c.chunk_count,
+        c.chunk_size,
+    )?;
+    ui.say(format_args!(
+        "wrote {} ({} files combined: {} weights, {} chunks of {})",
+        args.output.display(),
+        inputs.len(),
+        c.entries.len(),
+        c.chunk_count,
+        c.chunk_size
     ));
     Ok(())
 }
@@ -1115,7 +1198,7 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
             None => Vec::new(),
         },
         keep_split: args.keep_split,
-        split: args.split.limit(),
+        split: crate::shard::layout(args.split.limit(), args.shard, args.keep_split)?,
     };
     let multiple = to_folder || file_types.len() > 1 || args.output.is_dir();
     let stem = match &args.name {
@@ -1128,6 +1211,14 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         (None, None) => None,
     };
     if let Some(target) = target {
+        if opts
+            .split
+            .is_some_and(|l| matches!(l, crate::split::SplitLimit::Balanced(_)))
+        {
+            return Err(Error::Invalid(
+                "--target-bpw and --target-size write one file; they do not go with --shards or --shard".into(),
+            ));
+        }
         let path = if multiple {
             args.output.join(format!("{stem}-{}.gguf", target.label()))
         } else {
@@ -1140,7 +1231,7 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
             "--candidates and --measurement go with --target-bpw or --target-size".into(),
         ));
     }
-    let plan = q::plan(
+    let mut plan = q::plan(
         &store,
         store.tensors.len(),
         &store.metadata,
@@ -1157,21 +1248,74 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
     for w in &plan.warnings {
         eprintln!("warning: {}", crate::error::printable(w));
     }
+    let sharded = crate::shard::plan_for(&mut plan, &store, opts.split, args.shard)?;
     if args.dry_run {
+        if args.json {
+            return print_json(&crate::shard::plan_json(&plan, &store, sharded.as_ref())?);
+        }
         return print_stdout(&dry_run_report(&store, &plan));
     }
     let started = std::time::Instant::now();
-    let write = || write::write_matrix(&store, &plan.order, &plan.outputs, ui.display);
-    let reports = if multiple {
-        crate::output_files::with_output_dir(&args.output, write)?
-    } else {
-        write()?
+    let write = |plan: &q::QuantizePlan| {
+        write_run(&store, plan, sharded.as_ref(), args.shard, ui, |w| {
+            if multiple {
+                crate::output_files::with_output_dir(&args.output, w)
+            } else {
+                w()
+            }
+        })
     };
-    for r in &reports {
-        ui.say(wrote_line(r));
-    }
+    write(&plan)?;
     ui.say(format_args!("done in {:.2?}", started.elapsed()));
     Ok(())
+}
+
+/// Write a planned run, or with `--shard` only this process's files of it (files an earlier
+/// run of the shard finished are kept), and say what was written. `in_dir` wraps the write
+/// (creating the output folder where one is needed).
+fn write_run(
+    producer: &dyn write::TensorProducer,
+    plan: &crate::quantize::QuantizePlan,
+    sharded: Option<&crate::shard::ShardPlan>,
+    shard: Option<crate::shard::ShardSpec>,
+    ui: Ui,
+    in_dir: impl FnOnce(
+        &dyn Fn() -> Result<Vec<write::OutputReport>>,
+    ) -> Result<Vec<write::OutputReport>>,
+) -> Result<()> {
+    let (Some(sp), Some(spec)) = (sharded, shard) else {
+        let reports =
+            in_dir(&|| write::write_matrix(producer, &plan.order, &plan.outputs, ui.display))?;
+        for r in &reports {
+            ui.say(wrote_line(r));
+        }
+        return Ok(());
+    };
+    let mut mine = crate::quantize::QuantizePlan {
+        order: plan.order.clone(),
+        outputs: plan.outputs.clone(),
+        warnings: Vec::new(),
+    };
+    let sel = crate::shard::select(&mut mine, producer, sp, spec.index)?;
+    if !mine.outputs.is_empty() {
+        let reports =
+            in_dir(&|| write::write_matrix(producer, &mine.order, &mine.outputs, ui.display))?;
+        for r in &reports {
+            ui.say(wrote_line(r));
+        }
+    }
+    ui.say(crate::shard::summary(
+        spec,
+        &sel,
+        &sp.hash,
+        crate::shard::io_counters(),
+    ));
+    Ok(())
+}
+
+/// Pretty JSON on stdout.
+fn print_json(doc: &serde_json::Value) -> Result<()> {
+    print_stdout(&(serde_json::to_string_pretty(doc).expect("json values serialize") + "\n"))
 }
 
 /// `quantize --target-bpw/--target-size`: measure (or read the cache), solve, then write the
@@ -1350,10 +1494,10 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             .map(|t| FileType::parse(t))
             .collect::<Result<Vec<_>>>()?;
         let qopts = crate::quantize::QuantizeOptions {
-            split: args.split.limit(),
+            split: crate::shard::layout(args.split.limit(), args.shard, false)?,
             ..Default::default()
         };
-        let qplan = crate::quantize::plan(
+        let mut qplan = crate::quantize::plan(
             &plan,
             plan.tensors.len(),
             &plan.metadata,
@@ -1361,11 +1505,29 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             &qopts,
             |ft| args.output.join(format!("{name}-{}.gguf", ft.name())),
         )?;
+        if !last && (args.shard.is_some() || args.split.shards.is_some()) {
+            return Err(Error::Invalid(format!(
+                "{origin}: --shard and --shards take a one-document recipe; run the earlier documents first and name their outputs as inputs"
+            )));
+        }
+        let sharded = crate::shard::plan_for(&mut qplan, &plan, qopts.split, args.shard)?;
         if args.dry_run {
-            print_stdout(&plan.describe(&qplan))?;
+            if args.json {
+                print_json(&crate::shard::plan_json(&qplan, &plan, sharded.as_ref())?)?;
+            } else {
+                print_stdout(&plan.describe(&qplan))?;
+            }
             continue;
         }
         let started = std::time::Instant::now();
+        if sharded.is_some() {
+            write_run(&plan, &qplan, sharded.as_ref(), args.shard, ui, |w| w())?;
+            for line in plan.summary() {
+                ui.say(line);
+            }
+            ui.say(format_args!("done in {:.2?}", started.elapsed()));
+            continue;
+        }
         let reports = write::write_matrix(&plan, &qplan.order, &qplan.outputs, show)?;
         for line in plan.summary() {
             ui.say(line);
@@ -1503,9 +1665,39 @@ fn dry_run_report(store: &Store, plan: &crate::quantize::QuantizePlan) -> String
     out
 }
 
+/// `--shard`: the spec, with the engines' variables read from the environment.
+fn parse_shard(text: &str) -> std::result::Result<crate::shard::ShardSpec, String> {
+    crate::shard::parse_spec(text, &|k| std::env::var(k).ok())
+}
+
 /// `release`: the options as the library takes them.
 fn release(args: &ReleaseArgs, ui: Ui) -> Result<()> {
     use crate::app::release::{self as r, ImatrixChoice};
+    if args.split.shards.is_some() {
+        return Err(Error::Invalid(
+            "release --shards: shard the quantization with `smelt quantize --shard K/N` (or merge), then run `smelt release --finalize DIR` once".into(),
+        ));
+    }
+    let command_line: Vec<String> = std::iter::once("smelt".to_string())
+        .chain(std::env::args().skip(1))
+        .collect();
+    if let Some(dir) = &args.finalize {
+        let manifest = r::finalize(&r::FinalizeOptions {
+            dir,
+            source: args.source.as_deref(),
+            base_model: args.base_model.clone(),
+            quantized_by: args.quantized_by.clone(),
+            command_line,
+            quiet: ui.quiet,
+        })?;
+        if args.json {
+            print_json(&serde_json::to_value(&manifest).expect("plain data serializes"))?;
+        }
+        return Ok(());
+    }
+    let (Some(source), Some(output)) = (&args.source, &args.output) else {
+        return Err(Error::Invalid("release takes a SOURCE and -o DIR".into()));
+    };
     let types = r::parse_types(&args.types, args.preset.as_deref())?;
     let imatrix = match args.imatrix.as_str() {
         "auto" => ImatrixChoice::Auto,
@@ -1513,8 +1705,8 @@ fn release(args: &ReleaseArgs, ui: Ui) -> Result<()> {
         path => ImatrixChoice::File(PathBuf::from(path)),
     };
     let opts = r::ReleaseOptions {
-        source: args.source.clone(),
-        out_dir: args.output.clone(),
+        source: source.clone(),
+        out_dir: output.clone(),
         types,
         imatrix,
         calibration_text: args.text.clone(),
@@ -1529,9 +1721,7 @@ fn release(args: &ReleaseArgs, ui: Ui) -> Result<()> {
         quantized_by: args.quantized_by.clone(),
         force: args.force,
         // "smelt", not this machine's path to the binary: the card shows it.
-        command_line: std::iter::once("smelt".to_string())
-            .chain(std::env::args().skip(1))
-            .collect(),
+        command_line,
         display: ui.display,
         quiet: ui.quiet,
     };

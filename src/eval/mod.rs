@@ -277,17 +277,31 @@ pub fn write_imatrix_gguf(
     n_chunks: usize,
     n_ctx: usize,
 ) -> Result<()> {
+    write_imatrix_entries(
+        path,
+        &stats.into_entries(),
+        &[dataset.to_string()],
+        n_chunks,
+        n_ctx,
+    )
+}
+
+/// [`write_imatrix_gguf`] of sums already collected (or combined), with every dataset they
+/// come from.
+pub fn write_imatrix_entries(
+    path: &std::path::Path,
+    entries: &std::collections::BTreeMap<String, ImatrixEntry>,
+    datasets: &[String],
+    n_chunks: usize,
+    n_ctx: usize,
+) -> Result<()> {
     use crate::gguf::writer::TensorDecl;
     use crate::gguf::{GgmlType, GgufWriter, Metadata, Value};
     let mut md = Metadata::new();
     md.set("general.type", Value::String("imatrix".into()));
-    md.set(
-        "imatrix.datasets",
-        Value::strings(vec![dataset.to_string()]),
-    );
+    md.set("imatrix.datasets", Value::strings(datasets.iter().cloned()));
     md.set("imatrix.chunk_count", Value::U32(n_chunks as u32));
     md.set("imatrix.chunk_size", Value::U32(n_ctx as u32));
-    let entries = stats.into_entries();
     // llama-imatrix's tensors are [n, n_mat] and [1, n_mat], written with ggml_n_dims, which
     // drops trailing 1s: a dense weight's are 1-D, an expert stack's 2-D.
     let dims = |inner: u64, n_mat: u64| {
@@ -298,7 +312,7 @@ pub fn write_imatrix_gguf(
         }
     };
     let mut decls = Vec::new();
-    for (name, e) in &entries {
+    for (name, e) in entries {
         let n_mat = e.counts.len() as u64;
         decls.push(TensorDecl {
             name: format!("{name}.in_sum2"),
