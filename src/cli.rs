@@ -235,16 +235,22 @@ pub enum Rank {
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// The model: GGUF of any type, safetensors or HF folder.
-    pub model: PathBuf,
+    #[arg(required_unless_present = "combine")]
+    pub model: Option<PathBuf>,
+    /// Join the `eval --chunks A..B --json` outputs of consecutive chunk ranges (run on other
+    /// machines) into the perplexity of all their chunks, as one run gives it.
+    #[arg(long, num_args = 2.., value_name = "JSON", conflicts_with_all = ["model", "reference", "ref_logits", "save_logits"])]
+    pub combine: Vec<PathBuf>,
     /// The evaluation text (UTF-8), e.g. wikitext-2's test set; default: the built-in one.
     #[arg(long)]
     pub text: Option<PathBuf>,
     /// Tokens per chunk (llama-perplexity's -c).
     #[arg(long = "ctx", default_value_t = 512)]
     pub n_ctx: usize,
-    /// At most this many chunks (default: every whole chunk of the text).
-    #[arg(long)]
-    pub chunks: Option<usize>,
+    /// At most N chunks (default: every whole chunk of the text), or `A..B`: chunks A to B-1
+    /// (from 0) only, for `--combine` (with --json).
+    #[arg(long, value_name = "N|A..B")]
+    pub chunks: Option<crate::app::imatrix::ChunkRange>,
     /// Tokens evaluated together, in whole chunks: each group of chunks passes every layer
     /// before the next (memory: one group's hidden states; each layer is dequantized once per
     /// group). Default: as many chunks as keep the hidden states under 1 GiB.
@@ -881,8 +887,27 @@ fn inspect(path: &Path, json: bool, full: bool) -> Result<()> {
 
 /// `eval`: perplexity (and KL divergence against a reference) on a text.
 fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
+    use crate::app::imatrix::ChunkRange;
     use crate::eval::{evaluate, tokenize, EvalOptions, LogitsReader, LogitsWriter, Reference};
-    let store = crate::eval::open(&args.model)?;
+    if !args.combine.is_empty() {
+        return eval_combine(args);
+    }
+    let model = args
+        .model
+        .as_ref()
+        .expect("clap requires a model without --combine");
+    let range = match args.chunks {
+        Some(ChunkRange::Range(a, b)) => {
+            if args.ref_logits.is_some() || args.save_logits.is_some() {
+                return Err(Error::Invalid(
+                    "--chunks A..B does not go with --ref-logits or --save-logits (their files hold every chunk from 0)".into(),
+                ));
+            }
+            Some((a, b))
+        }
+        _ => None,
+    };
+    let store = crate::eval::open(model)?;
     let reference = args
         .reference
         .as_ref()
@@ -904,7 +929,12 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
         crate::output_files::check_outputs(&inputs, &[out])?;
     }
     let (text, text_name) = eval_text(args.text.as_deref())?;
-    let tokens = tokenize(store.as_ref(), &text)?;
+    let all_tokens = tokenize(store.as_ref(), &text)?;
+    let (tokens, max_chunks) = match args.chunks {
+        Some(c) => c.slice(&all_tokens, args.n_ctx)?,
+        None => (&all_tokens[..], None),
+    };
+    let tokens = tokens.to_vec();
     if let Some(r) = &reference {
         if tokenize(r.as_ref(), &text)? != tokens {
             return Err(Error::Invalid(format!(
@@ -916,7 +946,7 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     let opts = EvalOptions {
         n_ctx: args.n_ctx,
         // Against a saved file, as many chunks as it holds unless told otherwise.
-        max_chunks: args.chunks.or(saved.as_ref().map(|s| s.header.n_chunk)),
+        max_chunks: max_chunks.or(saved.as_ref().map(|s| s.header.n_chunk)),
         batch: args.batch,
     };
     let n_layer = store.n_layer();
@@ -965,6 +995,8 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
             "per_chunk": report.per_chunk, "reference": reference_name,
             "kld": report.kld.as_ref().map(|k| k.to_json()),
             "saved_logits": saved_to.as_ref().map(|(p, _)| p),
+            "first_chunk": range.map_or(0, |(a, _)| a),
+            "chunk_sums": report.chunk_sums,
         });
         let text = serde_json::to_string_pretty(&doc).expect("json values serialize");
         return print_stdout(&(text + "\n"));
@@ -1010,6 +1042,92 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     }
     ui.say(format_args!("evaluated in {:.2?}", started.elapsed()));
     Ok(())
+}
+
+/// `eval --combine`: the perplexity of consecutive chunk ranges evaluated apart.
+fn eval_combine(args: &EvalArgs) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Part {
+        n_ctx: usize,
+        text: String,
+        first_chunk: usize,
+        chunk_sums: Vec<crate::eval::ChunkSums>,
+    }
+    let mut parts = Vec::new();
+    for p in &args.combine {
+        let part: Part = serde_json::from_slice(&crate::input::read(p)?).map_err(|e| {
+            Error::format(
+                p,
+                format!("not the JSON of `smelt eval --chunks A..B --json` ({e})"),
+            )
+        })?;
+        parts.push((p, part));
+    }
+    parts.sort_by_key(|(_, part)| part.first_chunk);
+    let (first_path, first) = &parts[0];
+    let mut next = first.first_chunk;
+    let mut sums = Vec::new();
+    for (p, part) in &parts {
+        if part.n_ctx != first.n_ctx || part.text != first.text {
+            return Err(Error::format(
+                p,
+                format!(
+                    "evaluated on {} with --ctx {}, {} on {} with --ctx {}: only runs of one text and context combine",
+                    part.text,
+                    part.n_ctx,
+                    first_path.display(),
+                    first.text,
+                    first.n_ctx
+                ),
+            ));
+        }
+        if part.first_chunk != next {
+            return Err(Error::format(
+                p,
+                format!(
+                    "starts at chunk {}, but the files before it end at chunk {next}: {}",
+                    part.first_chunk,
+                    if part.first_chunk < next {
+                        "ranges overlap"
+                    } else {
+                        "chunks are missing"
+                    }
+                ),
+            ));
+        }
+        next += part.chunk_sums.len();
+        sums.extend_from_slice(&part.chunk_sums);
+    }
+    if first.first_chunk != 0 {
+        eprintln!(
+            "warning: the first range starts at chunk {}, not 0",
+            first.first_chunk
+        );
+    }
+    let report = crate::eval::combine_chunks(&sums, first.n_ctx);
+    if args.json {
+        return print_json(&serde_json::json!({
+            "text": first.text, "n_ctx": report.n_ctx, "chunks": report.n_chunks,
+            "scored": report.n_scored, "perplexity": report.perplexity,
+            "perplexity_error": report.perplexity_error, "per_chunk": report.per_chunk,
+            "first_chunk": first.first_chunk, "chunk_sums": report.chunk_sums,
+        }));
+    }
+    let per_chunk: Vec<String> = report
+        .per_chunk
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("[{}]{p:.4}", first.first_chunk + i + 1))
+        .collect();
+    print_stdout(&format!(
+        "{} chunks of {} combined, {} scored\n{}\nFinal estimate: PPL = {:.4} +/- {:.5}\n",
+        report.n_chunks,
+        report.n_ctx,
+        report.n_scored,
+        per_chunk.join(","),
+        report.perplexity,
+        report.perplexity_error
+    ))
 }
 
 /// `imatrix`: llama-imatrix's statistics, written in its GGUF or legacy `.dat` format.

@@ -416,3 +416,32 @@ fn a_merge_shards_like_a_quantization() {
     assert_eq!(a.len(), 6);
     assert!(a == b, "merge shards differ from the single-process merge");
 }
+
+#[test]
+fn a_conversion_shards_like_a_quantization() {
+    let d = scratch();
+    tiny_model(d.path(), "hf", &[]);
+    let convert = |out: &str, extra: &[&str]| {
+        smelt(
+            d.path(),
+            [
+                &["convert", "hf", "-o", out, "--types", "F16,Q8_0"][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    convert("whole", &["--shards", "2"]).unwrap();
+    for k in 0..2 {
+        convert("sharded", &["--shard", &format!("{k}/2")]).unwrap();
+    }
+    let (a, b) = (
+        files(&d.path().join("whole")),
+        files(&d.path().join("sharded")),
+    );
+    assert_eq!(a.len(), 4);
+    assert!(
+        a == b,
+        "convert shards differ from the single-process conversion"
+    );
+}
