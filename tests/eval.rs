@@ -163,7 +163,7 @@ fn chunk_ranges_evaluated_apart_combine_into_the_one_run_perplexity() {
     let dir = common::scratch();
     let d = dir.path();
     common::tiny_model(d, "m.gguf", &["--dtype", "F16"]);
-    let text = common::word_text(d, "text.txt", 0);
+    common::word_text(d, "text.txt", 0);
     let run = |args: &[&str]| -> std::process::Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
             .arg("eval")
