@@ -1602,6 +1602,8 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             recorded: recorded.as_ref().filter(|_| last),
             progress: Some(ui.display),
             chunk_bytes: args.chunk_bytes,
+            // Only shard 0 writes the first files, which hold the input hashes.
+            skip_input_hashes: last && args.shard.is_some_and(|s| s.index != 0),
         };
         let plan = MergePlan::with_options(doc, &text, &origin, &recipe_dir, &named, &opts)?;
         if last && args.format == OutputFormat::Safetensors && !args.dry_run {

@@ -183,8 +183,9 @@ fn decls(o: &OutputFile, order: &[usize], producer: &dyn TensorProducer) -> Vec<
 /// every file's metadata, before the split keys (which stay last, in their order).
 ///
 /// The hash covers the smelt build, the shard count, and every file: its name, its header
-/// (metadata and tensor infos, so every flag that changes a byte of it) and the imatrix
-/// weights of its tensors. It is computed before the key is added.
+/// (metadata and tensor infos, so every flag that changes a byte of it; a merge's
+/// `smelt.input.N.*` keys left out) and the imatrix weights of its tensors. It is computed
+/// before the key is added.
 pub fn shard_plan(
     plan: &mut QuantizePlan,
     producer: &dyn TensorProducer,
@@ -200,8 +201,12 @@ pub fn shard_plan(
         let name = o.path.file_name().unwrap_or_default().as_encoded_bytes();
         h.update((name.len() as u64).to_le_bytes());
         h.update(name);
+        // A merge's input hashes are left out: only shard 0 computes them (see
+        // `merge::PlanOptions::skip_input_hashes`); the inputs' tensors stay in.
+        let mut metadata = o.metadata.clone();
+        metadata.retain(|k, _| !is_input_hash_key(k));
         let header =
-            crate::gguf::writer::header_bytes(&o.metadata, &decls(o, &plan.order, producer))?;
+            crate::gguf::writer::header_bytes(&metadata, &decls(o, &plan.order, producer))?;
         h.update((header.len() as u64).to_le_bytes());
         h.update(&header);
         for pt in o.tensors.iter().flatten() {
@@ -236,6 +241,16 @@ pub fn shard_plan(
         part_of,
         file_shard,
     })
+}
+
+/// `smelt.input.N.file`, `.size` and `.sha256`: what a merge records of its inputs after
+/// hashing them whole.
+fn is_input_hash_key(key: &str) -> bool {
+    key.strip_prefix("smelt.input.")
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(n, what)| {
+            n.bytes().all(|b| b.is_ascii_digit()) && matches!(what, "file" | "size" | "sha256")
+        })
 }
 
 /// What one shard writes, and what it leaves to the others.
@@ -535,6 +550,25 @@ mod tests {
         assert!(spec("k8s/4", &[])
             .unwrap_err()
             .contains("JOB_COMPLETION_INDEX"));
+    }
+
+    #[test]
+    fn only_a_merges_input_records_are_left_out_of_the_hash() {
+        for k in [
+            "smelt.input.0.sha256",
+            "smelt.input.12.size",
+            "smelt.input.3.file",
+        ] {
+            assert!(is_input_hash_key(k), "{k}");
+        }
+        for k in [
+            "smelt.input.x.sha256",
+            "smelt.recipe",
+            "smelt.input.0.weight",
+            "general.name",
+        ] {
+            assert!(!is_input_hash_key(k), "{k}");
+        }
     }
 
     #[test]
