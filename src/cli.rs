@@ -238,16 +238,22 @@ pub enum Rank {
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// The model: GGUF of any type, safetensors or HF folder.
-    pub model: PathBuf,
+    #[arg(required_unless_present = "combine")]
+    pub model: Option<PathBuf>,
+    /// Join the `eval --chunks A..B --json` outputs of consecutive chunk ranges (run on other
+    /// machines) into the perplexity of all their chunks, as one run gives it.
+    #[arg(long, num_args = 2.., value_name = "JSON", conflicts_with_all = ["model", "reference", "ref_logits", "save_logits"])]
+    pub combine: Vec<PathBuf>,
     /// The evaluation text (UTF-8), e.g. wikitext-2's test set; default: the built-in one.
     #[arg(long)]
     pub text: Option<PathBuf>,
     /// Tokens per chunk (llama-perplexity's -c).
     #[arg(long = "ctx", default_value_t = 512)]
     pub n_ctx: usize,
-    /// At most this many chunks (default: every whole chunk of the text).
-    #[arg(long)]
-    pub chunks: Option<usize>,
+    /// At most N chunks (default: every whole chunk of the text), or `A..B`: chunks A to B-1
+    /// (from 0) only, for `--combine` (with --json).
+    #[arg(long, value_name = "N|A..B")]
+    pub chunks: Option<crate::app::imatrix::ChunkRange>,
     /// Tokens evaluated together, in whole chunks: each group of chunks passes every layer
     /// before the next (memory: one group's hidden states; each layer is dequantized once per
     /// group). Default: as many chunks as keep the hidden states under 1 GiB.
@@ -318,7 +324,12 @@ pub enum CalibrateMetric {
 #[derive(clap::Args, Debug)]
 pub struct ImatrixArgs {
     /// The model: GGUF of any type, safetensors or HF folder.
-    pub model: PathBuf,
+    #[arg(required_unless_present = "combine")]
+    pub model: Option<PathBuf>,
+    /// Sum these imatrix files (GGUF) into -o, as llama-imatrix --in-file a --in-file b ...
+    /// combines them (e.g. the `--chunks A..B` parts of one text); no model is run.
+    #[arg(long, num_args = 2.., value_name = "IMATRIX", conflicts_with_all = ["model", "text", "chunks"])]
+    pub combine: Vec<PathBuf>,
     /// The calibration text (UTF-8). Default: the one built into smelt (data/calibration.txt:
     /// prose in 20 languages, source code, maths), recorded as `smelt:calibration.txt`.
     #[arg(long)]
@@ -333,9 +344,10 @@ pub struct ImatrixArgs {
     /// Tokens per chunk (llama-imatrix's -c).
     #[arg(long = "ctx", default_value_t = 512)]
     pub n_ctx: usize,
-    /// At most this many chunks (default: every whole chunk of the text).
-    #[arg(long)]
-    pub chunks: Option<usize>,
+    /// At most N chunks (default: every whole chunk of the text), or `A..B`: chunks A to B-1
+    /// (from 0) only, a partial matrix for `--combine`.
+    #[arg(long, value_name = "N|A..B")]
+    pub chunks: Option<crate::app::imatrix::ChunkRange>,
     /// Tokens evaluated together, in whole chunks: each group of chunks passes every layer
     /// before the next (memory: one group's hidden states; each layer is dequantized once per
     /// group). Default: as many chunks as keep the hidden states under 1 GiB.
@@ -380,6 +392,15 @@ pub struct MergeArgs {
     /// table does not know (as `quantize --tokenizer-pre`).
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
+    /// Write only this process's share of a sharded split run: `K/N` (0-based, 0/4 .. 3/4),
+    /// `slurm` (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or
+    /// `k8s/N` (JOB_COMPLETION_INDEX of N). Without another split flag, the layout is
+    /// `--shards N`; the files are byte for byte the single-process run's.
+    #[arg(long, value_name = "SPEC", value_parser = parse_shard)]
+    pub shard: Option<crate::shard::ShardSpec>,
+    /// With --dry-run: print the split plan (files, shards, tensors, hash) as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// Print the plan (each output tensor's method, sources and type) and stop: no tensor
     /// data is read, nothing is written.
     #[arg(long)]
@@ -406,28 +427,48 @@ pub struct SplitArgs {
     pub split_max_size: Option<u64>,
     /// Write each GGUF output as a split set of at most N tensors per file, as
     /// llama-gguf-split --split-max-tensors.
-    #[arg(long, value_name = "N", value_parser = crate::split::parse_tensors)]
+    #[arg(long, value_name = "N", value_parser = crate::split::parse_tensors,
+          conflicts_with = "shards")]
     pub split_max_tensors: Option<usize>,
+    /// Write each GGUF output as N split files of balanced work, cut at the same tensors for
+    /// every type; every file carries the plan's hash (`smelt.shard_plan`). With
+    /// `--shard K/N`, one process writes only file K+1 of every type.
+    #[arg(long, value_name = "N", value_parser = crate::split::parse_tensors,
+          conflicts_with = "split_max_size")]
+    pub shards: Option<usize>,
 }
 
 impl SplitArgs {
     pub fn limit(&self) -> Option<crate::split::SplitLimit> {
         use crate::split::SplitLimit;
-        match (self.split_max_size, self.split_max_tensors) {
-            (Some(b), _) => Some(SplitLimit::Bytes(b)),
-            (None, Some(n)) => Some(SplitLimit::Tensors(n)),
-            (None, None) => None,
+        match (self.split_max_size, self.split_max_tensors, self.shards) {
+            (Some(b), _, _) => Some(SplitLimit::Bytes(b)),
+            (None, Some(n), _) => Some(SplitLimit::Tensors(n)),
+            (None, None, Some(n)) => Some(SplitLimit::Balanced(n)),
+            (None, None, None) => None,
         }
     }
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ReleaseArgs {
-    /// The model (HF folder, safetensors, GGUF or split GGUF) or a one-document merge recipe.
-    pub source: PathBuf,
+    /// The model (HF folder, safetensors, GGUF or split GGUF) or a one-document merge recipe;
+    /// with --finalize optional (hashed for the card when given).
+    #[arg(required_unless_present = "finalize")]
+    pub source: Option<PathBuf>,
     /// The release folder (new, empty, or an earlier run of the same release to resume).
-    #[arg(short, long)]
-    pub output: PathBuf,
+    #[arg(
+        short,
+        long,
+        required_unless_present = "finalize",
+        conflicts_with = "finalize"
+    )]
+    pub output: Option<PathBuf>,
+    /// Publish the split sets that sharded runs (`quantize --shard`, `merge --shard`) wrote
+    /// into DIR: every set checked complete and of one plan, then the card, release.json and
+    /// SHA256SUMS. Run once, after every shard finished.
+    #[arg(long, value_name = "DIR")]
+    pub finalize: Option<PathBuf>,
     /// Types to release, comma-separated or repeated (default: --preset standard).
     #[arg(long = "types", visible_alias = "type", value_delimiter = ',')]
     pub types: Vec<String>,
@@ -625,6 +666,15 @@ pub struct QuantizeArgs {
     pub keep_split: bool,
     #[command(flatten)]
     pub split: SplitArgs,
+    /// Write only this process's share of a sharded split run: `K/N` (0-based, 0/4 .. 3/4),
+    /// `slurm` (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or
+    /// `k8s/N` (JOB_COMPLETION_INDEX of N). Without another split flag, the layout is
+    /// `--shards N`; the files are byte for byte the single-process run's.
+    #[arg(long, value_name = "SPEC", value_parser = parse_shard)]
+    pub shard: Option<crate::shard::ShardSpec>,
+    /// With --dry-run: print the split plan (files, shards, tensors, hash) as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// Accepted for llama-quantize compatibility: smelt always allows re-quantizing (and warns
     /// when the source is coarser than the target).
     #[arg(long)]
@@ -952,8 +1002,27 @@ fn calibrate(args: &CalibrateArgs, ui: Ui) -> Result<()> {
 
 /// `eval`: perplexity (and KL divergence against a reference) on a text.
 fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
+    use crate::app::imatrix::ChunkRange;
     use crate::eval::{evaluate, tokenize, EvalOptions, LogitsReader, LogitsWriter, Reference};
-    let store = crate::eval::open(&args.model)?;
+    if !args.combine.is_empty() {
+        return eval_combine(args);
+    }
+    let model = args
+        .model
+        .as_ref()
+        .expect("clap requires a model without --combine");
+    let range = match args.chunks {
+        Some(ChunkRange::Range(a, b)) => {
+            if args.ref_logits.is_some() || args.save_logits.is_some() {
+                return Err(Error::Invalid(
+                    "--chunks A..B does not go with --ref-logits or --save-logits (their files hold every chunk from 0)".into(),
+                ));
+            }
+            Some((a, b))
+        }
+        _ => None,
+    };
+    let store = crate::eval::open(model)?;
     let reference = args
         .reference
         .as_ref()
@@ -975,7 +1044,12 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
         crate::output_files::check_outputs(&inputs, &[out])?;
     }
     let (text, text_name) = eval_text(args.text.as_deref())?;
-    let tokens = tokenize(store.as_ref(), &text)?;
+    let all_tokens = tokenize(store.as_ref(), &text)?;
+    let (tokens, max_chunks) = match args.chunks {
+        Some(c) => c.slice(&all_tokens, args.n_ctx)?,
+        None => (&all_tokens[..], None),
+    };
+    let tokens = tokens.to_vec();
     if let Some(r) = &reference {
         if tokenize(r.as_ref(), &text)? != tokens {
             return Err(Error::Invalid(format!(
@@ -987,7 +1061,7 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     let opts = EvalOptions {
         n_ctx: args.n_ctx,
         // Against a saved file, as many chunks as it holds unless told otherwise.
-        max_chunks: args.chunks.or(saved.as_ref().map(|s| s.header.n_chunk)),
+        max_chunks: max_chunks.or(saved.as_ref().map(|s| s.header.n_chunk)),
         batch: args.batch,
     };
     let n_layer = store.n_layer();
@@ -1036,6 +1110,8 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
             "per_chunk": report.per_chunk, "reference": reference_name,
             "kld": report.kld.as_ref().map(|k| k.to_json()),
             "saved_logits": saved_to.as_ref().map(|(p, _)| p),
+            "first_chunk": range.map_or(0, |(a, _)| a),
+            "chunk_sums": report.chunk_sums,
         });
         let text = serde_json::to_string_pretty(&doc).expect("json values serialize");
         return print_stdout(&(text + "\n"));
@@ -1083,11 +1159,104 @@ fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
     Ok(())
 }
 
+/// `eval --combine`: the perplexity of consecutive chunk ranges evaluated apart.
+fn eval_combine(args: &EvalArgs) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Part {
+        n_ctx: usize,
+        text: String,
+        first_chunk: usize,
+        chunk_sums: Vec<crate::eval::ChunkSums>,
+    }
+    let mut parts = Vec::new();
+    for p in &args.combine {
+        let part: Part = serde_json::from_slice(&crate::input::read(p)?).map_err(|e| {
+            Error::format(
+                p,
+                format!("not the JSON of `smelt eval --chunks A..B --json` ({e})"),
+            )
+        })?;
+        parts.push((p, part));
+    }
+    parts.sort_by_key(|(_, part)| part.first_chunk);
+    let (first_path, first) = &parts[0];
+    let mut next = first.first_chunk;
+    let mut sums = Vec::new();
+    for (p, part) in &parts {
+        if part.n_ctx != first.n_ctx || part.text != first.text {
+            return Err(Error::format(
+                p,
+                format!(
+                    "evaluated on {} with --ctx {}, {} on {} with --ctx {}: only runs of one text and context combine",
+                    part.text,
+                    part.n_ctx,
+                    first_path.display(),
+                    first.text,
+                    first.n_ctx
+                ),
+            ));
+        }
+        if part.first_chunk != next {
+            return Err(Error::format(
+                p,
+                format!(
+                    "starts at chunk {}, but the files before it end at chunk {next}: {}",
+                    part.first_chunk,
+                    if part.first_chunk < next {
+                        "ranges overlap"
+                    } else {
+                        "chunks are missing"
+                    }
+                ),
+            ));
+        }
+        next += part.chunk_sums.len();
+        sums.extend_from_slice(&part.chunk_sums);
+    }
+    if first.first_chunk != 0 {
+        eprintln!(
+            "warning: the first range starts at chunk {}, not 0",
+            first.first_chunk
+        );
+    }
+    let report = crate::eval::combine_chunks(&sums, first.n_ctx);
+    if args.json {
+        return print_json(&serde_json::json!({
+            "text": first.text, "n_ctx": report.n_ctx, "chunks": report.n_chunks,
+            "scored": report.n_scored, "perplexity": report.perplexity,
+            "perplexity_error": report.perplexity_error, "per_chunk": report.per_chunk,
+            "first_chunk": first.first_chunk, "chunk_sums": report.chunk_sums,
+        }));
+    }
+    let per_chunk: Vec<String> = report
+        .per_chunk
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("[{}]{p:.4}", first.first_chunk + i + 1))
+        .collect();
+    print_stdout(&format!(
+        "{} chunks of {} combined, {} scored\n{}\nFinal estimate: PPL = {:.4} +/- {:.5}\n",
+        report.n_chunks,
+        report.n_ctx,
+        report.n_scored,
+        per_chunk.join(","),
+        report.perplexity,
+        report.perplexity_error
+    ))
+}
+
 /// `imatrix`: llama-imatrix's statistics, written in its GGUF or legacy `.dat` format.
 fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
     use crate::eval::{collect_imatrix, tokenize, write_imatrix_gguf, EvalOptions};
     use crate::quant::imatrix::{write_legacy, ImatrixStats};
-    let store = crate::eval::open(&args.model)?;
+    if !args.combine.is_empty() {
+        return imatrix_combine(args, ui);
+    }
+    let model = args
+        .model
+        .as_ref()
+        .expect("clap requires a model without --combine");
+    let store = crate::eval::open(model)?;
     let mut inputs = store.input_files();
     if let Some(t) = &args.text {
         inputs.push(t.clone());
@@ -1104,10 +1273,14 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
         );
     }
     let (text, dataset) = eval_text(args.text.as_deref())?;
-    let tokens = tokenize(store.as_ref(), &text)?;
+    let all_tokens = tokenize(store.as_ref(), &text)?;
+    let (tokens, max_chunks) = match args.chunks {
+        Some(c) => c.slice(&all_tokens, args.n_ctx)?,
+        None => (&all_tokens[..], None),
+    };
     let opts = EvalOptions {
         n_ctx: args.n_ctx,
-        max_chunks: args.chunks,
+        max_chunks,
         batch: args.batch,
     };
     let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
@@ -1118,7 +1291,7 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
         crate::progress::Unit::TokenLayers(store.n_layer()),
     );
     let started = std::time::Instant::now();
-    let (stats, n_chunks) = collect_imatrix(store.as_ref(), &tokens, &opts, &progress)?;
+    let (stats, n_chunks) = collect_imatrix(store.as_ref(), tokens, &opts, &progress)?;
     progress.finish();
     match format {
         ImatrixFormat::Gguf => {
@@ -1148,6 +1321,34 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
         args.n_ctx,
         crate::error::printable(&dataset),
         started.elapsed()
+    ));
+    Ok(())
+}
+
+/// `imatrix --combine`: partial matrices summed as llama-imatrix sums its --in-files.
+fn imatrix_combine(args: &ImatrixArgs, ui: Ui) -> Result<()> {
+    let inputs: Vec<&Path> = args.combine.iter().map(PathBuf::as_path).collect();
+    crate::output_files::check_outputs(&inputs, &[&args.output])?;
+    if args.output_format == Some(ImatrixFormat::Dat) {
+        return Err(Error::Invalid(
+            "--combine writes GGUF (the legacy .dat format keeps means, not the sums a later combine needs)".into(),
+        ));
+    }
+    let c = crate::app::imatrix::combine(&inputs)?;
+    crate::eval::write_imatrix_entries(
+        &args.output,
+        &c.entries,
+        &c.datasets,
+        c.chunk_count,
+        c.chunk_size,
+    )?;
+    ui.say(format_args!(
+        "wrote {} ({} files combined: {} weights, {} chunks of {})",
+        args.output.display(),
+        inputs.len(),
+        c.entries.len(),
+        c.chunk_count,
+        c.chunk_size
     ));
     Ok(())
 }
@@ -1243,7 +1444,7 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
             None => Vec::new(),
         },
         keep_split: args.keep_split,
-        split: args.split.limit(),
+        split: crate::shard::layout(args.split.limit(), args.shard, args.keep_split)?,
     };
     let multiple = to_folder || specs.len() > 1 || args.output.is_dir();
     let stem = match &args.name {
@@ -1251,6 +1452,14 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         None => model_name(&args.input),
     };
     if specs.iter().any(|s| matches!(s, TypeSpec::Target(_))) {
+        if opts
+            .split
+            .is_some_and(|l| matches!(l, crate::split::SplitLimit::Balanced(_)))
+        {
+            return Err(Error::Invalid(
+                "targets (--target-bpw, --target-size, 4.25bpw / 5.5G in --types) write whole files; they do not go with --shards or --shard".into(),
+            ));
+        }
         let path_for = |spec: &TypeSpec| {
             if multiple {
                 args.output.join(format!("{stem}-{}.gguf", spec.label()))
@@ -1265,7 +1474,7 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
             "--candidates, --measurement and --sensitivity go with a target (--target-bpw, --target-size, or 4.25bpw / 5.5G in --types)".into(),
         ));
     }
-    let plan = q::plan(
+    let mut plan = q::plan(
         &store,
         store.tensors.len(),
         &store.metadata,
@@ -1282,21 +1491,74 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
     for w in &plan.warnings {
         eprintln!("warning: {}", crate::error::printable(w));
     }
+    let sharded = crate::shard::plan_for(&mut plan, &store, opts.split, args.shard)?;
     if args.dry_run {
+        if args.json {
+            return print_json(&crate::shard::plan_json(&plan, &store, sharded.as_ref())?);
+        }
         return print_stdout(&dry_run_report(&store, &plan));
     }
     let started = std::time::Instant::now();
-    let write = || write::write_matrix(&store, &plan.order, &plan.outputs, ui.display);
-    let reports = if multiple {
-        crate::output_files::with_output_dir(&args.output, write)?
-    } else {
-        write()?
+    let write = |plan: &q::QuantizePlan| {
+        write_run(&store, plan, sharded.as_ref(), args.shard, ui, |w| {
+            if multiple {
+                crate::output_files::with_output_dir(&args.output, w)
+            } else {
+                w()
+            }
+        })
     };
-    for r in &reports {
-        ui.say(wrote_line(r));
-    }
+    write(&plan)?;
     ui.say(format_args!("done in {:.2?}", started.elapsed()));
     Ok(())
+}
+
+/// Write a planned run, or with `--shard` only this process's files of it (files an earlier
+/// run of the shard finished are kept), and say what was written. `in_dir` wraps the write
+/// (creating the output folder where one is needed).
+fn write_run(
+    producer: &dyn write::TensorProducer,
+    plan: &crate::quantize::QuantizePlan,
+    sharded: Option<&crate::shard::ShardPlan>,
+    shard: Option<crate::shard::ShardSpec>,
+    ui: Ui,
+    in_dir: impl FnOnce(
+        &dyn Fn() -> Result<Vec<write::OutputReport>>,
+    ) -> Result<Vec<write::OutputReport>>,
+) -> Result<()> {
+    let (Some(sp), Some(spec)) = (sharded, shard) else {
+        let reports =
+            in_dir(&|| write::write_matrix(producer, &plan.order, &plan.outputs, ui.display))?;
+        for r in &reports {
+            ui.say(wrote_line(r));
+        }
+        return Ok(());
+    };
+    let mut mine = crate::quantize::QuantizePlan {
+        order: plan.order.clone(),
+        outputs: plan.outputs.clone(),
+        warnings: Vec::new(),
+    };
+    let sel = crate::shard::select(&mut mine, producer, sp, spec.index)?;
+    if !mine.outputs.is_empty() {
+        let reports =
+            in_dir(&|| write::write_matrix(producer, &mine.order, &mine.outputs, ui.display))?;
+        for r in &reports {
+            ui.say(wrote_line(r));
+        }
+    }
+    ui.say(crate::shard::summary(
+        spec,
+        &sel,
+        &sp.hash,
+        crate::shard::io_counters(),
+    ));
+    Ok(())
+}
+
+/// Pretty JSON on stdout.
+fn print_json(doc: &serde_json::Value) -> Result<()> {
+    print_stdout(&(serde_json::to_string_pretty(doc).expect("json values serialize") + "\n"))
 }
 
 /// `quantize` with targets among its types (`--types Q4_K_M,4.25bpw`, `--target-bpw`,
@@ -1516,6 +1778,8 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             recorded: recorded.as_ref().filter(|_| last),
             progress: Some(ui.display),
             chunk_bytes: args.chunk_bytes,
+            // Only shard 0 writes the first files, which hold the input hashes.
+            skip_input_hashes: last && args.shard.is_some_and(|s| s.index != 0),
         };
         let plan = MergePlan::with_options(doc, &text, &origin, &recipe_dir, &named, &opts)?;
         if last && args.format == OutputFormat::Safetensors && !args.dry_run {
@@ -1526,10 +1790,10 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             .map(|t| FileType::parse(t))
             .collect::<Result<Vec<_>>>()?;
         let qopts = crate::quantize::QuantizeOptions {
-            split: args.split.limit(),
+            split: crate::shard::layout(args.split.limit(), args.shard, false)?,
             ..Default::default()
         };
-        let qplan = crate::quantize::plan(
+        let mut qplan = crate::quantize::plan(
             &plan,
             plan.tensors.len(),
             &plan.metadata,
@@ -1537,11 +1801,29 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             &qopts,
             |ft| args.output.join(format!("{name}-{}.gguf", ft.name())),
         )?;
+        if !last && (args.shard.is_some() || args.split.shards.is_some()) {
+            return Err(Error::Invalid(format!(
+                "{origin}: --shard and --shards take a one-document recipe; run the earlier documents first and name their outputs as inputs"
+            )));
+        }
+        let sharded = crate::shard::plan_for(&mut qplan, &plan, qopts.split, args.shard)?;
         if args.dry_run {
-            print_stdout(&plan.describe(&qplan))?;
+            if args.json {
+                print_json(&crate::shard::plan_json(&qplan, &plan, sharded.as_ref())?)?;
+            } else {
+                print_stdout(&plan.describe(&qplan))?;
+            }
             continue;
         }
         let started = std::time::Instant::now();
+        if sharded.is_some() {
+            write_run(&plan, &qplan, sharded.as_ref(), args.shard, ui, |w| w())?;
+            for line in plan.summary() {
+                ui.say(line);
+            }
+            ui.say(format_args!("done in {:.2?}", started.elapsed()));
+            continue;
+        }
         let reports = write::write_matrix(&plan, &qplan.order, &qplan.outputs, show)?;
         for line in plan.summary() {
             ui.say(line);
@@ -1679,9 +1961,39 @@ fn dry_run_report(store: &Store, plan: &crate::quantize::QuantizePlan) -> String
     out
 }
 
+/// `--shard`: the spec, with the engines' variables read from the environment.
+fn parse_shard(text: &str) -> std::result::Result<crate::shard::ShardSpec, String> {
+    crate::shard::parse_spec(text, &|k| std::env::var(k).ok())
+}
+
 /// `release`: the options as the library takes them.
 fn release(args: &ReleaseArgs, ui: Ui) -> Result<()> {
     use crate::app::release::{self as r, ImatrixChoice};
+    if args.split.shards.is_some() {
+        return Err(Error::Invalid(
+            "release --shards: shard the quantization with `smelt quantize --shard K/N` (or merge), then run `smelt release --finalize DIR` once".into(),
+        ));
+    }
+    let command_line: Vec<String> = std::iter::once("smelt".to_string())
+        .chain(std::env::args().skip(1))
+        .collect();
+    if let Some(dir) = &args.finalize {
+        let manifest = r::finalize(&r::FinalizeOptions {
+            dir,
+            source: args.source.as_deref(),
+            base_model: args.base_model.clone(),
+            quantized_by: args.quantized_by.clone(),
+            command_line,
+            quiet: ui.quiet,
+        })?;
+        if args.json {
+            print_json(&serde_json::to_value(&manifest).expect("plain data serializes"))?;
+        }
+        return Ok(());
+    }
+    let (Some(source), Some(output)) = (&args.source, &args.output) else {
+        return Err(Error::Invalid("release takes a SOURCE and -o DIR".into()));
+    };
     let types = r::parse_types(&args.types, args.preset.as_deref())?;
     let imatrix = match args.imatrix.as_str() {
         "auto" => ImatrixChoice::Auto,
@@ -1689,8 +2001,8 @@ fn release(args: &ReleaseArgs, ui: Ui) -> Result<()> {
         path => ImatrixChoice::File(PathBuf::from(path)),
     };
     let opts = r::ReleaseOptions {
-        source: args.source.clone(),
-        out_dir: args.output.clone(),
+        source: source.clone(),
+        out_dir: output.clone(),
         types,
         imatrix,
         calibration_text: args.text.clone(),
@@ -1705,9 +2017,7 @@ fn release(args: &ReleaseArgs, ui: Ui) -> Result<()> {
         quantized_by: args.quantized_by.clone(),
         force: args.force,
         // "smelt", not this machine's path to the binary: the card shows it.
-        command_line: std::iter::once("smelt".to_string())
-            .chain(std::env::args().skip(1))
-            .collect(),
+        command_line,
         display: ui.display,
         quiet: ui.quiet,
     };

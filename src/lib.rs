@@ -25,6 +25,7 @@ pub mod quant;
 pub mod quantize;
 pub mod recipe;
 pub mod seed;
+pub mod shard;
 pub mod split;
 pub mod store;
 pub mod target;

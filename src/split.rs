@@ -17,6 +17,9 @@ pub enum SplitLimit {
     Bytes(u64),
     /// Tensors per file (`--split-max-tensors`).
     Tensors(usize),
+    /// `--shards N`: N files of balanced work (values), cut at the same tensors for every
+    /// type (see `crate::shard`).
+    Balanced(usize),
 }
 
 /// `--split-max-size`: a whole number with the unit K, M or G, decimal (1M = 1,000,000 bytes)
@@ -70,6 +73,8 @@ pub fn assign(sizes: &[u64], limit: SplitLimit) -> Vec<usize> {
             && match limit {
                 SplitLimit::Bytes(max) => used.saturating_add(padded) > max,
                 SplitLimit::Tensors(max) => i % max.max(1) == 0,
+                // Cut by values, not bytes: `split_outputs` calls `crate::shard`.
+                SplitLimit::Balanced(_) => false,
             };
         if new_file {
             part += 1;
@@ -199,7 +204,19 @@ pub fn split_outputs(
                 ))
             })?);
         }
-        let part_of = assign(&sizes, limit);
+        let part_of = match limit {
+            SplitLimit::Balanced(n) => {
+                let held: Vec<usize> = order
+                    .iter()
+                    .zip(&o.tensors)
+                    .filter(|(_, t)| t.is_some())
+                    .map(|(&i, _)| i)
+                    .collect();
+                crate::shard::balanced_parts(&crate::shard::work_of(&held, producer), n)
+                    .map_err(|e| Error::Invalid(format!("--shards: {e}")))?
+            }
+            _ => assign(&sizes, limit),
+        };
         let count = part_of.last().map_or(1, |&p| p + 1);
         split.extend(into_parts(o, &part_of, count, SplitKeys::GgufSplit)?);
     }

@@ -157,3 +157,61 @@ fn bad_evaluation_input_is_one_clear_error() {
     let err = eval("two.yaml", &["--ctx", "64"]);
     assert!(err.contains("2 documents"), "{err}");
 }
+
+#[test]
+fn chunk_ranges_evaluated_apart_combine_into_the_one_run_perplexity() {
+    let dir = common::scratch();
+    let d = dir.path();
+    common::tiny_model(d, "m.gguf", &["--dtype", "F16"]);
+    common::word_text(d, "text.txt", 0);
+    let run = |args: &[&str]| -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .arg("eval")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let json = |o: std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let base = ["m.gguf", "--text", "text.txt", "--ctx", "64", "--json"];
+    let whole = json(run(&[&base[..], &["--chunks", "5"]].concat()));
+    for (name, range) in [("a.json", "0..2"), ("b.json", "2..3"), ("c.json", "3..5")] {
+        let part = run(&[&base[..], &["--chunks", range]].concat());
+        assert!(part.status.success());
+        std::fs::write(d.join(name), &part.stdout).unwrap();
+    }
+    // In any order on the command line: the ranges are put in order.
+    let joined = json(run(&["--combine", "c.json", "a.json", "b.json", "--json"]));
+    assert_eq!(joined["chunks"], 5);
+    assert_eq!(joined["scored"], whole["scored"]);
+    let close = |a: &serde_json::Value, b: &serde_json::Value| {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-12 * b.abs(), "{a} vs {b}");
+    };
+    close(&joined["perplexity"], &whole["perplexity"]);
+    close(&joined["perplexity_error"], &whole["perplexity_error"]);
+    for (a, b) in joined["per_chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(whole["per_chunk"].as_array().unwrap())
+    {
+        close(a, b);
+    }
+    // A gap or an overlap between the ranges is named.
+    let o = run(&["--combine", "a.json", "c.json"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("c.json: starts at chunk 3"),
+        "{err}"
+    );
+    assert!(err.contains("chunks are missing"), "{err}");
+    let o = run(&["--combine", "a.json", "a.json"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ranges overlap"));
+    // Saved logits hold every chunk from 0: a range is refused with them.
+    let o = run(&[&base[..], &["--chunks", "1..2", "--save-logits", "x.kld"]].concat());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not go with"));
+}

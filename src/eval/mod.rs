@@ -75,6 +75,57 @@ pub struct EvalReport {
     pub per_chunk: Vec<f64>,
     /// Against a reference: llama-perplexity's KL-divergence statistics.
     pub kld: Option<KldReport>,
+    /// Each chunk's sums of the scored tokens' negative log-likelihood and its square, and
+    /// their count: what [`combine_chunks`] needs to join the runs of consecutive chunk ranges.
+    pub chunk_sums: Vec<ChunkSums>,
+}
+
+/// One chunk's negative log-likelihood sums.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChunkSums {
+    pub nll: f64,
+    pub nll2: f64,
+    pub count: usize,
+}
+
+/// llama-perplexity's final estimate and its `±` from the sums over `count` tokens.
+fn perplexity_and_error(nll: f64, nll2: f64, count: usize) -> (f64, f64) {
+    let mean = nll / count as f64;
+    let mean2 = nll2 / count as f64;
+    let ppl = mean.exp();
+    // llama-perplexity's error estimate: sqrt(var / (n - 1)) of the NLL, scaled by the ppl.
+    let err = if count > 1 {
+        ((mean2 - mean * mean).max(0.0) / (count - 1) as f64).sqrt() * ppl
+    } else {
+        0.0
+    };
+    (ppl, err)
+}
+
+/// The perplexity of consecutive chunk ranges evaluated apart (`eval --chunks A..B`), as one
+/// run over all of them: the chunks' sums in order, the running estimate after each chunk.
+/// (Sums of whole chunks rather than of every token in turn: the figures agree with one run's
+/// to the last printed digit, not always in the last bit.)
+pub fn combine_chunks(chunks: &[ChunkSums], n_ctx: usize) -> EvalReport {
+    let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
+    let mut per_chunk = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        nll += c.nll;
+        nll2 += c.nll2;
+        count += c.count;
+        per_chunk.push((nll / count.max(1) as f64).exp());
+    }
+    let (perplexity, perplexity_error) = perplexity_and_error(nll, nll2, count);
+    EvalReport {
+        n_chunks: chunks.len(),
+        n_ctx,
+        n_scored: count,
+        perplexity,
+        perplexity_error,
+        per_chunk,
+        kld: None,
+        chunk_sums: chunks.to_vec(),
+    }
 }
 
 /// What the model is compared with.
@@ -196,6 +247,7 @@ pub fn evaluate(
     let mut nll2 = 0.0f64;
     let mut count = 0usize;
     let mut per_chunk = Vec::with_capacity(chunks.len());
+    let mut chunk_sums = Vec::with_capacity(chunks.len());
     for group in chunks.chunks(group) {
         let hidden = model.final_hidden(group, progress, None)?;
         let ref_hidden = match &reference_model {
@@ -220,26 +272,27 @@ pub fn evaluate(
             // The reference's rows of this chunk (without a reference, the model's own, to save).
             baseline.next_chunk(ref_logits.as_deref().unwrap_or(&logits))?;
             let n_vocab = model.n_vocab();
+            let mut sums = ChunkSums {
+                nll: 0.0,
+                nll2: 0.0,
+                count: 0,
+            };
             for (j, row) in logits.chunks_exact(n_vocab).enumerate() {
                 let target = chunk[first + j + 1] as usize;
                 let lp = log_prob(row, target);
                 nll -= lp;
                 nll2 += lp * lp;
                 count += 1;
+                sums.nll -= lp;
+                sums.nll2 += lp * lp;
+                sums.count += 1;
                 baseline.score(j, row, target);
             }
+            chunk_sums.push(sums);
             per_chunk.push((nll / count as f64).exp());
         }
     }
-    let mean = nll / count as f64;
-    let mean2 = nll2 / count as f64;
-    let ppl = mean.exp();
-    // llama-perplexity's error estimate: sqrt(var / (n - 1)) of the NLL, scaled by the ppl.
-    let err = if count > 1 {
-        ((mean2 - mean * mean).max(0.0) / (count - 1) as f64).sqrt() * ppl
-    } else {
-        0.0
-    };
+    let (ppl, err) = perplexity_and_error(nll, nll2, count);
     Ok(EvalReport {
         n_chunks: chunks.len(),
         n_ctx: opts.n_ctx,
@@ -248,6 +301,7 @@ pub fn evaluate(
         perplexity_error: err,
         per_chunk,
         kld: baseline.finish(),
+        chunk_sums,
     })
 }
 
@@ -277,17 +331,31 @@ pub fn write_imatrix_gguf(
     n_chunks: usize,
     n_ctx: usize,
 ) -> Result<()> {
+    write_imatrix_entries(
+        path,
+        &stats.into_entries(),
+        &[dataset.to_string()],
+        n_chunks,
+        n_ctx,
+    )
+}
+
+/// [`write_imatrix_gguf`] of sums already collected (or combined), with every dataset they
+/// come from.
+pub fn write_imatrix_entries(
+    path: &std::path::Path,
+    entries: &std::collections::BTreeMap<String, ImatrixEntry>,
+    datasets: &[String],
+    n_chunks: usize,
+    n_ctx: usize,
+) -> Result<()> {
     use crate::gguf::writer::TensorDecl;
     use crate::gguf::{GgmlType, GgufWriter, Metadata, Value};
     let mut md = Metadata::new();
     md.set("general.type", Value::String("imatrix".into()));
-    md.set(
-        "imatrix.datasets",
-        Value::strings(vec![dataset.to_string()]),
-    );
+    md.set("imatrix.datasets", Value::strings(datasets.iter().cloned()));
     md.set("imatrix.chunk_count", Value::U32(n_chunks as u32));
     md.set("imatrix.chunk_size", Value::U32(n_ctx as u32));
-    let entries = stats.into_entries();
     // llama-imatrix's tensors are [n, n_mat] and [1, n_mat], written with ggml_n_dims, which
     // drops trailing 1s: a dense weight's are 1-D, an expert stack's 2-D.
     let dims = |inner: u64, n_mat: u64| {
@@ -298,7 +366,7 @@ pub fn write_imatrix_gguf(
         }
     };
     let mut decls = Vec::new();
-    for (name, e) in &entries {
+    for (name, e) in entries {
         let n_mat = e.counts.len() as u64;
         decls.push(TensorDecl {
             name: format!("{name}.in_sum2"),

@@ -342,6 +342,19 @@ pub fn header_len(metadata: &Metadata, tensors: &[TensorDecl]) -> Result<u64> {
     .map_err(|e| Error::Invalid(format!("GGUF header: {e}")))
 }
 
+/// The header bytes (padding included) of a file with this metadata and these tensors, as
+/// `GgufWriter::create` writes them.
+pub fn header_bytes(metadata: &Metadata, tensors: &[TensorDecl]) -> Result<Vec<u8>> {
+    let sizes = tensors
+        .iter()
+        .map(|t| Ok((t.name.clone(), t.n_bytes()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    write_header_to(&mut out, metadata, tensors, &sizes, alignment(metadata)?)
+        .map_err(|e| Error::Invalid(format!("GGUF header: {e}")))?;
+    Ok(out)
+}
+
 struct CountingWriter<'a, W: Write> {
     inner: &'a mut W,
     count: &'a mut u64,

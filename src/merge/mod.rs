@@ -209,6 +209,10 @@ pub struct PlanOptions<'a> {
     /// f32 bytes per input in one chunk of rows (`None`: `SMELT_MERGE_CHUNK_BYTES`, else
     /// `DEFAULT_CHUNK_BYTES`).
     pub chunk_bytes: Option<usize>,
+    /// Leave the `smelt.input.*` keys out without hashing the inputs: a shard that does not
+    /// write the first file of its split sets (where all metadata lives) never needs them, and
+    /// hashing would read every input whole.
+    pub skip_input_hashes: bool,
 }
 
 impl MergePlan {
@@ -279,7 +283,7 @@ impl MergePlan {
             vocab.as_ref(),
             out_layer,
         )?;
-        if !opts.dry_run {
+        if !opts.dry_run && !opts.skip_input_hashes {
             let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
             Self::hash_inputs(&inputs, &mut metadata, opts.recorded, origin, display)?;
         }

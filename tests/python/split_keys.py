@@ -3,11 +3,12 @@ import it too)."""
 import struct
 
 
-def with_split_keys(unsplit: bytes) -> bytes:
+def with_split_keys(unsplit: bytes, shard_plan: str | None = None) -> bytes:
     """`unsplit` as llama-gguf-split --merge writes a merge of its split set: the first file's
     keys, so the same metadata followed by split.no = 0, split.tensors.count = N and
     split.count = 0 (which it zeroes so the merge is not taken for a split), the header
-    re-padded to 32 bytes; tensor infos and data unchanged."""
+    re-padded to 32 bytes; tensor infos and data unchanged. `shard_plan`: the set was sharded
+    (smelt --shard/--shards), its first file holding `smelt.shard_plan` before the split keys."""
     n_tensors, n_kv = struct.unpack_from("<QQ", unsplit, 8)
     pos = 24
 
@@ -44,7 +45,11 @@ def with_split_keys(unsplit: bytes) -> bytes:
         k = key.encode()
         return struct.pack("<Q", len(k)) + k + struct.pack("<I", ty) + struct.pack(fmt, value)
 
-    extra = kv("split.no", 2, "<H", 0) + kv("split.tensors.count", 5, "<i", n_tensors) + kv("split.count", 2, "<H", 0)
-    head = (unsplit[:16] + struct.pack("<Q", n_kv + 3) + unsplit[24:kv_end] + extra
+    extra = b""
+    if shard_plan is not None:
+        k, v = b"smelt.shard_plan", shard_plan.encode()
+        extra += struct.pack("<Q", len(k)) + k + struct.pack("<IQ", 8, len(v)) + v
+    extra += kv("split.no", 2, "<H", 0) + kv("split.tensors.count", 5, "<i", n_tensors) + kv("split.count", 2, "<H", 0)
+    head = (unsplit[:16] + struct.pack("<Q", n_kv + 3 + (shard_plan is not None)) + unsplit[24:kv_end] + extra
             + unsplit[kv_end:infos_end])
     return head + bytes(-len(head) % 32) + unsplit[data_start:]

@@ -10,7 +10,10 @@
 //! under its final name whole or not at all (the writers' temp-and-rename).
 
 mod card;
+mod finalize;
 pub mod manifest;
+
+pub use finalize::{finalize, FinalizeOptions};
 
 pub use manifest::{
     Manifest, CARD_FILE, CHECKSUMS_FILE, IMATRIX_FILE, MANIFEST_FILE, PLOT_FILE,
@@ -367,6 +370,7 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
         split: opts.split.map(|l| match l {
             SplitLimit::Bytes(b) => format!("{b} bytes"),
             SplitLimit::Tensors(n) => format!("{n} tensors"),
+            SplitLimit::Balanced(n) => format!("{n} shards"),
         }),
         name: name.clone(),
     };
