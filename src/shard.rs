@@ -15,10 +15,9 @@
 //! `--split-max-size` runs keep llama-gguf-split's layout exactly, without it.
 
 use crate::error::{Error, Result};
-use crate::gguf::writer::TensorDecl;
 use crate::gguf::{GgufFile, Value};
 use crate::quantize::QuantizePlan;
-use crate::write::{OutputFile, TensorProducer};
+use crate::write::{decls, OutputFile, TensorProducer};
 use std::path::Path;
 
 /// The metadata key holding the plan's SHA-256 (hex) in every file of a sharded split set.
@@ -160,21 +159,6 @@ fn file_shards(outputs: &[OutputFile], part_of: &[usize]) -> Vec<usize> {
                 .iter()
                 .position(Option::is_some)
                 .map_or(0, |k| part_of[k])
-        })
-        .collect()
-}
-
-/// The decls a file's header declares.
-fn decls(o: &OutputFile, order: &[usize], producer: &dyn TensorProducer) -> Vec<TensorDecl> {
-    order
-        .iter()
-        .zip(&o.tensors)
-        .filter_map(|(&src, pt)| {
-            pt.as_ref().map(|pt| TensorDecl {
-                name: pt.name.clone(),
-                shape: producer.shape(src).to_vec(),
-                ty: pt.ty,
-            })
         })
         .collect()
 }

@@ -114,6 +114,25 @@ impl OutputReport {
     }
 }
 
+/// The tensors a file's header declares: its planned tensors, in `order`.
+pub(crate) fn decls(
+    o: &OutputFile,
+    order: &[usize],
+    producer: &dyn TensorProducer,
+) -> Vec<TensorDecl> {
+    order
+        .iter()
+        .zip(&o.tensors)
+        .filter_map(|(&src, pt)| {
+            pt.as_ref().map(|pt| TensorDecl {
+                name: pt.name.clone(),
+                shape: producer.shape(src).to_vec(),
+                ty: pt.ty,
+            })
+        })
+        .collect()
+}
+
 /// Write every output from one pass over the producer's tensors `order`.
 pub fn write_matrix(
     producer: &dyn TensorProducer,
@@ -147,19 +166,9 @@ pub fn write_matrix(
         planned_bytes.push((o.path.as_path(), bytes));
     }
     crate::output_files::check_free_space(&planned_bytes)?;
-    let mut decls: Vec<Vec<TensorDecl>> = Vec::with_capacity(outputs.len());
+    let mut headers: Vec<Vec<TensorDecl>> = Vec::with_capacity(outputs.len());
     for o in outputs {
-        let d: Vec<TensorDecl> = order
-            .iter()
-            .zip(&o.tensors)
-            .filter_map(|(&src, pt)| {
-                pt.as_ref().map(|pt| TensorDecl {
-                    name: pt.name.clone(),
-                    shape: producer.shape(src).to_vec(),
-                    ty: pt.ty,
-                })
-            })
-            .collect();
+        let d = decls(o, order, producer);
         if let Some(parent) = o.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !parent.is_dir() {
                 return Err(Error::io(
@@ -172,9 +181,9 @@ pub fn write_matrix(
             }
         }
         GgufWriter::check(&o.path, &o.metadata, &d)?;
-        decls.push(d);
+        headers.push(d);
     }
-    let mut files = OpenFiles::new(outputs, &decls)?;
+    let mut files = OpenFiles::new(outputs, &headers)?;
 
     let total: u64 = order
         .iter()
