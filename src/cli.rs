@@ -413,6 +413,12 @@ pub struct MergeArgs {
     /// `SMELT_MERGE_CHUNK_BYTES`). Bounds the merge's memory; never changes the output bytes.
     #[arg(long, hide = true, value_name = "BYTES")]
     pub chunk_bytes: Option<usize>,
+    /// Importance matrix for the quantized outputs (of the merged model: `smelt imatrix
+    /// RECIPE.yaml`), as `quantize --imatrix`.
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 /// `--split-max-size` / `--split-max-tensors`: GGUF outputs as split sets, as llama-gguf-split
@@ -602,29 +608,8 @@ pub struct QuantizeArgs {
     /// 1024K or bytes; K, M, G are powers of 1024).
     #[arg(long, conflicts_with = "types")]
     pub target_size: Option<String>,
-    /// Types a target may choose from (default Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0, and IQ4_XS with
-    /// --imatrix).
-    #[arg(long, value_delimiter = ',')]
-    pub candidates: Vec<GgmlType>,
-    /// With a target: weight each tensor's error by its measured effect on the output (KL
-    /// divergence against the unquantized model on --text; default: the first half of the
-    /// built-in calibration text), so the allocation minimises predicted KLD. Costs one
-    /// forward pass per layer, per tensor kind and per other tensor, on a short text.
-    #[arg(long)]
-    pub sensitivity: bool,
-    /// The text --sensitivity measures on (llama.cpp's `-f` reading).
-    #[arg(long, requires = "sensitivity")]
-    pub text: Option<PathBuf>,
-    /// Tokens per chunk of the --sensitivity passes.
-    #[arg(long, default_value_t = 128, requires = "sensitivity")]
-    pub sensitivity_ctx: usize,
-    /// Chunks of the --sensitivity passes.
-    #[arg(long, default_value_t = 4, requires = "sensitivity")]
-    pub sensitivity_chunks: usize,
-    /// JSON cache of a target's per-tensor measurements: read when it exists (it must match
-    /// the model and imatrix), else written after measuring.
-    #[arg(long)]
-    pub measurement: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Type of output.weight.
     #[arg(long)]
     pub output_tensor_type: Option<GgmlType>,
@@ -683,6 +668,50 @@ pub struct QuantizeArgs {
     /// does not know (e.g. llama-bpe, qwen2, gpt-2).
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
+}
+
+/// How targets (`4.25bpw`, `5.5G` among the types) are measured: quantize, convert and merge.
+#[derive(clap::Args, Debug)]
+pub struct TargetArgs {
+    /// Types a target may choose from (default Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0, and IQ4_XS with
+    /// --imatrix).
+    #[arg(long, value_delimiter = ',')]
+    pub candidates: Vec<GgmlType>,
+    /// With a target: weight each tensor's error by its measured effect on the output (KL
+    /// divergence against the unquantized model on --text; default: the first half of the
+    /// built-in calibration text), so the allocation minimises predicted KLD. Costs one
+    /// forward pass per layer, per tensor kind and per other tensor, on a short text.
+    #[arg(long)]
+    pub sensitivity: bool,
+    /// The text --sensitivity measures on (llama.cpp's `-f` reading).
+    #[arg(long, requires = "sensitivity")]
+    pub text: Option<PathBuf>,
+    /// Tokens per chunk of the --sensitivity passes.
+    #[arg(long, default_value_t = 128, requires = "sensitivity")]
+    pub sensitivity_ctx: usize,
+    /// Chunks of the --sensitivity passes.
+    #[arg(long, default_value_t = 4, requires = "sensitivity")]
+    pub sensitivity_chunks: usize,
+    /// JSON cache of a target's per-tensor measurements: read when it exists (it must match
+    /// the model and imatrix), else written after measuring.
+    #[arg(long)]
+    pub measurement: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    pub fn settings(&self) -> crate::app::targets::TargetSettings {
+        crate::app::targets::TargetSettings {
+            candidates: self.candidates.clone(),
+            measurement: self.measurement.clone(),
+            sensitivity: self
+                .sensitivity
+                .then(|| crate::app::targets::SensitivitySettings {
+                    text: self.text.clone(),
+                    ctx: self.sensitivity_ctx,
+                    chunks: self.sensitivity_chunks,
+                }),
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -1451,15 +1480,9 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         Some(n) => plain_file_name(n, "--name")?.to_string(),
         None => model_name(&args.input),
     };
-    if specs.iter().any(|s| matches!(s, TypeSpec::Target(_))) {
-        if opts
-            .split
-            .is_some_and(|l| matches!(l, crate::split::SplitLimit::Balanced(_)))
-        {
-            return Err(Error::Invalid(
-                "targets (--target-bpw, --target-size, 4.25bpw / 5.5G in --types) write whole files; they do not go with --shards or --shard".into(),
-            ));
-        }
+    let settings = args.target.settings();
+    settings.check_used(&specs)?;
+    if crate::app::targets::has_target(&specs) {
         let path_for = |spec: &TypeSpec| {
             if multiple {
                 args.output.join(format!("{stem}-{}.gguf", spec.label()))
@@ -1467,12 +1490,39 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
                 args.output.clone()
             }
         };
-        return quantize_with_targets(args, &store, &opts, &specs, path_for, multiple, ui);
-    }
-    if !args.candidates.is_empty() || args.measurement.is_some() || args.sensitivity {
-        return Err(Error::Invalid(
-            "--candidates, --measurement and --sensitivity go with a target (--target-bpw, --target-size, or 4.25bpw / 5.5G in --types)".into(),
-        ));
+        let source = crate::app::targets::TargetSource {
+            producer: &store,
+            weights: &store,
+            n_tensors: store.tensors.len(),
+            metadata: &store.metadata,
+        };
+        let run = crate::app::targets::plan(
+            &source,
+            &specs,
+            &opts,
+            &settings,
+            &args.output,
+            path_for,
+            ui.display,
+        )?;
+        let requantize = store.tensors.iter().any(|t| t.ty.is_quantized());
+        let input = args.input.to_string_lossy();
+        return write_with_targets(
+            &store,
+            &run,
+            |alloc| {
+                alloc.llama_quantize_command(
+                    &input,
+                    &alloc.plan.outputs[0].path.to_string_lossy(),
+                    &args.include_weights,
+                    &args.exclude_weights,
+                    requantize,
+                )
+            },
+            args.dry_run,
+            multiple.then_some(args.output.as_path()),
+            ui,
+        );
     }
     let mut plan = q::plan(
         &store,
@@ -1561,98 +1611,30 @@ fn print_json(doc: &serde_json::Value) -> Result<()> {
     print_stdout(&(serde_json::to_string_pretty(doc).expect("json values serialize") + "\n"))
 }
 
-/// `quantize` with targets among its types (`--types Q4_K_M,4.25bpw`, `--target-bpw`,
-/// `--target-size`): measure once (or read the cache), solve each target, then write every
-/// output in one pass and print, per target, the llama-quantize command that matches it.
-fn quantize_with_targets(
-    args: &QuantizeArgs,
-    store: &Store,
-    opts: &crate::quantize::QuantizeOptions,
-    specs: &[crate::target::TypeSpec],
-    path_for: impl Fn(&crate::target::TypeSpec) -> PathBuf,
-    to_dir: bool,
+/// Write a matrix planned with targets (quantize, convert, merge) in one pass, or with
+/// `--dry-run` print each target's allocation; then print, per target, the llama-quantize
+/// command that makes the same file (`command_for`).
+fn write_with_targets(
+    producer: &dyn write::TensorProducer,
+    run: &crate::app::targets::TargetRun,
+    command_for: impl Fn(&crate::target::Allocation) -> String,
+    dry_run: bool,
+    out_dir: Option<&Path>,
     ui: Ui,
 ) -> Result<()> {
-    use crate::target::{self as t, Measurement};
-    let candidates = if args.candidates.is_empty() {
-        t::default_candidates(opts.imatrix.is_some())
-    } else {
-        t::check_candidates(&args.candidates, opts.imatrix.is_some())?
-    };
-    let cached = match &args.measurement {
-        Some(p) if p.exists() => Some(Measurement::from_json(
-            p,
-            &crate::input::read_to_string(p)?,
-        )?),
-        _ => None,
-    };
-    let started = std::time::Instant::now();
-    // --sensitivity: the text, tokenized as llama-perplexity would, and a scratch folder beside
-    // the output for the reference's log-probabilities (removed when done).
-    let scratch = args
-        .sensitivity
-        .then(|| crate::output_files::temp_dir_beside(&args.output))
-        .transpose()?;
-    let sensitivity = match &scratch {
-        Some(dir) => {
-            let (text, name) = match &args.text {
-                Some(_) => crate::app::text::eval_text(args.text.as_deref())?,
-                None => (
-                    crate::app::text::calibration_halves().0.to_string(),
-                    format!("{} (first half)", crate::app::text::CALIBRATION_NAME),
-                ),
-            };
-            Some(t::SensitivityText {
-                weights: store,
-                tokens: crate::eval::tokenize(store, &text)?,
-                name,
-                ctx: args.sensitivity_ctx,
-                chunks: args.sensitivity_chunks,
-                scratch: dir.path().to_path_buf(),
-            })
-        }
-        None => None,
-    };
-    let matrix = t::plan_matrix(
-        store,
-        store.tensors.len(),
-        &store.metadata,
-        specs,
-        opts,
-        &candidates,
-        cached,
-        sensitivity.as_ref(),
-        path_for,
-        ui.display,
-    )?;
-    drop(scratch);
+    let matrix = &run.matrix;
     for w in &matrix.plan.warnings {
         eprintln!("warning: {}", crate::error::printable(w));
     }
-    // The last target's measurement holds everything measured (the sensitivity too).
-    let measured = matrix.allocations.iter().any(|(_, a)| a.measured_now);
-    if let (Some(p), true, Some((_, last))) =
-        (&args.measurement, measured, matrix.allocations.last())
-    {
-        write_text_output(p, &last.measurement.to_json(), &store.paths())?;
+    if let Some(p) = &run.measurement_written {
         ui.say(format_args!("wrote measurement {}", p.display()));
     }
-    let requantize = store.tensors.iter().any(|t| t.ty.is_quantized());
     let commands: Vec<String> = matrix
         .allocations
         .iter()
-        .map(|(_, alloc)| {
-            let path = &alloc.plan.outputs[0].path;
-            alloc.llama_quantize_command(
-                &args.input.to_string_lossy(),
-                &path.to_string_lossy(),
-                &args.include_weights,
-                &args.exclude_weights,
-                requantize,
-            )
-        })
+        .map(|(_, alloc)| command_for(alloc))
         .collect();
-    if args.dry_run {
+    if dry_run {
         let mut out = String::new();
         for ((target, alloc), command) in matrix.allocations.iter().zip(&commands) {
             out.push_str(&format!(
@@ -1663,12 +1645,12 @@ fn quantize_with_targets(
         }
         return print_stdout(&out);
     }
+    let started = std::time::Instant::now();
     let plan = &matrix.plan;
-    let write = || write::write_matrix(store, &plan.order, &plan.outputs, ui.display);
-    let reports = if to_dir {
-        crate::output_files::with_output_dir(&args.output, write)?
-    } else {
-        write()?
+    let write = || write::write_matrix(producer, &plan.order, &plan.outputs, ui.display);
+    let reports = match out_dir {
+        Some(dir) => crate::output_files::with_output_dir(dir, write)?,
+        None => write()?,
     };
     for r in &reports {
         ui.say(wrote_line(r));
@@ -1785,14 +1767,80 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
         if last && args.format == OutputFormat::Safetensors && !args.dry_run {
             return write_merge_as_hf(args, doc, &plan, &text, ui);
         }
-        let file_types = types
+        let specs = types
             .iter()
-            .map(|t| FileType::parse(t))
+            .map(|t| crate::target::TypeSpec::parse(t))
             .collect::<Result<Vec<_>>>()?;
+        let settings = args.target.settings();
+        settings.check_used(if last { &specs } else { &[] })?;
         let qopts = crate::quantize::QuantizeOptions {
             split: crate::shard::layout(args.split.limit(), args.shard, false)?,
+            imatrix: match (&args.imatrix, last) {
+                (Some(p), true) => Some((
+                    crate::quant::imatrix::Imatrix::load(p)?,
+                    p.to_string_lossy().into_owned(),
+                )),
+                _ => None,
+            },
             ..Default::default()
         };
+        if last && crate::app::targets::has_target(&specs) {
+            let merged = crate::eval::MergedWeights::new(plan);
+            let plan = merged.plan();
+            let source = crate::app::targets::TargetSource {
+                producer: plan,
+                weights: &merged,
+                n_tensors: plan.tensors.len(),
+                metadata: &plan.metadata,
+            };
+            let path_for = |spec: &crate::target::TypeSpec| {
+                args.output.join(format!("{name}-{}.gguf", spec.label()))
+            };
+            let run = crate::app::targets::plan(
+                &source,
+                &specs,
+                &qopts,
+                &settings,
+                &path_for(&specs[0]),
+                path_for,
+                ui.display,
+            )?;
+            // llama-quantize makes the same file from the merge written unquantized.
+            let f32_file = args.output.join(format!("{name}-F32.gguf"));
+            let f32_file = f32_file.to_string_lossy();
+            write_with_targets(
+                plan,
+                &run,
+                |alloc| {
+                    alloc.llama_quantize_command(
+                        &f32_file,
+                        &alloc.plan.outputs[0].path.to_string_lossy(),
+                        &[],
+                        &[],
+                        false,
+                    )
+                },
+                args.dry_run,
+                None,
+                ui,
+            )?;
+            if !args.dry_run {
+                for line in plan.summary() {
+                    ui.say(line);
+                }
+            }
+            continue;
+        }
+        let file_types = specs
+            .iter()
+            .map(|s| match s {
+                crate::target::TypeSpec::Mix(ft) => Ok(*ft),
+                crate::target::TypeSpec::Target(t) => Err(Error::Invalid(format!(
+                    "{origin}: {} is a target; targets go with the last document of a recipe",
+                    t.label()
+                ))),
+            })
+            .collect::<Result<Vec<FileType>>>()?;
         let mut qplan = crate::quantize::plan(
             &plan,
             plan.tensors.len(),

@@ -446,3 +446,166 @@ fn sensitivity_weights_the_errors_by_measured_kld() {
     assert!(e.contains("--sensitivity go with a target"), "{e}");
     assert!(!d.join("x.gguf").exists());
 }
+
+/// Targets in `merge` and `release`: the same planner as `quantize`. A merge's target output
+/// is the file `quantize --target-bpw` makes from the merge written as F32 (the printed
+/// llama-quantize command names that file; tests/python/test_target.py runs it), the
+/// sensitivity runs on the merge in memory, target-only flags without a target are refused, and a release
+/// with a target holds it beside the mixes, measured, as `quantize` with the release's
+/// imatrix makes it.
+#[test]
+fn targets_in_merge_and_release() {
+    let dir = scratch();
+    let d = dir.path();
+    for (name, seed) in [("a.gguf", "1"), ("b.gguf", "2")] {
+        tiny_model(
+            d,
+            name,
+            &[
+                "--hidden", "256", "--ff", "512", "--vocab", "300", "--dtype", "F32", "--seed",
+                seed,
+            ],
+        );
+    }
+    std::fs::write(
+        d.join("lin.yaml"),
+        "merge_method: linear\nmodels:\n  - model: a.gguf\n    parameters: {weight: 0.6}\n  - model: b.gguf\n    parameters: {weight: 0.4}\n",
+    )
+    .unwrap();
+    smelt(
+        d,
+        [
+            "merge",
+            "lin.yaml",
+            "-o",
+            "out",
+            "--types",
+            "F32,Q8_0,4.9bpw",
+            "-q",
+        ],
+    )
+    .unwrap();
+    smelt(
+        d,
+        [
+            "quantize",
+            "out/lin-F32.gguf",
+            "-o",
+            "requant.gguf",
+            "--target-bpw",
+            "4.9",
+            "-q",
+        ],
+    )
+    .unwrap();
+    let merged = std::fs::read(d.join("out/lin-4.9bpw.gguf")).unwrap();
+    // The merge's own provenance keys differ from a quantize run's; the tensors may not.
+    let (m, q) = (
+        Store::open(d.join("out/lin-4.9bpw.gguf")).unwrap(),
+        Store::open(d.join("requant.gguf")).unwrap(),
+    );
+    assert_eq!(m.tensors.len(), q.tensors.len());
+    for (i, t) in m.tensors.iter().enumerate() {
+        let j = q.find(&t.name).unwrap();
+        assert_eq!(t.ty, q.tensors[j].ty, "{}", t.name);
+        assert!(m.raw(i).unwrap() == q.raw(j).unwrap(), "{}", t.name);
+    }
+    assert!(merged.len() as u64 <= n_weights(&d.join("out/lin-F32.gguf")) * 49 / 80);
+    // Sensitivity runs the merge through the forward pass as `smelt eval RECIPE` does.
+    smelt(
+        d,
+        [
+            "merge",
+            "lin.yaml",
+            "-o",
+            "sens",
+            "--types",
+            "4.9bpw",
+            "--sensitivity",
+            "--sensitivity-ctx",
+            "32",
+            "--sensitivity-chunks",
+            "1",
+            "-q",
+        ],
+    )
+    .unwrap();
+    assert!(d.join("sens/lin-4.9bpw.gguf").exists());
+    let e = smelt(
+        d,
+        [
+            "merge",
+            "lin.yaml",
+            "-o",
+            "o2",
+            "--types",
+            "Q8_0",
+            "--sensitivity",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.contains("go with a target"), "{e}");
+    assert!(!d.join("o2").exists());
+
+    common::word_text(d, "calib.txt", 0);
+    common::word_text(d, "eval.txt", 5);
+    smelt(
+        d,
+        [
+            "release",
+            "a.gguf",
+            "-o",
+            "rel",
+            "--types",
+            "Q8_0,4.6bpw",
+            "--text",
+            "calib.txt",
+            "--eval-text",
+            "eval.txt",
+            "--ctx",
+            "64",
+            "--imatrix-chunks",
+            "2",
+            "--eval-chunks",
+            "2",
+            "-q",
+        ],
+    )
+    .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("rel/release.json")).unwrap()).unwrap();
+    let types: Vec<&str> = manifest["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Q8_0", "4.6bpw"]);
+    let target = &manifest["types"][1];
+    assert!(target["bits_per_weight"].as_f64().unwrap() <= 4.6);
+    assert!(target["quality"]["kld_mean"].as_f64().unwrap().is_finite());
+    smelt(
+        &d.join("rel"),
+        [
+            "quantize",
+            "../a.gguf",
+            "-o",
+            "../alone.gguf",
+            "--target-bpw",
+            "4.6",
+            "--imatrix",
+            "imatrix.gguf",
+            "-q",
+        ],
+    )
+    .unwrap();
+    let (r, q) = (
+        Store::open(d.join("rel/a-4.6bpw.gguf")).unwrap(),
+        Store::open(d.join("alone.gguf")).unwrap(),
+    );
+    for (i, t) in r.tensors.iter().enumerate() {
+        let j = q.find(&t.name).unwrap();
+        assert_eq!(t.ty, q.tensors[j].ty, "{}", t.name);
+        assert!(r.raw(i).unwrap() == q.raw(j).unwrap(), "{}", t.name);
+    }
+}

@@ -6,5 +6,6 @@ pub mod imatrix;
 pub mod inspect;
 pub mod naming;
 pub mod release;
+pub mod targets;
 pub mod text;
 pub mod verify;

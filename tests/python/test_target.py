@@ -50,3 +50,19 @@ def test_printed_command_with_imatrix(llama_bin, tmp_path):  # noqa: F811
     assert "--imatrix" in out and "--tensor-type" in out, out
     reproduce(llama_bin, out, theirs)
     assert_same_file(ours, theirs)
+
+
+def test_merge_target_command_makes_the_same_file(llama_bin, tmp_path):  # noqa: F811
+    """`smelt merge --types F32,4.9bpw`: the printed command names the merge written as F32,
+    and llama-quantize makes the target file from it byte for byte."""
+    a, b = tiny(tmp_path, 256), tmp_path / "b.gguf"
+    run_smelt("make-test-model", "--layers", "2", "--hidden", 256, "--ff", 512, "--heads", 4,
+              "--kv-heads", 2, "--vocab", 300, "--seed", 2, "-o", b)
+    recipe = tmp_path / "lin.yaml"
+    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.6}}\n"
+                      f"  - model: {b}\n    parameters: {{weight: 0.4}}\n")
+    out = run_smelt("merge", recipe, "-o", tmp_path / "out", "--types", "F32,4.9bpw", "-q").stdout
+    assert str(tmp_path / "out" / "lin-F32.gguf") in out, out
+    theirs = tmp_path / "llama.gguf"
+    reproduce(llama_bin, out, theirs)
+    assert_same_file(tmp_path / "out" / "lin-4.9bpw.gguf", theirs)

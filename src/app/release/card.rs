@@ -330,7 +330,10 @@ pub fn write_plot(dir: &Path, m: &Manifest) -> Result<()> {
                 bits_per_weight: t.bits_per_weight,
                 kld_mean: Some(q.kld_mean),
                 perplexity: q.perplexity,
-                optimised: false,
+                optimised: matches!(
+                    crate::target::TypeSpec::parse(&t.file_type),
+                    Ok(crate::target::TypeSpec::Target(_))
+                ),
             })
         })
         .collect();

@@ -28,6 +28,7 @@ use crate::quant::imatrix::Imatrix;
 use crate::quant::mix::FileType;
 use crate::split::SplitLimit;
 use crate::store::Store;
+use crate::target::TypeSpec;
 use crate::write::TensorProducer;
 use manifest::{
     EvaluationInfo, FileEntry, Fingerprint, ImatrixInfo, Quality, ReleasedType, SourceInfo,
@@ -59,7 +60,8 @@ pub enum ImatrixChoice {
 pub struct ReleaseOptions {
     pub source: PathBuf,
     pub out_dir: PathBuf,
-    pub types: Vec<FileType>,
+    /// Mixes and targets (`Q4_K_M`, `4.25bpw`, `5.5G`).
+    pub types: Vec<TypeSpec>,
     pub imatrix: ImatrixChoice,
     /// The imatrix's text; default: the first half of the built-in calibration text.
     pub calibration_text: Option<PathBuf>,
@@ -89,8 +91,8 @@ impl ReleaseOptions {
     }
 }
 
-/// `--types` or `--preset`, as file types.
-pub fn parse_types(types: &[String], preset: Option<&str>) -> Result<Vec<FileType>> {
+/// `--types` or `--preset`, as mixes and targets.
+pub fn parse_types(types: &[String], preset: Option<&str>) -> Result<Vec<TypeSpec>> {
     let names: Vec<String> = match (types.is_empty(), preset) {
         (false, None) => types
             .iter()
@@ -113,30 +115,39 @@ pub fn parse_types(types: &[String], preset: Option<&str>) -> Result<Vec<FileTyp
             ))
         }
     };
-    let mut out: Vec<FileType> = Vec::new();
+    let mut out: Vec<TypeSpec> = Vec::new();
     for n in &names {
-        let ft = FileType::parse(n)?;
-        if out.contains(&ft) {
+        let spec = TypeSpec::parse(n)?;
+        if out.iter().any(|s| s.label() == spec.label()) {
             return Err(Error::Invalid(format!(
                 "--types: {} is listed twice",
-                ft.name()
+                spec.label()
             )));
         }
-        out.push(ft);
+        out.push(spec);
     }
     Ok(out)
 }
 
 /// Whether a type's quantization uses an importance matrix when one is given (every quantized
-/// type but Q8_0: llama.cpp's kernels for the others weigh their search by it).
-fn gains_from_imatrix(ft: FileType) -> bool {
+/// type but Q8_0: llama.cpp's kernels for the others weigh their search by it; a target also
+/// weighs each tensor's measured error by it, and may choose IQ4_XS with one).
+fn gains_from_imatrix(spec: &TypeSpec) -> bool {
     use crate::gguf::GgmlType::*;
-    !matches!(ft.default_type(), F32 | F16 | BF16 | Q8_0)
+    match spec {
+        TypeSpec::Mix(ft) => !matches!(ft.default_type(), F32 | F16 | BF16 | Q8_0),
+        TypeSpec::Target(_) => true,
+    }
 }
 
-/// Whether a type cannot be made without one.
-fn needs_imatrix(ft: FileType) -> bool {
-    crate::quant::mix::requires_imatrix("blk.0.ffn_down.weight", ft.default_type(), ft)
+/// Whether a type cannot be made without one (a target chooses among types that need none).
+fn needs_imatrix(spec: &TypeSpec) -> bool {
+    match spec {
+        TypeSpec::Mix(ft) => {
+            crate::quant::mix::requires_imatrix("blk.0.ffn_down.weight", ft.default_type(), *ft)
+        }
+        TypeSpec::Target(_) => false,
+    }
 }
 
 /// The model the release is made from.
@@ -316,10 +327,10 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
         None => crate::app::naming::model_name(&opts.source),
     };
     if opts.imatrix == ImatrixChoice::None {
-        if let Some(ft) = opts.types.iter().find(|t| needs_imatrix(**t)) {
+        if let Some(ft) = opts.types.iter().find(|t| needs_imatrix(t)) {
             return Err(Error::Invalid(format!(
                 "{} needs an importance matrix, and --imatrix none was given (use --imatrix auto or a file)",
-                ft.name()
+                ft.label()
             )));
         }
     }
@@ -341,13 +352,13 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
     let wants_imatrix = match &opts.imatrix {
         ImatrixChoice::None => false,
         ImatrixChoice::File(_) => true,
-        ImatrixChoice::Auto => opts.types.iter().any(|t| gains_from_imatrix(*t)),
+        ImatrixChoice::Auto => opts.types.iter().any(gains_from_imatrix),
     };
     if wants_imatrix && opts.imatrix == ImatrixChoice::Auto && !has_tokenizer {
-        if let Some(ft) = opts.types.iter().find(|t| needs_imatrix(**t)) {
+        if let Some(ft) = opts.types.iter().find(|t| needs_imatrix(t)) {
             return Err(Error::Invalid(format!(
                 "{} needs an importance matrix, which cannot be computed without a tokenizer; give one with --imatrix FILE",
-                ft.name()
+                ft.label()
             )));
         }
     }
@@ -356,7 +367,7 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
     let fingerprint = Fingerprint {
         smelt_version: crate::cli::VERSION.to_string(),
         source_sha256: source_sha.clone(),
-        types: opts.types.iter().map(|t| t.name().to_string()).collect(),
+        types: opts.types.iter().map(TypeSpec::label).collect(),
         imatrix: match &opts.imatrix {
             ImatrixChoice::Auto => "auto".into(),
             ImatrixChoice::None => "none".into(),
@@ -387,8 +398,10 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
         let plain: Vec<FileType> = opts
             .types
             .iter()
-            .copied()
-            .filter(|t| !needs_imatrix(*t))
+            .filter_map(|t| match t {
+                TypeSpec::Mix(ft) if !needs_imatrix(t) => Some(*ft),
+                _ => None,
+            })
             .collect();
         let plan = crate::quantize::plan(
             source.producer(),
@@ -409,7 +422,7 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
         state.source = source_info(&source, kind, opts, source_bytes, &source_sha);
         let state_path = dir.join(STATE_FILE);
         state.save(&state_path)?;
-        let paths = |ft: &FileType| dir.join(format!("{name}-{}.gguf", ft.name()));
+        let paths = |spec: &TypeSpec| dir.join(format!("{name}-{}.gguf", spec.label()));
         let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
         let planned: Vec<PathBuf> = opts.types.iter().map(paths).collect();
         let planned_refs: Vec<&Path> = planned.iter().map(PathBuf::as_path).collect();
@@ -627,20 +640,20 @@ fn quantize_step(
     imatrix: Option<(Imatrix, String)>,
     state: &mut Manifest,
     state_path: &Path,
-    path_for: &dyn Fn(&FileType) -> PathBuf,
+    path_for: &dyn Fn(&TypeSpec) -> PathBuf,
 ) -> Result<()> {
     let mut todo = Vec::new();
-    for ft in &opts.types {
-        match state.released(ft.name()) {
+    for spec in &opts.types {
+        match state.released(&spec.label()) {
             Some(r) if r.parts.iter().all(|p| still_valid(dir, p)) => {
-                opts.say(format_args!("{}: done earlier, verified", ft.name()))
+                opts.say(format_args!("{}: done earlier, verified", spec.label()))
             }
-            _ => todo.push(*ft),
+            _ => todo.push(spec.clone()),
         }
     }
     state
         .types
-        .retain(|t| !todo.iter().any(|ft| ft.name() == t.file_type));
+        .retain(|t| !todo.iter().any(|spec| spec.label() == t.file_type));
     if todo.is_empty() {
         return Ok(());
     }
@@ -650,14 +663,25 @@ fn quantize_step(
         ..Default::default()
     };
     let producer = source.producer();
-    let plan = crate::quantize::plan(
+    // Targets are solved on one measurement of the source (its error at each candidate type,
+    // weighted by the imatrix), planned beside the mixes for the same single pass.
+    let target_source = crate::app::targets::TargetSource {
         producer,
-        source.n_tensors(),
-        source.metadata(),
+        weights: source.weights(),
+        n_tensors: source.n_tensors(),
+        metadata: source.metadata(),
+    };
+    let plan = crate::app::targets::plan(
+        &target_source,
         &todo,
         &qopts,
+        &Default::default(),
+        &path_for(&todo[0]),
         path_for,
-    )?;
+        opts.display,
+    )?
+    .matrix
+    .plan;
     for w in &plan.warnings {
         eprintln!("warning: {}", crate::error::printable(w));
     }
@@ -665,8 +689,8 @@ fn quantize_step(
         check_split_size(producer, &plan, limit)?;
     }
     let reports = crate::write::write_matrix(producer, &plan.order, &plan.outputs, opts.display)?;
-    for ft in &todo {
-        let target = path_for(ft);
+    for spec in &todo {
+        let target = path_for(spec);
         let mine: Vec<&crate::write::OutputReport> = reports
             .iter()
             .filter(|r| r.path == target || is_part_of(&r.path, &target))
@@ -678,7 +702,7 @@ fn quantize_step(
         let bytes: u64 = mine.iter().map(|r| r.bytes).sum();
         let weights: u64 = mine.iter().map(|r| r.n_weights).sum();
         state.types.push(ReleasedType {
-            file_type: ft.name().to_string(),
+            file_type: spec.label(),
             parts,
             bytes,
             bits_per_weight: if weights == 0 {
@@ -699,7 +723,7 @@ fn quantize_step(
     // In the order asked for, whatever was done earlier.
     state
         .types
-        .sort_by_key(|t| opts.types.iter().position(|ft| ft.name() == t.file_type));
+        .sort_by_key(|t| opts.types.iter().position(|s| s.label() == t.file_type));
     state.save(state_path)
 }
 
@@ -918,7 +942,7 @@ mod tests {
         );
         let t = parse_types(&["Q4_K_M,Q8_0".into(), "F16".into()], None).unwrap();
         assert_eq!(
-            t.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            t.iter().map(TypeSpec::label).collect::<Vec<_>>(),
             ["Q4_K_M", "Q8_0", "F16"]
         );
         assert!(parse_types(&["Q8_0,Q8_0".into()], None).is_err());
