@@ -114,6 +114,9 @@ or --name). Takes quantize's options."
     Merge(MergeArgs),
     /// Propose the K most redundant layers to prune, as a passthrough recipe.
     PrunePlan(PrunePlanArgs),
+    /// Drop the K most redundant layers and write the pruned model (GGUF, every kept tensor at
+    /// its type); with --heal, train it against the original as `smelt heal` does.
+    Prune(PruneArgs),
     /// Tune a recipe's `{search: [LOW, HIGH]}` values by measured perplexity (or KL
     /// divergence), merging each trial in memory, and write the recipe with the best values.
     Calibrate(CalibrateArgs),
@@ -147,18 +150,45 @@ or --name). Takes quantize's options."
 #[derive(clap::Args, Debug)]
 pub struct PrunePlanArgs {
     pub model: PathBuf,
-    /// How many layers to drop.
-    #[arg(long)]
-    pub count: usize,
     /// Write the recipe here (default: stdout).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub rank: RankArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    /// The model (GGUF of any type, safetensors or HF folder).
+    pub model: PathBuf,
+    /// The pruned (or healed) GGUF.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub rank: RankArgs,
+    /// Train the layers around each cut against MODEL (on --text) before writing.
+    #[arg(long)]
+    pub heal: bool,
+    #[command(flatten)]
+    pub training: HealTrainingArgs,
+    /// With --heal: print the heal's report (losses, layers) as JSON on stdout.
+    #[arg(long, requires = "heal")]
+    pub json: bool,
+}
+
+/// Which layers to drop.
+#[derive(clap::Args, Debug)]
+pub struct RankArgs {
+    /// How many layers to drop.
+    #[arg(long)]
+    pub count: usize,
     /// `weights`: the layers whose matrices are most similar to the layer below's (any
     /// K layers); `activations`: the block of K consecutive layers that changes the hidden
     /// state least on a text (angular distance, Gromov et al. 2024).
-    #[arg(long, value_enum, default_value_t = Rank::Weights)]
-    pub rank: Rank,
-    /// With --rank activations: the text (default: the built-in calibration text).
+    #[arg(long = "rank", value_enum, default_value_t = Rank::Weights)]
+    pub by: Rank,
+    /// The text: with --rank activations the ranking's, with --heal the training's (default:
+    /// the built-in calibration text).
     #[arg(long)]
     pub text: Option<PathBuf>,
     /// With --rank activations: tokens per chunk.
@@ -167,6 +197,18 @@ pub struct PrunePlanArgs {
     /// With --rank activations: at most this many chunks (default 16).
     #[arg(long)]
     pub chunks: Option<usize>,
+}
+
+impl RankArgs {
+    fn options(&self) -> crate::app::prune::RankOptions {
+        crate::app::prune::RankOptions {
+            count: self.count,
+            by: self.by,
+            text: self.text.clone(),
+            n_ctx: self.n_ctx,
+            chunks: self.chunks,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -183,6 +225,18 @@ pub struct HealArgs {
     /// The healed GGUF, each tensor at the type it has in the pruned model.
     #[arg(short, long)]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub training: HealTrainingArgs,
+    /// Print the report (losses, layers) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub use crate::app::prune::Rank;
+
+/// How `heal` and `prune --heal` train.
+#[derive(clap::Args, Debug)]
+pub struct HealTrainingArgs {
     /// Projections to train (ffn_gate, ffn_up, ffn_down, attn_q, attn_k, attn_v, attn_output).
     #[arg(
         long,
@@ -223,16 +277,25 @@ pub struct HealArgs {
     /// Seed of the order of the training sequences.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print the report (losses, layers) as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
-/// How `prune-plan` ranks layers.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rank {
-    Weights,
-    Activations,
+impl HealTrainingArgs {
+    fn options(&self) -> Result<crate::heal::HealOptions> {
+        Ok(crate::heal::HealOptions {
+            train: self.train.clone(),
+            layers: crate::heal::parse_layers(&self.layers)?,
+            steps: self.steps,
+            lr: self.lr,
+            warmup: self.warmup.unwrap_or(self.steps / 10),
+            seq: self.seq,
+            batch: self.batch,
+            max_sequences: self.sequences,
+            val_every: self.val_every,
+            patience: self.patience,
+            clip: self.clip,
+            seed: self.seed,
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -751,6 +814,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Merge(args) => merge(&args, ui),
         Command::PrunePlan(args) => prune_plan(&args, ui),
+        Command::Prune(args) => prune(&args, ui),
         Command::Calibrate(args) => calibrate(&args, ui),
         Command::Heal(args) => heal(&args, ui),
         Command::Tokenize(args) => tokenize(&args),
@@ -810,162 +874,91 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// `prune-plan`: the recipe dropping the most redundant layers, by weights or activations.
 fn prune_plan(args: &PrunePlanArgs, ui: Ui) -> Result<()> {
-    use crate::merge::prune;
-    if args.count == 0 {
-        return Err(Error::Invalid("--count 0: nothing to drop".into()));
-    }
-    let model_name = args.model.to_string_lossy();
-    let text = match args.rank {
-        Rank::Weights => {
-            if args.text.is_some() || args.n_ctx.is_some() || args.chunks.is_some() {
-                return Err(Error::Invalid(
-                    "--text, --ctx and --chunks go with --rank activations".into(),
-                ));
-            }
-            let store = Store::open(&args.model)?;
-            if let Some(p) = &args.output {
-                crate::output_files::check_outputs(&store.paths(), &[p])?;
-            }
-            let n = store.hparam("block_count").unwrap_or(0) as u32;
-            let scores = prune::redundancy(&store)?;
-            if args.count > scores.len() {
-                return Err(Error::Invalid(format!(
-                    "--count {}: only {} layers can be dropped (never the first or last)",
-                    args.count,
-                    scores.len()
-                )));
-            }
-            let drop = prune::most_redundant(&scores, args.count);
-            prune::recipe(&model_name, n, &drop, &scores)
-        }
-        Rank::Activations => {
-            use crate::eval::{layer_distances, ranking, tokenize, EvalOptions};
-            let store = crate::eval::open(&args.model)?;
-            let mut inputs = store.input_files();
-            inputs.extend(args.text.iter().cloned());
-            if let Some(p) = &args.output {
-                let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-                crate::output_files::check_outputs(&inputs, &[p])?;
-            }
-            let (text, text_name) = eval_text(args.text.as_deref())?;
-            let tokens = tokenize(store.as_ref(), &text)?;
-            let opts = EvalOptions {
-                n_ctx: args.n_ctx.unwrap_or(512),
-                max_chunks: Some(args.chunks.unwrap_or(16)),
-                batch: None,
-            };
-            let n_layer = store.n_layer();
-            let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
-            let progress = crate::progress::Progress::new(
-                ui.display,
-                "ranking",
-                n_tokens * n_layer,
-                crate::progress::Unit::TokenLayers(n_layer),
-            );
-            let d = layer_distances(store.as_ref(), &tokens, &opts, args.count, &progress)?;
-            progress.finish();
-            ranking::activation_recipe(&model_name, &d, &text_name, &d.dropped())
-        }
-    };
+    let outputs: Vec<&Path> = args.output.iter().map(PathBuf::as_path).collect();
+    let ranked = crate::app::prune::rank(&args.model, &args.rank.options(), &outputs, ui.display)?;
     match &args.output {
-        Some(p) => write_text_output(p, &text, &[&args.model]),
-        None => print_stdout(&text),
+        Some(p) => write_text_output(p, &ranked.recipe, &[&args.model]),
+        None => print_stdout(&ranked.recipe),
     }
+}
+
+/// `prune`: rank, write the pruned model, and with --heal train it against the original (the
+/// pruned model lives in a temporary folder beside the output until the healed one is written).
+fn prune(args: &PruneArgs, ui: Ui) -> Result<()> {
+    use crate::app::prune as p;
+    let training = args.heal.then(|| args.training.options()).transpose()?;
+    let mut rank = args.rank.options();
+    if args.heal && rank.by == Rank::Weights {
+        rank.text = None; // the heal's text, not the ranking's
+    }
+    let ranked = p::rank(&args.model, &rank, &[&args.output], ui.display)?;
+    ui.say(format_args!(
+        "dropping layers {:?} ({:?} ranking)",
+        ranked.drop, args.rank.by
+    ));
+    let model = Store::open(&args.model)?;
+    let Some(opts) = training else {
+        let written =
+            p::write_pruned(&model, &ranked.drop, args.rank.by, &args.output, ui.display)?;
+        ui.say(wrote_line(&written));
+        return Ok(());
+    };
+    let scratch = crate::output_files::temp_dir_beside(&args.output)?;
+    let pruned_path = scratch.path().join("pruned.gguf");
+    p::write_pruned(
+        &model,
+        &ranked.drop,
+        args.rank.by,
+        &pruned_path,
+        crate::progress::Display::Hidden,
+    )?;
+    let pruned = Store::open(&pruned_path)?;
+    let run = crate::app::heal::heal(
+        &pruned,
+        &model,
+        &args.model.to_string_lossy(),
+        args.rank.text.as_deref(),
+        &opts,
+        &args.output,
+        ui.display,
+    )?;
+    drop(pruned);
+    drop(scratch);
+    if args.json {
+        print_json(&run.to_json())?;
+    }
+    for line in run.summary(&opts) {
+        ui.say(line);
+    }
+    ui.say(wrote_line(&run.written));
+    Ok(())
 }
 
 /// `heal`: train, then write the healed model with its provenance.
 fn heal(args: &HealArgs, ui: Ui) -> Result<()> {
-    use crate::heal::{self as h, HealOptions};
     let student = Store::open(&args.pruned)?;
     let teacher = Store::open(&args.teacher)?;
     let mut inputs: Vec<&Path> = student.paths();
     inputs.extend(teacher.paths());
     inputs.extend(args.text.as_deref());
     crate::output_files::check_outputs(&inputs, &[&args.output])?;
-    let opts = HealOptions {
-        train: args.train.clone(),
-        layers: h::parse_layers(&args.layers)?,
-        steps: args.steps,
-        lr: args.lr,
-        warmup: args.warmup.unwrap_or(args.steps / 10),
-        seq: args.seq,
-        batch: args.batch,
-        max_sequences: args.sequences,
-        val_every: args.val_every,
-        patience: args.patience,
-        clip: args.clip,
-        seed: args.seed,
-    };
-    let (text, text_name) = eval_text(args.text.as_deref())?;
-    let tokens = crate::eval::tokenize(&student, &text)?;
-    if crate::eval::tokenize(&teacher, &text)? != tokens {
-        return Err(Error::Invalid(format!(
-            "{}: the teacher tokenizes the text differently from the model: heal needs the same vocabulary",
-            args.teacher.display()
-        )));
-    }
-    let started = std::time::Instant::now();
-    let progress = crate::progress::Progress::new(
+    let opts = args.training.options()?;
+    let run = crate::app::heal::heal(
+        &student,
+        &teacher,
+        &args.teacher.to_string_lossy(),
+        args.text.as_deref(),
+        &opts,
+        &args.output,
         ui.display,
-        "healing",
-        opts.steps as u64,
-        crate::progress::Unit::Steps,
-    );
-    let report = h::heal(&student, &teacher, &tokens, &opts, &progress)?;
-    progress.finish();
-    let trained_in = started.elapsed();
-    let text_sha256 = {
-        use sha2::Digest;
-        let d = sha2::Sha256::digest(text.as_bytes());
-        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    };
-    let prov = h::Provenance {
-        teacher_name: &args.teacher.to_string_lossy(),
-        teacher_hash: teacher.sha256_with(&|_| {})?,
-        student_hash: student.sha256_with(&|_| {})?,
-        text_name: &text_name,
-        text_sha256,
-        threads: rayon::current_num_threads(),
-    };
-    let md = h::heal_metadata(&student.metadata, &opts, &report, &prov);
-    let written = h::write_healed(&student, &report, md, &args.output, ui.display)?;
+    )?;
     if args.json {
-        let doc = serde_json::json!({
-            "layer_map": report.layer_map, "layers": report.layers,
-            "window": [report.window.0, report.window.1], "teacher_depth": report.teacher_depth,
-            "train_sequences": report.n_train, "validation_sequences": report.n_val,
-            "shared_prefix": report.shared_prefix,
-            "train_loss": report.train_loss, "validation_loss": report.val_loss,
-            "best_step": report.best_step, "stopped_early": report.stopped_early,
-            "seconds": trained_in.as_secs_f64(), "output": args.output,
-        });
-        print_stdout(&(serde_json::to_string_pretty(&doc).expect("json values serialize") + "\n"))?;
+        print_json(&run.to_json())?;
     }
-    ui.say(format_args!(
-        "trained {} of layers {:?} ({} sequences of {}, {} validating) for {} steps in {:.1?}",
-        opts.train.join(","),
-        report.layers,
-        report.n_train,
-        opts.seq,
-        report.n_val,
-        report.train_loss.len(),
-        trained_in
-    ));
-    for (step, v) in &report.val_loss {
-        ui.say(format_args!("  step {step:>5}: validation loss {v:.6}"));
+    for line in run.summary(&opts) {
+        ui.say(line);
     }
-    ui.say(format_args!(
-        "kept step {} (validation {:.6}, {:.6} before){}",
-        report.best_step,
-        report.val_best(),
-        report.val_before(),
-        if report.stopped_early {
-            ", stopped early"
-        } else {
-            ""
-        }
-    ));
-    ui.say(wrote_line(&written));
+    ui.say(wrote_line(&run.written));
     Ok(())
 }
 

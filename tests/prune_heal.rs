@@ -377,3 +377,92 @@ fn a_teacher_prefix_shared_or_recomputed_gives_the_same_bytes() {
     };
     assert_eq!(tensors("a.gguf"), tensors("b.gguf"));
 }
+
+/// `smelt prune`: the pruned model is the model without the ranked layers, every kept tensor
+/// byte for byte (renumbered), the drop recorded; `--heal` writes the bytes that `prune`
+/// then `heal` write; bad input writes nothing (no output, no temporary pruned model).
+#[test]
+fn prune_writes_the_pruned_model_and_heals_it() {
+    let dir = common::scratch();
+    let d = dir.path();
+    model_with_identity_layer(d);
+    common::word_text(d, "text.txt", 0);
+    let mut args = rank_args(&["--count", "1", "-o", "pruned.gguf"]);
+    args[0] = "prune";
+    common::smelt(d, &args).unwrap();
+    let (m, p) = (
+        smelt::store::Store::open(d.join("m.gguf")).unwrap(),
+        smelt::store::Store::open(d.join("pruned.gguf")).unwrap(),
+    );
+    assert_eq!(p.hparam("block_count"), Some(5));
+    assert_eq!(
+        p.metadata.get_str("smelt.prune.layers"),
+        Some("3"),
+        "the identity layer is the one dropped"
+    );
+    assert_eq!(p.metadata.get_str("smelt.prune.rank"), Some("activations"));
+    assert_eq!(p.tensors.len(), m.tensors.len() - 9);
+    for (i, t) in p.tensors.iter().enumerate() {
+        let from = match t.name.strip_prefix("blk.") {
+            Some(rest) => {
+                let (l, kind) = rest.split_once('.').unwrap();
+                let l: u32 = l.parse().unwrap();
+                format!("blk.{}.{kind}", if l >= 3 { l + 1 } else { l })
+            }
+            None => t.name.clone(),
+        };
+        let j = m.find(&from).unwrap();
+        assert_eq!(t.ty, m.tensors[j].ty);
+        assert!(p.raw(i).unwrap() == m.raw(j).unwrap(), "{}", t.name);
+    }
+
+    // --heal: the same bytes as prune, then heal of the pruned model.
+    pruned_pair(d);
+    let training = [
+        "--text",
+        "text.txt",
+        "--seq",
+        "64",
+        "--sequences",
+        "10",
+        "--batch",
+        "8",
+        "--steps",
+        "3",
+        "--warmup",
+        "0",
+        "--val-every",
+        "1",
+    ];
+    let mut args = vec!["prune", "t.gguf", "--count", "1", "-o", "pw.gguf"];
+    common::smelt(d, &args).unwrap();
+    args.extend(["--heal", "-q"]);
+    args[5] = "chained.gguf";
+    args.extend(training);
+    common::smelt(d, &args).unwrap();
+    let mut heal = vec![
+        "heal",
+        "pw.gguf",
+        "--teacher",
+        "t.gguf",
+        "-o",
+        "two-steps.gguf",
+    ];
+    heal.extend(training);
+    common::smelt(d, &heal).unwrap();
+    let chained = std::fs::read(d.join("chained.gguf")).unwrap();
+    assert!(chained == std::fs::read(d.join("two-steps.gguf")).unwrap());
+
+    // A text too short to train on: an error, and nothing beside the output.
+    std::fs::write(d.join("short.txt"), "the merge of two models").unwrap();
+    let before = std::fs::read_dir(d).unwrap().count();
+    args[5] = "bad.gguf";
+    let k = args.iter().position(|a| *a == "text.txt").unwrap();
+    args[k] = "short.txt";
+    let err = common::smelt(d, &args).unwrap_err();
+    assert!(
+        err.contains("a sequence to train on and one to validate"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(d).unwrap().count(), before);
+}
