@@ -277,6 +277,11 @@ pub struct HealTrainingArgs {
     /// Seed of the order of the training sequences.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `block`: the hidden state leaving the trained layers against the teacher's at the same
+    /// depth (cheap: backward through those layers only); `kl`: end to end, the KL divergence
+    /// of the next-token distributions (backward through every later layer and the head).
+    #[arg(long, value_enum, default_value_t = crate::heal::HealLoss::Block)]
+    pub loss: crate::heal::HealLoss,
 }
 
 impl HealTrainingArgs {
@@ -294,6 +299,7 @@ impl HealTrainingArgs {
             patience: self.patience,
             clip: self.clip,
             seed: self.seed,
+            loss: self.loss,
         })
     }
 }

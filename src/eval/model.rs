@@ -578,6 +578,28 @@ impl<'a> Model<'a> {
         Ok(OutputHead(Linear::load(self, name)?))
     }
 
+    /// The whole head as one differentiable step: the residual stream leaving the last layer
+    /// through the final norm (`output_norm`, from [`Model::output_norm`]) and the output
+    /// matrix, to logits (rows, `n_vocab`). Training's end-to-end loss runs it with gradients.
+    pub(crate) fn head_logits(
+        &self,
+        head: &OutputHead,
+        output_norm: &Tensor,
+        x: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let h = self.norm(x, output_norm)?;
+        let mut logits = head.0.forward(&h, None)?;
+        if let Some(cap) = self.quirks.final_softcap {
+            logits = ((logits / cap as f64)?.tanh()? * cap as f64)?;
+        }
+        Ok(logits)
+    }
+
+    /// The final norm's weight, for [`Model::head_logits`].
+    pub(crate) fn output_norm(&self) -> Result<Tensor> {
+        self.weight("output_norm.weight")
+    }
+
     /// Logits (row-major, `n_vocab` per row) of positions `from..to` of a final hidden state.
     pub fn logits(
         &self,

@@ -69,6 +69,29 @@ pub struct HealOptions {
     pub clip: f64,
     /// Order of the training sequences.
     pub seed: u64,
+    /// What the student is trained to match.
+    pub loss: HealLoss,
+}
+
+/// The heal's objective.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealLoss {
+    /// The hidden state leaving the trained window against the teacher's at the same depth
+    /// (mean squared difference over the teacher's mean square): backward through the window
+    /// only.
+    Block,
+    /// End to end: the KL divergence of the student's next-token distribution from the
+    /// teacher's, per token (nats), through every layer after the window and the head.
+    Kl,
+}
+
+impl HealLoss {
+    pub fn name(self) -> &'static str {
+        match self {
+            HealLoss::Block => "block",
+            HealLoss::Kl => "kl",
+        }
+    }
 }
 
 impl Default for HealOptions {
@@ -86,6 +109,7 @@ impl Default for HealOptions {
             patience: 3,
             clip: 1.0,
             seed: 0,
+            loss: HealLoss::Block,
         }
     }
 }
@@ -294,7 +318,11 @@ pub fn heal(
     // When the student's prefix is the teacher's, byte for byte, one pass gives both.
     let shared = same_prefix(student, teacher, &map, first);
     let mut inputs = Vec::new();
-    let targets = tm.residual_stream(&all, teacher_depth, &quiet, None, &mut |d, xs| {
+    // Block: the teacher's state at the matched depth; KL: its state leaving its last layer
+    // (its logits are made from it batch by batch: all of them at once would not fit).
+    let kl = opts.loss == HealLoss::Kl;
+    let target_depth = if kl { tm.n_layer() } else { teacher_depth };
+    let targets = tm.residual_stream(&all, target_depth, &quiet, None, &mut |d, xs| {
         if shared && d == first {
             inputs = xs.to_vec();
         }
@@ -335,10 +363,26 @@ pub fn heal(
         }
         window.push(layer);
     }
+    // KL: the frozen layers after the window and both heads, loaded once.
+    let after: Vec<Layer> = if kl {
+        (last + 1..sm.n_layer())
+            .map(|l| sm.layer(l))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let heads = if kl {
+        Some((
+            (sm.output_head()?, sm.output_norm()?),
+            (tm.output_head()?, tm.output_norm()?),
+        ))
+    } else {
+        None
+    };
     let ctxs = sm.contexts(opts.seq)?;
     let forward = |x: &Tensor| -> candle_core::Result<Tensor> {
         let mut x = x.clone();
-        for (k, layer) in window.iter().enumerate() {
+        for (k, layer) in window.iter().chain(&after).enumerate() {
             x = sm.forward_block(layer, first + k, &x, &ctxs)?;
         }
         Ok(x)
@@ -346,7 +390,19 @@ pub fn heal(
     let loss_of = |xs: &[Tensor], ys: &[Tensor]| -> candle_core::Result<Tensor> {
         let x = Tensor::cat(xs, 0)?;
         let y = Tensor::cat(ys, 0)?;
-        (forward(&x)? - y)?.sqr()?.mean_all()? / scale
+        match &heads {
+            None => (forward(&x)? - y)?.sqr()?.mean_all()? / scale,
+            Some(((s_head, s_norm), (t_head, t_norm))) => {
+                use candle_nn::ops::log_softmax;
+                let last_dim = candle_core::D::Minus1;
+                let student =
+                    log_softmax(&sm.head_logits(s_head, s_norm, &forward(&x)?)?, last_dim)?;
+                let teacher = log_softmax(&tm.head_logits(t_head, t_norm, &y)?, last_dim)?.detach();
+                (teacher.exp()? * (teacher - student)?)?
+                    .sum(last_dim)?
+                    .mean_all()
+            }
+        }
     };
     let validate = || -> Result<f64> {
         let mut total = 0f64;

@@ -98,6 +98,7 @@ pub fn heal_metadata(
     m.set("smelt.heal.layer_map", s(&list(&report.layer_map)));
     m.set("smelt.heal.layers", s(&list(&report.layers)));
     m.set("smelt.heal.train", s(&opts.train.join(",")));
+    m.set("smelt.heal.loss", s(opts.loss.name()));
     let params = format!(
         "steps={} lr={} warmup={} seq={} batch={} max_sequences={} val_every={} patience={} clip={} seed={} threads={}",
         opts.steps,

@@ -33,6 +33,14 @@ def run_llama_tool(cmd, expect: str, timeout=300, attempts=3) -> subprocess.Comp
     raise AssertionError(f"no `{expect}` in {attempts} runs:\n{(p.stdout + p.stderr)[-2000:]}")
 
 
+def generate(bin_dir: Path, model: Path, prompt: str, n: int, timeout=300) -> subprocess.CompletedProcess:
+    """Greedy text from llama.cpp on one thread (scripts/llama-generate.c, built with the
+    tools): stdout is the prompt, then what the model wrote (bytes: a random model's tokens
+    need not be UTF-8); stderr the loader's log, as llama-simple's."""
+    return subprocess.run([str(bin_dir / "llama-generate"), str(model), str(n), "1", prompt],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     out = subprocess.run([str(ROOT / "scripts" / "fetch-smollm2")], capture_output=True, text=True, check=True)

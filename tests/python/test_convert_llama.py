@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_smelt
+from conftest import ROOT, generate, run_smelt
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral"]
 # The fixture's 64-piece SentencePiece model saw only lower-case words and has no byte
@@ -55,10 +55,9 @@ def test_converted_model_runs_and_tokenizes_like_sentencepiece(arch, tmp_path, l
     files = sorted(out.glob("*.gguf"))
     assert [f.name.rsplit("-", 1)[1] for f in files] == ["F16.gguf", "Q8_0.gguf"]
     for f in files:
-        p = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(f), "-n", "4", "abc"],
-                           capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, f"{f.name}: {p.stderr[-2000:]}"
-        assert "abc" in p.stdout, p.stdout
+        p = generate(llama_bin, f, "abc", 4)
+        assert p.returncode == 0, f"{f.name}: {p.stderr[-2000:]!r}"
+        assert b"abc" in p.stdout, p.stdout
     model = (src / "tokenizer.model").read_bytes()
     if arch.startswith("gemma"):
         # The converter writes `add_space_prefix = false` for Gemma, whose real

@@ -1,5 +1,5 @@
 """`smelt release` against the tools a downloader uses: `sha256sum -c SHA256SUMS` passes in the
-folder, llama.cpp (llama-simple) loads and generates with every file of the release, split
+folder, llama.cpp (llama-completion) loads and generates with every file of the release, split
 sets included, and llama-gguf-split --merge of a split type gives the unsplit file smelt
 quantize writes. The quality table's figures agree with llama-perplexity's KL divergence
 against the same reference on the same text."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_llama_tool, run_smelt
+from conftest import generate, run_llama_tool, run_smelt
 from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
 from split_keys import with_split_keys
 from test_split_output import gguf_split
@@ -55,8 +55,7 @@ def test_llama_cpp_loads_and_generates_with_every_file(made, llama_bin):
     for rel in ["rel", "split"]:
         for t in json.loads((made / rel / "release.json").read_text())["types"]:
             first = made / rel / t["parts"][0]["file"]
-            p = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(first), "-n", "8", "abc"],
-                               capture_output=True, timeout=120)
+            p = generate(llama_bin, first, "abc", 8)
             assert p.returncode == 0, f"{first.name}: {p.stderr[-2000:]!r}"
             assert p.stdout.startswith(b"abc"), p.stdout
             if len(t["parts"]) > 1:

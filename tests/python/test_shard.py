@@ -2,12 +2,11 @@
 files, written by separate processes, are the single-process `--shards N` files byte for byte;
 llama-gguf-split --merge of the set gives smelt's unsplit file (plus the keys its --merge keeps
 from the first file: the plan's hash and the split keys); llama.cpp loads the set."""
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import run_smelt
+from conftest import generate, run_smelt
 from split_keys import with_split_keys
 from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
 from test_split_output import gguf_split
@@ -56,10 +55,8 @@ def test_llama_gguf_split_merge_of_the_shards_gives_the_unsplit_file(made, llama
 
 def test_llama_cpp_loads_the_sharded_set(made, llama_bin):
     first = made / "sharded" / f"m-Q8_0-00001-of-{N:05}.gguf"
-    p = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(first), "-n", "4", "abc"],
-                       capture_output=True, timeout=120)
+    p = generate(llama_bin, first, "abc", 4)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"additional {N - 1} GGUFs metadata loaded".encode() in p.stderr
-    whole = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(made / "whole" / "m-Q8_0.gguf"), "-n", "4",
-                            "abc"], capture_output=True, timeout=120)
+    whole = generate(llama_bin, made / "whole" / "m-Q8_0.gguf", "abc", 4)
     assert p.stdout == whole.stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_smelt
+from conftest import generate, run_smelt
 from split_keys import with_split_keys  # noqa: F401  (also imported from here)
 from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
 
@@ -61,8 +61,7 @@ def test_llama_gguf_split_merge_of_smelts_files_gives_the_unsplit_file(made, lla
 def test_llama_cpp_runs_the_split_set_as_the_unsplit_file(made, llama_bin):
     def simple(model: Path, parts: int) -> bytes:
         # Bytes: a random model's tokens need not be valid UTF-8.
-        p = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(model), "-n", "8", "abc"],
-                           capture_output=True, timeout=120)
+        p = generate(llama_bin, model, "abc", 8)
         assert p.returncode == 0, f"{model.name}: {p.stderr[-2000:]!r}"
         if parts > 1:
             assert f"additional {parts - 1} GGUFs metadata loaded".encode() in p.stderr
