@@ -1,7 +1,6 @@
 //! Command-line interface: argument parsing, progress and exit codes. No logic of its own.
 
 use crate::app::naming::{model_name, plain_file_name};
-use crate::app::text::eval_text;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Value};
 use crate::store::Store;
@@ -424,14 +423,7 @@ pub struct ImatrixArgs {
     pub batch: Option<usize>,
 }
 
-/// The file formats of `imatrix --output-format`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImatrixFormat {
-    /// GGUF: `<tensor>.in_sum2` and `<tensor>.counts`, the `imatrix.*` keys.
-    Gguf,
-    /// llama-imatrix's legacy binary `.dat`.
-    Dat,
-}
+pub use crate::app::imatrix::ImatrixFormat;
 
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {
@@ -1030,267 +1022,60 @@ fn calibrate(args: &CalibrateArgs, ui: Ui) -> Result<()> {
 
 /// `eval`: perplexity (and KL divergence against a reference) on a text.
 fn eval(args: &EvalArgs, ui: Ui) -> Result<()> {
-    use crate::app::imatrix::ChunkRange;
-    use crate::eval::{evaluate, tokenize, EvalOptions, LogitsReader, LogitsWriter, Reference};
+    use crate::app::eval as e;
     if !args.combine.is_empty() {
-        return eval_combine(args);
+        let combined = e::combine(&args.combine)?;
+        if combined.first_chunk != 0 {
+            eprintln!(
+                "warning: the first range starts at chunk {}, not 0",
+                combined.first_chunk
+            );
+        }
+        if args.json {
+            return print_json(&combined.to_json());
+        }
+        return print_stdout(&combined.to_text());
     }
     let model = args
         .model
-        .as_ref()
+        .as_deref()
         .expect("clap requires a model without --combine");
-    let range = match args.chunks {
-        Some(ChunkRange::Range(a, b)) => {
-            if args.ref_logits.is_some() || args.save_logits.is_some() {
-                return Err(Error::Invalid(
-                    "--chunks A..B does not go with --ref-logits or --save-logits (their files hold every chunk from 0)".into(),
-                ));
-            }
-            Some((a, b))
-        }
-        _ => None,
-    };
-    let store = crate::eval::open(model)?;
-    let reference = args
-        .reference
-        .as_ref()
-        .map(|r| crate::eval::open(r))
-        .transpose()?;
-    // Opened first: a file that is not one, truncated or garbled is refused before any work.
-    let mut saved = args
-        .ref_logits
-        .as_deref()
-        .map(LogitsReader::open)
-        .transpose()?;
-    if let Some(out) = &args.save_logits {
-        let mut inputs = store.input_files();
-        inputs.extend(args.text.iter().cloned());
-        if let Some(r) = &reference {
-            inputs.extend(r.input_files());
-        }
-        let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-        crate::output_files::check_outputs(&inputs, &[out])?;
-    }
-    let (text, text_name) = eval_text(args.text.as_deref())?;
-    let all_tokens = tokenize(store.as_ref(), &text)?;
-    let (tokens, max_chunks) = match args.chunks {
-        Some(c) => c.slice(&all_tokens, args.n_ctx)?,
-        None => (&all_tokens[..], None),
-    };
-    let tokens = tokens.to_vec();
-    if let Some(r) = &reference {
-        if tokenize(r.as_ref(), &text)? != tokens {
-            return Err(Error::Invalid(format!(
-                "{}: the reference tokenizes the text differently from the model: KL divergence needs the same tokens",
-                args.reference.as_ref().expect("set").display()
-            )));
-        }
-    }
-    let opts = EvalOptions {
+    let run = e::evaluate(&e::EvalRequest {
+        model,
+        reference: args.reference.as_deref(),
+        ref_logits: args.ref_logits.as_deref(),
+        save_logits: args.save_logits.as_deref(),
+        text: args.text.as_deref(),
         n_ctx: args.n_ctx,
-        // Against a saved file, as many chunks as it holds unless told otherwise.
-        max_chunks: max_chunks.or(saved.as_ref().map(|s| s.header.n_chunk)),
+        chunks: args.chunks,
         batch: args.batch,
-    };
-    let n_layer = store.n_layer();
-    let passes = 1 + u64::from(reference.is_some());
-    let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
-    let progress = crate::progress::Progress::new(
-        ui.display,
-        "evaluating",
-        n_tokens * n_layer * passes,
-        crate::progress::Unit::TokenLayers(n_layer),
-    );
-    let started = std::time::Instant::now();
-    let mut writer = args
-        .save_logits
-        .as_deref()
-        .map(LogitsWriter::create)
-        .transpose()?;
-    let against = match (&reference, saved.as_mut()) {
-        (Some(r), _) => Some(Reference::Model(r.as_ref())),
-        (None, Some(f)) => Some(Reference::Saved(f)),
-        (None, None) => None,
-    };
-    let report = evaluate(
-        store.as_ref(),
-        against,
-        writer.as_mut(),
-        &tokens,
-        &opts,
-        &progress,
-    )?;
-    progress.finish();
-    let saved_to = match writer {
-        Some(w) => {
-            let path = w.target().to_path_buf();
-            let bytes = w.finish()?;
-            Some((path, bytes))
-        }
-        None => None,
-    };
-    let reference_name = args.reference.as_ref().or(args.ref_logits.as_ref());
+        display: ui.display,
+    })?;
+    let reference = args.reference.as_deref().or(args.ref_logits.as_deref());
     if args.json {
-        let doc = serde_json::json!({
-            "model": args.model, "text": text_name, "tokens": tokens.len(),
-            "n_ctx": report.n_ctx, "chunks": report.n_chunks, "scored": report.n_scored,
-            "perplexity": report.perplexity, "perplexity_error": report.perplexity_error,
-            "per_chunk": report.per_chunk, "reference": reference_name,
-            "kld": report.kld.as_ref().map(|k| k.to_json()),
-            "saved_logits": saved_to.as_ref().map(|(p, _)| p),
-            "first_chunk": range.map_or(0, |(a, _)| a),
-            "chunk_sums": report.chunk_sums,
-        });
-        let text = serde_json::to_string_pretty(&doc).expect("json values serialize");
-        return print_stdout(&(text + "\n"));
+        return print_json(&run.to_json(model, reference));
     }
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{} tokens, {} chunks of {}, {} scored",
-        tokens.len(),
-        report.n_chunks,
-        report.n_ctx,
-        report.n_scored
-    );
-    let per_chunk: Vec<String> = report
-        .per_chunk
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("[{}]{p:.4}", i + 1))
-        .collect();
-    let _ = writeln!(out, "{}", per_chunk.join(","));
-    let _ = writeln!(
-        out,
-        "Final estimate: PPL = {:.4} +/- {:.5}",
-        report.perplexity, report.perplexity_error
-    );
-    if let (Some(k), Some(name)) = (&report.kld, reference_name) {
-        let _ = writeln!(
-            out,
-            "\nagainst {} ({} tokens scored)\n",
-            crate::error::printable(&name.display().to_string()),
-            k.scored
-        );
-        out.push_str(&k.table());
-    }
-    print_stdout(&out)?;
-    if let Some((path, bytes)) = &saved_to {
+    print_stdout(&run.to_text(reference))?;
+    if let Some((path, bytes)) = &run.saved_logits {
         ui.say(format_args!(
             "wrote {} ({:.2} MiB of reference log-probabilities)",
             path.display(),
             *bytes as f64 / (1 << 20) as f64
         ));
     }
-    ui.say(format_args!("evaluated in {:.2?}", started.elapsed()));
+    ui.say(format_args!("evaluated in {:.2?}", run.elapsed));
     Ok(())
-}
-
-/// `eval --combine`: the perplexity of consecutive chunk ranges evaluated apart.
-fn eval_combine(args: &EvalArgs) -> Result<()> {
-    #[derive(serde::Deserialize)]
-    struct Part {
-        n_ctx: usize,
-        text: String,
-        first_chunk: usize,
-        chunk_sums: Vec<crate::eval::ChunkSums>,
-    }
-    let mut parts = Vec::new();
-    for p in &args.combine {
-        let part: Part = serde_json::from_slice(&crate::input::read(p)?).map_err(|e| {
-            Error::format(
-                p,
-                format!("not the JSON of `smelt eval --chunks A..B --json` ({e})"),
-            )
-        })?;
-        parts.push((p, part));
-    }
-    parts.sort_by_key(|(_, part)| part.first_chunk);
-    let (first_path, first) = &parts[0];
-    let mut next = first.first_chunk;
-    let mut sums = Vec::new();
-    for (p, part) in &parts {
-        if part.n_ctx != first.n_ctx || part.text != first.text {
-            return Err(Error::format(
-                p,
-                format!(
-                    "evaluated on {} with --ctx {}, {} on {} with --ctx {}: only runs of one text and context combine",
-                    part.text,
-                    part.n_ctx,
-                    first_path.display(),
-                    first.text,
-                    first.n_ctx
-                ),
-            ));
-        }
-        if part.first_chunk != next {
-            return Err(Error::format(
-                p,
-                format!(
-                    "starts at chunk {}, but the files before it end at chunk {next}: {}",
-                    part.first_chunk,
-                    if part.first_chunk < next {
-                        "ranges overlap"
-                    } else {
-                        "chunks are missing"
-                    }
-                ),
-            ));
-        }
-        next += part.chunk_sums.len();
-        sums.extend_from_slice(&part.chunk_sums);
-    }
-    if first.first_chunk != 0 {
-        eprintln!(
-            "warning: the first range starts at chunk {}, not 0",
-            first.first_chunk
-        );
-    }
-    let report = crate::eval::combine_chunks(&sums, first.n_ctx);
-    if args.json {
-        return print_json(&serde_json::json!({
-            "text": first.text, "n_ctx": report.n_ctx, "chunks": report.n_chunks,
-            "scored": report.n_scored, "perplexity": report.perplexity,
-            "perplexity_error": report.perplexity_error, "per_chunk": report.per_chunk,
-            "first_chunk": first.first_chunk, "chunk_sums": report.chunk_sums,
-        }));
-    }
-    let per_chunk: Vec<String> = report
-        .per_chunk
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("[{}]{p:.4}", first.first_chunk + i + 1))
-        .collect();
-    print_stdout(&format!(
-        "{} chunks of {} combined, {} scored\n{}\nFinal estimate: PPL = {:.4} +/- {:.5}\n",
-        report.n_chunks,
-        report.n_ctx,
-        report.n_scored,
-        per_chunk.join(","),
-        report.perplexity,
-        report.perplexity_error
-    ))
 }
 
 /// `imatrix`: llama-imatrix's statistics, written in its GGUF or legacy `.dat` format.
 fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
-    use crate::eval::{collect_imatrix, tokenize, write_imatrix_gguf, EvalOptions};
-    use crate::quant::imatrix::{write_legacy, ImatrixStats};
     if !args.combine.is_empty() {
         return imatrix_combine(args, ui);
     }
     let model = args
         .model
-        .as_ref()
+        .as_deref()
         .expect("clap requires a model without --combine");
-    let store = crate::eval::open(model)?;
-    let mut inputs = store.input_files();
-    if let Some(t) = &args.text {
-        inputs.push(t.clone());
-    }
-    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-    crate::output_files::check_outputs(&inputs, &[&args.output])?;
     let format = args.output_format.unwrap_or(ImatrixFormat::Gguf);
     // llama-imatrix's rule: GGUF unless `--output-format dat`, with a warning for a name that
     // suggests otherwise (an old `-o imatrix.dat` command line).
@@ -1300,55 +1085,28 @@ fn imatrix(args: &ImatrixArgs, ui: Ui) -> Result<()> {
             crate::error::printable(&args.output.display().to_string())
         );
     }
-    let (text, dataset) = eval_text(args.text.as_deref())?;
-    let all_tokens = tokenize(store.as_ref(), &text)?;
-    let (tokens, max_chunks) = match args.chunks {
-        Some(c) => c.slice(&all_tokens, args.n_ctx)?,
-        None => (&all_tokens[..], None),
-    };
-    let opts = EvalOptions {
+    let run = crate::app::imatrix::collect(&crate::app::imatrix::ImatrixRequest {
+        model,
+        text: args.text.as_deref(),
+        output: &args.output,
+        format,
         n_ctx: args.n_ctx,
-        max_chunks,
+        chunks: args.chunks,
         batch: args.batch,
-    };
-    let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
-    let progress = crate::progress::Progress::new(
-        ui.display,
-        "collecting",
-        n_tokens * store.n_layer(),
-        crate::progress::Unit::TokenLayers(store.n_layer()),
-    );
-    let started = std::time::Instant::now();
-    let (stats, n_chunks) = collect_imatrix(store.as_ref(), tokens, &opts, &progress)?;
-    progress.finish();
-    match format {
-        ImatrixFormat::Gguf => {
-            write_imatrix_gguf(&args.output, stats, &dataset, n_chunks, args.n_ctx)?
-        }
-        ImatrixFormat::Dat => {
-            let stats = stats.into_entries();
-            let entries: Vec<ImatrixStats> = stats
-                .iter()
-                .map(|(name, e)| ImatrixStats {
-                    name,
-                    sums: &e.sums,
-                    counts: &e.counts,
-                })
-                .collect();
-            write_legacy(&args.output, &entries, args.n_ctx, n_chunks, &dataset)?
-        }
-    }
+        display: ui.display,
+    })?;
     ui.say(format_args!(
-        "wrote {} ({}, {n_chunks} chunks of {} from {}) in {:.2?}",
+        "wrote {} ({}, {} chunks of {} from {}) in {:.2?}",
         args.output.display(),
         if format == ImatrixFormat::Gguf {
             "GGUF"
         } else {
             "legacy .dat"
         },
+        run.n_chunks,
         args.n_ctx,
-        crate::error::printable(&dataset),
-        started.elapsed()
+        crate::error::printable(&run.dataset),
+        run.elapsed
     ));
     Ok(())
 }
@@ -1492,8 +1250,6 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         let source = crate::app::targets::TargetSource {
             producer: &store,
             weights: &store,
-            n_tensors: store.tensors.len(),
-            metadata: &store.metadata,
         };
         let run = crate::app::targets::plan(
             &source,
@@ -1523,20 +1279,13 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
             ui,
         );
     }
-    let mut plan = q::plan(
-        &store,
-        store.tensors.len(),
-        &store.metadata,
-        &file_types,
-        &opts,
-        |ft| {
-            if multiple {
-                args.output.join(format!("{stem}-{}.gguf", ft.name()))
-            } else {
-                args.output.clone()
-            }
-        },
-    )?;
+    let mut plan = q::plan(&store, &file_types, &opts, |ft| {
+        if multiple {
+            args.output.join(format!("{stem}-{}.gguf", ft.name()))
+        } else {
+            args.output.clone()
+        }
+    })?;
     for w in &plan.warnings {
         eprintln!("warning: {}", crate::error::printable(w));
     }
@@ -1789,8 +1538,6 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
             let source = crate::app::targets::TargetSource {
                 producer: plan,
                 weights: &merged,
-                n_tensors: plan.tensors.len(),
-                metadata: &plan.metadata,
             };
             let path_for = |spec: &crate::target::TypeSpec| {
                 args.output.join(format!("{name}-{}.gguf", spec.label()))
@@ -1840,14 +1587,9 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
                 ))),
             })
             .collect::<Result<Vec<FileType>>>()?;
-        let mut qplan = crate::quantize::plan(
-            &plan,
-            plan.tensors.len(),
-            &plan.metadata,
-            &file_types,
-            &qopts,
-            |ft| args.output.join(format!("{name}-{}.gguf", ft.name())),
-        )?;
+        let mut qplan = crate::quantize::plan(&plan, &file_types, &qopts, |ft| {
+            args.output.join(format!("{name}-{}.gguf", ft.name()))
+        })?;
         if !last && (args.shard.is_some() || args.split.shards.is_some()) {
             return Err(Error::Invalid(format!(
                 "{origin}: --shard and --shards take a one-document recipe; run the earlier documents first and name their outputs as inputs"
@@ -1958,7 +1700,7 @@ fn write_merge_as_hf(
         display: ui.display,
     };
     let started = std::time::Instant::now();
-    let report = write_hf_folder(plan, plan.tensors.len(), &out)?;
+    let report = write_hf_folder(plan, &out)?;
     for line in plan.summary() {
         ui.say(line);
     }

@@ -109,12 +109,9 @@ struct Planned {
     undo: Transform,
 }
 
-/// Write tensors `0..n` of `producer` as a Hugging Face folder.
-pub fn write_hf_folder(
-    producer: &dyn TensorProducer,
-    n: usize,
-    out: &HfOutput,
-) -> Result<HfReport> {
+/// Write every tensor of `producer` as a Hugging Face folder.
+pub fn write_hf_folder(producer: &dyn TensorProducer, out: &HfOutput) -> Result<HfReport> {
+    let n = producer.n_tensors();
     if dtype_name(out.dtype).is_none() {
         return Err(Error::Invalid(format!(
             "--format safetensors writes F32, F16 or BF16, not {}",

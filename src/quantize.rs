@@ -37,12 +37,11 @@ pub struct QuantizePlan {
 /// would write each file. `path_for` names the output of a file type.
 pub fn plan(
     source: &dyn TensorProducer,
-    n_tensors: usize,
-    source_metadata: &Metadata,
     file_types: &[FileType],
     opts: &QuantizeOptions,
     path_for: impl Fn(&FileType) -> PathBuf,
 ) -> Result<QuantizePlan> {
+    let (n_tensors, source_metadata) = (source.n_tensors(), source.model_metadata());
     let names: Vec<&str> = (0..n_tensors).map(|i| source.name(i)).collect();
     let n_split = (0..n_tensors)
         .map(|i| source.split_of(i) + 1)

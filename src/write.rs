@@ -20,6 +20,10 @@ const CHUNK_VALUES: usize = 4 << 20;
 
 /// Anything that yields tensors as f32 rows: a store, or a merge in progress.
 pub trait TensorProducer: Sync {
+    /// How many tensors it makes: indices `0..n_tensors()`.
+    fn n_tensors(&self) -> usize;
+    /// The model's metadata, which every output starts from.
+    fn model_metadata(&self) -> &crate::gguf::Metadata;
     fn name(&self, i: usize) -> &str;
     fn shape(&self, i: usize) -> &[u64];
     /// The type the tensor is held in (its source type).
@@ -42,6 +46,12 @@ pub trait TensorProducer: Sync {
 }
 
 impl TensorProducer for Store {
+    fn n_tensors(&self) -> usize {
+        self.tensors.len()
+    }
+    fn model_metadata(&self) -> &crate::gguf::Metadata {
+        &self.metadata
+    }
     fn name(&self, i: usize) -> &str {
         &self.tensors[i].name
     }

@@ -1,3 +1,6 @@
+//! `smelt imatrix`: an importance matrix collected with smelt's forward pass, written in
+//! llama-imatrix's GGUF or legacy `.dat` format.
+//!
 //! `smelt imatrix --combine`: partial importance matrices (e.g. `--chunks A..B` of one text,
 //! computed by different machines) summed into one, as llama-imatrix combines its
 //! `--in-file`s: the raw sums (f32, added in the order the files are given) and token counts
@@ -8,7 +11,91 @@ use crate::error::{Error, Result};
 use crate::eval::ImatrixEntry;
 use crate::gguf::GgufFile;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The file formats of `imatrix --output-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImatrixFormat {
+    /// GGUF: `<tensor>.in_sum2` and `<tensor>.counts`, the `imatrix.*` keys.
+    Gguf,
+    /// llama-imatrix's legacy binary `.dat`.
+    Dat,
+}
+
+/// What to collect, as `smelt imatrix`'s options say.
+pub struct ImatrixRequest<'a> {
+    /// A model, or a merge recipe merged in memory.
+    pub model: &'a Path,
+    /// `None`: the built-in calibration text.
+    pub text: Option<&'a Path>,
+    pub output: &'a Path,
+    pub format: ImatrixFormat,
+    pub n_ctx: usize,
+    pub chunks: Option<ChunkRange>,
+    pub batch: Option<usize>,
+    pub display: crate::progress::Display,
+}
+
+/// What was collected: chunks and the dataset's name, as recorded in the file.
+pub struct ImatrixRun {
+    pub n_chunks: usize,
+    pub dataset: String,
+    pub elapsed: std::time::Duration,
+}
+
+/// Collect the statistics over the text's chunks and write them to `req.output`.
+pub fn collect(req: &ImatrixRequest<'_>) -> Result<ImatrixRun> {
+    use crate::eval::{collect_imatrix, tokenize, write_imatrix_gguf, EvalOptions};
+    use crate::quant::imatrix::{write_legacy, ImatrixStats};
+    let store = crate::eval::open(req.model)?;
+    let mut inputs = store.input_files();
+    inputs.extend(req.text.map(Path::to_path_buf));
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    crate::output_files::check_outputs(&inputs, &[req.output])?;
+    let (text, dataset) = crate::app::text::eval_text(req.text)?;
+    let all_tokens = tokenize(store.as_ref(), &text)?;
+    let (tokens, max_chunks) = match req.chunks {
+        Some(c) => c.slice(&all_tokens, req.n_ctx)?,
+        None => (&all_tokens[..], None),
+    };
+    let opts = EvalOptions {
+        n_ctx: req.n_ctx,
+        max_chunks,
+        batch: req.batch,
+    };
+    let n_tokens = (crate::eval::n_chunks(tokens.len(), &opts) * opts.n_ctx) as u64;
+    let progress = crate::progress::Progress::new(
+        req.display,
+        "collecting",
+        n_tokens * store.n_layer(),
+        crate::progress::Unit::TokenLayers(store.n_layer()),
+    );
+    let started = std::time::Instant::now();
+    let (stats, n_chunks) = collect_imatrix(store.as_ref(), tokens, &opts, &progress)?;
+    progress.finish();
+    match req.format {
+        ImatrixFormat::Gguf => {
+            write_imatrix_gguf(req.output, stats, &dataset, n_chunks, req.n_ctx)?
+        }
+        ImatrixFormat::Dat => {
+            let stats = stats.into_entries();
+            let entries: Vec<ImatrixStats> = stats
+                .iter()
+                .map(|(name, e)| ImatrixStats {
+                    name,
+                    sums: &e.sums,
+                    counts: &e.counts,
+                })
+                .collect();
+            write_legacy(req.output, &entries, req.n_ctx, n_chunks, &dataset)?
+        }
+    }
+    Ok(ImatrixRun {
+        n_chunks,
+        dataset,
+        elapsed: started.elapsed(),
+    })
+}
 
 /// Sums of several imatrix files.
 #[derive(Debug, Default)]

@@ -2,6 +2,7 @@
 //! that tests and other programs call them without spawning the binary. `cli.rs` keeps the
 //! clap types, progress and printing.
 
+pub mod eval;
 pub mod heal;
 pub mod imatrix;
 pub mod inspect;

@@ -123,14 +123,7 @@ pub fn write_pruned(
     // F32 only to have a plan (names, order, metadata); every tensor then keeps its own type,
     // so the writer copies its bytes.
     let f32 = crate::quant::mix::FileType::parse("F32")?;
-    let mut plan = q::plan(
-        model,
-        model.tensors.len(),
-        &model.metadata,
-        &[f32],
-        &opts,
-        |_| path.to_path_buf(),
-    )?;
+    let mut plan = q::plan(model, &[f32], &opts, |_| path.to_path_buf())?;
     let out = &mut plan.outputs[0];
     for (&i, t) in plan.order.iter().zip(&mut out.tensors) {
         if let Some(t) = t {

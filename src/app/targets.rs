@@ -65,8 +65,6 @@ pub struct TargetRun {
 pub struct TargetSource<'a> {
     pub producer: &'a dyn TensorProducer,
     pub weights: &'a dyn Weights,
-    pub n_tensors: usize,
-    pub metadata: &'a crate::gguf::Metadata,
 }
 
 /// Plan every entry of `specs` (mixes and targets) for one write. `beside` is a path in the
@@ -129,8 +127,6 @@ pub fn plan(
     };
     let matrix = t::plan_matrix(
         source.producer,
-        source.n_tensors,
-        source.metadata,
         specs,
         opts,
         &candidates,

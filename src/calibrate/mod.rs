@@ -710,13 +710,8 @@ fn write_models(
         &[],
         &plan_opts,
     )?;
-    let qplan = crate::quantize::plan(
-        &plan,
-        plan.tensors.len(),
-        &plan.metadata,
-        file_types,
-        &Default::default(),
-        |ft| model_path(&opts.output, ft.name()),
-    )?;
+    let qplan = crate::quantize::plan(&plan, file_types, &Default::default(), |ft| {
+        model_path(&opts.output, ft.name())
+    })?;
     crate::write::write_matrix(&plan, &qplan.order, &qplan.outputs, opts.display)
 }

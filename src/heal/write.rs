@@ -17,6 +17,12 @@ struct Healed<'a> {
 }
 
 impl TensorProducer for Healed<'_> {
+    fn n_tensors(&self) -> usize {
+        self.store.tensors.len()
+    }
+    fn model_metadata(&self) -> &crate::gguf::Metadata {
+        &self.store.metadata
+    }
     fn name(&self, i: usize) -> &str {
         &self.store.tensors[i].name
     }

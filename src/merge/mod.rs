@@ -1270,6 +1270,12 @@ impl PlanBuilder<'_> {
 }
 
 impl TensorProducer for MergePlan {
+    fn n_tensors(&self) -> usize {
+        self.tensors.len()
+    }
+    fn model_metadata(&self) -> &crate::gguf::Metadata {
+        &self.metadata
+    }
     fn name(&self, i: usize) -> &str {
         &self.tensors[i].name
     }

@@ -164,8 +164,6 @@ pub struct MatrixPlan {
 #[allow(clippy::too_many_arguments)]
 pub fn plan_matrix(
     source: &dyn TensorProducer,
-    n_tensors: usize,
-    metadata: &crate::gguf::Metadata,
     specs: &[TypeSpec],
     opts: &QuantizeOptions,
     candidates: &[GgmlType],
@@ -192,14 +190,9 @@ pub fn plan_matrix(
     let mut plan = if mixes.is_empty() {
         None
     } else {
-        Some(quantize::plan(
-            source,
-            n_tensors,
-            metadata,
-            &mixes,
-            opts,
-            |ft| path_for(&TypeSpec::Mix(*ft)),
-        )?)
+        Some(quantize::plan(source, &mixes, opts, |ft| {
+            path_for(&TypeSpec::Mix(*ft))
+        })?)
     };
     let mut allocations = Vec::new();
     for spec in specs {
@@ -208,8 +201,6 @@ pub fn plan_matrix(
         };
         let alloc = allocate(
             source,
-            n_tensors,
-            metadata,
             opts,
             target,
             candidates,
@@ -394,8 +385,6 @@ pub struct Allocation {
 #[allow(clippy::too_many_arguments)]
 pub fn allocate(
     source: &dyn TensorProducer,
-    n_tensors: usize,
-    metadata: &crate::gguf::Metadata,
     opts: &QuantizeOptions,
     target: &Target,
     candidates: &[GgmlType],
@@ -419,9 +408,7 @@ pub fn allocate(
             let mut o = opts.clone();
             o.mix.pure = true;
             o.mix.tensor_types.push((".*".into(), c));
-            quantize::plan(source, n_tensors, metadata, &[FileType::Q8_0], &o, |_| {
-                path.clone()
-            })
+            quantize::plan(source, &[FileType::Q8_0], &o, |_| path.clone())
         })
         .collect::<Result<Vec<_>>>()?;
     let order = plans[0].order.clone();
@@ -442,7 +429,7 @@ pub fn allocate(
             seen
         })
         .collect();
-    let model = model_id(source, n_tensors)?;
+    let model = model_id(source)?;
     let imatrix_sha256 = opts.imatrix.as_ref().map(|(im, _)| imatrix_digest(im));
     let (mut measurement, mut measured_now) = match cached {
         Some(m) => {
@@ -616,9 +603,7 @@ pub fn allocate(
     let mut final_opts = opts.clone();
     final_opts.mix.pure = true;
     final_opts.mix.tensor_types.clear();
-    let pure = quantize::plan(source, n_tensors, metadata, &[base], &final_opts, |_| {
-        path.clone()
-    })?;
+    let pure = quantize::plan(source, &[base], &final_opts, |_| path.clone())?;
     let mut tensor_types = Vec::new();
     for (k, pt) in pure.outputs[0].tensors.iter().enumerate() {
         let pt = pt.as_ref().expect("one output holds every tensor");
@@ -631,9 +616,7 @@ pub fn allocate(
         }
     }
     final_opts.mix.tensor_types = tensor_types.clone();
-    let plan = quantize::plan(source, n_tensors, metadata, &[base], &final_opts, |_| {
-        path.clone()
-    })?;
+    let plan = quantize::plan(source, &[base], &final_opts, |_| path.clone())?;
     for (k, pt) in plan.outputs[0].tensors.iter().enumerate() {
         let pt = pt.as_ref().expect("one output holds every tensor");
         if pt.ty != chosen[k] {
@@ -866,7 +849,8 @@ fn measure<'p>(
     Ok(out)
 }
 
-fn model_id(source: &dyn TensorProducer, n_tensors: usize) -> Result<ModelId> {
+fn model_id(source: &dyn TensorProducer) -> Result<ModelId> {
+    let n_tensors = source.n_tensors();
     use sha2::{Digest, Sha256};
     let files = source.input_files();
     let mut bytes = 0u64;

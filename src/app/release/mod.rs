@@ -212,17 +212,6 @@ impl Source {
         }
     }
 
-    fn n_tensors(&self) -> usize {
-        match self {
-            Source::Model(s) => s.tensors.len(),
-            Source::Recipe(m) => m.plan().tensors.len(),
-        }
-    }
-
-    fn metadata(&self) -> &crate::gguf::Metadata {
-        self.weights().metadata()
-    }
-
     /// Size and SHA-256 of what the release is made from: the model's files, or for a recipe
     /// the recipe's text and every input's recorded hash.
     fn sha256(&self) -> Result<(u64, String)> {
@@ -250,7 +239,10 @@ impl Source {
     }
 
     fn has_tokenizer(&self) -> bool {
-        self.metadata().get("tokenizer.ggml.tokens").is_some()
+        self.producer()
+            .model_metadata()
+            .get("tokenizer.ggml.tokens")
+            .is_some()
     }
 }
 
@@ -403,14 +395,9 @@ pub fn release(opts: &ReleaseOptions) -> Result<Manifest> {
                 _ => None,
             })
             .collect();
-        let plan = crate::quantize::plan(
-            source.producer(),
-            source.n_tensors(),
-            source.metadata(),
-            &plain,
-            &Default::default(),
-            |ft| dir.join(format!("{name}-{}.gguf", ft.name())),
-        )?;
+        let plan = crate::quantize::plan(source.producer(), &plain, &Default::default(), |ft| {
+            dir.join(format!("{name}-{}.gguf", ft.name()))
+        })?;
         check_split_size(source.producer(), &plan, limit)?;
     }
     crate::output_files::with_output_dir(dir, || {
@@ -525,8 +512,8 @@ fn source_info(
     bytes: u64,
     sha256: &str,
 ) -> SourceInfo {
-    let md = source.metadata();
-    let shapes: Vec<(String, Vec<u64>)> = (0..source.n_tensors())
+    let md = source.producer().model_metadata();
+    let shapes: Vec<(String, Vec<u64>)> = (0..source.producer().n_tensors())
         .map(|i| {
             let p = source.producer();
             (p.name(i).to_string(), p.shape(i).to_vec())
@@ -668,8 +655,6 @@ fn quantize_step(
     let target_source = crate::app::targets::TargetSource {
         producer,
         weights: source.weights(),
-        n_tensors: source.n_tensors(),
-        metadata: source.metadata(),
     };
     let plan = crate::app::targets::plan(
         &target_source,
