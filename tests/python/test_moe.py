@@ -5,6 +5,7 @@ ids from `llama-tokenize`, embeddings and weights from the GGUF through PyPI `gg
 `gate_mode: hidden` a numpy forward pass of the base model (llama.cpp's Llama graph: RMS norm,
 RoPE on adjacent pairs of the GGUF-permuted q/k rows, grouped-query causal attention, SwiGLU)."""
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_moe_routes_each_experts_prompts_to_it(dense, llama_bin, mode):  # noqa:
                 # mergekit's `hidden`: the last token's state entering the layer, averaged
                 # over the expert's prompts.
                 v = np.mean([layer_inputs(base, i, 2)[layer][-1] for i in ids], axis=0)
-                assert np.allclose(router[e], v / np.linalg.norm(v), atol=5e-3), (e, layer)
+                assert np.allclose(router[e], v / np.linalg.norm(v), atol=2e-4), (e, layer)
             scores = router @ v
             assert int(np.argmax(scores)) == e, (mode, e, layer, scores)
 
@@ -129,10 +130,10 @@ def test_moe_loads_and_generates_in_llama_cpp(dense, llama_bin):  # noqa: F811
     out = build(dense, "cheap_embed", "F16,Q8_0")
     for ty in ("F16", "Q8_0"):
         model = out / f"moe-cheap_embed-{ty}.gguf"
-        p = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(model), "-n", "8", "write a function"],
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(model), "-n", "3", "write a function"],
+                           capture_output=True, text=True, errors="replace", timeout=120)
         assert p.returncode == 0, p.stderr[-2000:]
-        assert "n_expert         = 3" in p.stderr and "n_expert_used    = 2" in p.stderr, p.stderr[-3000:]
+        assert re.search(r"n_expert\s+= 3\n", p.stderr) and re.search(r"n_expert_used\s+= 2\n", p.stderr), p.stderr[-3000:]
         assert p.stdout.strip().startswith("write a function") and len(p.stdout.strip()) > len("write a function"), p.stdout
     # Each expert's slice of the stacked tensors is its dense source's MLP, byte for byte.
     moe = gguf.GGUFReader(out / "moe-cheap_embed-F16.gguf")
