@@ -1854,9 +1854,9 @@ fn merge_moe(
     recorded: Option<&crate::gguf::Metadata>,
     ui: Ui,
 ) -> Result<()> {
-    if args.format == OutputFormat::Safetensors || args.shard.is_some() {
+    if args.shard.is_some() {
         return Err(Error::Invalid(format!(
-            "{origin}: a mergekit-moe config is written as GGUF, unsharded (not --format safetensors, --shard)"
+            "{origin}: a mergekit-moe config is written by one process (not --shard)"
         )));
     }
     let stem = args.recipe.as_deref().and_then(|r| r.file_stem());
@@ -1877,15 +1877,19 @@ fn merge_moe(
             progress: Some(ui.display),
             ..Default::default()
         },
+        safetensors: (args.format == OutputFormat::Safetensors).then_some(
+            crate::merge::moe::HfSettings {
+                shard_bytes: args.shard_size,
+                force: args.force,
+            },
+        ),
+        warn: &|w| eprintln!("warning: {}", crate::error::printable(w)),
     })?;
-    for w in &done.warnings {
-        eprintln!("warning: {}", crate::error::printable(w));
-    }
     if let Some(text) = &done.described {
         print_stdout(text)?;
     }
-    for r in &done.reports {
-        ui.say(wrote_line(r));
+    for line in done.reports.iter().map(wrote_line).chain(done.summary) {
+        ui.say(line);
     }
     Ok(())
 }

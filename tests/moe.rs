@@ -331,3 +331,33 @@ fn configs_that_cannot_make_a_mixture_are_one_error_naming_the_line() {
         );
     }
 }
+
+#[test]
+fn a_mixture_written_as_a_hugging_face_folder_reads_back_as_the_gguf() {
+    let dir = common::scratch();
+    let d = dir.path();
+    models(d);
+    let text = config("cheap_embed");
+    merge(d, "gguf", &text, "F32").unwrap();
+    std::fs::write(d.join("hf.yaml"), &text).unwrap();
+    common::smelt(d, ["merge", "hf.yaml", "-o", "out-hf", "--format", "safetensors", "--types", "F32"]).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("out-hf/config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "MixtralForCausalLM");
+    assert_eq!(config["num_local_experts"], 3);
+    assert_eq!(config["num_experts_per_tok"], 2);
+    assert!(d.join("out-hf/smelt-recipe.yaml").exists());
+    // Read back through smelt's HF reader (the converter's Mixtral rules), every tensor is
+    // the GGUF's. The fixture's tiny vocabulary has no known check-text hash, so its
+    // pre-tokenizer is named, as a user would with --tokenizer-pre.
+    let gguf = Store::open(d.join("out-gguf/gguf-F32.gguf")).unwrap();
+    let pre = gguf.metadata.get_str("tokenizer.ggml.pre").map(String::from);
+    let hf = Store::open_with(d.join("out-hf"), &smelt::tokenizer::TokenizerOptions { pre }).unwrap();
+    assert_eq!(hf.metadata.get_u64("llama.expert_count"), Some(3));
+    assert_eq!(hf.tensors.len(), gguf.tensors.len());
+    for (i, t) in gguf.tensors.iter().enumerate() {
+        let (h, hi) = tensor(&hf, &t.name);
+        assert_eq!(h.shape, t.shape, "{}", t.name);
+        assert_eq!(hf.read_f32(hi).unwrap(), gguf.read_f32(i).unwrap(), "{}", t.name);
+    }
+}

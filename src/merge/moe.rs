@@ -925,12 +925,24 @@ pub struct MoeRequest<'a> {
     pub types: &'a [String],
     pub split: Option<crate::split::SplitLimit>,
     pub plan: PlanOptions<'a>,
+    /// Write a Hugging Face folder (`--format safetensors`) instead of GGUF files.
+    pub safetensors: Option<HfSettings>,
+    /// Told each remark on the config (unknown keys, all experts one model) as it is found.
+    pub warn: &'a dyn Fn(&str),
 }
 
-/// What a mergekit-moe build did: the files written, or (dry run) the plan.
+/// `--format safetensors`' settings.
+pub struct HfSettings {
+    pub shard_bytes: u64,
+    /// Replace the model already in the output folder.
+    pub force: bool,
+}
+
+/// What a mergekit-moe build did: the GGUF files written, the HF folder's summary line, or
+/// (dry run) the plan.
 pub struct MoeOutcome {
-    pub warnings: Vec<String>,
     pub reports: Vec<OutputReport>,
+    pub summary: Option<String>,
     pub described: Option<String>,
 }
 
@@ -938,7 +950,16 @@ pub struct MoeOutcome {
 pub fn build(req: &MoeRequest) -> Result<MoeOutcome> {
     use crate::quant::mix::FileType;
     let cfg = parse(req.text, req.origin)?;
+    for w in &cfg.warnings {
+        (req.warn)(w);
+    }
+    if let (Some(hf), false) = (&req.safetensors, req.plan.dry_run) {
+        crate::hf_writer::check_output_dir(req.output, hf.force)?;
+    }
     let plan = MoePlan::new(&cfg, req.text, req.origin, req.config_dir, &req.plan)?;
+    if let (Some(hf), false) = (&req.safetensors, req.plan.dry_run) {
+        return write_hf(req, &cfg, &plan, hf);
+    }
     let types: Vec<String> = if !req.types.is_empty() {
         req.types.to_vec()
     } else {
@@ -970,16 +991,98 @@ pub fn build(req: &MoeRequest) -> Result<MoeOutcome> {
     )?;
     if req.plan.dry_run {
         return Ok(MoeOutcome {
-            warnings: cfg.warnings,
             reports: Vec::new(),
+            summary: None,
             described: Some(plan.describe(&qplan)),
         });
     }
     let display = req.plan.progress.unwrap_or(crate::progress::Display::Hidden);
     let reports = crate::write::write_matrix(&plan, &qplan.order, &qplan.outputs, display)?;
     Ok(MoeOutcome {
-        warnings: cfg.warnings,
         reports,
+        summary: None,
+        described: None,
+    })
+}
+
+/// The mixture as a Hugging Face folder: `config.json` a `MixtralConfig` rebuilt from the
+/// GGUF hyper-parameters (as mergekit derives it from the base's), experts under
+/// `block_sparse_moe.experts.E.w1/w2/w3`, the base's tokenizer.
+fn write_hf(
+    req: &MoeRequest,
+    cfg: &MoeConfig,
+    plan: &MoePlan,
+    hf: &HfSettings,
+) -> Result<MoeOutcome> {
+    use crate::hf_writer::{hf_folder_of, write_hf_folder, HfOutput};
+    let dtype_name = match req.types {
+        [] => cfg
+            .dtype
+            .as_ref()
+            .map_or_else(|| "bfloat16".to_string(), |d| d.value.clone()),
+        [one] => one.clone(),
+        more => {
+            return Err(Error::Invalid(format!(
+                "--format safetensors writes one dtype, got {}",
+                more.join(",")
+            )))
+        }
+    };
+    let dtype = crate::formats::safetensors::float_type_named(&dtype_name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "--format safetensors writes F32, F16 or BF16, not `{dtype_name}`"
+        ))
+    })?;
+    // Writing over an input folder would replace the weights being read.
+    if let Ok(out) = std::fs::canonicalize(req.output) {
+        for inp in &plan.inputs {
+            let folder = hf_folder_of(&inp.path).and_then(|f| std::fs::canonicalize(f).ok());
+            if folder == Some(out.clone()) {
+                return Err(Error::Invalid(format!(
+                    "{}: the output folder is the input `{}`: write the mixture elsewhere",
+                    req.output.display(),
+                    inp.reference
+                )));
+            }
+        }
+    }
+    let provenance: Vec<(String, String)> = plan
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("smelt.") && *k != "smelt.recipe")
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.to_string(), text)
+        })
+        .collect();
+    let out = HfOutput {
+        dir: req.output.to_path_buf(),
+        dtype,
+        shard_bytes: hf.shard_bytes,
+        metadata: &plan.metadata,
+        config_from: None,
+        tokenizer_from: hf_folder_of(&plan.inputs[0].path),
+        extra_files: vec![("smelt-recipe.yaml".into(), req.text.to_string())],
+        shard_metadata: provenance,
+        force: hf.force,
+        display: req.plan.progress.unwrap_or(crate::progress::Display::Hidden),
+    };
+    let report = write_hf_folder(plan, plan.tensors.len(), &out)?;
+    for w in &report.warnings {
+        (req.warn)(w);
+    }
+    Ok(MoeOutcome {
+        reports: Vec::new(),
+        summary: Some(format!(
+            "wrote {} ({:.2} MiB, {} tensors: {})",
+            report.dir.display(),
+            report.bytes as f64 / (1 << 20) as f64,
+            report.n_tensors,
+            report.files.join(", ")
+        )),
         described: None,
     })
 }
