@@ -109,7 +109,10 @@ fn router(out: &Store, layer: usize) -> Vec<Vec<f32>> {
 /// mergekit's prompt vector for cheap_embed: the sum of the embeddings of BOS + each prompt's
 /// tokens, normalised.
 fn cheap_embed(base: &Store, prompts: &[&str]) -> Vec<f64> {
-    let bos = base.metadata.get_u64("tokenizer.ggml.bos_token_id").unwrap() as u32;
+    let bos = base
+        .metadata
+        .get_u64("tokenizer.ggml.bos_token_id")
+        .unwrap() as u32;
     let (_, embd) = tensor(base, "token_embd.weight");
     let table = base.read_f32(embd).unwrap();
     let mut sum = vec![0f64; HIDDEN];
@@ -145,21 +148,27 @@ fn cheap_embed_mixture_holds_the_experts_mlps_and_the_prompt_routers() {
     models(d);
     merge(d, "moe", &config("cheap_embed"), "F16,F32").unwrap();
     let base = Store::open(d.join("models/m1.gguf")).unwrap();
-    let sources = ["m2", "m3", "m1"].map(|m| Store::open(d.join(format!("models/{m}.gguf"))).unwrap());
+    let sources =
+        ["m2", "m3", "m1"].map(|m| Store::open(d.join(format!("models/{m}.gguf"))).unwrap());
     for ty in ["F16", "F32"] {
         let out = Store::open(d.join(format!("out-moe/moe-{ty}.gguf"))).unwrap();
         let md = &out.metadata;
         assert_eq!(md.get_u64("llama.expert_count"), Some(3));
         assert_eq!(md.get_u64("llama.expert_used_count"), Some(2));
         assert_eq!(md.get_u64("llama.block_count"), Some(2));
-        assert!(matches!(md.get("smelt.recipe"), Some(Value::String(r)) if r.contains("cheap_embed")));
+        assert!(
+            matches!(md.get("smelt.recipe"), Some(Value::String(r)) if r.contains("cheap_embed"))
+        );
         assert!(md.get_str("smelt.input.1.sha256").is_some());
         // No dense MLP is left; everything else is the base's, unchanged.
         for t in &out.tensors {
             assert!(!t.name.ends_with("ffn_up.weight"), "{}", t.name);
         }
         for (i, t) in base.tensors.iter().enumerate() {
-            if t.name.contains("ffn_gate.") || t.name.contains("ffn_up.") || t.name.contains("ffn_down.") {
+            if t.name.contains("ffn_gate.")
+                || t.name.contains("ffn_up.")
+                || t.name.contains("ffn_down.")
+            {
                 continue;
             }
             let (o, oi) = tensor(&out, &t.name);
@@ -171,7 +180,11 @@ fn cheap_embed_mixture_holds_the_experts_mlps_and_the_prompt_routers() {
         // Each expert's slice of the stacked tensors is its source's MLP, byte for byte at
         // F16 and value for value at F32.
         for l in 0..2 {
-            for (dense, stacked) in [("ffn_gate", "ffn_gate_exps"), ("ffn_up", "ffn_up_exps"), ("ffn_down", "ffn_down_exps")] {
+            for (dense, stacked) in [
+                ("ffn_gate", "ffn_gate_exps"),
+                ("ffn_up", "ffn_up_exps"),
+                ("ffn_down", "ffn_down_exps"),
+            ] {
                 let (o, oi) = tensor(&out, &format!("blk.{l}.{stacked}.weight"));
                 let (src_t, _) = tensor(&base, &format!("blk.{l}.{dense}.weight"));
                 let mut shape = src_t.shape.clone();
@@ -184,15 +197,26 @@ fn cheap_embed_mixture_holds_the_experts_mlps_and_the_prompt_routers() {
                 for (e, s) in sources.iter().enumerate() {
                     let (_, si) = tensor(s, &format!("blk.{l}.{dense}.weight"));
                     if ty == "F16" {
-                        assert_eq!(&bytes[e * part..(e + 1) * part], s.raw(si).unwrap(), "{stacked} expert {e}");
+                        assert_eq!(
+                            &bytes[e * part..(e + 1) * part],
+                            s.raw(si).unwrap(),
+                            "{stacked} expert {e}"
+                        );
                     }
-                    assert_eq!(all[e * n..(e + 1) * n], s.read_f32(si).unwrap()[..], "{stacked} expert {e}");
+                    assert_eq!(
+                        all[e * n..(e + 1) * n],
+                        s.read_f32(si).unwrap()[..],
+                        "{stacked} expert {e}"
+                    );
                 }
             }
         }
         // Router rows: each expert's prompts' embedding direction (minus the negative
         // prompts'), the same in every layer.
-        let code = cheap_embed(&base, &["write a function in rust", "fix this compiler error"]);
+        let code = cheap_embed(
+            &base,
+            &["write a function in rust", "fix this compiler error"],
+        );
         let sea = cheap_embed(&base, &["a poem about the sea"]);
         let neg = cheap_embed(&base, &["write a function"]);
         let poem: Vec<f64> = unit(&sea.iter().zip(&neg).map(|(a, b)| a - b).collect::<Vec<_>>());
@@ -214,20 +238,32 @@ fn hidden_routers_start_from_the_last_token_and_average_for_hidden_avg() {
     let base = Store::open(d.join("models/m1.gguf")).unwrap();
     let (_, embd) = tensor(&base, "token_embd.weight");
     let table = base.read_f32(embd).unwrap();
-    let bos = base.metadata.get_u64("tokenizer.ggml.bos_token_id").unwrap() as u32;
+    let bos = base
+        .metadata
+        .get_u64("tokenizer.ggml.bos_token_id")
+        .unwrap() as u32;
     let ids = |p: &str| {
         let mut v = vec![bos];
         v.extend(smelt::tokenizer::encode::tokenize(&base.metadata, p, false).unwrap());
         v
     };
-    let row = |id: u32| table[id as usize * HIDDEN..(id as usize + 1) * HIDDEN].iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let row = |id: u32| {
+        table[id as usize * HIDDEN..(id as usize + 1) * HIDDEN]
+            .iter()
+            .map(|&x| x as f64)
+            .collect::<Vec<_>>()
+    };
     // The residual stream entering layer 0 is the embedding: `hidden` takes each prompt's last
     // token, `hidden_avg` the mean over its tokens; both then average over the prompts.
     let state = |prompts: &[&str], avg: bool| -> Vec<f64> {
         let mut s = vec![0f64; HIDDEN];
         for p in prompts {
             let t = ids(p);
-            let rows: Vec<Vec<f64>> = if avg { t.iter().map(|&i| row(i)).collect() } else { vec![row(*t.last().unwrap())] };
+            let rows: Vec<Vec<f64>> = if avg {
+                t.iter().map(|&i| row(i)).collect()
+            } else {
+                vec![row(*t.last().unwrap())]
+            };
             for r in &rows {
                 for (a, b) in s.iter_mut().zip(r) {
                     *a += b / rows.len() as f64 / prompts.len() as f64;
@@ -240,8 +276,17 @@ fn hidden_routers_start_from_the_last_token_and_average_for_hidden_avg() {
         merge(d, mode, &config(mode), "F32").unwrap();
         let out = Store::open(d.join(format!("out-{mode}/{mode}-F32.gguf"))).unwrap();
         let r0 = router(&out, 0);
-        let code = unit(&state(&["write a function in rust", "fix this compiler error"], avg));
-        let poem = unit(&state(&["a poem about the sea"], avg).iter().zip(state(&["write a function"], avg)).map(|(a, b)| a - b).collect::<Vec<_>>());
+        let code = unit(&state(
+            &["write a function in rust", "fix this compiler error"],
+            avg,
+        ));
+        let poem = unit(
+            &state(&["a poem about the sea"], avg)
+                .iter()
+                .zip(state(&["write a function"], avg))
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>(),
+        );
         let sums = unit(&state(&["what is 12 times 7"], avg));
         assert_close(&r0[0], &code, &format!("{mode} layer 0 code row"));
         assert_close(&r0[1], &poem, &format!("{mode} layer 0 poem row"));
@@ -250,7 +295,10 @@ fn hidden_routers_start_from_the_last_token_and_average_for_hidden_avg() {
         let r1 = router(&out, 1);
         for (e, row) in r1.iter().enumerate() {
             let norm: f64 = row.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-            assert!((norm - 1.0).abs() < 1e-5, "{mode} layer 1 row {e} norm {norm}");
+            assert!(
+                (norm - 1.0).abs() < 1e-5,
+                "{mode} layer 1 row {e} norm {norm}"
+            );
             assert_ne!(row, &r0[e], "{mode}: layer 1 row {e} is layer 0's");
         }
     }
@@ -278,7 +326,10 @@ fn random_gates_follow_the_seed_and_every_thread_count_writes_the_same_bytes() {
     let n = all.len() as f64;
     let mean = all.iter().map(|&x| x as f64).sum::<f64>() / n;
     let var = all.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-    assert!(mean.abs() < 0.15 && (var - 1.0).abs() < 0.2, "mean {mean}, variance {var} of {n} values");
+    assert!(
+        mean.abs() < 0.15 && (var - 1.0).abs() < 0.2,
+        "mean {mean}, variance {var} of {n} values"
+    );
     // Another seed, other gates; the same seed, the same file.
     merge(d, "seeded", &format!("seed: 7\n{text}"), "F16").unwrap();
     let seeded = Store::open(d.join("out-seeded/seeded-F16.gguf")).unwrap();
@@ -319,7 +370,10 @@ fn configs_that_cannot_make_a_mixture_are_one_error_naming_the_line() {
     for (k, (text, line, words)) in cases.iter().enumerate() {
         let name = format!("bad{k}");
         let err = merge(d, &name, text, "F16").unwrap_err();
-        assert!(err.contains(&format!("{name}.yaml:{line}:")), "case {k}: {err}");
+        assert!(
+            err.contains(&format!("{name}.yaml:{line}:")),
+            "case {k}: {err}"
+        );
         for w in words {
             assert!(err.contains(w), "case {k}: `{w}` missing: {err}");
         }
@@ -340,7 +394,20 @@ fn a_mixture_written_as_a_hugging_face_folder_reads_back_as_the_gguf() {
     let text = config("cheap_embed");
     merge(d, "gguf", &text, "F32").unwrap();
     std::fs::write(d.join("hf.yaml"), &text).unwrap();
-    common::smelt(d, ["merge", "hf.yaml", "-o", "out-hf", "--format", "safetensors", "--types", "F32"]).unwrap();
+    common::smelt(
+        d,
+        [
+            "merge",
+            "hf.yaml",
+            "-o",
+            "out-hf",
+            "--format",
+            "safetensors",
+            "--types",
+            "F32",
+        ],
+    )
+    .unwrap();
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("out-hf/config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "MixtralForCausalLM");
@@ -351,13 +418,25 @@ fn a_mixture_written_as_a_hugging_face_folder_reads_back_as_the_gguf() {
     // the GGUF's. The fixture's tiny vocabulary has no known check-text hash, so its
     // pre-tokenizer is named, as a user would with --tokenizer-pre.
     let gguf = Store::open(d.join("out-gguf/gguf-F32.gguf")).unwrap();
-    let pre = gguf.metadata.get_str("tokenizer.ggml.pre").map(String::from);
-    let hf = Store::open_with(d.join("out-hf"), &smelt::tokenizer::TokenizerOptions { pre }).unwrap();
+    let pre = gguf
+        .metadata
+        .get_str("tokenizer.ggml.pre")
+        .map(String::from);
+    let hf = Store::open_with(
+        d.join("out-hf"),
+        &smelt::tokenizer::TokenizerOptions { pre },
+    )
+    .unwrap();
     assert_eq!(hf.metadata.get_u64("llama.expert_count"), Some(3));
     assert_eq!(hf.tensors.len(), gguf.tensors.len());
     for (i, t) in gguf.tensors.iter().enumerate() {
         let (h, hi) = tensor(&hf, &t.name);
         assert_eq!(h.shape, t.shape, "{}", t.name);
-        assert_eq!(hf.read_f32(hi).unwrap(), gguf.read_f32(i).unwrap(), "{}", t.name);
+        assert_eq!(
+            hf.read_f32(hi).unwrap(),
+            gguf.read_f32(i).unwrap(),
+            "{}",
+            t.name
+        );
     }
 }

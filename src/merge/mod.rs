@@ -157,7 +157,7 @@ fn open_input(
     opts: &PlanOptions,
 ) -> Result<Input> {
     let progress = opts.progress.unwrap_or(crate::progress::Display::Hidden);
-        let (base, adapter) = match r.value.split('+').collect::<Vec<_>>()[..] {
+    let (base, adapter) = match r.value.split('+').collect::<Vec<_>>()[..] {
         [base] => (base, None),
         [base, adapter] if !base.is_empty() && !adapter.is_empty() => (base, Some(adapter)),
         _ => {
@@ -168,8 +168,7 @@ fn open_input(
             ))
         }
     };
-    let path =
-        resolve_model(base, recipe_dir, named, progress).map_err(|e| at(origin, r, e))?;
+    let path = resolve_model(base, recipe_dir, named, progress).map_err(|e| at(origin, r, e))?;
     let mut store = Store::open_with(&path, &opts.tokenizer)
         .map_err(|e| at(origin, r, format!("model `{base}`: {e}")))?;
     if let Some(adapter) = adapter {

@@ -148,7 +148,10 @@ pub fn parse(text: &str, origin: &str) -> Result<MoeConfig> {
             ));
         }
     }
-    let mode_name = cfg.gate_mode.as_ref().map_or("hidden", |m| m.value.as_str());
+    let mode_name = cfg
+        .gate_mode
+        .as_ref()
+        .map_or("hidden", |m| m.value.as_str());
     let mode = GateMode::parse(mode_name).ok_or_else(|| {
         let m = cfg.gate_mode.as_ref().expect("the default is known");
         at(
@@ -270,7 +273,9 @@ impl MoeConfig {
     }
 
     pub fn experts_per_token(&self) -> u32 {
-        self.experts_per_token.as_ref().map_or(2, |k| k.value as u32)
+        self.experts_per_token
+            .as_ref()
+            .map_or(2, |k| k.value as u32)
     }
 
     pub fn seed(&self) -> u64 {
@@ -434,7 +439,10 @@ impl MoePlan {
             let suffix = suffix.to_string();
             let stem = suffix.strip_suffix(".weight").unwrap_or(&suffix);
             let Some(&(_, stacked)) = MLP.iter().find(|(dense, _)| {
-                stem == *dense || suffix.strip_prefix(dense).is_some_and(|r| r.starts_with('.'))
+                stem == *dense
+                    || suffix
+                        .strip_prefix(dense)
+                        .is_some_and(|r| r.starts_with('.'))
             }) else {
                 tensors.push(MoeTensor {
                     name: t.name.clone(),
@@ -460,7 +468,7 @@ impl MoePlan {
                     name: format!("blk.{layer}.ffn_gate_inp.weight"),
                     shape: vec![hidden as u64, cfg.experts.len() as u64],
                     source_type: GgmlType::F32,
-                    source: Source::Router(layer as usize),
+                    source: Source::Router(layer),
                 });
             }
             let mut parts = Vec::new();
@@ -574,7 +582,9 @@ impl MoePlan {
             m.set(format!("general.base_model.{i}.name"), Value::String(stem));
         }
         let params = crate::model_card::ParamCount::of(
-            tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice())),
+            tensors
+                .iter()
+                .map(|t| (t.name.as_str(), t.shape.as_slice())),
         );
         m.set("general.size_label", Value::String(params.size_label()));
         m.set(
@@ -671,15 +681,24 @@ fn router_rows(
     for (e, x) in cfg.experts.iter().enumerate() {
         let line = x.value.source_model.referenced.line();
         let named = |what: &str, err: Error| match err {
-            Error::Invalid(m) => Error::Invalid(format!("{origin}:{line}: expert {e}'s {what}: {m}")),
+            Error::Invalid(m) => {
+                Error::Invalid(format!("{origin}:{line}: expert {e}'s {what}: {m}"))
+            }
             other => other,
         };
         let positive = x.value.positive_prompts.as_deref().unwrap_or_default();
         let mut v = state
             .of(positive)
             .map_err(|err| named("positive_prompts", err))?;
-        if let Some(neg) = x.value.negative_prompts.as_deref().filter(|n| !n.is_empty()) {
-            let n = state.of(neg).map_err(|err| named("negative_prompts", err))?;
+        if let Some(neg) = x
+            .value
+            .negative_prompts
+            .as_deref()
+            .filter(|n| !n.is_empty())
+        {
+            let n = state
+                .of(neg)
+                .map_err(|err| named("negative_prompts", err))?;
             for (a, b) in v.iter_mut().zip(&n) {
                 for (p, q) in a.iter_mut().zip(b) {
                     *p -= q;
@@ -747,10 +766,9 @@ impl<'a> PromptStates<'a> {
         }
         match self.mode {
             GateMode::CheapEmbed => {
-                let embd = self
-                    .base
-                    .find("token_embd.weight")
-                    .ok_or_else(|| Error::Invalid("the base model has no token_embd.weight".into()))?;
+                let embd = self.base.find("token_embd.weight").ok_or_else(|| {
+                    Error::Invalid("the base model has no token_embd.weight".into())
+                })?;
                 let mut sum = vec![0f64; self.hidden];
                 let mut row = vec![0f32; self.hidden];
                 for &t in tokens.iter().flatten() {
@@ -996,7 +1014,10 @@ pub fn build(req: &MoeRequest) -> Result<MoeOutcome> {
             described: Some(plan.describe(&qplan)),
         });
     }
-    let display = req.plan.progress.unwrap_or(crate::progress::Display::Hidden);
+    let display = req
+        .plan
+        .progress
+        .unwrap_or(crate::progress::Display::Hidden);
     let reports = crate::write::write_matrix(&plan, &qplan.order, &qplan.outputs, display)?;
     Ok(MoeOutcome {
         reports,
@@ -1068,7 +1089,10 @@ fn write_hf(
         extra_files: vec![("smelt-recipe.yaml".into(), req.text.to_string())],
         shard_metadata: provenance,
         force: hf.force,
-        display: req.plan.progress.unwrap_or(crate::progress::Display::Hidden),
+        display: req
+            .plan
+            .progress
+            .unwrap_or(crate::progress::Display::Hidden),
     };
     let report = write_hf_folder(plan, plan.tensors.len(), &out)?;
     for w in &report.warnings {
