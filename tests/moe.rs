@@ -330,6 +330,26 @@ fn random_gates_follow_the_seed_and_every_thread_count_writes_the_same_bytes() {
         mean.abs() < 0.15 && (var - 1.0).abs() < 0.2,
         "mean {mean}, variance {var} of {n} values"
     );
+    // `merge --from` replays the config embedded in the output to the same bytes (the
+    // inputs' hashes checked).
+    common::smelt(
+        d,
+        [
+            "merge",
+            "--from",
+            "out-one/one-F16.gguf",
+            "-o",
+            "replay",
+            "--types",
+            "F16",
+        ],
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(d.join("replay/moe-F16.gguf")).unwrap()
+            == std::fs::read(d.join("out-one/one-F16.gguf")).unwrap(),
+        "the replay differs"
+    );
     // Another seed, other gates; the same seed, the same file.
     merge(d, "seeded", &format!("seed: 7\n{text}"), "F16").unwrap();
     let seeded = Store::open(d.join("out-seeded/seeded-F16.gguf")).unwrap();
