@@ -460,3 +460,59 @@ fn a_mixture_written_as_a_hugging_face_folder_reads_back_as_the_gguf() {
         );
     }
 }
+
+#[test]
+fn residual_scale_and_noise_scale_change_only_their_expert() {
+    let dir = common::scratch();
+    let d = dir.path();
+    models(d);
+    let text = config("random")
+        .replace(
+            "  - source_model: models/m3.gguf\n",
+            "  - source_model: models/m3.gguf\n    residual_scale: 0.5\n",
+        )
+        .replace(
+            "  - source_model: models/m1.gguf\n",
+            "  - source_model: models/m1.gguf\n    noise_scale: 0.01\n",
+        );
+    merge_threads(d, "scaled", &text, "F32", Some("1")).unwrap();
+    merge_threads(d, "again", &text, "F32", Some("3")).unwrap();
+    assert!(
+        std::fs::read(d.join("out-scaled/scaled-F32.gguf")).unwrap()
+            == std::fs::read(d.join("out-again/again-F32.gguf")).unwrap(),
+        "noise differs between thread counts"
+    );
+    let out = Store::open(d.join("out-scaled/scaled-F32.gguf")).unwrap();
+    let sources =
+        ["m2", "m3", "m1"].map(|m| Store::open(d.join(format!("models/{m}.gguf"))).unwrap());
+    for (dense, stacked) in [("ffn_up", "ffn_up_exps"), ("ffn_down", "ffn_down_exps")] {
+        let (_, oi) = tensor(&out, &format!("blk.1.{stacked}.weight"));
+        let all = out.read_f32(oi).unwrap();
+        let n = all.len() / 3;
+        let src: Vec<Vec<f32>> = sources
+            .iter()
+            .map(|s| {
+                s.read_f32(tensor(s, &format!("blk.1.{dense}.weight")).1)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(all[..n], src[0][..], "expert 0 is untouched");
+        // residual_scale multiplies the expert's down_proj only.
+        let want: Vec<f32> = src[1]
+            .iter()
+            .map(|v| if dense == "ffn_down" { v * 0.5 } else { *v })
+            .collect();
+        assert_eq!(all[n..2 * n], want[..], "expert 1 {dense}");
+        // noise_scale adds Gaussian noise of that standard deviation.
+        let diff: Vec<f64> = all[2 * n..]
+            .iter()
+            .zip(&src[2])
+            .map(|(a, b)| (a - b) as f64)
+            .collect();
+        let std = (diff.iter().map(|x| x * x).sum::<f64>() / n as f64).sqrt();
+        assert!(
+            (std - 0.01).abs() < 0.001,
+            "expert 2 {dense}: noise std {std}"
+        );
+    }
+}

@@ -11,7 +11,7 @@
 //! Tensors stream to the quant-matrix writer one at a time; only the routers (n_layer ×
 //! n_expert × hidden floats) are held whole.
 
-use super::{open_input, Input, MergePlan, PlanOptions};
+use super::{at, open_input, Input, MergePlan, PlanOptions};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Metadata, Value};
 use crate::recipe::OutputSpec;
@@ -107,11 +107,6 @@ impl GateMode {
     fn needs_prompts(self) -> bool {
         !matches!(self, GateMode::Random | GateMode::UniformRandom)
     }
-}
-
-/// `origin:LINE: message`.
-fn at<T>(origin: &str, s: &Spanned<T>, msg: impl std::fmt::Display) -> Error {
-    Error::Invalid(format!("{origin}:{}: {msg}", s.referenced.line()))
 }
 
 type TopKeys = Vec<BTreeMap<String, Spanned<serde::de::IgnoredAny>>>;
@@ -677,7 +672,12 @@ fn router_rows(
         }
         _ => {}
     }
-    let state = PromptStates::new(base, mode, n_layer, hidden)?;
+    let state = PromptStates {
+        base,
+        mode,
+        n_layer,
+        hidden,
+    };
     for (e, x) in cfg.experts.iter().enumerate() {
         let line = x.value.source_model.referenced.line();
         let named = |what: &str, err: Error| match err {
@@ -741,16 +741,7 @@ struct PromptStates<'a> {
     hidden: usize,
 }
 
-impl<'a> PromptStates<'a> {
-    fn new(base: &'a Store, mode: GateMode, n_layer: usize, hidden: usize) -> Result<Self> {
-        Ok(PromptStates {
-            base,
-            mode,
-            n_layer,
-            hidden,
-        })
-    }
-
+impl PromptStates<'_> {
     /// Per layer, the prompts' vector: for cheap_embed the normalised sum of their tokens'
     /// embeddings (every layer alike); for hidden modes the mean over prompts of each one's
     /// last-token (or mean-over-tokens) residual stream entering the layer.
