@@ -1101,3 +1101,49 @@ fn write_hf(
         described: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "base_model: a.gguf\ngate_mode: cheap_embed\nexperts:\n  - source_model: b.gguf\n    positive_prompts: [\"code\"]\n  - source_model: c.gguf\n    positive_prompts: [\"poems\"]\n";
+
+    #[test]
+    fn moe_configs_are_told_from_merge_recipes() {
+        assert!(is_moe_config(CONFIG));
+        assert!(is_moe_config("base_model: a\ngate_mode: random\n"));
+        assert!(!is_moe_config(
+            "merge_method: linear\nmodels:\n  - model: a\n"
+        ));
+        // `experts` beside a merge_method is a merge recipe with an unknown key.
+        assert!(!is_moe_config(
+            "merge_method: linear\nexperts: []\nmodels:\n  - model: a\n"
+        ));
+    }
+
+    #[test]
+    fn remarks_and_defaults_follow_mergekit() {
+        let cfg = parse(&format!("{CONFIG}tokenizer_source: union\n"), "m.yaml").unwrap();
+        assert_eq!(cfg.gate_mode(), GateMode::CheapEmbed);
+        assert_eq!((cfg.experts_per_token(), cfg.seed()), (2, 0));
+        assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+        assert!(cfg.warnings[0].starts_with("m.yaml:8: unknown key `tokenizer_source`"));
+        // mergekit's default gate mode is `hidden`, the last token's state.
+        let hidden = parse(&CONFIG.replace("gate_mode: cheap_embed\n", ""), "m.yaml").unwrap();
+        assert_eq!(hidden.gate_mode(), GateMode::HiddenLast);
+        let same = parse(&CONFIG.replace("c.gguf", "b.gguf"), "m.yaml").unwrap();
+        assert!(
+            same.warnings[0].contains("every expert is `b.gguf`"),
+            "{:?}",
+            same.warnings
+        );
+        let err = parse(&format!("{CONFIG}---\n{CONFIG}"), "m.yaml").unwrap_err();
+        assert!(err.to_string().contains("one YAML document"), "{err}");
+        let err = parse(&CONFIG.replace("poems", "code"), "m.yaml").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("m.yaml:3: every expert has the same prompts"),
+            "{err}"
+        );
+    }
+}
