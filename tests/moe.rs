@@ -291,6 +291,13 @@ fn hidden_routers_start_from_the_last_token_and_average_for_hidden_avg() {
         assert_close(&r0[0], &code, &format!("{mode} layer 0 code row"));
         assert_close(&r0[1], &poem, &format!("{mode} layer 0 poem row"));
         assert_close(&r0[2], &sums, &format!("{mode} layer 0 sums row"));
+        // The forward pass gives the same routers on any thread count.
+        merge_threads(d, &format!("{mode}-t1"), &config(mode), "F32", Some("1")).unwrap();
+        assert!(
+            std::fs::read(d.join(format!("out-{mode}-t1/{mode}-t1-F32.gguf"))).unwrap()
+                == std::fs::read(d.join(format!("out-{mode}/{mode}-F32.gguf"))).unwrap(),
+            "{mode}: 1 thread and the default differ"
+        );
         // Deeper layers see the base model's attention and MLP at work: other unit rows.
         let r1 = router(&out, 1);
         for (e, row) in r1.iter().enumerate() {
