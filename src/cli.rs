@@ -1465,6 +1465,9 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
         }
         (None, None) => return Err(Error::Invalid("a recipe or --from is required".into())),
     };
+    if crate::merge::moe::is_moe_config(&text) {
+        return merge_moe(args, &text, &origin, &recipe_dir, recorded.as_ref(), ui);
+    }
     let docs = crate::recipe::parse(&text, &origin)?;
     for w in docs.iter().flat_map(|d| &d.warnings) {
         eprintln!("warning: {}", crate::error::printable(w));
@@ -1627,6 +1630,55 @@ fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
         if let (Some(n), false) = (&doc.name, last) {
             named.push((n.value.clone(), reports[0].path.clone()));
         }
+    }
+    Ok(())
+}
+
+/// `merge` of a mergekit-moe config (the work is `merge::moe::build`'s).
+fn merge_moe(
+    args: &MergeArgs,
+    text: &str,
+    origin: &str,
+    dir: &Path,
+    recorded: Option<&crate::gguf::Metadata>,
+    ui: Ui,
+) -> Result<()> {
+    if args.shard.is_some() {
+        return Err(Error::Invalid(format!(
+            "{origin}: a mergekit-moe config is written by one process (not --shard)"
+        )));
+    }
+    let stem = args.recipe.as_deref().and_then(|r| r.file_stem());
+    let done = crate::merge::moe::build(&crate::merge::moe::MoeRequest {
+        text,
+        origin,
+        config_dir: dir,
+        output: &args.output,
+        stem: &stem.map_or_else(|| "moe".into(), |s| s.to_string_lossy()),
+        types: &args.types,
+        split: args.split.limit(),
+        plan: crate::merge::PlanOptions {
+            tokenizer: crate::tokenizer::TokenizerOptions {
+                pre: args.tokenizer_pre.clone(),
+            },
+            dry_run: args.dry_run,
+            recorded,
+            progress: Some(ui.display),
+            ..Default::default()
+        },
+        safetensors: (args.format == OutputFormat::Safetensors).then_some(
+            crate::merge::moe::HfSettings {
+                shard_bytes: args.shard_size,
+                force: args.force,
+            },
+        ),
+        warn: &|w| eprintln!("warning: {}", crate::error::printable(w)),
+    })?;
+    if let Some(text) = &done.described {
+        print_stdout(text)?;
+    }
+    for line in done.reports.iter().map(wrote_line).chain(done.summary) {
+        ui.say(line);
     }
     Ok(())
 }

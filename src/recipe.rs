@@ -269,7 +269,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Recipe>> {
 
 /// The line of `key:` for a value that starts on line `value_line` (a block mapping or
 /// list starts on the line after its key).
-fn key_line(text: &str, key: &str, value_line: u64) -> u64 {
+pub(crate) fn key_line(text: &str, key: &str, value_line: u64) -> u64 {
     let lines: Vec<&str> = text.lines().collect();
     let key = format!("{key}:");
     (1..=value_line.min(lines.len() as u64))
@@ -295,7 +295,7 @@ fn reject_other_configs(
             .min();
         if let Some((line, key, what)) = found {
             let hint = if what.contains("moe") {
-                "building a mixture of experts from dense models is not yet supported by smelt"
+                "`smelt merge` builds the mixture of experts it describes; this command takes merge recipes"
             } else {
                 "evolutionary merge search is not supported by smelt (`smelt merge` takes mergekit-yaml recipes)"
             };

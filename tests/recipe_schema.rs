@@ -189,14 +189,14 @@ fn mergekit_keys_and_files_smelt_does_not_implement_are_named() {
     // (recipe, line, words the message must hold)
     let cases: &[(&str, u64, &[&str])] = &[
         (
-            "base_model: models/A.gguf\ngate_mode: cheap_embed\nexperts:\n  - source_model: models/B.gguf\n    positive_prompts: [\"code\"]\n",
+            "base_model: models/A.gguf\ngate_mode: cheap_embd\nexperts:\n  - source_model: models/B.gguf\n    positive_prompts: [\"code\"]\n",
             2,
-            &["gate_mode", "mergekit-moe", "not yet supported"],
+            &["gate_mode", "cheap_embd", "cheap_embed"],
         ),
         (
             "base_model: models/A.gguf\nexperts:\n  - source_model: models/B.gguf\n",
             2,
-            &["experts", "mergekit-moe"],
+            &["experts_per_token", "number of experts (1)"],
         ),
         (
             "genome:\n  models: [models/A.gguf]\n  merge_method: linear\ntasks:\n  - name: x\n",

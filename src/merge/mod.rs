@@ -10,6 +10,7 @@
 
 pub mod chat_template;
 pub mod methods;
+pub mod moe;
 pub mod prune;
 pub mod vocab;
 
@@ -143,6 +144,49 @@ fn resolve_model(
         Some(id) => crate::hub::resolve(&id, &crate::hub::HubOptions::from_env(progress)),
         None => Err(format!("model `{reference}`: no such file or folder")),
     }
+}
+
+/// Open the model a recipe line names: a path, an earlier result or a hub id, with
+/// `BASE+ADAPTER` applying a LoRA adapter as the base is read (mergekit splits on `+` the same
+/// way). Errors name the recipe line.
+fn open_input(
+    r: &Spanned<String>,
+    origin: &str,
+    recipe_dir: &Path,
+    named: &[(String, PathBuf)],
+    opts: &PlanOptions,
+) -> Result<Input> {
+    let progress = opts.progress.unwrap_or(crate::progress::Display::Hidden);
+    let (base, adapter) = match r.value.split('+').collect::<Vec<_>>()[..] {
+        [base] => (base, None),
+        [base, adapter] if !base.is_empty() && !adapter.is_empty() => (base, Some(adapter)),
+        _ => {
+            return Err(at(
+                origin,
+                r,
+                format!("model `{}`: expected MODEL or MODEL+LORA_ADAPTER", r.value),
+            ))
+        }
+    };
+    let path = resolve_model(base, recipe_dir, named, progress).map_err(|e| at(origin, r, e))?;
+    let mut store = Store::open_with(&path, &opts.tokenizer)
+        .map_err(|e| at(origin, r, format!("model `{base}`: {e}")))?;
+    if let Some(adapter) = adapter {
+        let dir = resolve_model(adapter, recipe_dir, named, progress)
+            .map_err(|e| at(origin, r, format!("LoRA adapter: {e}")))?;
+        crate::lora::attach(&mut store, &dir).map_err(|e| {
+            at(
+                origin,
+                r,
+                format!("LoRA adapter `{adapter}` on `{base}`: {e}"),
+            )
+        })?;
+    }
+    Ok(Input {
+        reference: r.value.clone(),
+        path,
+        store,
+    })
 }
 
 /// A named earlier result, else a path (relative to the working folder, then to the recipe's
@@ -317,45 +361,12 @@ impl MergePlan {
         named: &[(String, PathBuf)],
         opts: &PlanOptions,
     ) -> Result<(Vec<Slice<'a>>, Option<Slice<'a>>)> {
-        let progress = opts.progress.unwrap_or(crate::progress::Display::Hidden);
         // Inputs, each opened once.
         let mut open = |r: &Spanned<String>| -> Result<usize> {
             if let Some(i) = inputs.iter().position(|x| x.reference == r.value) {
                 return Ok(i);
             }
-            // `BASE+ADAPTER`: a LoRA adapter applied to the base as it is read (mergekit
-            // splits on `+` the same way).
-            let (base, adapter) = match r.value.split('+').collect::<Vec<_>>()[..] {
-                [base] => (base, None),
-                [base, adapter] if !base.is_empty() && !adapter.is_empty() => (base, Some(adapter)),
-                _ => {
-                    return Err(at(
-                        origin,
-                        r,
-                        format!("model `{}`: expected MODEL or MODEL+LORA_ADAPTER", r.value),
-                    ))
-                }
-            };
-            let path =
-                resolve_model(base, recipe_dir, named, progress).map_err(|e| at(origin, r, e))?;
-            let mut store = Store::open_with(&path, &opts.tokenizer)
-                .map_err(|e| at(origin, r, format!("model `{base}`: {e}")))?;
-            if let Some(adapter) = adapter {
-                let dir = resolve_model(adapter, recipe_dir, named, progress)
-                    .map_err(|e| at(origin, r, format!("LoRA adapter: {e}")))?;
-                crate::lora::attach(&mut store, &dir).map_err(|e| {
-                    at(
-                        origin,
-                        r,
-                        format!("LoRA adapter `{adapter}` on `{base}`: {e}"),
-                    )
-                })?;
-            }
-            inputs.push(Input {
-                reference: r.value.clone(),
-                path,
-                store,
-            });
+            inputs.push(open_input(r, origin, recipe_dir, named, opts)?);
             Ok(inputs.len() - 1)
         };
         let top_method = methods::find(&recipe.merge_method.value)
