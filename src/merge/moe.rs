@@ -835,6 +835,12 @@ impl PromptStates<'_> {
 }
 
 impl TensorProducer for MoePlan {
+    fn n_tensors(&self) -> usize {
+        self.tensors.len()
+    }
+    fn model_metadata(&self) -> &crate::gguf::Metadata {
+        &self.metadata
+    }
     fn name(&self, i: usize) -> &str {
         &self.tensors[i].name
     }
@@ -992,8 +998,6 @@ pub fn build(req: &MoeRequest) -> Result<MoeOutcome> {
     };
     let qplan = crate::quantize::plan(
         &plan,
-        plan.tensors.len(),
-        &plan.metadata,
         &file_types,
         &qopts,
         |ft| req.output.join(format!("{name}-{}.gguf", ft.name())),
@@ -1085,7 +1089,7 @@ fn write_hf(
             .progress
             .unwrap_or(crate::progress::Display::Hidden),
     };
-    let report = write_hf_folder(plan, plan.tensors.len(), &out)?;
+    let report = write_hf_folder(plan, &out)?;
     for w in &report.warnings {
         (req.warn)(w);
     }

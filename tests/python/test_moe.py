@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import run_smelt
+from conftest import generate, run_smelt
 from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
 
 PROMPTS = [
@@ -130,11 +130,11 @@ def test_moe_loads_and_generates_in_llama_cpp(dense, llama_bin):  # noqa: F811
     out = build(dense, "cheap_embed", "F16,Q8_0")
     for ty in ("F16", "Q8_0"):
         model = out / f"moe-cheap_embed-{ty}.gguf"
-        p = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(model), "-n", "3", "write a function"],
-                           capture_output=True, text=True, errors="replace", timeout=120)
-        assert p.returncode == 0, p.stderr[-2000:]
-        assert re.search(r"n_expert\s+= 3\n", p.stderr) and re.search(r"n_expert_used\s+= 2\n", p.stderr), p.stderr[-3000:]
-        assert p.stdout.strip().startswith("write a function") and len(p.stdout.strip()) > len("write a function"), p.stdout
+        p = generate(llama_bin, model, "write a function", 3)
+        err, text = p.stderr.decode("utf-8", "replace"), p.stdout.decode("utf-8", "replace")
+        assert p.returncode == 0, err[-2000:]
+        assert re.search(r"n_expert\s+= 3\n", err) and re.search(r"n_expert_used\s+= 2\n", err), err[-3000:]
+        assert text.strip().startswith("write a function") and len(text.strip()) > len("write a function"), text
     # Each expert's slice of the stacked tensors is its dense source's MLP, byte for byte.
     moe = gguf.GGUFReader(out / "moe-cheap_embed-F16.gguf")
     stacked = {t.name: t.data for t in moe.tensors}
