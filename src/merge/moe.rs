@@ -996,12 +996,9 @@ pub fn build(req: &MoeRequest) -> Result<MoeOutcome> {
         split: req.split,
         ..Default::default()
     };
-    let qplan = crate::quantize::plan(
-        &plan,
-        &file_types,
-        &qopts,
-        |ft| req.output.join(format!("{name}-{}.gguf", ft.name())),
-    )?;
+    let qplan = crate::quantize::plan(&plan, &file_types, &qopts, |ft| {
+        req.output.join(format!("{name}-{}.gguf", ft.name()))
+    })?;
     if req.plan.dry_run {
         return Ok(MoeOutcome {
             reports: Vec::new(),
