@@ -64,7 +64,8 @@ fn main() {
             }
             let s = t.elapsed().as_secs_f64();
             println!(
-                "{ty:7} imatrix={weighted:5}: {:8.0} rows/s ({s:.2} s for {rows} rows of {cols})",
+                "{:7} imatrix={weighted:5}: {:8.0} rows/s ({s:.2} s for {rows} rows of {cols})",
+                ty.to_string(),
                 rows as f64 / s
             );
         }
