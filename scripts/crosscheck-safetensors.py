@@ -32,7 +32,11 @@ LLAMA_CPP = Path(
 
 def load_permute():
     """`LlamaModel.permute`, extracted from llama.cpp's source."""
-    tree = ast.parse((LLAMA_CPP / "conversion" / "llama.py").read_text())
+    source = LLAMA_CPP / "conversion" / "llama.py"
+    if not source.is_file():
+        sys.exit(f"{source} not found: set LLAMA_CPP to a llama.cpp source tree "
+                 "(scripts/build-llama-cpp unpacks one into third_party/)")
+    tree = ast.parse(source.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "permute":
             node.decorator_list = []

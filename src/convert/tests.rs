@@ -667,7 +667,7 @@ fn bad_inputs() {
 /// `LlamaModel.permute`): run the script into DIR, then
 /// `SMELT_HF_CROSSCHECK=DIR cargo test --lib python_crosscheck -- --ignored`.
 #[test]
-#[ignore]
+#[ignore = "needs SMELT_HF_CROSSCHECK, a folder made by scripts/crosscheck-safetensors.py"]
 fn python_crosscheck() {
     let dir = std::env::var("SMELT_HF_CROSSCHECK").expect("set SMELT_HF_CROSSCHECK");
     let dir = Path::new(&dir);

@@ -124,7 +124,7 @@ fn golden_iq1_m() {
 /// Writes every golden input quantized to `SMELT_IQ_DUMP_TYPE` (with the imatrix when
 /// `SMELT_IQ_DUMP_IMATRIX` is set) to `SMELT_IQ_DUMP`, for comparing with other quantizers.
 #[test]
-#[ignore]
+#[ignore = "a tool, not a check: writes quantized goldens to SMELT_IQ_DUMP for other quantizers"]
 fn dump() {
     let path = std::env::var("SMELT_IQ_DUMP").expect("SMELT_IQ_DUMP");
     let ty: GgmlType = std::env::var("SMELT_IQ_DUMP_TYPE")

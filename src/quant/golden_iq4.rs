@@ -125,44 +125,9 @@ fn golden_tq2_0() {
 
 /// A larger fixture from `scripts/gen-golden-iq4.py --sweep PATH`, named by `SMELT_IQ4_SWEEP`.
 #[test]
-#[ignore]
+#[ignore = "needs SMELT_IQ4_SWEEP, a fixture made by scripts/gen-golden-iq4.py --sweep"]
 fn sweep() {
     let path = std::env::var("SMELT_IQ4_SWEEP").expect("set SMELT_IQ4_SWEEP to a sweep fixture");
     use GgmlType::*;
     check(&path, &[IQ4_NL, IQ4_XS, TQ1_0, TQ2_0]);
-}
-
-/// Single-threaded IQ4_XS throughput on a 4096x4096 matrix (with and without imatrix).
-/// `cargo test --release --lib quant::golden_iq4::iq4_xs_speed -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn iq4_xs_speed() {
-    let n = 4096;
-    // xorshift32, then a sum of four uniforms: roughly Gaussian weights
-    let mut state = 0x9e37_79b9u32;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        state as f32 / u32::MAX as f32 - 0.5
-    };
-    let data: Vec<f32> = (0..n * n)
-        .map(|_| uniform() + uniform() + uniform() + uniform())
-        .collect();
-    let imatrix: Vec<f32> = (0..n).map(|i| 0.5 + (i % 17) as f32).collect();
-    let rb = row_bytes(GgmlType::IQ4_XS, n).unwrap();
-    let mut out = vec![0u8; rb * n];
-    for im in [None, Some(&imatrix[..])] {
-        let t = std::time::Instant::now();
-        for (src, dst) in data.chunks_exact(n).zip(out.chunks_exact_mut(rb)) {
-            iq4::quantize_row(GgmlType::IQ4_XS, src, dst, im).unwrap();
-        }
-        let s = t.elapsed().as_secs_f64();
-        eprintln!(
-            "IQ4_XS 4096x4096 imatrix={}: {:.3} s, {:.0} rows/s single-threaded",
-            im.is_some(),
-            s,
-            n as f64 / s
-        );
-    }
 }

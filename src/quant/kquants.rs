@@ -828,64 +828,17 @@ mod tests {
     }
 }
 
-/// Heavier checks, run by hand:
-/// `cargo test --lib quant::kquants::slow -- --ignored --nocapture` (the test profile is
-/// optimized).
+/// The libgguf oracle check, run by hand (see `oracle_dump`). The speed benchmark that was here
+/// is `examples/bench-kernels.rs`.
 #[cfg(test)]
 mod slow {
     use super::*;
-    use std::time::Instant;
-
-    /// Deterministic pseudo-normal values (xorshift + sum of uniforms), no rand dependency.
-    fn synth(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32
-        };
-        (0..n)
-            .map(|_| (next() + next() + next() + next() - 2.0) * 0.02)
-            .collect()
-    }
-
-    /// Single-threaded rows/s over a 4096x4096 matrix for every type, plain and weighted.
-    #[test]
-    #[ignore]
-    fn bench_4096x4096() {
-        use GgmlType::*;
-        let (rows, cols) = (4096usize, 4096usize);
-        let x = synth(rows * cols, 42);
-        let w: Vec<f32> = synth(cols, 7).iter().map(|v| v * v * 1e4 + 0.1).collect();
-        for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1] {
-            let rb = super::super::row_bytes(ty, cols).unwrap();
-            let mut out = vec![0u8; rb];
-            let modes: &[bool] = if matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1) {
-                &[true]
-            } else {
-                &[false, true]
-            };
-            for &weighted in modes {
-                let wi = weighted.then_some(w.as_slice());
-                let t = Instant::now();
-                for r in x.chunks_exact(cols) {
-                    super::super::quantize_row(ty, r, &mut out, wi).unwrap();
-                }
-                let s = t.elapsed().as_secs_f64();
-                println!(
-                    "{ty:5} imatrix={weighted:5}: {:8.0} rows/s ({s:.2} s for {rows} rows of {cols})",
-                    rows as f64 / s
-                );
-            }
-        }
-    }
 
     /// Compares against raw dumps written by `scripts/kquant-oracle-dump.py` (libgguf) in
     /// `SMELT_KQ_ORACLE=dir`: `x.f32`,
     /// `w.f32`, `meta.txt` (`rows cols`) and `<TYPE>_<plain|imatrix>.bin`.
     #[test]
-    #[ignore]
+    #[ignore = "needs SMELT_KQ_ORACLE, dumps made by scripts/kquant-oracle-dump.py"]
     fn oracle_dump() {
         let Ok(dir) = std::env::var("SMELT_KQ_ORACLE") else {
             eprintln!("SMELT_KQ_ORACLE not set, skipping");

@@ -6,10 +6,8 @@ use smelt::gguf::GgufFile;
 use smelt::store::Store;
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::Command;
 
-mod common;
-use common::smelt;
+use crate::common::{self, smelt, Smelt};
 
 /// A folder with tiny models `a.gguf`, `b.gguf`, `c.gguf` (seeds 1, 2, 3; F32).
 struct Env {
@@ -19,7 +17,7 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let e = Env {
-            dir: tempfile::tempdir().unwrap(),
+            dir: common::scratch(),
         };
         for (name, seed) in [("a", "1"), ("b", "2"), ("c", "3")] {
             e.make_model(&format!("{name}.gguf"), seed);
@@ -389,7 +387,7 @@ fn recipe_checks_run_before_the_inputs_are_hashed() {
 fn dry_run_prints_the_plan_and_writes_nothing() {
     let e = Env::new();
     std::fs::write(e.path("r.yaml"), LINEAR_AB.replace("WB", "1.0")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let o = Smelt::new(e.dir.path())
         .args([
             "merge",
             "r.yaml",
@@ -399,13 +397,8 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
             "F32,Q8_0",
             "--dry-run",
         ])
-        .current_dir(e.dir.path())
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
+        .run();
+    let (stdout, stderr) = (o.stdout_text(), &o.stderr);
     assert!(o.status.success(), "{stderr}");
     assert!(!e.path("out").exists(), "the output folder was created");
     let line = stdout

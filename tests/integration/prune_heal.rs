@@ -1,7 +1,6 @@
 //! `smelt prune-plan --rank activations` and `smelt heal` on tiny generated models.
 
-mod common;
-
+use crate::common::{self, Smelt};
 use std::path::{Path, PathBuf};
 
 /// A 6-layer F32 model whose layer 3 writes nothing to the residual stream (its attention
@@ -174,17 +173,11 @@ fn heal(d: &Path, out: &str, extra: &[&str]) -> Result<serde_json::Value, String
     for (k, v) in opts {
         args.extend([k, v]);
     }
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .args(&args)
-        .current_dir(d)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!err.contains("panicked"), "{err}");
+    let o = Smelt::new(d).args(&args).run();
     if !o.status.success() {
-        return Err(err);
+        return Err(o.stderr);
     }
-    Ok(serde_json::from_slice(&o.stdout).unwrap())
+    Ok(o.json())
 }
 
 fn losses(v: &serde_json::Value) -> Vec<f64> {

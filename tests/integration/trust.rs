@@ -1,14 +1,12 @@
 //! Outputs never destroy what the user owns, interrupted runs leave nothing behind, broken
 //! values are never written, and the terminal tells the truth (the trust issue).
 
-mod common;
-
 use smelt::gguf::GgufWriter;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::scratch;
+use crate::common::{self, scratch, Smelt};
 
 fn run(dir: &Path, args: &[&str]) -> Result<String, String> {
     common::smelt(dir, args)
@@ -213,13 +211,10 @@ fn stale_temporary_files_of_a_killed_run_are_removed() {
 
 /// Start a quantize slow enough to be caught mid-write; returns once a temp file exists.
 fn start_slow_quantize(dir: &Path, out: &str) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let child = Smelt::new(dir)
         .args(["--threads", "1", "quantize", "big.gguf", "-o", out])
         .args(["--types", "Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,IQ4_XS"])
-        .current_dir(dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn();
     let started = Instant::now();
     while temps_in(&dir.join(out)).is_empty() {
         assert!(
@@ -400,12 +395,10 @@ fn control_characters_in_names_are_escaped() {
             }
         },
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let out = Smelt::new(dir)
         .args(["inspect", "esc.gguf"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
+        .run()
+        .stdout_text();
     assert!(!out.contains('\x1b') && !out.contains('\x07'));
     assert!(
         out.contains("blk.0.\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"),
@@ -423,12 +416,10 @@ fn inspect_prints_its_summary_first() {
         &["quantize", "m.gguf", "-o", "q.gguf", "--type", "Q4_K_M"],
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let out = Smelt::new(dir)
         .args(["inspect", "q.gguf"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
+        .run()
+        .stdout_text();
     let summary = out.find("architecture: llama").expect("architecture line");
     let file_type = out.find("file type: Q4_K_M").expect("file type by name");
     let metadata = out.find("metadata (").unwrap();
@@ -458,13 +449,11 @@ fn the_terminal_tells_the_truth() {
     .unwrap();
     assert_eq!(quiet, "");
     // RUST_LOG is honoured.
-    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let log = Smelt::new(dir)
         .args(["quantize", "m.gguf", "-o", "l.gguf", "--type", "Q8_0"])
         .env("RUST_LOG", "info")
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&o.stderr);
+        .run()
+        .stderr;
     assert!(log.contains("INFO"), "{log}");
     assert!(!log.contains('\x1b'), "{log}");
 }
@@ -474,13 +463,9 @@ fn version_help_and_completions() {
     let d = scratch();
     let dir = d.path();
     let stdout = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
+        let o = Smelt::new(dir).args(args).run();
         assert!(o.status.success(), "{args:?}");
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        o.stdout_text()
     };
     assert!(stdout(&["--version"]).contains("(commit "));
     let help = stdout(&["quantize", "--help"]);
@@ -551,16 +536,11 @@ fn a_file_size_limit_is_an_error_not_a_silent_death() {
     let d = scratch();
     let dir = d.path();
     tiny(dir, "m.gguf");
-    let o = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -f 64; exec {} quantize m.gguf -o big.gguf --type F32",
-            env!("CARGO_BIN_EXE_smelt")
-        ))
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    let o = Smelt::new(dir)
+        .ulimit("-f 64")
+        .args(["quantize", "m.gguf", "-o", "big.gguf", "--type", "F32"])
+        .run();
+    let err = o.stderr;
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains("big.gguf") && err.contains("too large"),

@@ -4,12 +4,12 @@
 //! Random methods (whose draws no other implementation can reproduce) are compared by the
 //! fraction of deltas they drop per tensor, which mergekit's goldens give per seed.
 
+use crate::common::{self, Smelt};
 use serde_json::Value;
 use smelt::fixture::TinyLlama;
 use smelt::gguf::GgmlType;
 use smelt::store::{RowOrder, Store};
 use std::path::Path;
-use std::process::Command;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/golden/merge");
 
@@ -75,22 +75,19 @@ fn merge_with(
 ) -> std::path::PathBuf {
     let recipe = dir.join(format!("{name}.yaml"));
     std::fs::copy(format!("{GOLDEN}/{name}.yaml"), &recipe).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smelt"));
+    let mut cmd = Smelt::new(dir);
     if let Some(t) = threads {
-        cmd.args(["--threads", &t.to_string()]);
+        cmd = cmd.args(["--threads", &t.to_string()]);
     }
-    cmd.arg("merge")
+    cmd = cmd
+        .arg("merge")
         .arg(&recipe)
         .args(["-o", out, "--types", "F32"]);
     if let Some(c) = chunk_bytes {
-        cmd.args(["--chunk-bytes", &c.to_string()]);
+        cmd = cmd.args(["--chunk-bytes", &c.to_string()]);
     }
-    let o = cmd.current_dir(dir).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = cmd.run();
+    assert!(o.status.success(), "{name}: {}", o.stderr);
     dir.join(format!("{out}/{name}-F32.gguf"))
 }
 
@@ -117,7 +114,7 @@ fn hf_values(s: &Store, gguf: &str) -> Vec<f32> {
 
 #[test]
 fn deterministic_methods_match_mergekit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     setup(dir.path());
     let mut failures = Vec::new();
     for name in DETERMINISTIC {
@@ -137,7 +134,7 @@ fn deterministic_methods_match_mergekit() {
 /// methods) mergekit's values.
 #[test]
 fn chunked_merges_are_byte_identical_and_match_mergekit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     setup(dir.path());
     // Rows are 64 or 128 values (256 or 512 bytes of f32): 1 byte is one row; 3 rows of 64
     // or 1.5 of 128 rows divide neither 64, 128 nor 512 rows.
@@ -218,7 +215,7 @@ fn compare(name: &str, s: &Store, json: &Value, failures: &mut Vec<String>) {
 
 #[test]
 fn random_methods_match_mergekit_statistics() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     setup(dir.path());
     let base = Store::open(dir.path().join("models/A")).unwrap();
     let mut failures = Vec::new();

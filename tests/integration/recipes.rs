@@ -1,14 +1,14 @@
 //! Every recipe in recipes/ runs on generated 8-layer models, and the layer-stacking
 //! techniques build exactly the stacks they describe.
 
+use crate::common::{self, Smelt};
 use smelt::fixture::TinyLlama;
 use smelt::gguf::GgmlType;
 use smelt::store::Store;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
     for (name, seed) in [("A", 1), ("B", 2), ("C", 3)] {
         TinyLlama {
@@ -30,14 +30,12 @@ fn recipe(name: &str) -> PathBuf {
 }
 
 fn merge(dir: &Path, name: &str, types: &str) -> (Store, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let o = Smelt::new(dir)
         .arg("merge")
         .arg(recipe(name))
         .args(["-o", "out", "--types", types])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&o.stderr).to_string();
+        .run();
+    let log = o.stderr;
     assert!(o.status.success(), "{name}: {log}");
     let stem = name.trim_end_matches(".yaml");
     let first = types.split(',').next().unwrap();
@@ -203,12 +201,7 @@ fn prune_plan_finds_a_duplicated_layer() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Smelt::new(dir.path()).args(args).run().ok();
     };
     run(&["merge", "dup.yaml", "-o", "out", "--types", "F32"]);
     run(&[

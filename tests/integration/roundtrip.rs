@@ -1,6 +1,7 @@
 //! GGUF written by our writer reads back identically; split files read as one model; the same
 //! input always gives the same bytes; several outputs come from one pass.
 
+use crate::common;
 use smelt::fixture::TinyLlama;
 use smelt::gguf::writer::TensorDecl;
 use smelt::gguf::{GgmlType, GgufWriter, Value};
@@ -20,7 +21,7 @@ fn tiny(dir: &std::path::Path, dtype: GgmlType) -> std::path::PathBuf {
 
 #[test]
 fn fixture_reads_back_with_metadata_and_values() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     let model = TinyLlama {
         dtype: GgmlType::F32,
         ..Default::default()
@@ -47,7 +48,7 @@ fn fixture_reads_back_with_metadata_and_values() {
 
 #[test]
 fn same_type_output_is_byte_identical_and_deterministic() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     let src = tiny(dir.path(), GgmlType::F16);
     let store = Store::open(&src).unwrap();
     let order: Vec<usize> = (0..store.tensors.len()).collect();
@@ -85,7 +86,7 @@ fn same_type_output_is_byte_identical_and_deterministic() {
 
 #[test]
 fn f32_through_f16_and_bf16_matches_direct_conversion() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     let src = tiny(dir.path(), GgmlType::F32);
     let store = Store::open(&src).unwrap();
     let order: Vec<usize> = (0..store.tensors.len()).collect();
@@ -131,7 +132,7 @@ fn f32_through_f16_and_bf16_matches_direct_conversion() {
 
 #[test]
 fn split_files_read_as_one_model() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     let src = tiny(dir.path(), GgmlType::F16);
     let whole = Store::open(&src).unwrap();
     let n = whole.tensors.len();
@@ -175,7 +176,7 @@ fn split_files_read_as_one_model() {
 
 #[test]
 fn unfinished_writer_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     let target = dir.path().join("x.gguf");
     let decls = vec![TensorDecl {
         name: "a".into(),

@@ -3,30 +3,26 @@
 //! `release --finalize` over the finished folder, refusing mixed plans and incomplete sets.
 //! (tests/python/test_shard.py checks the sets against llama-gguf-split --merge.)
 
-mod common;
-
-use common::{scratch, smelt, tiny_model};
+use crate::common::{files, scratch, smelt, tiny_model, Files, Smelt};
 use smelt::gguf::GgufFile;
-use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Every file of `dir` by name, with its bytes.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| {
-                let e = e.unwrap();
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    std::fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect()
-        })
-        .unwrap_or_default()
-}
-
 const TYPES: &str = "F16,Q8_0,Q4_K_M";
+
+/// `ARGS -o whole --shards N` in `dir` (one process), then `ARGS -o sharded --shard K/N` for
+/// each K (N processes): the files of `whole` and of `sharded`, by name.
+fn whole_and_sharded(dir: &Path, args: &[&str], n: usize) -> (Files, Files) {
+    smelt(
+        dir,
+        [args, &["-o", "whole", "--shards", &n.to_string()]].concat(),
+    )
+    .unwrap();
+    for k in 0..n {
+        let shard = format!("{k}/{n}");
+        smelt(dir, [args, &["-o", "sharded", "--shard", &shard]].concat()).unwrap();
+    }
+    (files(&dir.join("whole")), files(&dir.join("sharded")))
+}
 
 /// `quantize tiny.gguf -o OUT --types TYPES EXTRA...` in `dir`.
 fn quantize(dir: &Path, out: &str, extra: &[&str]) -> Result<String, String> {
@@ -184,8 +180,7 @@ fn a_finished_shard_rerun_is_a_no_op() {
 fn dry_run_json_prints_the_plan_without_reading_tensors() {
     let d = scratch();
     tiny_model(d.path(), "tiny.gguf", &[]);
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .current_dir(d.path())
+    let o = Smelt::new(d.path())
         .args([
             "quantize",
             "tiny.gguf",
@@ -197,10 +192,8 @@ fn dry_run_json_prints_the_plan_without_reading_tensors() {
             "3",
         ])
         .args(["--dry-run", "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        .run();
+    let plan = o.ok().json();
     assert_eq!(plan["shard_count"], 3);
     assert_eq!(plan["files"].as_array().unwrap().len(), 9);
     assert_eq!(plan["shards"].as_array().unwrap().len(), 3);
@@ -243,8 +236,7 @@ fn bad_shard_flags_are_refused_before_anything_is_written() {
     }
     // The engines' variables: a Slurm array starting at 1, and a task past the count.
     let run = |vars: &[(&str, &str)]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"));
-        c.current_dir(d.path()).args([
+        let mut c = Smelt::new(d.path()).args([
             "quantize",
             "tiny.gguf",
             "-o",
@@ -255,20 +247,16 @@ fn bad_shard_flags_are_refused_before_anything_is_written() {
             "slurm",
         ]);
         for (k, v) in vars {
-            c.env(k, v);
+            c = c.env(k, v);
         }
-        c.output().unwrap()
+        c.run()
     };
     let ok = run(&[
         ("SLURM_ARRAY_TASK_ID", "2"),
         ("SLURM_ARRAY_TASK_COUNT", "2"),
         ("SLURM_ARRAY_TASK_MIN", "1"),
     ]);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", ok.stderr);
     // One type to a file name: its set is s-0000K-of-00002.gguf.
     assert!(d.path().join("s-00002-of-00002.gguf").exists());
     assert!(!d.path().join("s-00001-of-00002.gguf").exists());
@@ -277,7 +265,7 @@ fn bad_shard_flags_are_refused_before_anything_is_written() {
         ("SLURM_ARRAY_TASK_COUNT", "2"),
     ]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("K must be below N"));
+    assert!(bad.stderr.contains("K must be below N"));
 }
 
 #[test]
@@ -395,24 +383,7 @@ fn a_merge_shards_like_a_quantization() {
         "merge_method: slerp\nbase_model: m1.gguf\nmodels:\n  - model: m1.gguf\n  - model: m2.gguf\nparameters:\n  t: 0.3\n",
     )
     .unwrap();
-    let merge = |out: &str, extra: &[&str]| {
-        smelt(
-            d.path(),
-            [
-                &["merge", "r.yaml", "-o", out, "--types", "F16,Q8_0"][..],
-                extra,
-            ]
-            .concat(),
-        )
-    };
-    merge("whole", &["--shards", "3"]).unwrap();
-    for k in 0..3 {
-        merge("sharded", &["--shard", &format!("{k}/3")]).unwrap();
-    }
-    let (a, b) = (
-        files(&d.path().join("whole")),
-        files(&d.path().join("sharded")),
-    );
+    let (a, b) = whole_and_sharded(d.path(), &["merge", "r.yaml", "--types", "F16,Q8_0"], 3);
     assert_eq!(a.len(), 6);
     assert!(a == b, "merge shards differ from the single-process merge");
 }
@@ -421,24 +392,7 @@ fn a_merge_shards_like_a_quantization() {
 fn a_conversion_shards_like_a_quantization() {
     let d = scratch();
     tiny_model(d.path(), "hf", &[]);
-    let convert = |out: &str, extra: &[&str]| {
-        smelt(
-            d.path(),
-            [
-                &["convert", "hf", "-o", out, "--types", "F16,Q8_0"][..],
-                extra,
-            ]
-            .concat(),
-        )
-    };
-    convert("whole", &["--shards", "2"]).unwrap();
-    for k in 0..2 {
-        convert("sharded", &["--shard", &format!("{k}/2")]).unwrap();
-    }
-    let (a, b) = (
-        files(&d.path().join("whole")),
-        files(&d.path().join("sharded")),
-    );
+    let (a, b) = whole_and_sharded(d.path(), &["convert", "hf", "--types", "F16,Q8_0"], 2);
     assert_eq!(a.len(), 4);
     assert!(
         a == b,

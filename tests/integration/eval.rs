@@ -2,8 +2,7 @@
 //! evaluated directly equals its written F32 file, and bad input gets one clear error.
 //! (Parity with llama-perplexity and llama-imatrix is tests/python/test_eval*.py.)
 
-mod common;
-
+use crate::common::{self, Run, Smelt};
 use std::path::Path;
 
 fn eval_json(dir: &Path, model: &Path, text: &Path) -> serde_json::Value {
@@ -11,22 +10,16 @@ fn eval_json(dir: &Path, model: &Path, text: &Path) -> serde_json::Value {
 }
 
 fn eval_json_with(dir: &Path, model: &Path, text: &Path, extra: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+    Smelt::new(dir)
         .args(["eval"])
         .arg(model)
         .arg("--text")
         .arg(text)
         .args(["--ctx", "64", "--chunks", "3", "--json"])
         .args(extra)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+        .run()
+        .ok()
+        .json()
 }
 
 #[test]
@@ -76,15 +69,14 @@ fn chunk_groups_and_threads_do_not_change_the_numbers() {
     let grouped = eval_json_with(d, &model, &text, &["--batch", "64"]);
     assert_eq!(whole["per_chunk"], grouped["per_chunk"]);
     assert_eq!(whole["perplexity"], grouped["perplexity"]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let one = Smelt::new(d)
         .args(["--threads", "1", "eval"])
         .arg(&model)
         .arg("--text")
         .arg(&text)
         .args(["--ctx", "64", "--chunks", "3", "--json"])
-        .output()
-        .unwrap();
-    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .run()
+        .json();
     assert_eq!(whole["perplexity"], one["perplexity"]);
 }
 
@@ -164,18 +156,8 @@ fn chunk_ranges_evaluated_apart_combine_into_the_one_run_perplexity() {
     let d = dir.path();
     common::tiny_model(d, "m.gguf", &["--dtype", "F16"]);
     common::word_text(d, "text.txt", 0);
-    let run = |args: &[&str]| -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
-            .arg("eval")
-            .args(args)
-            .current_dir(d)
-            .output()
-            .unwrap()
-    };
-    let json = |o: std::process::Output| -> serde_json::Value {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice(&o.stdout).unwrap()
-    };
+    let run = |args: &[&str]| -> Run { Smelt::new(d).arg("eval").args(args).run() };
+    let json = |o: Run| -> serde_json::Value { o.ok().json() };
     let base = ["m.gguf", "--text", "text.txt", "--ctx", "64", "--json"];
     let whole = json(run(&[&base[..], &["--chunks", "5"]].concat()));
     for (name, range) in [("a.json", "0..2"), ("b.json", "2..3"), ("c.json", "3..5")] {
@@ -203,15 +185,15 @@ fn chunk_ranges_evaluated_apart_combine_into_the_one_run_perplexity() {
     }
     // A gap or an overlap between the ranges is named.
     let o = run(&["--combine", "a.json", "c.json"]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = o.stderr;
     assert!(
         !o.status.success() && err.contains("c.json: starts at chunk 3"),
         "{err}"
     );
     assert!(err.contains("chunks are missing"), "{err}");
     let o = run(&["--combine", "a.json", "a.json"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("ranges overlap"));
+    assert!(o.stderr.contains("ranges overlap"));
     // Saved logits hold every chunk from 0: a range is refused with them.
     let o = run(&[&base[..], &["--chunks", "1..2", "--save-logits", "x.kld"]].concat());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("does not go with"));
+    assert!(o.stderr.contains("does not go with"));
 }

@@ -3,8 +3,7 @@
 //! line. (tests/python/test_lora.py checks the values against an independent numpy
 //! reference, PEFT's formula with llama.cpp's q/k permutation.)
 
-mod common;
-
+use crate::common;
 use smelt::fixture::{write_safetensors, TinyLlama};
 use smelt::gguf::GgmlType;
 use smelt::store::Store;

@@ -4,11 +4,10 @@
 //! reads as the GGUF's model.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::smelt;
+use crate::common::{self, smelt, Smelt};
 
 /// `smelt make-test-model -o DIR` (a llama HF folder: config.json + safetensors, no
 /// tokenizer) with `extra` options.
@@ -29,14 +28,7 @@ fn edit_config(folder: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 /// Run smelt in `dir`, killed after `limit`: (exit status, or None when it had to be killed;
 /// stderr).
 fn smelt_with_timeout(dir: &Path, args: &[&str], limit: Duration) -> (Option<bool>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Smelt::new(dir).args(args).spawn();
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -113,7 +105,7 @@ fn convert(dir: &Path, folder: &str) -> Result<String, String> {
 
 #[test]
 fn files_linked_out_of_the_input_folder_are_refused() {
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     let folder = model_with_tokenizer(d.path());
     std::fs::write(d.path().join("secret.txt"), "{{ 'the secret' }}").unwrap();
     // The template comes from chat_template.jinja only when tokenizer_config.json has none.
@@ -180,7 +172,7 @@ fn files_linked_out_of_the_input_folder_are_refused() {
 fn hub_cache_snapshot_links_into_its_blobs_still_convert() {
     // models--org--name/snapshots/<rev>/<file> -> ../../blobs/<hash>: every file of a Hugging
     // Face cache snapshot resolves outside the snapshot folder, into the same repository.
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     let src = make_model(d.path(), "src", &[]);
     let repo = d.path().join("models--org--tiny");
     let snap = repo.join("snapshots").join("abc123");
@@ -210,7 +202,7 @@ fn hub_cache_snapshot_links_into_its_blobs_still_convert() {
 #[test]
 fn impossible_config_values_are_refused_naming_the_key() {
     use serde_json::json;
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     // hidden 64, 4 heads of 16, 2 key/value heads.
     let folder = make_model(d.path(), "m", &[]);
     let orig = std::fs::read(folder.join("config.json")).unwrap();
@@ -330,7 +322,7 @@ fn two_tensor_gguf(tensors: [(u64, u64); 2]) -> Vec<u8> {
 
 #[test]
 fn gguf_tensors_sharing_data_bytes_are_refused() {
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     std::fs::write(d.path().join("ok.gguf"), two_tensor_gguf([(8, 0), (8, 32)])).unwrap();
     smelt(d.path(), ["inspect", "ok.gguf"]).unwrap();
     // The same bytes, and the second starting inside the first's 64 bytes.
@@ -349,7 +341,7 @@ fn gguf_tensors_sharing_data_bytes_are_refused() {
 
 #[test]
 fn convert_without_tokenizer_files_warns_that_llama_cpp_will_not_load_it() {
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     make_model(d.path(), "bare", &[]);
     let log = smelt(d.path(), ["convert", "bare", "-o", "out", "--type", "F32"]).unwrap();
     assert!(
@@ -365,7 +357,7 @@ fn convert_without_tokenizer_files_warns_that_llama_cpp_will_not_load_it() {
 
 #[test]
 fn config_json_from_gguf_uses_the_keys_transformers_reads() {
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     smelt(
         d.path(),
         [
@@ -447,7 +439,7 @@ fn config_json_from_gguf_uses_the_keys_transformers_reads() {
 
 #[test]
 fn merge_into_a_folder_holding_a_users_model_needs_force() {
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     make_model(d.path(), "a", &[]);
     let r = recipe(d.path(), "a", 2);
     // The user's own model, sharded, plus a file of theirs.
@@ -542,7 +534,7 @@ fn mkfifo(path: &Path) {
 #[test]
 fn fifo_inputs_are_refused_not_waited_on() {
     let limit = Duration::from_secs(30);
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     let dir = d.path();
     model_with_tokenizer(dir);
     smelt(dir, ["make-test-model", "-o", "t.gguf", "--layers", "2"]).unwrap();
@@ -623,7 +615,7 @@ fn fifo_inputs_are_refused_not_waited_on() {
 fn a_large_numeric_metadata_array_costs_its_size_not_64_times_it() {
     // 64 MiB of U8 metadata: a `Value` per element took 32 bytes and more, and aborted.
     let n: u64 = 64 << 20;
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     let mut g = Vec::with_capacity(n as usize + 64);
     g.extend_from_slice(b"GGUF");
     g.extend_from_slice(&3u32.to_le_bytes());
@@ -639,16 +631,13 @@ fn a_large_numeric_metadata_array_costs_its_size_not_64_times_it() {
     std::fs::write(d.path().join("big.gguf"), &g).unwrap();
     // 1 GiB of address space: the file's map and one copy of the array fit, 32 bytes an
     // element do not.
-    let o = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 1048576 && exec \"$0\" inspect --json big.gguf")
-        .arg(env!("CARGO_BIN_EXE_smelt"))
-        .current_dir(d.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    let o = Smelt::new(d.path())
+        .ulimit("-v 1048576")
+        .args(["inspect", "--json", "big.gguf"])
+        .run();
+    let err = &o.stderr;
     assert!(o.status.success(), "{:?}: {err}", o.status);
-    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let doc = o.json();
     let v = &doc["metadata"]["test.bytes"];
     assert_eq!(v["array_len"], n);
     assert_eq!(v["head"], serde_json::json!([0, 1, 2, 3, 4, 5, 6, 7]));

@@ -3,9 +3,7 @@
 //! imatrix-weighted error (computed here from the files), the bytes do not depend on threads,
 //! the measurement cache gives the same file, and bad input is one clear error each.
 
-mod common;
-
-use common::{scratch, smelt, tiny_model};
+use crate::common::{self, scratch, smelt, tiny_model};
 use smelt::quant::imatrix::Imatrix;
 use smelt::store::Store;
 use std::path::Path;

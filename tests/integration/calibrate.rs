@@ -3,33 +3,26 @@
 //! inputs give the same bytes on any thread count, and bad input is one clear error with
 //! nothing written.
 
-mod common;
-
+use crate::common::{self, Smelt};
 use std::path::Path;
 
 /// `smelt eval --json` of a model or recipe on `text`, as calibrate measures (`--ctx 64`,
 /// 3 chunks).
 fn eval_json(dir: &Path, model: &str, text: &Path, extra: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+    Smelt::new(dir)
         .args(["eval", model, "--ctx", "64", "--chunks", "3", "--json"])
         .arg("--text")
         .arg(text)
         .args(extra)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+        .run()
+        .ok()
+        .json()
 }
 
 /// `smelt calibrate RECIPE -o OUT --ctx 64 --chunks 3 --text text.txt EXTRA...`: its stdout
 /// (the table), or its stderr on failure.
 fn calibrate(dir: &Path, recipe: &str, out: &str, extra: &[&str]) -> Result<String, String> {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let o = Smelt::new(dir)
         .args([
             "calibrate",
             recipe,
@@ -42,15 +35,11 @@ fn calibrate(dir: &Path, recipe: &str, out: &str, extra: &[&str]) -> Result<Stri
         ])
         .args(["--text", "text.txt"])
         .args(extra)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!err.contains("panicked"), "{err}");
+        .run();
     if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).to_string())
+        Ok(o.stdout_text())
     } else {
-        Err(err)
+        Err(o.stderr)
     }
 }
 

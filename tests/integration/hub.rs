@@ -2,8 +2,7 @@
 //! hub-shaped server on loopback (HF_ENDPOINT) into that cache (resuming a cut file, sending
 //! HF_TOKEN, never fetching pickles), and refused with the recipe line when offline.
 
-mod common;
-
+use crate::common::{self, Smelt};
 use sha2::{Digest, Sha256};
 use smelt::fixture::TinyLlama;
 use smelt::gguf::GgmlType;
@@ -12,7 +11,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,9 +28,7 @@ fn tiny(seed: u64) -> TinyLlama {
 
 /// Run `smelt merge recipe.yaml -o out` in `dir` with only the given HF_* variables set.
 fn merge(dir: &Path, env: &[(&str, String)]) -> Result<String, String> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smelt"));
-    cmd.args(["merge", "recipe.yaml", "-o", "out", "--types", "F32"])
-        .current_dir(dir);
+    let mut cmd = Smelt::new(dir).args(["merge", "recipe.yaml", "-o", "out", "--types", "F32"]);
     for k in [
         "HF_HOME",
         "HF_HUB_CACHE",
@@ -50,21 +46,14 @@ fn merge(dir: &Path, env: &[(&str, String)]) -> Result<String, String> {
         "all_proxy",
         "ALL_PROXY",
     ] {
-        cmd.env_remove(k);
+        cmd = cmd.env_remove(k);
     }
     // No token file of the user's is read.
-    cmd.env("HOME", dir);
+    cmd = cmd.env("HOME", dir);
     for (k, v) in env {
-        cmd.env(k, v);
+        cmd = cmd.env(k, v);
     }
-    let o = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!err.contains("panicked"), "{err}");
-    if o.status.success() {
-        Ok(err)
-    } else {
-        Err(err)
-    }
+    cmd.run().result()
 }
 
 fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {

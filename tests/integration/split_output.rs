@@ -3,9 +3,7 @@
 //! written safely. (tests/python/test_split_output.py checks the bytes against
 //! llama-gguf-split itself and loads the sets in llama.cpp.)
 
-mod common;
-
-use common::{rewrite, scratch, smelt, tiny_model};
+use crate::common::{rewrite, scratch, smelt, tiny_model, Smelt};
 use smelt::gguf::{GgufFile, Value};
 use smelt::store::Store;
 use std::path::{Path, PathBuf};
@@ -166,7 +164,7 @@ fn split_by_tensors_reads_back_as_the_unsplit_matrix() {
         &Store::open(d.path().join("whole/tiny-Q8_0.gguf")).unwrap(),
     );
     // The dry run shows the files it would write.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let out = Smelt::new(d.path())
         .args([
             "quantize",
             "tiny.gguf",
@@ -178,10 +176,8 @@ fn split_by_tensors_reads_back_as_the_unsplit_matrix() {
             "8",
             "--dry-run",
         ])
-        .current_dir(d.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+        .run();
+    let text = out.stdout_text();
     assert!(text.contains("dry-00002-of-00003.gguf:"), "{text}");
     assert!(!d.path().join("dry").exists() && !d.path().join("dry-00001-of-00003.gguf").exists());
 }

@@ -1,13 +1,11 @@
 //! Merge properties on deterministic tiny models, through the CLI as a user runs it.
 
+use crate::common::{self, Smelt};
 use smelt::fixture::TinyLlama;
 use smelt::gguf::GgmlType;
 use smelt::store::Store;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-mod common;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -16,7 +14,7 @@ struct Env {
 impl Env {
     fn new() -> Env {
         Env {
-            dir: tempfile::tempdir().unwrap(),
+            dir: common::scratch(),
         }
     }
     fn path(&self, p: &str) -> PathBuf {
@@ -186,30 +184,26 @@ fn same_recipe_same_bytes_at_any_thread_count() {
     let r = e.recipe("d.yaml", "merge_method: dare_ties\nbase_model: m1.gguf\nmodels:\n  - model: m2.gguf\n    parameters: {weight: 0.5, density: 0.4}\n  - model: m3.gguf\n    parameters: {weight: 0.5, density: 0.6}\nparameters:\n  seed: 7\n");
     e.merge(&r, "o1", &["--types", "Q8_0"]).unwrap();
     e.merge(&r, "o2", &["--types", "Q8_0"]).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let o = Smelt::new(e.dir.path())
         .args(["--threads", "1", "merge"])
         .arg(&r)
         .arg("-o")
         .arg(e.path("o3"))
         .args(["--types", "Q8_0"])
-        .current_dir(e.dir.path())
-        .output()
-        .unwrap();
+        .run();
     assert!(o.status.success());
     let read = |d: &str| std::fs::read(e.path(&format!("{d}/d-Q8_0.gguf"))).unwrap();
     assert_eq!(read("o1"), read("o2"));
     assert_eq!(read("o1"), read("o3"));
     // --from re-runs the embedded recipe to the same bytes.
-    let o = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    Smelt::new(e.dir.path())
         .args(["merge", "--from"])
         .arg(e.path("o1/d-Q8_0.gguf"))
         .arg("-o")
         .arg(e.path("o4"))
         .args(["--types", "Q8_0"])
-        .current_dir(e.dir.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        .run()
+        .ok();
     assert_eq!(
         read("o1"),
         std::fs::read(e.path("o4/merge-Q8_0.gguf")).unwrap()
@@ -261,11 +255,9 @@ fn every_method_runs_and_gives_finite_values() {
 fn merges_straight_from_a_quantized_gguf() {
     let e = Env::new();
     e.abc(GgmlType::F16);
-    let q = Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let q = Smelt::new(e.dir.path())
         .args(["quantize", "m2.gguf", "-o", "m2-q4.gguf", "--type", "Q4_0"])
-        .current_dir(e.dir.path())
-        .output()
-        .unwrap();
+        .run();
     assert!(q.status.success());
     let r = e.recipe("q.yaml", "merge_method: linear\nmodels:\n  - model: m1.gguf\n    parameters: {weight: 0.5}\n  - model: m2-q4.gguf\n    parameters: {weight: 0.5}\noutput:\n  types: [Q8_0, Q4_K_M]\n");
     e.merge(&r, "out", &[]).unwrap();

@@ -9,7 +9,7 @@
 //!   of each case, and refuses (aborting the run, after naming the case on stderr) any over
 //!   [`HARD_LIMIT`].
 //!
-//! The default run takes a few seconds. `SMELT_FUZZ_CASES=N cargo test --test fuzz_parsers`
+//! The default run takes a few seconds. `SMELT_FUZZ_CASES=N cargo test --test integration fuzz_parsers`
 //! runs N random mutations per seed instead of the default few hundred (the structural
 //! mutations always run in full); `SMELT_FUZZ_SEED` changes the random stream. To replay one
 //! failure with its panic message and backtrace: `SMELT_FUZZ_ONLY='<case label>'

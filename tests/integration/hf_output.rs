@@ -6,8 +6,7 @@ use smelt::quant::float::f32_to_bf16_bits;
 use smelt::store::Store;
 use std::path::{Path, PathBuf};
 
-mod common;
-use common::smelt;
+use crate::common::{self, smelt};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -50,7 +49,7 @@ fn tensors(file: &Path) -> Vec<(String, String, Vec<u64>, Vec<u8>)> {
 
 #[test]
 fn passthrough_of_an_hf_folder_gives_back_the_same_safetensors() {
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     tiny(1, GgmlType::BF16)
         .write_hf(&d.path().join("a"), 1)
         .unwrap();
@@ -142,7 +141,7 @@ fn passthrough_of_an_hf_folder_gives_back_the_same_safetensors() {
 
 #[test]
 fn stacked_merge_from_gguf_matches_the_gguf_output_and_shards() {
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     tiny(1, GgmlType::F32)
         .write_gguf(&d.path().join("a.gguf"))
         .unwrap();
@@ -227,7 +226,7 @@ fn stacked_merge_from_gguf_matches_the_gguf_output_and_shards() {
 
 #[test]
 fn quantized_types_are_refused_before_anything_is_written() {
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     tiny(1, GgmlType::F32)
         .write_gguf(&d.path().join("a.gguf"))
         .unwrap();
@@ -256,7 +255,7 @@ fn quantized_types_are_refused_before_anything_is_written() {
 
 #[test]
 fn an_input_folder_is_never_the_output() {
-    let d = tempfile::tempdir().unwrap();
+    let d = common::scratch();
     tiny(1, GgmlType::F32)
         .write_hf(&d.path().join("a"), 1)
         .unwrap();

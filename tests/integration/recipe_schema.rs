@@ -2,8 +2,7 @@
 //! once at the top of a multi-document file, a `tokenizer_source` that is not merged, and the
 //! keys and files smelt does not implement, each refused or warned about with its line.
 
-mod common;
-
+use crate::common;
 use smelt::fixture::TinyLlama;
 use smelt::gguf::{GgmlType, Value};
 use smelt::store::Store;

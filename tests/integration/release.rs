@@ -3,8 +3,7 @@
 //! and bad input that must leave nothing behind. (llama.cpp loading each file, and
 //! llama-gguf-split's merge of the split files, are tests/python/test_release.py.)
 
-mod common;
-
+use crate::common::{self, Smelt};
 use std::path::Path;
 
 /// `release model.gguf -o rel` on a tiny model, small chunks; extra args appended.
@@ -105,7 +104,7 @@ fn a_release_holds_every_type_its_measurements_card_and_checksums() {
         assert_eq!(a.raw(i), b.raw(i), "{}", a.tensors[i].name);
     }
     // The quality figures are smelt eval's against the source.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+    let out = Smelt::new(d)
         .args([
             "eval",
             "rel/model-Q4_0.gguf",
@@ -115,11 +114,9 @@ fn a_release_holds_every_type_its_measurements_card_and_checksums() {
             "eval.txt",
         ])
         .args(["--ctx", "64", "--chunks", "3", "--json"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+        .run();
     assert!(out.status.success());
-    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = out.json();
     let q = &q4["quality"];
     let close = |a: &serde_json::Value, b: &serde_json::Value| {
         let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());

@@ -1,37 +1,32 @@
 //! Bad input gives one clear error naming the file and tensor, a non-zero exit code, no panic
 //! and no output file left behind.
 
+use crate::common::{self, Smelt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn smelt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_smelt"))
-}
 
 /// A one-layer test model with a 300-token vocabulary at `path` (`extra` arguments added).
 fn tiny_model(path: &Path, extra: &[&str]) {
-    let ok = smelt()
+    let ok = Smelt::new(path.parent().unwrap())
         .args(["make-test-model", "--layers", "1", "--vocab", "300"])
         .args(extra)
         .arg("-o")
         .arg(path)
-        .status()
-        .unwrap()
+        .run()
+        .status
         .success();
     assert!(ok, "make-test-model {}", path.display());
 }
 
 /// Run `smelt quantize INPUT -o OUT --type Q8_0`, expect failure; return stderr.
 fn quantize_fails(input: &Path, out: &Path) -> String {
-    let o = smelt()
+    let o = Smelt::new(out.parent().unwrap())
         .args(["quantize"])
         .arg(input)
         .arg("-o")
         .arg(out)
         .args(["--type", "F16"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
+        .run();
+    let err = o.stderr;
     assert!(
         !o.status.success(),
         "expected failure, got success; stderr: {err}"
@@ -90,7 +85,7 @@ struct Case {
 impl Case {
     fn new() -> Case {
         Case {
-            dir: tempfile::tempdir().unwrap(),
+            dir: common::scratch(),
         }
     }
     fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
@@ -242,22 +237,20 @@ fn missing_input_and_unwritable_output() {
     assert!(err.contains("nope.gguf"), "{err}");
 
     let model = c.dir.path().join("tiny.gguf");
-    let ok = smelt()
+    let ok = Smelt::new(c.dir.path())
         .args(["make-test-model", "-o"])
         .arg(&model)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+        .run();
+    assert!(ok.status.success());
     let bad_out = c.dir.path().join("no-such-dir").join("out.gguf");
-    let o = smelt()
+    let o = Smelt::new(c.dir.path())
         .arg("quantize")
         .arg(&model)
         .arg("-o")
         .arg(&bad_out)
         .args(["--type", "F16"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+        .run();
+    let err = o.stderr;
     assert!(
         !o.status.success() && err.contains("no-such-dir") && !err.contains("panicked"),
         "{err}"
@@ -291,8 +284,8 @@ fn fuzzed_headers_never_panic() {
 
 /// Run the binary in `dir` with `args`: it must fail without a panic; return stderr.
 fn fails_in(dir: &Path, args: &[&std::ffi::OsStr]) -> String {
-    let o = smelt().args(args).current_dir(dir).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let o = Smelt::new(dir).args(args).run();
+    let err = o.stderr;
     assert!(!o.status.success(), "expected failure; stderr: {err}");
     assert!(
         !err.contains("panicked"),
@@ -541,22 +534,21 @@ fn damaged_files_fail_cleanly_in_inspect_and_quantize() {
     }
     for (name, bytes) in cases {
         let p = c.file(name, &bytes);
-        let o = smelt().arg("inspect").arg(&p).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
+        let o = Smelt::new(c.dir.path()).arg("inspect").arg(&p).run();
+        let err = o.stderr;
         assert!(
             !o.status.success() && err.contains("error: ") && err.contains(name),
             "inspect {name}: {err}"
         );
         assert!(!err.contains("panicked"), "{err}");
-        let o = smelt()
+        let o = Smelt::new(c.dir.path())
             .arg("quantize")
             .arg(&p)
             .arg("-o")
             .arg(c.out())
             .args(["--type", "Q8_0"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
+            .run();
+        let err = o.stderr;
         assert!(
             !o.status.success() && err.contains("error: ") && err.contains(name),
             "quantize {name}: {err}"
@@ -607,16 +599,14 @@ fn hostile_method_parameters() {
     let run = |file: &str, text: &str| {
         let r = c.file(file, text.as_bytes());
         let out = c.dir.path().join(format!("out-{file}"));
-        let o = smelt()
-            .current_dir(c.dir.path())
+        let o = Smelt::new(c.dir.path())
             .arg("merge")
             .arg(&r)
             .arg("-o")
             .arg(&out)
             .args(["--types", "F16"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
+            .run();
+        let err = o.stderr;
         assert!(!err.contains("panicked"), "{file}: {err}");
         (o.status.success(), err, out)
     };

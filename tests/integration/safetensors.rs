@@ -1,6 +1,7 @@
 //! Hugging Face folders (single file and sharded) read as the same model llama.cpp's convert
 //! script would write: canonical names, ggml shapes, q/k rows permuted, hyper-parameters.
 
+use crate::common::{self, Smelt};
 use smelt::fixture::{write_safetensors, TinyLlama};
 use smelt::gguf::GgmlType;
 use smelt::store::Store;
@@ -25,7 +26,7 @@ fn assert_same_model(hf: &Store, gguf: &Store) {
 
 #[test]
 fn hf_folder_single_and_sharded_equal_the_gguf_model() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     let model = TinyLlama::default();
     model.write_gguf(&dir.path().join("m.gguf")).unwrap();
     let gguf = Store::open(dir.path().join("m.gguf")).unwrap();
@@ -61,7 +62,7 @@ fn hf_folder_single_and_sharded_equal_the_gguf_model() {
 
 #[test]
 fn hf_folder_quantizes_like_the_gguf_model() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     let model = TinyLlama {
         dtype: GgmlType::BF16,
         ..Default::default()
@@ -69,15 +70,14 @@ fn hf_folder_quantizes_like_the_gguf_model() {
     model.write_hf(&dir.path().join("hf"), 1).unwrap();
     model.write_gguf(&dir.path().join("m.gguf")).unwrap();
     let run = |input: &Path, out: &Path| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+        Smelt::new(dir.path())
             .arg("quantize")
             .arg(input)
             .arg("-o")
             .arg(out)
             .args(["--type", "Q8_0"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            .run()
+            .ok();
     };
     run(&dir.path().join("hf"), &dir.path().join("a.gguf"));
     run(&dir.path().join("m.gguf"), &dir.path().join("b.gguf"));
@@ -102,7 +102,7 @@ fn expect_err(path: &Path, needles: &[&str]) {
 
 #[test]
 fn bad_safetensors_inputs_name_file_and_tensor() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     let d = dir.path();
     let t = |name: &str, ty, shape: Vec<usize>, n| (name.to_string(), ty, shape, vec![0u8; n]);
     write_safetensors(
@@ -178,7 +178,7 @@ fn bad_safetensors_inputs_name_file_and_tensor() {
 
 #[test]
 fn bare_file_keeps_its_names() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch();
     let p = dir.path().join("x.safetensors");
     let vals: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
         .iter()
