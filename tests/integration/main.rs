@@ -16,6 +16,7 @@ mod hub;
 mod lora;
 mod merge;
 mod mergekit_goldens;
+mod moe;
 mod prune_heal;
 mod recipe_schema;
 mod recipes;

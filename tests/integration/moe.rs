@@ -7,7 +7,7 @@ use smelt::gguf::{GgmlType, Value};
 use smelt::store::Store;
 use std::path::Path;
 
-mod common;
+use crate::common;
 
 const HIDDEN: usize = 64;
 
