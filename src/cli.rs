@@ -1691,54 +1691,29 @@ fn write_merge_as_hf(
     recipe_text: &str,
     ui: Ui,
 ) -> Result<()> {
-    use crate::hf_writer::{hf_folder_of, write_hf_folder, HfOutput};
-    let dtype_name = match args.types.as_slice() {
-        [] => doc
-            .out_dtype
+    use crate::hf_writer::{
+        check_output_is_no_input, hf_folder_of, output_dtype, shard_provenance, write_hf_folder,
+        HfOutput,
+    };
+    let dtype = output_dtype(
+        &args.types,
+        doc.out_dtype
             .clone()
             .or_else(|| doc.dtype.clone())
             .unwrap_or_else(|| "bfloat16".into()),
-        [one] => one.clone(),
-        more => {
-            return Err(Error::Invalid(format!(
-                "--format safetensors writes one dtype, got {}",
-                more.join(",")
-            )))
-        }
-    };
-    let dtype = crate::formats::safetensors::float_type_named(&dtype_name).ok_or_else(|| {
-        Error::Invalid(format!(
-            "--format safetensors writes F32, F16 or BF16, not `{dtype_name}`"
-        ))
-    })?;
+    )?;
     let folder = |i: usize| hf_folder_of(&plan.inputs[i].path);
-    // Writing over an input folder would replace the weights being read.
-    if let Ok(out) = std::fs::canonicalize(&args.output) {
-        for (i, inp) in plan.inputs.iter().enumerate() {
-            if folder(i).and_then(|f| std::fs::canonicalize(f).ok()) == Some(out.clone()) {
-                return Err(Error::Invalid(format!(
-                    "{}: the output folder is the input `{}`: write the merge elsewhere",
-                    args.output.display(),
-                    inp.reference
-                )));
-            }
-        }
-    }
+    check_output_is_no_input(
+        &args.output,
+        plan.inputs
+            .iter()
+            .map(|i| (i.path.as_path(), i.reference.as_str())),
+        "merge",
+    )?;
     // config.json from the tokenizer source, else from any input that is an HF folder.
     let config_from =
         folder(plan.tokenizer_input).or_else(|| (0..plan.inputs.len()).find_map(folder));
-    let provenance: Vec<(String, String)> = plan
-        .metadata
-        .iter()
-        .filter(|(k, _)| k.starts_with("smelt.") && *k != "smelt.recipe")
-        .map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.to_string(), text)
-        })
-        .collect();
+    let provenance = shard_provenance(&plan.metadata);
     let out = HfOutput {
         dir: args.output.clone(),
         dtype,

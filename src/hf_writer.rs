@@ -94,6 +94,64 @@ pub fn hf_folder_of(path: &Path) -> Option<PathBuf> {
     (is_safetensors && dir.join("config.json").is_file()).then(|| dir.to_path_buf())
 }
 
+/// The one dtype `--format safetensors` writes: the single `--types` entry, else `default`
+/// (the recipe's). F32, F16 or BF16 only.
+pub fn output_dtype(types: &[String], default: String) -> Result<GgmlType> {
+    let name = match types {
+        [] => default,
+        [one] => one.clone(),
+        more => {
+            return Err(Error::Invalid(format!(
+                "--format safetensors writes one dtype, got {}",
+                more.join(",")
+            )))
+        }
+    };
+    crate::formats::safetensors::float_type_named(&name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "--format safetensors writes F32, F16 or BF16, not `{name}`"
+        ))
+    })
+}
+
+/// Refuse an output folder that is the HF folder of an input (writing there would replace
+/// the weights being read). `inputs`: each input's path and the name the recipe gives it;
+/// `what` names the output in the message ("merge", "mixture").
+pub fn check_output_is_no_input<'a>(
+    output: &Path,
+    inputs: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    what: &str,
+) -> Result<()> {
+    let Ok(out) = std::fs::canonicalize(output) else {
+        return Ok(()); // not there yet: it holds nothing
+    };
+    for (path, reference) in inputs {
+        if hf_folder_of(path).and_then(|f| std::fs::canonicalize(f).ok()) == Some(out.clone()) {
+            return Err(Error::Invalid(format!(
+                "{}: the output folder is the input `{reference}`: write the {what} elsewhere",
+                output.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The output's `smelt.*` provenance (the recipe aside, which goes in a file of its own) as
+/// text, for each shard's metadata.
+pub fn shard_provenance(metadata: &Metadata) -> Vec<(String, String)> {
+    metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("smelt.") && *k != "smelt.recipe")
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.to_string(), text)
+        })
+        .collect()
+}
+
 /// One tensor as it goes to a shard: rows `first_row..first_row + n_rows` of producer tensor
 /// `index` (all of them, or one expert of a stacked tensor).
 struct Planned {

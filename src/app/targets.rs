@@ -37,10 +37,9 @@ pub struct SensitivitySettings {
 impl TargetSettings {
     /// Settings that only a target uses, given without one, are refused rather than ignored.
     pub fn check_used(&self, specs: &[TypeSpec]) -> Result<()> {
-        let has_target = specs.iter().any(|s| matches!(s, TypeSpec::Target(_)));
         let any_set =
             !self.candidates.is_empty() || self.measurement.is_some() || self.sensitivity.is_some();
-        if any_set && !has_target {
+        if any_set && !has_target(specs) {
             return Err(Error::Invalid(
                 "--candidates, --measurement and --sensitivity go with a target (--target-bpw, --target-size, or 4.25bpw / 5.5G in --types)".into(),
             ));

@@ -1027,50 +1027,24 @@ fn write_hf(
     plan: &MoePlan,
     hf: &HfSettings,
 ) -> Result<MoeOutcome> {
-    use crate::hf_writer::{hf_folder_of, write_hf_folder, HfOutput};
-    let dtype_name = match req.types {
-        [] => cfg
-            .dtype
+    use crate::hf_writer::{
+        check_output_is_no_input, hf_folder_of, output_dtype, shard_provenance, write_hf_folder,
+        HfOutput,
+    };
+    let dtype = output_dtype(
+        req.types,
+        cfg.dtype
             .as_ref()
             .map_or_else(|| "bfloat16".to_string(), |d| d.value.clone()),
-        [one] => one.clone(),
-        more => {
-            return Err(Error::Invalid(format!(
-                "--format safetensors writes one dtype, got {}",
-                more.join(",")
-            )))
-        }
-    };
-    let dtype = crate::formats::safetensors::float_type_named(&dtype_name).ok_or_else(|| {
-        Error::Invalid(format!(
-            "--format safetensors writes F32, F16 or BF16, not `{dtype_name}`"
-        ))
-    })?;
-    // Writing over an input folder would replace the weights being read.
-    if let Ok(out) = std::fs::canonicalize(req.output) {
-        for inp in &plan.inputs {
-            let folder = hf_folder_of(&inp.path).and_then(|f| std::fs::canonicalize(f).ok());
-            if folder == Some(out.clone()) {
-                return Err(Error::Invalid(format!(
-                    "{}: the output folder is the input `{}`: write the mixture elsewhere",
-                    req.output.display(),
-                    inp.reference
-                )));
-            }
-        }
-    }
-    let provenance: Vec<(String, String)> = plan
-        .metadata
-        .iter()
-        .filter(|(k, _)| k.starts_with("smelt.") && *k != "smelt.recipe")
-        .map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.to_string(), text)
-        })
-        .collect();
+    )?;
+    check_output_is_no_input(
+        req.output,
+        plan.inputs
+            .iter()
+            .map(|i| (i.path.as_path(), i.reference.as_str())),
+        "mixture",
+    )?;
+    let provenance = shard_provenance(&plan.metadata);
     let out = HfOutput {
         dir: req.output.to_path_buf(),
         dtype,
