@@ -1,10 +1,8 @@
 //! Command-line interface: argument parsing, progress and exit codes. No logic of its own.
 
-use crate::app::naming::{model_name, plain_file_name};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Value};
 use crate::store::Store;
-use crate::write;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -898,7 +896,7 @@ fn prune(args: &PruneArgs, ui: Ui) -> Result<()> {
     let Some(opts) = training else {
         let written =
             p::write_pruned(&model, &ranked.drop, args.rank.by, &args.output, ui.display)?;
-        ui.say(wrote_line(&written));
+        ui.say(crate::app::wrote_line(&written));
         return Ok(());
     };
     let scratch = crate::output_files::temp_dir_beside(&args.output)?;
@@ -928,7 +926,7 @@ fn prune(args: &PruneArgs, ui: Ui) -> Result<()> {
     for line in run.summary(&opts) {
         ui.say(line);
     }
-    ui.say(wrote_line(&run.written));
+    ui.say(crate::app::wrote_line(&run.written));
     Ok(())
 }
 
@@ -956,7 +954,7 @@ fn heal(args: &HealArgs, ui: Ui) -> Result<()> {
     for line in run.summary(&opts) {
         ui.say(line);
     }
-    ui.say(wrote_line(&run.written));
+    ui.say(crate::app::wrote_line(&run.written));
     Ok(())
 }
 
@@ -1015,7 +1013,7 @@ fn calibrate(args: &CalibrateArgs, ui: Ui) -> Result<()> {
         ui.say(format_args!("wrote {}", t.display()));
     }
     for r in &c.written {
-        ui.say(wrote_line(r));
+        ui.say(crate::app::wrote_line(r));
     }
     Ok(())
 }
@@ -1155,27 +1153,29 @@ impl Ui {
     }
 }
 
-/// `wrote DIR/m-Q4_K_M.gguf (80.13 MiB, 4.83 bpw, 272 tensors)`.
-fn wrote_line(r: &write::OutputReport) -> String {
-    format!(
-        "wrote {} ({:.2} MiB, {:.2} bpw, {} tensors)",
-        r.path.display(),
-        r.bytes as f64 / (1 << 20) as f64,
-        r.bits_per_weight(),
-        r.n_tensors
-    )
+/// Pretty JSON on stdout.
+fn print_json(doc: &serde_json::Value) -> Result<()> {
+    print_stdout(&(serde_json::to_string_pretty(doc).expect("json values serialize") + "\n"))
+}
+
+impl crate::app::Reporter for Ui {
+    fn say(&self, line: &str) {
+        Ui::say(self, line)
+    }
+    fn warn(&self, line: &str) {
+        eprintln!("warning: {}", crate::error::printable(line));
+    }
+    fn print(&self, text: &str) -> Result<()> {
+        print_stdout(text)
+    }
+    fn display(&self) -> crate::progress::Display {
+        self.display
+    }
 }
 
 /// `quantize`, and `convert` (`to_folder`: the output is always a folder of one file per type).
 fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
     use crate::quantize::{self as q, KvOverride, QuantizeOptions};
-    let tok = crate::tokenizer::TokenizerOptions {
-        pre: args.tokenizer_pre.clone(),
-    };
-    let store = Store::open_with(&args.input, &tok)?;
-    for w in &store.warnings {
-        eprintln!("warning: {w}");
-    }
     use crate::target::{Target, TypeSpec};
     let mut specs = args
         .types
@@ -1187,13 +1187,6 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         (None, Some(s)) => specs.push(TypeSpec::Target(Target::size(s)?)),
         (None, None) => {}
     }
-    let file_types: Vec<crate::quant::mix::FileType> = specs
-        .iter()
-        .filter_map(|s| match s {
-            TypeSpec::Mix(ft) => Some(*ft),
-            TypeSpec::Target(_) => None,
-        })
-        .collect();
     let mut tensor_types = args
         .tensor_types
         .iter()
@@ -1210,7 +1203,7 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         }
         None => None,
     };
-    let opts = QuantizeOptions {
+    let options = QuantizeOptions {
         mix: crate::quant::mix::MixOptions {
             output_tensor_type: args.output_tensor_type,
             token_embedding_type: args.token_embedding_type,
@@ -1232,549 +1225,68 @@ fn quantize(args: &QuantizeArgs, to_folder: bool, ui: Ui) -> Result<()> {
         keep_split: args.keep_split,
         split: crate::shard::layout(args.split.limit(), args.shard, args.keep_split)?,
     };
-    let multiple = to_folder || specs.len() > 1 || args.output.is_dir();
-    let stem = match &args.name {
-        Some(n) => plain_file_name(n, "--name")?.to_string(),
-        None => model_name(&args.input),
-    };
-    let settings = args.target.settings();
-    settings.check_used(&specs)?;
-    if crate::app::targets::has_target(&specs) {
-        let path_for = |spec: &TypeSpec| {
-            if multiple {
-                args.output.join(format!("{stem}-{}.gguf", spec.label()))
-            } else {
-                args.output.clone()
-            }
-        };
-        let source = crate::app::targets::TargetSource {
-            producer: &store,
-            weights: &store,
-        };
-        let run = crate::app::targets::plan(
-            &source,
-            &specs,
-            &opts,
-            &settings,
-            &args.output,
-            path_for,
-            ui.display,
-        )?;
-        let requantize = store.tensors.iter().any(|t| t.ty.is_quantized());
-        let input = args.input.to_string_lossy();
-        return write_with_targets(
-            &store,
-            &run,
-            |alloc| {
-                alloc.llama_quantize_command(
-                    &input,
-                    &alloc.plan.outputs[0].path.to_string_lossy(),
-                    &args.include_weights,
-                    &args.exclude_weights,
-                    requantize,
-                )
-            },
-            args.dry_run,
-            multiple.then_some(args.output.as_path()),
-            ui,
-        );
-    }
-    let mut plan = q::plan(&store, &file_types, &opts, |ft| {
-        if multiple {
-            args.output.join(format!("{stem}-{}.gguf", ft.name()))
-        } else {
-            args.output.clone()
-        }
-    })?;
-    for w in &plan.warnings {
-        eprintln!("warning: {}", crate::error::printable(w));
-    }
-    let sharded = crate::shard::plan_for(&mut plan, &store, opts.split, args.shard)?;
-    if args.dry_run {
-        if args.json {
-            return print_json(&crate::shard::plan_json(&plan, &store, sharded.as_ref())?);
-        }
-        return print_stdout(&dry_run_report(&store, &plan));
-    }
-    let started = std::time::Instant::now();
-    let write = |plan: &q::QuantizePlan| {
-        write_run(&store, plan, sharded.as_ref(), args.shard, ui, |w| {
-            if multiple {
-                crate::output_files::with_output_dir(&args.output, w)
-            } else {
-                w()
-            }
-        })
-    };
-    write(&plan)?;
-    ui.say(format_args!("done in {:.2?}", started.elapsed()));
-    Ok(())
-}
-
-/// Write a planned run, or with `--shard` only this process's files of it (files an earlier
-/// run of the shard finished are kept), and say what was written. `in_dir` wraps the write
-/// (creating the output folder where one is needed).
-fn write_run(
-    producer: &dyn write::TensorProducer,
-    plan: &crate::quantize::QuantizePlan,
-    sharded: Option<&crate::shard::ShardPlan>,
-    shard: Option<crate::shard::ShardSpec>,
-    ui: Ui,
-    in_dir: impl FnOnce(
-        &dyn Fn() -> Result<Vec<write::OutputReport>>,
-    ) -> Result<Vec<write::OutputReport>>,
-) -> Result<()> {
-    let (Some(sp), Some(spec)) = (sharded, shard) else {
-        let reports =
-            in_dir(&|| write::write_matrix(producer, &plan.order, &plan.outputs, ui.display))?;
-        for r in &reports {
-            ui.say(wrote_line(r));
-        }
-        return Ok(());
-    };
-    let mut mine = crate::quantize::QuantizePlan {
-        order: plan.order.clone(),
-        outputs: plan.outputs.clone(),
-        warnings: Vec::new(),
-    };
-    let sel = crate::shard::select(&mut mine, producer, sp, spec.index)?;
-    if !mine.outputs.is_empty() {
-        let reports =
-            in_dir(&|| write::write_matrix(producer, &mine.order, &mine.outputs, ui.display))?;
-        for r in &reports {
-            ui.say(wrote_line(r));
-        }
-    }
-    ui.say(crate::shard::summary(
-        spec,
-        &sel,
-        &sp.hash,
-        crate::shard::io_counters(),
-    ));
-    Ok(())
-}
-
-/// Pretty JSON on stdout.
-fn print_json(doc: &serde_json::Value) -> Result<()> {
-    print_stdout(&(serde_json::to_string_pretty(doc).expect("json values serialize") + "\n"))
-}
-
-/// Write a matrix planned with targets (quantize, convert, merge) in one pass, or with
-/// `--dry-run` print each target's allocation; then print, per target, the llama-quantize
-/// command that makes the same file (`command_for`).
-fn write_with_targets(
-    producer: &dyn write::TensorProducer,
-    run: &crate::app::targets::TargetRun,
-    command_for: impl Fn(&crate::target::Allocation) -> String,
-    dry_run: bool,
-    out_dir: Option<&Path>,
-    ui: Ui,
-) -> Result<()> {
-    let matrix = &run.matrix;
-    for w in &matrix.plan.warnings {
-        eprintln!("warning: {}", crate::error::printable(w));
-    }
-    if let Some(p) = &run.measurement_written {
-        ui.say(format_args!("wrote measurement {}", p.display()));
-    }
-    let commands: Vec<String> = matrix
-        .allocations
-        .iter()
-        .map(|(_, alloc)| command_for(alloc))
-        .collect();
-    if dry_run {
-        let mut out = String::new();
-        for ((target, alloc), command) in matrix.allocations.iter().zip(&commands) {
-            out.push_str(&format!(
-                "{}:\n{}{command}\n",
-                alloc.plan.outputs[0].path.display(),
-                alloc.report(target)
-            ));
-        }
-        return print_stdout(&out);
-    }
-    let started = std::time::Instant::now();
-    let plan = &matrix.plan;
-    let write = || write::write_matrix(producer, &plan.order, &plan.outputs, ui.display);
-    let reports = match out_dir {
-        Some(dir) => crate::output_files::with_output_dir(dir, write)?,
-        None => write()?,
-    };
-    for r in &reports {
-        ui.say(wrote_line(r));
-        let planned = matrix
-            .allocations
-            .iter()
-            .find(|(_, a)| a.plan.outputs[0].path == r.path);
-        if let Some((target, alloc)) = planned {
-            if r.bytes != alloc.file_bytes {
-                eprintln!(
-                    "warning: {}: {} bytes written where {} were planned",
-                    r.path.display(),
-                    r.bytes,
-                    alloc.file_bytes
-                );
-            }
-            ui.say(format_args!(
-                "{}: total error {:.6e}",
-                target.label(),
-                alloc.total_error
-            ));
-        }
-    }
-    ui.say(format_args!("done in {:.2?}", started.elapsed()));
-    print_stdout(&format!("{}\n", commands.join("\n")))
-}
-
-fn merge(args: &MergeArgs, ui: Ui) -> Result<()> {
-    if args.format == OutputFormat::Safetensors && args.split.limit().is_some() {
-        return Err(Error::Invalid(
-            "--split-max-size and --split-max-tensors split GGUF outputs; --format safetensors writes shards of --shard-size bytes".into(),
-        ));
-    }
-    if args.dry_run {
-        return merge_into(args, ui); // writes nothing, creates nothing
-    }
-    crate::output_files::with_output_dir(&args.output, || merge_into(args, ui))
-}
-
-/// `merge`, with the output folder created (unless a dry run).
-fn merge_into(args: &MergeArgs, ui: Ui) -> Result<()> {
-    use crate::merge::MergePlan;
-    use crate::quant::mix::FileType;
-    let mut recorded = None;
-    let (text, origin, recipe_dir) = match (&args.recipe, &args.from) {
-        (Some(r), _) => (
-            crate::input::read_to_string(r)?,
-            r.display().to_string(),
-            r.parent().map(Path::to_path_buf).unwrap_or_default(),
-        ),
-        (None, Some(g)) => {
-            let f = crate::gguf::GgufFile::open(g)?;
-            let text = f
-                .metadata
-                .get_str("smelt.recipe")
-                .ok_or_else(|| Error::format(g, "no smelt.recipe key: not a file smelt merged"))?
-                .to_string();
-            recorded = Some(f.metadata);
-            (
-                text,
-                format!("{} (embedded recipe)", g.display()),
-                PathBuf::from("."),
-            )
-        }
-        (None, None) => return Err(Error::Invalid("a recipe or --from is required".into())),
-    };
-    if crate::merge::moe::is_moe_config(&text) {
-        return merge_moe(args, &text, &origin, &recipe_dir, recorded.as_ref(), ui);
-    }
-    let docs = crate::recipe::parse(&text, &origin)?;
-    for w in docs.iter().flat_map(|d| &d.warnings) {
-        eprintln!("warning: {}", crate::error::printable(w));
-    }
-    if args.format == OutputFormat::Safetensors && !args.dry_run {
-        crate::hf_writer::check_output_dir(&args.output, args.force)?;
-    }
-    let stem = args
-        .recipe
-        .as_deref()
-        .and_then(|r| r.file_stem())
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "merge".into());
-    let mut named: Vec<(String, PathBuf)> = Vec::new();
-    let show = ui.display;
-    for (k, doc) in docs.iter().enumerate() {
-        let last = k + 1 == docs.len();
-        let name = doc
-            .output
-            .as_ref()
-            .and_then(|o| o.name.as_ref())
-            .or(doc.name.as_ref())
-            .map_or_else(|| stem.clone(), |n| n.value.clone());
-        // Earlier documents of a multi-document recipe feed later ones at full precision.
-        let types: Vec<String> = if !last {
-            vec!["F32".into()]
-        } else if !args.types.is_empty() {
-            args.types.clone()
-        } else {
-            doc.output
-                .as_ref()
-                .and_then(|o| o.types.clone())
-                .unwrap_or_else(|| vec!["F16".into()])
-        };
-        let tok = crate::tokenizer::TokenizerOptions {
-            pre: args.tokenizer_pre.clone(),
-        };
-        let opts = crate::merge::PlanOptions {
-            tokenizer: tok,
-            dry_run: args.dry_run,
-            recorded: recorded.as_ref().filter(|_| last),
-            progress: Some(ui.display),
-            chunk_bytes: args.chunk_bytes,
-            // Only shard 0 writes the first files, which hold the input hashes.
-            skip_input_hashes: last && args.shard.is_some_and(|s| s.index != 0),
-        };
-        let plan = MergePlan::with_options(doc, &text, &origin, &recipe_dir, &named, &opts)?;
-        if last && args.format == OutputFormat::Safetensors && !args.dry_run {
-            return write_merge_as_hf(args, doc, &plan, &text, ui);
-        }
-        let specs = types
-            .iter()
-            .map(|t| crate::target::TypeSpec::parse(t))
-            .collect::<Result<Vec<_>>>()?;
-        let settings = args.target.settings();
-        settings.check_used(if last { &specs } else { &[] })?;
-        let qopts = crate::quantize::QuantizeOptions {
-            split: crate::shard::layout(args.split.limit(), args.shard, false)?,
-            imatrix: match (&args.imatrix, last) {
-                (Some(p), true) => Some((
-                    crate::quant::imatrix::Imatrix::load(p)?,
-                    p.to_string_lossy().into_owned(),
-                )),
-                _ => None,
-            },
-            ..Default::default()
-        };
-        if last && crate::app::targets::has_target(&specs) {
-            let merged = crate::eval::MergedWeights::new(plan);
-            let plan = merged.plan();
-            let source = crate::app::targets::TargetSource {
-                producer: plan,
-                weights: &merged,
-            };
-            let path_for = |spec: &crate::target::TypeSpec| {
-                args.output.join(format!("{name}-{}.gguf", spec.label()))
-            };
-            let run = crate::app::targets::plan(
-                &source,
-                &specs,
-                &qopts,
-                &settings,
-                &path_for(&specs[0]),
-                path_for,
-                ui.display,
-            )?;
-            // llama-quantize makes the same file from the merge written unquantized.
-            let f32_file = args.output.join(format!("{name}-F32.gguf"));
-            let f32_file = f32_file.to_string_lossy();
-            write_with_targets(
-                plan,
-                &run,
-                |alloc| {
-                    alloc.llama_quantize_command(
-                        &f32_file,
-                        &alloc.plan.outputs[0].path.to_string_lossy(),
-                        &[],
-                        &[],
-                        false,
-                    )
-                },
-                args.dry_run,
-                None,
-                ui,
-            )?;
-            if !args.dry_run {
-                for line in plan.summary() {
-                    ui.say(line);
-                }
-            }
-            continue;
-        }
-        let file_types = specs
-            .iter()
-            .map(|s| match s {
-                crate::target::TypeSpec::Mix(ft) => Ok(*ft),
-                crate::target::TypeSpec::Target(t) => Err(Error::Invalid(format!(
-                    "{origin}: {} is a target; targets go with the last document of a recipe",
-                    t.label()
-                ))),
-            })
-            .collect::<Result<Vec<FileType>>>()?;
-        let mut qplan = crate::quantize::plan(&plan, &file_types, &qopts, |ft| {
-            args.output.join(format!("{name}-{}.gguf", ft.name()))
-        })?;
-        if !last && (args.shard.is_some() || args.split.shards.is_some()) {
-            return Err(Error::Invalid(format!(
-                "{origin}: --shard and --shards take a one-document recipe; run the earlier documents first and name their outputs as inputs"
-            )));
-        }
-        let sharded = crate::shard::plan_for(&mut qplan, &plan, qopts.split, args.shard)?;
-        if args.dry_run {
-            if args.json {
-                print_json(&crate::shard::plan_json(&qplan, &plan, sharded.as_ref())?)?;
-            } else {
-                print_stdout(&plan.describe(&qplan))?;
-            }
-            continue;
-        }
-        let started = std::time::Instant::now();
-        if sharded.is_some() {
-            write_run(&plan, &qplan, sharded.as_ref(), args.shard, ui, |w| w())?;
-            for line in plan.summary() {
-                ui.say(line);
-            }
-            ui.say(format_args!("done in {:.2?}", started.elapsed()));
-            continue;
-        }
-        let reports = write::write_matrix(&plan, &qplan.order, &qplan.outputs, show)?;
-        for line in plan.summary() {
-            ui.say(line);
-        }
-        for r in &reports {
-            ui.say(format_args!(
-                "{} in {:.2?}",
-                wrote_line(r),
-                started.elapsed()
-            ));
-        }
-        if let (Some(n), false) = (&doc.name, last) {
-            named.push((n.value.clone(), reports[0].path.clone()));
-        }
-    }
-    Ok(())
-}
-
-/// `merge` of a mergekit-moe config (the work is `merge::moe::build`'s).
-fn merge_moe(
-    args: &MergeArgs,
-    text: &str,
-    origin: &str,
-    dir: &Path,
-    recorded: Option<&crate::gguf::Metadata>,
-    ui: Ui,
-) -> Result<()> {
-    if args.shard.is_some() {
-        return Err(Error::Invalid(format!(
-            "{origin}: a mergekit-moe config is written by one process (not --shard)"
-        )));
-    }
-    let stem = args.recipe.as_deref().and_then(|r| r.file_stem());
-    let done = crate::merge::moe::build(&crate::merge::moe::MoeRequest {
-        text,
-        origin,
-        config_dir: dir,
-        output: &args.output,
-        stem: &stem.map_or_else(|| "moe".into(), |s| s.to_string_lossy()),
-        types: &args.types,
-        split: args.split.limit(),
-        plan: crate::merge::PlanOptions {
+    crate::app::quantize::quantize(
+        &crate::app::quantize::QuantizeJob {
+            input: &args.input,
+            output: &args.output,
+            name: args.name.as_deref(),
+            specs,
+            options,
             tokenizer: crate::tokenizer::TokenizerOptions {
                 pre: args.tokenizer_pre.clone(),
             },
-            dry_run: args.dry_run,
-            recorded,
-            progress: Some(ui.display),
-            ..Default::default()
+            targets: args.target.settings(),
+            to_folder,
+            include_weights: &args.include_weights,
+            exclude_weights: &args.exclude_weights,
+            shard: args.shard,
+            dry_run: plan_format(args.dry_run, args.json),
         },
-        safetensors: (args.format == OutputFormat::Safetensors).then_some(
-            crate::merge::moe::HfSettings {
-                shard_bytes: args.shard_size,
-                force: args.force,
+        &ui,
+    )
+}
+
+/// What `--dry-run [--json]` prints.
+fn plan_format(dry_run: bool, json: bool) -> Option<crate::app::quantize::PlanFormat> {
+    use crate::app::quantize::PlanFormat;
+    dry_run.then_some(if json {
+        PlanFormat::Json
+    } else {
+        PlanFormat::Text
+    })
+}
+
+fn merge(args: &MergeArgs, ui: Ui) -> Result<()> {
+    use crate::app::merge::{MergeJob, MergeOutput, RecipeSource};
+    let recipe = match (&args.recipe, &args.from) {
+        (Some(r), _) => RecipeSource::File(r),
+        (None, Some(g)) => RecipeSource::Embedded(g),
+        (None, None) => return Err(Error::Invalid("a recipe or --from is required".into())),
+    };
+    crate::app::merge::merge(
+        &MergeJob {
+            recipe,
+            output: &args.output,
+            format: match args.format {
+                OutputFormat::Gguf => MergeOutput::Gguf,
+                OutputFormat::Safetensors => MergeOutput::Safetensors {
+                    shard_bytes: args.shard_size,
+                    force: args.force,
+                },
             },
-        ),
-        warn: &|w| eprintln!("warning: {}", crate::error::printable(w)),
-    })?;
-    if let Some(text) = &done.described {
-        print_stdout(text)?;
-    }
-    for line in done.reports.iter().map(wrote_line).chain(done.summary) {
-        ui.say(line);
-    }
-    Ok(())
-}
-
-/// The last recipe document written as a Hugging Face folder in `args.output`.
-fn write_merge_as_hf(
-    args: &MergeArgs,
-    doc: &crate::recipe::Recipe,
-    plan: &crate::merge::MergePlan,
-    recipe_text: &str,
-    ui: Ui,
-) -> Result<()> {
-    use crate::hf_writer::{
-        check_output_is_no_input, hf_folder_of, output_dtype, shard_provenance, write_hf_folder,
-        HfOutput,
-    };
-    let dtype = output_dtype(
-        &args.types,
-        doc.out_dtype
-            .clone()
-            .or_else(|| doc.dtype.clone())
-            .unwrap_or_else(|| "bfloat16".into()),
-    )?;
-    let folder = |i: usize| hf_folder_of(&plan.inputs[i].path);
-    check_output_is_no_input(
-        &args.output,
-        plan.inputs
-            .iter()
-            .map(|i| (i.path.as_path(), i.reference.as_str())),
-        "merge",
-    )?;
-    // config.json from the tokenizer source, else from any input that is an HF folder.
-    let config_from =
-        folder(plan.tokenizer_input).or_else(|| (0..plan.inputs.len()).find_map(folder));
-    let provenance = shard_provenance(&plan.metadata);
-    let out = HfOutput {
-        dir: args.output.clone(),
-        dtype,
-        shard_bytes: args.shard_size,
-        metadata: &plan.metadata,
-        config_from,
-        tokenizer_from: folder(plan.tokenizer_input),
-        extra_files: vec![("smelt-recipe.yaml".into(), recipe_text.to_string())],
-        shard_metadata: provenance,
-        force: args.force,
-        display: ui.display,
-    };
-    let started = std::time::Instant::now();
-    let report = write_hf_folder(plan, &out)?;
-    for line in plan.summary() {
-        ui.say(line);
-    }
-    for w in &report.warnings {
-        eprintln!("warning: {}", crate::error::printable(w));
-    }
-    ui.say(format_args!(
-        "wrote {} ({:.2} MiB, {} tensors: {}) in {:.2?}",
-        report.dir.display(),
-        report.bytes as f64 / (1 << 20) as f64,
-        report.n_tensors,
-        report.files.join(", "),
-        started.elapsed()
-    ));
-    Ok(())
-}
-
-/// `--dry-run`: each output's tensor types and sizes, nothing written.
-fn dry_run_report(store: &Store, plan: &crate::quantize::QuantizePlan) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let src_bytes: u64 = plan.order.iter().map(|&i| store.tensors[i].n_bytes).sum();
-    for o in &plan.outputs {
-        let _ = writeln!(out, "{}:", o.path.display());
-        let mut total = 0u64;
-        for (&i, pt) in plan.order.iter().zip(&o.tensors) {
-            let Some(pt) = pt else { continue };
-            let t = &store.tensors[i];
-            let bytes = pt.ty.bytes_for(t.n_elements()).unwrap_or(0);
-            total += bytes;
-            let _ = writeln!(
-                out,
-                "  {:<40} {:>8} -> {:<8} {:>12} bytes",
-                pt.name,
-                t.ty.name(),
-                pt.ty.name(),
-                bytes
-            );
-        }
-        let _ = writeln!(
-            out,
-            "  total: {:.2} MiB (source {:.2} MiB)",
-            total as f64 / (1 << 20) as f64,
-            src_bytes as f64 / (1 << 20) as f64
-        );
-    }
-    out
+            split: args.split.limit(),
+            types: &args.types,
+            tokenizer: crate::tokenizer::TokenizerOptions {
+                pre: args.tokenizer_pre.clone(),
+            },
+            shard: args.shard,
+            dry_run: plan_format(args.dry_run, args.json),
+            chunk_bytes: args.chunk_bytes,
+            imatrix: args.imatrix.as_deref(),
+            targets: args.target.settings(),
+        },
+        &ui,
+    )
 }
 
 /// `--shard`: the spec, with the engines' variables read from the environment.
