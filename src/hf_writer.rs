@@ -583,33 +583,9 @@ fn config_from_gguf(
         }
         c.insert(hf_key.to_string(), v);
     }
-    let n = |k: &str| get(k).and_then(Value::as_u64);
-    let (n_embd, n_head) = (n("embedding_length"), n("attention.head_count"));
-    // Phi-3 rotates `int(partial_rotary_factor * n_embd) // n_head` dimensions of each head.
-    if let (true, Some(dims), Some(e), Some(h)) = (
-        arch == "phi3",
-        n("rope.dimension_count"),
-        n_embd,
-        n_head.filter(|&h| h > 0),
-    ) {
-        if dims * h != e {
-            c.insert(
-                "partial_rotary_factor".into(),
-                json!(dims as f64 * h as f64 / e as f64),
-            );
-        }
-    }
-    // Gemma scales queries by 1/sqrt(query_pre_attn_scalar); llama.cpp takes the head size,
-    // except for the 27B models (46 / 62 layers), which use n_embd / n_head.
-    if arch == "gemma2" || arch == "gemma3" {
-        let big = n("block_count") == Some(if arch == "gemma2" { 46 } else { 62 });
-        let scalar = match (big, n_embd, n_head.filter(|&h| h > 0)) {
-            (true, Some(e), Some(h)) => Some(e / h),
-            _ => n("attention.key_length"),
-        };
-        if let Some(s) = scalar {
-            c.insert("query_pre_attn_scalar".into(), json!(s));
-        }
+    // What the architecture adds (Phi-3's partial rotation, Gemma's query scale).
+    if let Some(hook) = table.hooks.hf_config {
+        hook(&|k: &str| get(k).and_then(Value::as_u64), &mut c);
     }
     // Linear and YaRN RoPE scaling (llama3's is in `rope_freqs`, not carried over).
     let scaling = get("rope.scaling.type").and_then(Value::as_str);

@@ -94,9 +94,30 @@ pub static GEMMA2: Architecture = Architecture {
     n_head_keys: &["num_attention_heads"],
     n_head_kv_keys: &["num_key_value_heads"],
     n_expert_keys: &[],
-    longrope_factors: false,
-    trim_embd_to_tokenizer: false,
+    hooks: Hooks {
+        vocab: VocabRules::Gemma,
+        hf_config: Some(query_pre_attn_scalar::<46>),
+        ..NO_HOOKS
+    },
 };
+
+/// Gemma scales queries by 1/sqrt(query_pre_attn_scalar); llama.cpp takes the head size,
+/// except for the 27B models (`BIG_LAYERS` layers: 46 for Gemma 2, 62 for Gemma 3), which use
+/// n_embd / n_head.
+pub(crate) fn query_pre_attn_scalar<const BIG_LAYERS: u64>(
+    n: &dyn Fn(&str) -> Option<u64>,
+    c: &mut serde_json::Map<String, Json>,
+) {
+    let big = n("block_count") == Some(BIG_LAYERS);
+    let head = n("attention.head_count").filter(|&h| h > 0);
+    let scalar = match (big, n("embedding_length"), head) {
+        (true, Some(e), Some(h)) => Some(e / h),
+        _ => n("attention.key_length"),
+    };
+    if let Some(s) = scalar {
+        c.insert("query_pre_attn_scalar".into(), serde_json::json!(s));
+    }
+}
 
 #[cfg(test)]
 mod tests {

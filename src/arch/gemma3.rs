@@ -66,9 +66,44 @@ pub static GEMMA3: Architecture = Architecture {
     n_head_keys: &["num_attention_heads"],
     n_head_kv_keys: &["num_key_value_heads"],
     n_expert_keys: &[],
-    longrope_factors: false,
-    trim_embd_to_tokenizer: true,
+    hooks: Hooks {
+        embd_rows: Some(tokenizer_vocab_len),
+        vocab: VocabRules::Gemma,
+        hf_config: Some(super::gemma2::query_pre_attn_scalar::<62>),
+        ..NO_HOOKS
+    },
 };
+
+/// Gemma 3 keeps the rows of `token_embd` of its real vocabulary, as
+/// `Gemma3Model.modify_tensors` counts it: `None` when the folder
+/// has a `tokenizer.model` (the converter pads that vocabulary to `vocab_size`, so nothing is
+/// trimmed) or no `tokenizer.json`.
+pub fn tokenizer_vocab_len(dir: &std::path::Path) -> crate::error::Result<Option<usize>> {
+    use crate::error::Error;
+    let path = dir.join("tokenizer.json");
+    if crate::input::exists(&dir.join("tokenizer.model")) {
+        return Ok(None);
+    }
+    let Some(text) = crate::input::read_in(dir, &path)? else {
+        return Ok(None);
+    };
+    let json: Json = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    let vocab = json
+        .get("model")
+        .and_then(|m| m.get("vocab"))
+        .and_then(|v| {
+            v.as_object()
+                .map(|o| o.len())
+                .or(v.as_array().map(Vec::len))
+        })
+        .ok_or_else(|| Error::format(&path, "no `model.vocab`"))?;
+    let added = json
+        .get("added_tokens")
+        .and_then(Json::as_array)
+        .map_or(0, Vec::len);
+    Ok(Some(vocab + added))
+}
 
 #[cfg(test)]
 mod tests {

@@ -97,8 +97,11 @@ pub static LLAMA: Architecture = Architecture {
     n_head_keys: &["n_heads", "num_attention_heads"],
     n_head_kv_keys: &["n_kv_heads", "num_key_value_heads"],
     n_expert_keys: &["num_local_experts"],
-    longrope_factors: false,
-    trim_embd_to_tokenizer: false,
+    hooks: Hooks {
+        vocab: VocabRules::Llama,
+        vocab_aliases: &["LLaMAForCausalLM", "LlamaModel"],
+        ..NO_HOOKS
+    },
 };
 
 #[cfg(test)]

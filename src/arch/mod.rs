@@ -214,12 +214,77 @@ pub struct Architecture {
     pub n_head_kv_keys: &'static [&'static str],
     /// `config.json` keys for the number of experts a `{E}` rule stacks.
     pub n_expert_keys: &'static [&'static str],
-    /// Phi-3's `rope_factors_long` / `rope_factors_short` tensors from the config's long-RoPE
-    /// factors.
-    pub longrope_factors: bool,
-    /// Gemma 3: `token_embd` keeps only the tokenizer's real vocabulary (`tokenizer.json`'s
-    /// `model.vocab` plus `added_tokens`) when the folder has no `tokenizer.model`.
-    pub trim_embd_to_tokenizer: bool,
+    /// What this architecture's conversion does beyond the table, each an optional hook.
+    pub hooks: Hooks,
+}
+
+/// An architecture's departures from the common conversion, as `convert_hf_to_gguf.py`'s
+/// model class overrides them. Each is `None` (or the default) for most architectures; the
+/// converter and the tokenizer call them and never test an architecture's name.
+#[derive(Clone, Copy, Debug)]
+pub struct Hooks {
+    /// F32 tensors generated from config.json, in the order they are written (Phi-3's
+    /// `rope_factors_long` / `rope_factors_short`); llama3's `rope_freqs` is generated for any
+    /// architecture whose config asks for llama3 scaling.
+    pub generated_tensors: Option<GeneratedTensors>,
+    /// The rows of `token_embd` to keep, from the folder's tokenizer files (Gemma 3 keeps only
+    /// the real vocabulary); `None` from the hook keeps them all.
+    pub embd_rows: Option<EmbdRowsHook>,
+    /// Which of the converter's `set_vocab` variants writes the tokenizer metadata.
+    pub vocab: VocabRules,
+    /// `config.json` keys the architecture adds when a GGUF is written back as a Hugging Face
+    /// folder, from its integer hyper-parameters (`n("block_count")`, keys without the
+    /// `{arch}.` prefix).
+    pub hf_config: Option<HfConfigHook>,
+    /// Further HF classes whose tokenizer is converted by these rules, though smelt does not
+    /// convert their weights (`LlamaModel`, the old `LLaMAForCausalLM`).
+    pub vocab_aliases: &'static [&'static str],
+}
+
+/// No departures.
+pub const NO_HOOKS: Hooks = Hooks {
+    generated_tensors: None,
+    embd_rows: None,
+    vocab: VocabRules::Common,
+    vocab_aliases: &[],
+    hf_config: None,
+};
+
+/// Phi-3's long-RoPE factor tensors (llama.cpp's `LLM_TENSOR_ROPE_FACTORS_*`).
+pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+
+/// See [`Hooks::embd_rows`]: the folder in, the rows to keep out.
+pub type EmbdRowsHook = fn(&std::path::Path) -> crate::error::Result<Option<usize>>;
+
+/// See [`Hooks::hf_config`].
+pub type HfConfigHook = fn(&dyn Fn(&str) -> Option<u64>, &mut serde_json::Map<String, Json>);
+
+/// Generated tensors: (name, values) for a config, or a message naming the bad config key.
+pub type GeneratedTensors =
+    fn(&Json, &Architecture) -> Result<Vec<(&'static str, Vec<f32>)>, String>;
+
+/// The converter's tokenizer rules for a class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VocabRules {
+    /// The common path.
+    #[default]
+    Common,
+    /// `LlamaModel.set_vocab`: `add_space_prefix` from the tokenizer config, the CodeLlama and
+    /// small-Granite special cases.
+    Llama,
+    /// `conversion/gemma.py`: a SentencePiece vocabulary, then `add_space_prefix = false`.
+    Gemma,
+}
+
+/// The tokenizer rules for HF class `hf_class`.
+pub fn vocab_rules(hf_class: &str) -> VocabRules {
+    ARCHITECTURES
+        .iter()
+        .find(|a| {
+            a.hf_architectures.contains(&hf_class) || a.hooks.vocab_aliases.contains(&hf_class)
+        })
+        .map_or(VocabRules::Common, |a| a.hooks.vocab)
 }
 
 /// A Hugging Face tensor name resolved by an [`Architecture`].
@@ -718,6 +783,18 @@ fn longrope_attn_factor(config: &Json, _arch: &Architecture) -> Result<Option<f3
 
 /// The long and the short RoPE factors.
 pub type LongRopeFactors = (Vec<f32>, Vec<f32>);
+
+/// Phi-3's generated tensors: `rope_factors_long` and `rope_factors_short` from the config's
+/// long-RoPE factors (none without them).
+pub fn longrope_factor_tensors(
+    config: &Json,
+    arch: &Architecture,
+) -> Result<Vec<(&'static str, Vec<f32>)>, String> {
+    Ok(match longrope_factors(config, arch)? {
+        Some((long, short)) => vec![(ROPE_FACTORS_LONG, long), (ROPE_FACTORS_SHORT, short)],
+        None => Vec::new(),
+    })
+}
 
 /// Phi-3's `rope_factors_long` and `rope_factors_short` values (`None` without
 /// `long_factor`), checked against the rope dimension count as the converter checks them.

@@ -85,9 +85,27 @@ pub static PHI3: Architecture = Architecture {
     n_head_keys: &["num_attention_heads", "n_head"],
     n_head_kv_keys: &["num_key_value_heads", "n_head_kv"],
     n_expert_keys: &[],
-    longrope_factors: true,
-    trim_embd_to_tokenizer: false,
+    hooks: Hooks {
+        generated_tensors: Some(longrope_factor_tensors),
+        hf_config: Some(partial_rotary_factor),
+        ..NO_HOOKS
+    },
 };
+
+/// Phi-3 rotates `int(partial_rotary_factor * n_embd) // n_head` dimensions of each head:
+/// the factor back from the GGUF's rope dimension count, when not every dimension rotates.
+fn partial_rotary_factor(n: &dyn Fn(&str) -> Option<u64>, c: &mut serde_json::Map<String, Json>) {
+    let head = n("attention.head_count").filter(|&h| h > 0);
+    if let (Some(dims), Some(e), Some(h)) = (n("rope.dimension_count"), n("embedding_length"), head)
+    {
+        if dims * h != e {
+            c.insert(
+                "partial_rotary_factor".into(),
+                serde_json::json!(dims as f64 * h as f64 / e as f64),
+            );
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -79,8 +79,7 @@ pub static QWEN2: Architecture = Architecture {
     n_head_keys: &["n_heads", "num_attention_heads"],
     n_head_kv_keys: &["n_kv_heads", "num_key_value_heads"],
     n_expert_keys: &[],
-    longrope_factors: false,
-    trim_embd_to_tokenizer: false,
+    hooks: NO_HOOKS,
 };
 
 #[cfg(test)]

@@ -45,8 +45,7 @@ use std::sync::Arc;
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
 const TOKEN_EMBD: &str = "token_embd.weight";
 /// Tensor names of Phi-3's long-context RoPE factors.
-pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
-pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+pub use crate::arch::{ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT};
 
 /// Open a Hugging Face model folder.
 pub fn open_hf_folder(path: &Path) -> Result<Store> {
@@ -535,28 +534,23 @@ fn build(
                 &bytes,
             );
         }
-        if a.longrope_factors {
-            let factors = arch::longrope_factors(json, a).map_err(|m| Error::format(cp, m))?;
-            if let Some((long, short)) = factors {
-                for (k, (name, values)) in [(ROPE_FACTORS_LONG, long), (ROPE_FACTORS_SHORT, short)]
-                    .into_iter()
-                    .enumerate()
-                {
-                    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    generated.push(
-                        (0, 0, String::new(), k),
-                        name.into(),
-                        vec![values.len() as u64],
-                        GgmlType::F32,
-                        &bytes,
-                    );
-                }
+        if let Some(hook) = a.hooks.generated_tensors {
+            let tensors = hook(json, a).map_err(|m| Error::format(cp, m))?;
+            for (k, (name, values)) in tensors.into_iter().enumerate() {
+                let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+                generated.push(
+                    (0, 0, String::new(), k),
+                    name.into(),
+                    vec![values.len() as u64],
+                    GgmlType::F32,
+                    &bytes,
+                );
             }
         }
     }
     if let (Some(a), Some(cp)) = (arch, &config_path) {
-        if a.trim_embd_to_tokenizer {
-            if let Some(n) = tokenizer_vocab_len(cp)? {
+        if let Some(embd_rows) = a.hooks.embd_rows {
+            if let Some(n) = embd_rows(cp.parent().unwrap_or(Path::new(".")))? {
                 if let Some(p) = pending.iter_mut().find(|p| p.tensor.name == TOKEN_EMBD) {
                     let t = &mut p.tensor;
                     if t.shape.len() == 2 && t.parts.is_empty() && (n as u64) < t.shape[1] {
@@ -587,36 +581,6 @@ fn build(
         warnings: Vec::new(),
         adapters: Default::default(),
     })
-}
-
-/// The real vocabulary size as `Gemma3Model.modify_tensors` counts it: `None` when the folder
-/// has a `tokenizer.model` (the converter pads that vocabulary to `vocab_size`, so nothing is
-/// trimmed) or no `tokenizer.json`.
-fn tokenizer_vocab_len(config_path: &Path) -> Result<Option<usize>> {
-    let dir = config_path.parent().unwrap_or(Path::new("."));
-    let path = dir.join("tokenizer.json");
-    if crate::input::exists(&dir.join("tokenizer.model")) {
-        return Ok(None);
-    }
-    let Some(text) = crate::input::read_in(dir, &path)? else {
-        return Ok(None);
-    };
-    let json: Json = serde_json::from_slice(&text)
-        .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
-    let vocab = json
-        .get("model")
-        .and_then(|m| m.get("vocab"))
-        .and_then(|v| {
-            v.as_object()
-                .map(|o| o.len())
-                .or(v.as_array().map(Vec::len))
-        })
-        .ok_or_else(|| Error::format(&path, "no `model.vocab`"))?;
-    let added = json
-        .get("added_tokens")
-        .and_then(Json::as_array)
-        .map_or(0, Vec::len);
-    Ok(Some(vocab + added))
 }
 
 /// One expert's part of a stacked tensor.

@@ -28,6 +28,7 @@ mod spm;
 #[cfg(test)]
 mod tests;
 
+use crate::arch::VocabRules;
 use crate::error::{Error, Result};
 use crate::gguf::{Metadata, Value};
 use serde_json::Value as Json;
@@ -52,16 +53,6 @@ pub mod token_type {
     pub const UNUSED: i32 = 5;
     pub const BYTE: i32 = 6;
 }
-
-/// HF classes whose conversion goes through the script's `LlamaModel.set_vocab`, which adds
-/// `add_space_prefix` and the CodeLlama / small-Granite special cases to the common path.
-const LLAMA_CLASSES: &[&str] = &[
-    "LLaMAForCausalLM",
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "MixtralForCausalLM",
-    "LlamaModel",
-];
 
 /// The tokenizer metadata of HF folder `dir`, in the order the convert script writes it.
 /// Empty when the folder has neither `tokenizer.model` nor `tokenizer.json`.
@@ -89,7 +80,9 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
         .and_then(|c| c.get("architectures"))
         .and_then(|a| a.get(0))
         .and_then(Json::as_str);
-    let is_llama = hf_class.is_some_and(|c| LLAMA_CLASSES.contains(&c));
+    // Which of the converter's `set_vocab` variants: the architecture row says.
+    let rules = hf_class.map_or(VocabRules::Common, crate::arch::vocab_rules);
+    let is_llama = rules == VocabRules::Llama;
     let config_vocab = config
         .as_ref()
         .and_then(|c| c.get("vocab_size"))
@@ -169,8 +162,7 @@ pub fn metadata(dir: &Path, opts: &TokenizerOptions) -> Result<Metadata> {
     }
     // Gemma 2 and 3 (`conversion/gemma.py`): a SentencePiece vocabulary, then
     // `add_space_prefix = false`.
-    let gemma = matches!(hf_class, Some("Gemma2ForCausalLM" | "Gemma3ForCausalLM"));
-    if gemma && crate::input::exists(&spm_path) {
+    if rules == VocabRules::Gemma && crate::input::exists(&spm_path) {
         md.set("tokenizer.ggml.add_space_prefix", Value::Bool(false));
     }
     Ok(md)

@@ -1407,8 +1407,8 @@ fn fuzz_arch_configs() {
                         a.metadata(&c, "m")?;
                         a.n_expert(&c)?;
                         arch::llama3_rope_freqs(&c, a)?;
-                        if a.longrope_factors {
-                            arch::longrope_factors(&c, a)?;
+                        if let Some(generate) = a.hooks.generated_tensors {
+                            generate(&c, a)?;
                         }
                         for n_rows in [0usize, 1, 7, 8, 16, usize::MAX] {
                             for p in [Permute::Heads, Permute::KvHeads] {
