@@ -9,8 +9,8 @@ use smelt::gguf::GgmlType;
 use smelt::quant::{quantize_row, row_bytes};
 use std::time::Instant;
 
-/// The K and legacy types, and IQ4_XS (formerly two ignored tests, in kquants.rs and
-/// golden_iq4.rs).
+/// The K and legacy types, and IQ4_XS (formerly two ignored tests, in kquants.rs and the IQ4
+/// golden tests).
 const DEFAULT_TYPES: &str = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q4_0,Q4_1,Q5_0,Q5_1,IQ4_XS";
 
 /// Deterministic pseudo-normal values (xorshift + sum of uniforms), no rand dependency.

@@ -1,5 +1,5 @@
 // Quantizes rows of f32 with ggml's own ggml_quantize_chunk: the oracle for the IQ1_M golden
-// digests (libgguf ports an older IQ1_M). Used by scripts/gen-golden-iq.py --ggml-helper.
+// digests (libgguf ports an older IQ1_M). Used by scripts/gen-golden-quant.py --ggml-helper.
 // Build against the llama.cpp that scripts/build-llama-cpp makes:
 //   v=third_party/llama_cpp_python-0.3.36/vendor/llama.cpp
 //   gcc -c -O1 scripts/ggml-quantize-rows.c -I$v/ggml/include -o /tmp/gqr.o

@@ -711,70 +711,6 @@ mod dequant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::golden::{b64_decode, f32s, hex};
-    use serde_json::Value;
-    use sha2::{Digest, Sha256};
-    use std::collections::HashMap;
-
-    /// Checks every golden case of `types`; returns how many were checked.
-    pub(crate) fn check_golden(types: &[GgmlType]) -> usize {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/golden/quant_kquants.json"
-        );
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let table = |k: &str| -> HashMap<String, Vec<f32>> {
-            doc[k]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), f32s(v.as_str().unwrap())))
-                .collect()
-        };
-        let inputs = table("inputs");
-        let weights = table("weights");
-        let mut failures = Vec::new();
-        let mut checked = 0;
-        for case in doc["cases"].as_array().unwrap() {
-            let ty: GgmlType = case["type"].as_str().unwrap().parse().unwrap();
-            if !types.contains(&ty) {
-                continue;
-            }
-            let x = &inputs[case["input"].as_str().unwrap()];
-            let w = case["imatrix"].as_str().map(|k| weights[k].as_slice());
-            let expected = b64_decode(case["expected_b64"].as_str().unwrap());
-            assert_eq!(
-                hex(&Sha256::digest(&expected)),
-                case["sha256"].as_str().unwrap(),
-                "fixture corrupt"
-            );
-            assert_eq!(hex(&expected[..16]), case["head_hex"].as_str().unwrap());
-            let n_per_row = case["n_per_row"].as_u64().unwrap() as usize;
-            let mut got = vec![0u8; expected.len()];
-            super::super::quantize_rows(ty, x, n_per_row, &mut got, w).unwrap();
-            checked += 1;
-            if hex(&Sha256::digest(&got)) != case["sha256"].as_str().unwrap() {
-                let bb = ty.type_size();
-                let first = (0..got.len()).find(|&i| got[i] != expected[i]).unwrap();
-                let blk = first / bb;
-                failures.push(format!(
-                    "{ty} imatrix={:?} input={}: first differing block {blk} (byte {} in block)\n  got  {}\n  want {}",
-                    case["imatrix"].as_str(),
-                    case["input"].as_str().unwrap(),
-                    first % bb,
-                    hex(&got[blk * bb..(blk + 1) * bb]),
-                    hex(&expected[blk * bb..(blk + 1) * bb]),
-                ));
-            }
-        }
-        assert!(
-            failures.is_empty(),
-            "{} of {checked} cases differ:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
-        checked
-    }
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
@@ -793,38 +729,6 @@ mod tests {
         ] {
             assert_eq!(nearest_int(x), want, "{x}");
         }
-    }
-
-    #[test]
-    fn golden_q2_k() {
-        assert_eq!(check_golden(&[GgmlType::Q2_K]), 42);
-    }
-
-    #[test]
-    fn golden_q3_k() {
-        assert_eq!(check_golden(&[GgmlType::Q3_K]), 42);
-    }
-
-    #[test]
-    fn golden_q4_k() {
-        assert_eq!(check_golden(&[GgmlType::Q4_K]), 42);
-    }
-
-    #[test]
-    fn golden_q5_k() {
-        assert_eq!(check_golden(&[GgmlType::Q5_K]), 42);
-    }
-
-    #[test]
-    fn golden_q6_k() {
-        assert_eq!(check_golden(&[GgmlType::Q6_K]), 42);
-    }
-
-    #[test]
-    fn golden_legacy_with_and_without_imatrix() {
-        use GgmlType::*;
-        // Q4_0..Q5_1 with and without weights, Q8_0 without (its quantizer ignores weights).
-        assert_eq!(check_golden(&[Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]), 84 + 5 * 21);
     }
 }
 

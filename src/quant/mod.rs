@@ -11,10 +11,6 @@ pub mod float;
 mod golden;
 #[cfg(test)]
 mod golden_dequant;
-#[cfg(test)]
-mod golden_iq;
-#[cfg(test)]
-mod golden_iq4;
 pub mod grids;
 pub mod imatrix;
 pub mod imatrix_legacy;
