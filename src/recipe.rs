@@ -574,6 +574,33 @@ impl Scalar {
     }
 }
 
+/// The parameter scopes one tensor's settings are looked up in, innermost first: a model's
+/// `parameters`, then its slice's, then the recipe's (mergekit's precedence). A scope may be
+/// absent (`None`).
+pub struct ParamScopes<'a>(pub Vec<Option<&'a Params>>);
+
+impl ParamScopes<'_> {
+    /// Parameter `name` of the tensor called `names` (canonical and Hugging Face names) at
+    /// layer fraction `t`: the first scope whose setting applies to the tensor gives it, with
+    /// its recipe line. `None` when no scope sets it for this tensor; an error when the value
+    /// is not a number or bool.
+    pub fn value(&self, name: &str, names: &[&str], t: f64) -> Option<Result<(f64, u64), String>> {
+        for p in self.0.iter().flatten() {
+            if let Some(setting) = p.get(name) {
+                if let Some(v) = evaluate(&setting.value, names, t) {
+                    let line = setting.referenced.line();
+                    return Some(
+                        v.as_f64()
+                            .map(|v| (v, line))
+                            .ok_or_else(|| format!("line {line}: {name} must be a number or bool")),
+                    );
+                }
+            }
+        }
+        None
+    }
+}
+
 /// mergekit's `evaluate_setting`: resolve filters (substring of the tensor's name; HF and
 /// canonical names both count) and gradients at `t` in [0, 1].
 pub fn evaluate(setting: &Setting, names: &[&str], t: f64) -> Option<Scalar> {

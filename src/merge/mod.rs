@@ -18,7 +18,7 @@ use crate::arch;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Metadata, Value};
 use crate::model_card::ParamCount;
-use crate::recipe::{self, InputSlice, OutputSlice, Params, Recipe, Scalar};
+use crate::recipe::{self, InputSlice, OutputSlice, ParamScopes, Params, Recipe, Scalar};
 use crate::store::Store;
 use crate::write::TensorProducer;
 use methods::{Apply, Base, MergeInput, Method, Rows, Scope};
@@ -1183,67 +1183,48 @@ impl PlanBuilder<'_> {
         // table knows it (`o_proj`, `self_attn`, `mlp` ...).
         let hf = self.arch_table.and_then(|a| a.hf_name(out_name));
         let names: Vec<&str> = std::iter::once(out_name).chain(hf.as_deref()).collect();
-        // The value and its recipe line.
-        let lookup = |scopes: &[Option<&Params>],
-                      name: &str,
-                      t: f64|
-         -> Option<Result<(f64, u64), String>> {
-            for p in scopes.iter().flatten() {
-                if let Some(setting) = p.get(name) {
-                    if let Some(v) = recipe::evaluate(&setting.value, &names, t) {
-                        let line = setting.referenced.line();
-                        return Some(v.as_f64().map(|v| (v, line)).ok_or_else(|| {
-                            format!("line {line}: {name} must be a number or bool")
-                        }));
-                    }
-                }
-            }
-            None
-        };
         let method = sl.method;
         let origin = self.origin;
-        let resolve = |scopes: &[Option<&Params>],
-                       spec: &methods::ParamSpec,
-                       model: Option<&str>|
-         -> Result<f64> {
-            let for_model = || {
-                model
-                    .map(|m| format!(" for model `{m}`"))
-                    .unwrap_or_default()
-            };
-            match lookup(scopes, spec.name, t) {
-                Some(Ok((v, line))) => {
-                    methods::check_param(method.name(), spec.name, v).map_err(|e| {
+        let resolve =
+            |scopes: &ParamScopes, spec: &methods::ParamSpec, model: Option<&str>| -> Result<f64> {
+                let for_model = || {
+                    model
+                        .map(|m| format!(" for model `{m}`"))
+                        .unwrap_or_default()
+                };
+                match scopes.value(spec.name, &names, t) {
+                    Some(Ok((v, line))) => {
+                        methods::check_param(method.name(), spec.name, v).map_err(|e| {
+                            Error::Invalid(format!(
+                                "{origin}:{line}: {} parameter `{}`{} {e} (tensor `{out_name}`)",
+                                method.name(),
+                                spec.name,
+                                for_model()
+                            ))
+                        })?;
+                        Ok(v)
+                    }
+                    Some(Err(e)) => Err(Error::Invalid(format!("{origin}: {e}"))),
+                    None => spec.default.ok_or_else(|| {
                         Error::Invalid(format!(
-                            "{origin}:{line}: {} parameter `{}`{} {e} (tensor `{out_name}`)",
+                            "{origin}:{}: {} needs parameter `{}`{} (tensor `{out_name}`)",
+                            sl.method_at.referenced.line(),
                             method.name(),
                             spec.name,
                             for_model()
                         ))
-                    })?;
-                    Ok(v)
+                    }),
                 }
-                Some(Err(e)) => Err(Error::Invalid(format!("{origin}: {e}"))),
-                None => spec.default.ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "{origin}:{}: {} needs parameter `{}`{} (tensor `{out_name}`)",
-                        sl.method_at.referenced.line(),
-                        method.name(),
-                        spec.name,
-                        for_model()
-                    ))
-                }),
-            }
-        };
+            };
         let top = Some(&self.recipe.parameters);
-        let shared_scopes = [sl.params, top];
+        let shared_scopes = ParamScopes(vec![sl.params, top]);
         let mut shared = Vec::new();
         for spec in method.params().iter().filter(|p| p.scope == Scope::Shared) {
             shared.push((spec.name, resolve(&shared_scopes, spec, None)?));
         }
         let mut per_input = Vec::new();
         for (k, src) in sl.sources.iter().enumerate() {
-            let scopes = [Some(src.2), sl.params, top];
+            let scopes = ParamScopes(vec![Some(src.2), sl.params, top]);
             let mut vals = Vec::new();
             for spec in method.params().iter().filter(|p| p.scope != Scope::Shared) {
                 if spec.scope == Scope::NonBase && sl.base == Some(k) {
