@@ -692,10 +692,11 @@ impl MergePlan {
         slices: &[Slice],
         origin: &str,
     ) -> Result<(usize, Option<VocabPlan>)> {
-        let base = slices[0]
-            .base
-            .map(|b| slices[0].sources[b].0)
-            .unwrap_or(slices[0].sources[0].0);
+        // The recipe's base model (mergekit's PermutedVocabulary.base_model), and the input
+        // `base` and a union start from: it, else the first model (mergekit takes an
+        // arbitrary one: the first of a Python set).
+        let base_model = slices[0].base.map(|b| slices[0].sources[b].0);
+        let base = base_model.unwrap_or(slices[0].sources[0].0);
         let empty = serde_json::Map::new();
         // (source as written, its line, tokens, pad_to_multiple_of)
         let (written, spanned_line, tokens, pad) = match (
@@ -795,6 +796,7 @@ impl MergePlan {
         let req = VocabRequest {
             source,
             base,
+            base_model,
             tokens,
             pad_to_multiple_of: pad,
         };

@@ -6,9 +6,9 @@
 //! and output rows are then laid out in that vocabulary before the merge method runs:
 //! - a token the input has keeps the input's row (unless a `tokens:` entry forces a source);
 //! - a token some inputs lack gets, in those inputs, the embedding of its one donor when only
-//!   one input has it, the base's when several do and the base is one of them, else their
-//!   average; a token no input has gets zeros; a `tokens:` entry may name the source
-//!   (`{source: MODEL}`, `{source: {kind: zero}}`,
+//!   one input has it, the base model's when several do and the recipe's `base_model` is one
+//!   of them, else their average; a token no input has gets zeros; a `tokens:` entry may
+//!   name the source (`{source: MODEL}`, `{source: {kind: zero}}`,
 //!   `{source: {kind: model_token, model: M, token: T | token_id: N}}`, `force: true`);
 //! - `pad_to_multiple_of` pads the vocabulary with the mean embedding.
 //!
@@ -66,7 +66,10 @@ pub struct InputVocab<'a> {
 pub struct VocabRequest<'a> {
     /// `Some(i)`: input `i`'s vocabulary; `None`: the union.
     pub source: Option<usize>,
+    /// The input whose vocabulary `base` means and a union starts with.
     pub base: usize,
+    /// The recipe's `base_model`: a token some inputs lack takes its row when it has it.
+    pub base_model: Option<usize>,
     /// `tokens:` entries of the `tokenizer:` block.
     pub tokens: &'a serde_json::Map<String, serde_json::Value>,
     pub pad_to_multiple_of: Option<usize>,
@@ -262,10 +265,13 @@ impl VocabPlan {
                     input: *one,
                     row: perm[*one][id].expect("has the token"),
                 },
-                _ if perm[req.base][id].is_some() => Fill::Row {
-                    input: req.base,
-                    row: perm[req.base][id].expect("has the token"),
-                },
+                _ if req.base_model.is_some_and(|b| perm[b][id].is_some()) => {
+                    let b = req.base_model.expect("checked");
+                    Fill::Row {
+                        input: b,
+                        row: perm[b][id].expect("has the token"),
+                    }
+                }
                 _ => Fill::Average,
             };
         }
@@ -429,6 +435,7 @@ mod tests {
         let req = VocabRequest {
             source: None,
             base: 0,
+            base_model: Some(0),
             tokens: &none,
             pad_to_multiple_of: Some(3),
         };
@@ -470,6 +477,7 @@ mod tests {
         let req = VocabRequest {
             source: Some(1),
             base: 0,
+            base_model: Some(0),
             tokens: &none,
             pad_to_multiple_of: None,
         };
@@ -479,6 +487,7 @@ mod tests {
         let req = VocabRequest {
             source: Some(1),
             base: 0,
+            base_model: Some(0),
             tokens: &forced,
             pad_to_multiple_of: None,
         };
@@ -490,6 +499,7 @@ mod tests {
         let req = VocabRequest {
             source: Some(1),
             base: 0,
+            base_model: Some(0),
             tokens: &bad,
             pad_to_multiple_of: None,
         };
