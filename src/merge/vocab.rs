@@ -1,9 +1,13 @@
 //! Merging models whose vocabularies differ, as mergekit's `tokenizer_source` / `tokenizer:`
 //! do it (mergekit 0.1.5 `tokenizer/build.py` and `tokenizer/embed.py`).
 //!
-//! The output vocabulary is one model's (`base` or a named model) or the union (the base's
-//! tokens, then every other model's tokens it lacks, in model order). Each input's embedding
-//! and output rows are then laid out in that vocabulary before the merge method runs:
+//! The output vocabulary is one model's (`base` or a named model) or the union: the base's
+//! tokens (the base model's, else the first model's), then the other models' ordinary tokens
+//! it lacks, then their added (control or user-defined) tokens it lacks, each in model order.
+//! (mergekit 0.1.5 orders the union's additions by hash-map iteration, a different order each
+//! run, but always ordinary before added tokens; fixtures/golden/merge/README.md.) Each
+//! input's embedding and output rows are then laid out in that vocabulary before the merge
+//! method runs:
 //! - a token the input has keeps the input's row (unless a `tokens:` entry forces a source);
 //! - a token some inputs lack gets, in those inputs, the embedding of its one donor when only
 //!   one input has it, the base model's when several do and the recipe's `base_model` is one
@@ -19,9 +23,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{Metadata, Value};
 use std::collections::{HashMap, HashSet};
 
-/// GGUF token types (llama.cpp's `llama_token_type`).
-const TOKEN_TYPE_USER_DEFINED: i32 = 4;
-const TOKEN_TYPE_UNUSED: i32 = 5;
+use crate::tokenizer::token_type;
 
 /// Where the inputs lacking a token take its row from.
 #[derive(Clone, Debug, PartialEq)]
@@ -135,19 +137,28 @@ impl VocabPlan {
             s.truncate(tokens.len());
         }
         if req.source.is_none() {
-            // Union: the base's tokens, then each model's new ones (with its token type).
+            // Union: the base's tokens, then each model's new ordinary ones, then its new
+            // added ones (with their token types).
             let mut seen: HashSet<String> = tokens.iter().cloned().collect();
-            for (i, vocab) in vocabs.iter().enumerate() {
-                let types = i32_array(inputs[i].metadata, "tokenizer.ggml.token_type");
-                for (id, tok) in vocab.iter().enumerate() {
-                    if seen.insert(tok.clone()) {
+            for added in [false, true] {
+                for (i, vocab) in vocabs.iter().enumerate() {
+                    let types = i32_array(inputs[i].metadata, "tokenizer.ggml.token_type");
+                    for (id, tok) in vocab.iter().enumerate() {
+                        let ty = types.as_ref().and_then(|t| t.get(id).copied());
+                        let is_added = matches!(
+                            ty,
+                            Some(
+                                token_type::CONTROL
+                                    | token_type::USER_DEFINED
+                                    | token_type::UNKNOWN
+                            )
+                        );
+                        if is_added != added || !seen.insert(tok.clone()) {
+                            continue;
+                        }
                         tokens.push(tok.clone());
-                        let ty = types
-                            .as_ref()
-                            .and_then(|t| t.get(id).copied())
-                            .unwrap_or(TOKEN_TYPE_USER_DEFINED);
                         if let Some(t) = token_types.as_mut() {
-                            t.push(ty);
+                            t.push(ty.unwrap_or(token_type::USER_DEFINED));
                         }
                         if let Some(s) = scores.as_mut() {
                             s.push(0.0);
@@ -378,7 +389,7 @@ impl VocabPlan {
         for i in self.tokens.len()..self.n_rows {
             tokens.push(format!("[PAD{i}]"));
             if let Some(t) = types.as_mut() {
-                t.push(TOKEN_TYPE_UNUSED);
+                t.push(token_type::UNUSED);
             }
             if let Some(s) = scores.as_mut() {
                 s.push(0.0);
