@@ -41,8 +41,9 @@ block with tokens: and pad_to_multiple_of) run on V1, V2, V3 = `smelt make-test-
 --seed 11/12/13 --layers 1 --vocab 295/298/296` plus tokenizer files this script writes
 (committed under fixtures/golden/merge/vocab/, with the models' hashes in its inputs.json):
 byte-level BPE vocabularies that share most tokens in different orders. mergekit builds
-and writes the output tokenizer for these; its token ids are recorded, run twice to find
-which ids mergekit leaves to chance.
+and writes the output tokenizer for these; its tokens are recorded in id order, except for
+the groups of ids mergekit orders at random, which are sorted (a second run checks that
+nothing else differs).
 
 Randomized methods (dare_ties, dare_linear, della, della_linear) are run with
 --random-seed 0..3; the tensors recorded are seed 0's, and the file carries
@@ -176,9 +177,11 @@ VOCAB_DIR = GOLDEN / "vocab"
 VOCAB_SEEDS = {"V1": 11, "V2": 12, "V3": 13}
 V1, V2, V3 = "models/V1", "models/V2", "models/V3"
 # mergekit 0.1.5 takes the implicit base of a recipe without base_model (whose vocabulary a
-# union starts with) as list(set(models))[0], which depends on Python's string hashing; under
-# this seed that is V1, the first model listed, which is smelt's choice. The generator checks.
-MERGEKIT_HASH_SEED = "4"
+# union starts with) as list(set(models))[0]: a different model from run to run (the set
+# hashes each ModelReference, whose None fields Python 3.11 hashes by address, so not even
+# PYTHONHASHSEED fixes it). merge_vocab reruns mergekit until it is the first model listed,
+# which is smelt's choice.
+MAX_BASE_TRIES = 30
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -503,7 +506,7 @@ def make_models(work, smelt):
 
 def merge(work, yaml_path, out, mergekit_yaml, seed=None, tokenizer=False):
     """Run mergekit; with `tokenizer` (the vocabulary recipes) it builds and writes the
-    output tokenizer, under a fixed PYTHONHASHSEED."""
+    output tokenizer."""
     from safetensors.torch import load_file
 
     if out.exists():
@@ -514,7 +517,6 @@ def merge(work, yaml_path, out, mergekit_yaml, seed=None, tokenizer=False):
            "--allow-crimes", "--out-shard-size", "1B", "-j", "1", "--quiet",
            "--no-copy-tokenizer", "--no-write-model-card"]
     if tokenizer:
-        env["PYTHONHASHSEED"] = MERGEKIT_HASH_SEED
         cmd.remove("--no-copy-tokenizer")
     if seed is not None:
         cmd += ["--random-seed", str(seed)]
@@ -601,6 +603,18 @@ def vocab_source(r):
     return model_key(base if written in ("union", "base") else written), written
 
 
+def merge_vocab(work, r, yaml_path, out, mergekit_yaml):
+    """mergekit on a vocabulary recipe, until the output vocabulary starts with the source's
+    (without base_model, with the first model's: see MAX_BASE_TRIES)."""
+    src = VOCABS[vocab_source(r)[0]]
+    for _ in range(MAX_BASE_TRIES if not r.get("base_model") else 1):
+        t, cfg = merge(work, yaml_path, out, mergekit_yaml, tokenizer=True)
+        if output_vocab(out)[0][:len(src)] == src:
+            return t, cfg
+    raise SystemExit(f"{yaml_path.name}: the output vocabulary never starts with "
+                     f"{vocab_source(r)[0]}'s")
+
+
 def vocab_layout(name, r, tokens, special):
     """The output vocabulary in groups [start, end, "fixed" | "any"]: mergekit 0.1.5 orders
     some tokens by Rust hash-map iteration (random per process), see the README. Fails when
@@ -608,8 +622,7 @@ def vocab_layout(name, r, tokens, special):
     src, written = vocab_source(r)
     n = len(VOCABS[src])
     if tokens[:n] != VOCABS[src]:
-        raise SystemExit(f"{name}: the output vocabulary does not start with {src}'s "
-                         f"(PYTHONHASHSEED={MERGEKIT_HASH_SEED} no longer picks {src}?)")
+        raise SystemExit(f"{name}: the output vocabulary does not start with {src}'s")
     before = set(VOCABS[src])
     if written == "union":
         for e in r["models"]:
@@ -641,30 +654,34 @@ VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def vocab_doc(name, r, work, yaml_path, mergekit_yaml, out, cfg):
-    """The output vocabulary of a vocabulary recipe, after a second mergekit run that shows
-    what is random in it and that nothing else is."""
+    """The output vocabulary of a vocabulary recipe, with each group of ids mergekit orders
+    at random sorted (and the embedding and output rows with it, so that the goldens do not
+    change from run to run), and `out` in that order. A second mergekit run must agree with
+    the first up to that order."""
     tokens, special = output_vocab(work / "out" / f"{name}-None")
     groups = vocab_layout(name, r, tokens, special)
-    again, _ = merge(work, yaml_path, work / "out" / f"{name}-again", mergekit_yaml,
-                     tokenizer=True)
+    canon = [t for a, b, kind in groups
+             for t in (tokens[a:b] if kind == "fixed" else sorted(tokens[a:b]))]
+    again, _ = merge_vocab(work, r, yaml_path, work / "out" / f"{name}-again", mergekit_yaml)
     tokens2, special2 = output_vocab(work / "out" / f"{name}-again")
     rows = cfg["vocab_size"]
     same = vocab_layout(name, r, tokens2, special2) == groups and all(
         tokens[a:b] == tokens2[a:b] if kind == "fixed" else set(tokens[a:b]) == set(tokens2[a:b])
         for a, b, kind in groups)
-    again = in_order_of(again, tokens2, tokens, rows)
+    out = in_order_of(out, tokens, canon, rows)
+    again = in_order_of(again, tokens2, canon, rows)
     diff = max((again[k] - out[k]).abs().max().item() for k in out)
     if not same or diff > 1e-6 or out["model.embed_tokens.weight"].shape[0] != rows:
         raise SystemExit(f"{name}: a second mergekit run differs beyond its token order")
     return {
         "vocab_rows": rows,
         "vocab_rule": "vocab = the output tokenizer's tokens in id order (mergekit's "
-                      "tokenizer.json); embedding rows past it are padding. vocab_order: "
-                      "[start, end, fixed|any]: mergekit orders an `any` group at random",
-        "vocab_reordered_by_rerun": sum(a != b for a, b in zip(tokens, tokens2)),
+                      "tokenizer.json), except within an `any` group of vocab_order "
+                      "([start, end, fixed|any]), which mergekit orders at random: sorted, "
+                      "with the tensors' rows; embedding rows past vocab are padding",
         "vocab_order": groups,
-        "vocab": tokens,
-    }
+        "vocab": canon,
+    }, out
 
 
 def check_vocab_doc(r, doc):
@@ -878,8 +895,9 @@ def main():
             seeds = RANDOM_SEEDS if random else [None]
             outs = []
             for s in seeds:
-                t, cfg = merge(work, yaml_path, work / "out" / f"{name}-{s}",
-                               mergekit_yaml, seed=s, tokenizer=vocab)
+                o = work / "out" / f"{name}-{s}"
+                t, cfg = (merge_vocab(work, r, yaml_path, o, mergekit_yaml) if vocab
+                          else merge(work, yaml_path, o, mergekit_yaml, seed=s))
                 outs.append(t)
             out = outs[0]
             doc = {
@@ -888,8 +906,7 @@ def main():
                 "random": random,
                 "versions": versions,
                 "models": vocab_model_info() if vocab else model_info,
-                "command": (f"PYTHONHASHSEED={MERGEKIT_HASH_SEED} " if vocab else "")
-                           + "mergekit-yaml RECIPE OUT --no-cuda --lazy-unpickle "
+                "command": "mergekit-yaml RECIPE OUT --no-cuda --lazy-unpickle "
                            "--allow-crimes --out-shard-size 1B -j 1 "
                            + ("" if vocab else "--no-copy-tokenizer ")
                            + "--no-write-model-card"
@@ -921,7 +938,8 @@ def main():
                     "density 1 (no sparsification; exact, deterministic)")
                 doc["stats"] = random_stats(name, r, models, outs, dense)
             if vocab:
-                doc.update(vocab_doc(name, r, work, yaml_path, mergekit_yaml, out, cfg))
+                fields, out = vocab_doc(name, r, work, yaml_path, mergekit_yaml, out, cfg)
+                doc.update(fields)
             # (vocabulary recipes: a row some model lacks is another's, its delta 0; equal
             # zeros at a magnitude cut change nothing)
             ties_ = [] if vocab else boundary_ties(r, models, name)
