@@ -27,13 +27,23 @@ Options / environment:
     --check           no mergekit needed (scripts/test runs this in CI): the
                       recipes match this script, the goldens are complete and
                       <= 1 MiB, smelt still makes byte-identical input models
-                      (inputs.json), and linear / task_arithmetic / passthrough
-                      agree with numpy
+                      (inputs.json, vocab/inputs.json), the tokenizer files are
+                      the script's, and linear / task_arithmetic / passthrough and
+                      four vocabulary recipes agree with numpy
 
 The models: A, B, C = `smelt make-test-model --seed 1/2/3 --dtype F32` (4
 layers, hidden 64, ff 128, 4 heads, 2 kv heads, vocab 512, untied). mergekit
 needs no tokenizer for these merges (we pass --no-copy-tokenizer), so none is
 written. Everything is float32 end to end (dtype/out_dtype: float32).
+
+The vocabulary recipes (vocab_*: tokenizer_source union / base / a model, the tokenizer:
+block with tokens: and pad_to_multiple_of) run on V1, V2, V3 = `smelt make-test-model
+--seed 11/12/13 --layers 1 --vocab 295/298/296` plus tokenizer files this script writes
+(committed under fixtures/golden/merge/vocab/, with the models' hashes in its inputs.json):
+byte-level BPE vocabularies that share most tokens in different orders. mergekit builds
+and writes the output tokenizer for these; its tokens are recorded in id order, except for
+the groups of ids mergekit orders at random, which are sorted (a second run checks that
+nothing else differs).
 
 Randomized methods (dare_ties, dare_linear, della, della_linear) are run with
 --random-seed 0..3; the tensors recorded are seed 0's, and the file carries
@@ -157,6 +167,121 @@ RECIPES = {
 RANDOM_METHODS = {"dare_ties", "dare_linear", "della", "della_linear"}
 
 # ---------------------------------------------------------------------------
+# Vocabulary goldens (`tokenizer_source`, `tokenizer:`): three 1-layer models V1, V2, V3
+# whose byte-level BPE tokenizers share most tokens, in different orders, and each have
+# tokens the others lack. The tokenizer files are committed (fixtures/golden/merge/vocab/Vk/)
+# and copied into `smelt make-test-model`'s folders; `--check` verifies they are what this
+# script writes.
+
+VOCAB_DIR = GOLDEN / "vocab"
+VOCAB_SEEDS = {"V1": 11, "V2": 12, "V3": 13}
+V1, V2, V3 = "models/V1", "models/V2", "models/V3"
+# mergekit 0.1.5 takes the implicit base of a recipe without base_model (whose vocabulary a
+# union starts with) as list(set(models))[0]: a different model from run to run (the set
+# hashes each ModelReference, whose None fields Python 3.11 hashes by address, so not even
+# PYTHONHASHSEED fixes it). merge_vocab reruns mergekit until it is the first model listed,
+# which is smelt's choice.
+MAX_BASE_TRIES = 30
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def gpt2_byte_chars():
+    """GPT-2's bytes_to_unicode: the 256 byte tokens of a byte-level BPE, in byte order."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    chars = {b: chr(b) for b in bs}
+    n = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + n)
+            n += 1
+    return [chars[b] for b in range(256)]
+
+
+BYTE_TOKENS = gpt2_byte_chars()
+WORDS = [f"\u0120{a}{v}" for a in "bcdfghjklm" for v in "aeiou"]  # "Ġba", "Ġbe", ...
+SHARED = WORDS[0:30]
+V1_ONLY, V2_ONLY, V3_ONLY = WORDS[30:33], WORDS[33:36], WORDS[36:39]
+V12, V23, V13 = WORDS[39:42], WORDS[42:45], WORDS[45:47]
+EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = {EOT, IM_START, IM_END}
+VOCABS = {
+    # 256 bytes, words, the specials last (config.json's bos/eos id is vocab - 1).
+    "V1": BYTE_TOKENS + SHARED + V12 + V13 + V1_ONLY + [EOT],
+    # bytes rotated, the common words reversed, two specials V1 lacks
+    "V2": (BYTE_TOKENS[64:] + BYTE_TOKENS[:64] + V2_ONLY + SHARED[::-1] + V23 + V12
+           + [IM_START, IM_END, EOT]),
+    # the common words shuffled (every 7th first)
+    "V3": (BYTE_TOKENS + V23 + SHARED[::7] + [t for i, t in enumerate(SHARED) if i % 7]
+           + V3_ONLY + V13 + [IM_END, EOT]),
+}
+
+
+def vocab_model_args(k):
+    return ["--dtype", "F32", "--layers", "1", "--hidden", "64", "--ff", "128", "--heads",
+            "4", "--kv-heads", "2", "--vocab", str(len(VOCABS[k]))]
+
+
+def tokenizer_files(k):
+    """The tokenizer files of model k (name -> text): a byte-level BPE without merges (only
+    the vocabulary matters here), the specials as added tokens; tokenizer_config names the
+    generic fast class, so transformers loads tokenizer.json as it is."""
+    tokens = VOCABS[k]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": True}
+    tok = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}
+                         for i, t in enumerate(tokens) if t in SPECIAL_TOKENS],
+        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []},
+    }
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT,
+           "clean_up_tokenization_spaces": False, "model_max_length": 2048}
+    return {"tokenizer.json": json.dumps(tok, indent=1, ensure_ascii=False) + "\n",
+            "tokenizer_config.json": json.dumps(cfg, indent=1) + "\n"}
+
+
+TA_MODELS = [m(V1), m(V2, weight=0.7), m(V3, weight=0.5)]
+VOCAB_RECIPES = {
+    # no base: mergekit averages a token's rows over the models that have it when some lack it
+    "vocab_union_linear": recipe("linear", {"models": [
+        m(V1, weight=0.5), m(V2, weight=0.3), m(V3, weight=0.2)]}, tokenizer_source="union"),
+    # a base: a token some models lack takes the base's row when the base has it
+    "vocab_union_ties": recipe("ties", {"models": [
+        m(V1), m(V2, weight=0.7, density=0.5), m(V3, weight=0.5, density=0.7)]},
+        base_model=V1, tokenizer_source="union"),
+    "vocab_base": recipe("task_arithmetic", {"models": TA_MODELS},
+                         base_model=V1, tokenizer_source="base"),
+    "vocab_model": recipe("task_arithmetic", {"models": TA_MODELS},
+                          base_model=V1, tokenizer_source=V2),
+    # every kind of `tokens:` entry, two of them new tokens (mergekit adds those, in this
+    # order, which is not sorted)
+    "vocab_tokens": recipe("linear", {"models": [
+        m(V1, weight=0.5), m(V2, weight=0.3), m(V3, weight=0.2)],
+        "tokenizer": {"source": V3, "tokens": {
+            "<|zzz|>": {"source": {"kind": "model_token", "model": V2, "token": IM_START}},
+            "<|aaa|>": {"source": {"kind": "zero"}},
+            SHARED[0]: {"source": V2, "force": True},
+            SHARED[1]: {"source": {"kind": "zero"}, "force": True},
+            SHARED[2]: {"source": {"kind": "model_token", "model": V1, "token_id": 7},
+                        "force": True},
+            SHARED[3]: {"source": V2},
+            V23[0]: {"source": {"kind": "zero"}},
+            V13[0]: {"source": V1},
+            V3_ONLY[0]: {"source": {"kind": "model_token", "model": V2, "token": SHARED[6]}},
+        }}}),
+    "vocab_pad": recipe("task_arithmetic", {"models": TA_MODELS, "tokenizer": {
+        "source": "union", "pad_to_multiple_of": 64}}, base_model=V1),
+}
+RECIPES.update(VOCAB_RECIPES)
+
+# ---------------------------------------------------------------------------
 # YAML without a yaml dependency of our own (mergekit brings PyYAML, but the
 # emitted text should be stable and readable): flow style for leaf dicts/lists.
 
@@ -167,7 +292,8 @@ def yaml_scalar(v):
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return v
+        # plain when safe (every name and path), else double-quoted (YAML's are JSON's)
+        return v if re.fullmatch(r"[A-Za-z0-9_./-]+", v) else json.dumps(v, ensure_ascii=False)
     raise TypeError(v)
 
 
@@ -183,7 +309,7 @@ def flow(v):
     if isinstance(v, list):
         return "[" + ", ".join(flow(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {flow(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{yaml_scalar(k)}: {flow(x)}" for k, x in v.items()) + "}"
     return yaml_scalar(v)
 
 
@@ -194,9 +320,9 @@ def to_yaml(v, indent=0):
     if isinstance(v, dict):
         for k, x in v.items():
             if is_leaf(x):
-                out.append(f"{pad}{k}: {flow(x)}")
+                out.append(f"{pad}{yaml_scalar(k)}: {flow(x)}")
             else:
-                out.append(f"{pad}{k}:")
+                out.append(f"{pad}{yaml_scalar(k)}:")
                 out.extend(to_yaml(x, indent + 2))
     else:
         for x in v:
@@ -378,7 +504,9 @@ def make_models(work, smelt):
         run([smelt, "make-test-model", "-o", str(d), "--seed", str(seed), *MODEL_ARGS])
 
 
-def merge(work, yaml_path, out, mergekit_yaml, seed=None):
+def merge(work, yaml_path, out, mergekit_yaml, seed=None, tokenizer=False):
+    """Run mergekit; with `tokenizer` (the vocabulary recipes) it builds and writes the
+    output tokenizer."""
     from safetensors.torch import load_file
 
     if out.exists():
@@ -388,6 +516,8 @@ def merge(work, yaml_path, out, mergekit_yaml, seed=None):
     cmd = [mergekit_yaml, str(yaml_path), str(out), "--no-cuda", "--lazy-unpickle",
            "--allow-crimes", "--out-shard-size", "1B", "-j", "1", "--quiet",
            "--no-copy-tokenizer", "--no-write-model-card"]
+    if tokenizer:
+        cmd.remove("--no-copy-tokenizer")
     if seed is not None:
         cmd += ["--random-seed", str(seed)]
     run(cmd, cwd=work, env=env)
@@ -425,6 +555,182 @@ def inputs_doc(work):
     } for k, s in MODELS.items()}}
 
 
+def make_vocab_models(work, smelt):
+    for k, seed in VOCAB_SEEDS.items():
+        d = work / "models" / k
+        if d.exists():
+            shutil.rmtree(d)
+        run([smelt, "make-test-model", "-o", str(d), "--seed", str(seed), *vocab_model_args(k)])
+        for name, text in tokenizer_files(k).items():
+            (d / name).write_text(text, encoding="utf-8")
+
+
+def vocab_model_info():
+    return {k: {"path": f"models/{k}", "seed": s,
+                "smelt_args": ["make-test-model", "-o", f"models/{k}", "--seed", str(s),
+                               *vocab_model_args(k)],
+                "tokenizer_files": [f"vocab/{k}/{f}" for f in TOKENIZER_FILES]}
+            for k, s in VOCAB_SEEDS.items()}
+
+
+def vocab_inputs_doc(work):
+    info = vocab_model_info()
+    for k in VOCAB_SEEDS:
+        info[k]["sha256"] = hashlib.sha256(
+            (work / "models" / k / "model.safetensors").read_bytes()).hexdigest()
+    return {"models": info}
+
+
+def output_vocab(out):
+    """mergekit's output tokenizer: its tokens in id order, and the special ones."""
+    tok = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    ids = dict(tok["model"]["vocab"])
+    special = set()
+    for a in tok["added_tokens"]:
+        ids[a["content"]] = a["id"]
+        if a["special"]:
+            special.add(a["content"])
+    tokens = sorted(ids, key=ids.get)
+    if [ids[t] for t in tokens] != list(range(len(tokens))):
+        raise SystemExit(f"{out}: token ids are not 0..n-1")
+    return tokens, special
+
+
+def vocab_source(r):
+    """(the model whose vocabulary the output starts with, tokenizer source as written)."""
+    written = (r.get("tokenizer") or {}).get("source", r.get("tokenizer_source"))
+    base = r.get("base_model") or r["models"][0]["model"]
+    return model_key(base if written in ("union", "base") else written), written
+
+
+def merge_vocab(work, r, yaml_path, out, mergekit_yaml):
+    """mergekit on a vocabulary recipe, until the output vocabulary starts with the source's
+    (without base_model, with the first model's: see MAX_BASE_TRIES)."""
+    src = VOCABS[vocab_source(r)[0]]
+    for _ in range(MAX_BASE_TRIES if not r.get("base_model") else 1):
+        t, cfg = merge(work, yaml_path, out, mergekit_yaml, tokenizer=True)
+        if output_vocab(out)[0][:len(src)] == src:
+            return t, cfg
+    raise SystemExit(f"{yaml_path.name}: the output vocabulary never starts with "
+                     f"{vocab_source(r)[0]}'s")
+
+
+def vocab_layout(name, r, tokens, special):
+    """The output vocabulary in groups [start, end, "fixed" | "any"]: mergekit 0.1.5 orders
+    some tokens by Rust hash-map iteration (random per process), see the README. Fails when
+    mergekit's output does not have the structure its source says it has."""
+    src, written = vocab_source(r)
+    n = len(VOCABS[src])
+    if tokens[:n] != VOCABS[src]:
+        raise SystemExit(f"{name}: the output vocabulary does not start with {src}'s")
+    before = set(VOCABS[src])
+    if written == "union":
+        for e in r["models"]:
+            before |= set(VOCABS[model_key(e["model"])])
+    added = [t for t in (r.get("tokenizer") or {}).get("tokens", {}) if t not in before]
+    k = len(tokens) - len(added)
+    mid = tokens[n:k]
+    n_regular = sum(t not in special for t in mid)
+    if (tokens[k:] != added or set(mid) != before - set(VOCABS[src])
+            or any(t in special for t in mid[:n_regular])):
+        raise SystemExit(f"{name}: unexpected output vocabulary layout")
+    groups = [[0, n, "fixed"], [n, n + n_regular, "any"], [n + n_regular, k, "any"],
+              [k, len(tokens), "fixed"]]
+    return [g for g in groups if g[0] < g[1]]
+
+
+def in_order_of(tensors, tokens, ref_tokens, rows):
+    """`tensors`' vocabulary rows (embed_tokens, lm_head) reordered from `tokens` to
+    `ref_tokens` (padding rows past them kept)."""
+    import torch
+
+    pos = {t: i for i, t in enumerate(tokens)}
+    perm = torch.tensor([pos[t] for t in ref_tokens] + list(range(len(tokens), rows)))
+    return {k: (v[perm] if v.shape[0] == rows and k in VOCAB_TENSORS else v)
+            for k, v in tensors.items()}
+
+
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def vocab_doc(name, r, work, yaml_path, mergekit_yaml, out, cfg):
+    """The output vocabulary of a vocabulary recipe, with each group of ids mergekit orders
+    at random sorted (and the embedding and output rows with it, so that the goldens do not
+    change from run to run), and `out` in that order. A second mergekit run must agree with
+    the first up to that order."""
+    tokens, special = output_vocab(work / "out" / f"{name}-None")
+    groups = vocab_layout(name, r, tokens, special)
+    canon = [t for a, b, kind in groups
+             for t in (tokens[a:b] if kind == "fixed" else sorted(tokens[a:b]))]
+    again, _ = merge_vocab(work, r, yaml_path, work / "out" / f"{name}-again", mergekit_yaml)
+    tokens2, special2 = output_vocab(work / "out" / f"{name}-again")
+    rows = cfg["vocab_size"]
+    same = vocab_layout(name, r, tokens2, special2) == groups and all(
+        tokens[a:b] == tokens2[a:b] if kind == "fixed" else set(tokens[a:b]) == set(tokens2[a:b])
+        for a, b, kind in groups)
+    out = in_order_of(out, tokens, canon, rows)
+    again = in_order_of(again, tokens2, canon, rows)
+    diff = max((again[k] - out[k]).abs().max().item() for k in out)
+    if not same or diff > 1e-6 or out["model.embed_tokens.weight"].shape[0] != rows:
+        raise SystemExit(f"{name}: a second mergekit run differs beyond its token order")
+    return {
+        "vocab_rows": rows,
+        "vocab_rule": "vocab = the output tokenizer's tokens in id order (mergekit's "
+                      "tokenizer.json), except within an `any` group of vocab_order "
+                      "([start, end, fixed|any]), which mergekit orders at random: sorted, "
+                      "with the tensors' rows; embedding rows past vocab are padding",
+        "vocab_order": groups,
+        "vocab": canon,
+    }, out
+
+
+def check_vocab_doc(r, doc):
+    """A vocabulary golden's own consistency: its groups tile the vocabulary, which starts
+    with its source's, and the embedding and output have `vocab_rows` rows."""
+    errs = []
+    tokens, groups = doc["vocab"], doc["vocab_order"]
+    if [g[0] for g in groups] != [0] + [g[1] for g in groups[:-1]] or groups[-1][1] != len(
+            tokens) or any(g[2] not in ("fixed", "any") for g in groups):
+        errs.append("vocab_order does not tile vocab")
+    src = VOCABS[vocab_source(r)[0]]
+    if tokens[:len(src)] != src or len(set(tokens)) != len(tokens):
+        errs.append("vocab does not start with its source's vocabulary, or repeats a token")
+    if doc["vocab_rows"] < len(tokens):
+        errs.append("vocab_rows < the number of tokens")
+    for t in doc["tensors"]:
+        if t["name"] in VOCAB_TENSORS and t["shape"][0] != doc["vocab_rows"]:
+            errs.append(f"{t['name']}: not vocab_rows rows")
+    return errs
+
+
+def np_vocab_inputs(r, tokens, rows, vmdl):
+    """Each model's tensors with embed_tokens and lm_head laid out in the output vocabulary
+    `tokens` (`rows` rows) as mergekit's PermutedVocabulary does without `tokens:` entries:
+    a model's own row; else, among the models that have the token, the only one's, the
+    base's, or their mean; zeros if none has it; padding rows the mean of the others."""
+    import numpy as np
+
+    keys = [model_key(e["model"]) for e in r["models"]]
+    base = model_key(r["base_model"]) if r.get("base_model") else None
+    ids = {k: {t: i for i, t in enumerate(VOCABS[k])} for k in keys}
+    out = {k: dict(vmdl[k]) for k in keys}
+    for name in VOCAB_TENSORS:
+        width = vmdl[keys[0]][name].shape[1]
+        new = {k: np.zeros((rows, width)) for k in keys}
+        for i, t in enumerate(tokens):
+            have = [k for k in keys if t in ids[k]]
+            rows_of = [vmdl[k][name][ids[k][t]] for k in have]
+            fill = (np.zeros(width) if not have else rows_of[0] if len(have) == 1
+                    else rows_of[have.index(base)] if base in have
+                    else np.mean(rows_of, axis=0))
+            for k in keys:
+                new[k][i] = vmdl[k][name][ids[k][t]] if t in ids[k] else fill
+        for k in keys:
+            new[k][len(tokens):] = new[k][:len(tokens)].mean(axis=0)
+            out[k][name] = new[k]
+    return out
+
+
 def check(smelt):
     """Without mergekit: the committed recipes are what this script would write, every
     golden is there and well-formed, smelt still makes the same input models, and the
@@ -437,7 +743,7 @@ def check(smelt):
     for name, r in RECIPES.items():
         y = GOLDEN / f"{name}.yaml"
         j = GOLDEN / f"{name}.json"
-        if not y.exists() or y.read_text() != "\n".join(to_yaml(r)) + "\n":
+        if not y.exists() or y.read_text(encoding="utf-8") != "\n".join(to_yaml(r)) + "\n":
             errors.append(f"{y.name} missing or differs from the script's recipe")
         if not j.exists():
             errors.append(f"{j.name} missing")
@@ -450,6 +756,15 @@ def check(smelt):
             if t["gguf"] != gguf_name(t["name"]) or len(t["samples"]) != min(
                     N_SAMPLES, math.prod(t["shape"])):
                 errors.append(f"{j.name}: {t['name']} malformed")
+        if name in VOCAB_RECIPES:
+            errors.extend(f"{j.name}: {e}" for e in check_vocab_doc(r, doc))
+    for k in VOCAB_SEEDS:
+        for f, text in tokenizer_files(k).items():
+            path = VOCAB_DIR / k / f
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                errors.append(f"vocab/{k}/{f} missing or differs from the script's")
+            else:
+                total += path.stat().st_size
     if total > 1 << 20:
         errors.append(f"goldens take {total} bytes (> 1 MiB)")
 
@@ -464,6 +779,12 @@ def check(smelt):
         mdl = {k: {n: v.astype(np.float64) for n, v in
                    load_file(str(work / "models" / k / "model.safetensors")).items()}
                for k in MODELS}
+        make_vocab_models(work, smelt)
+        if vocab_inputs_doc(work) != json.loads((VOCAB_DIR / "inputs.json").read_text()):
+            errors.append("smelt make-test-model no longer makes the vocab/ input models")
+        vmdl = {k: {n: v.astype(np.float64) for n, v in
+                    load_file(str(work / "models" / k / "model.safetensors")).items()}
+                for k in VOCAB_SEEDS}
 
     def expect(name, fn):
         doc = json.loads((GOLDEN / f"{name}.json").read_text())
@@ -496,6 +817,17 @@ def check(smelt):
         return src[f"model.layers.{src_layer}.{rest}"] * scale
 
     expect("passthrough", passthrough)
+
+    # Vocabulary recipes without `tokens:`: mergekit's row assignment redone in numpy.
+    for name in ("vocab_union_linear", "vocab_base", "vocab_model", "vocab_pad"):
+        r = RECIPES[name]
+        doc = json.loads((GOLDEN / f"{name}.json").read_text())
+        v = np_vocab_inputs(r, doc["vocab"], doc["vocab_rows"], vmdl)
+        v1, v2, v3 = v["V1"], v["V2"], v["V3"]
+        if r["merge_method"] == "linear":  # weights 0.5, 0.3, 0.2: normalized by 1.0
+            expect(name, lambda n: 0.5 * v1[n] + 0.3 * v2[n] + 0.2 * v3[n])
+        else:  # task_arithmetic, base V1, weights 0.7 and 0.5, lambda 1
+            expect(name, lambda n: v1[n] + 0.7 * (v2[n] - v1[n]) + 0.5 * (v3[n] - v1[n]))
     for e in errors:
         print("error:", e)
     print(f"mergekit goldens: {len(RECIPES)} recipes, {total} bytes, "
@@ -540,6 +872,14 @@ def main():
 
     make_models(work, smelt)
     (GOLDEN / "inputs.json").write_text(json.dumps(inputs_doc(work), indent=1) + "\n")
+    if any(n in VOCAB_RECIPES for n in names):
+        make_vocab_models(work, smelt)
+        for k in VOCAB_SEEDS:
+            (VOCAB_DIR / k).mkdir(parents=True, exist_ok=True)
+            for f, text in tokenizer_files(k).items():
+                (VOCAB_DIR / k / f).write_text(text, encoding="utf-8")
+        (VOCAB_DIR / "inputs.json").write_text(
+            json.dumps(vocab_inputs_doc(work), indent=1) + "\n")
     models = load_models(work)
     model_info = {k: {"path": f"models/{k}", "seed": s,
                       "smelt_args": ["make-test-model", "-o", f"models/{k}", "--seed",
@@ -549,13 +889,15 @@ def main():
             t0 = time.time()
             r = RECIPES[name]
             yaml_path = GOLDEN / f"{name}.yaml"
-            yaml_path.write_text("\n".join(to_yaml(r)) + "\n")
+            yaml_path.write_text("\n".join(to_yaml(r)) + "\n", encoding="utf-8")
             random = name in RANDOM_METHODS
+            vocab = name in VOCAB_RECIPES
             seeds = RANDOM_SEEDS if random else [None]
             outs = []
             for s in seeds:
-                t, cfg = merge(work, yaml_path, work / "out" / f"{name}-{s}",
-                               mergekit_yaml, seed=s)
+                o = work / "out" / f"{name}-{s}"
+                t, cfg = (merge_vocab(work, r, yaml_path, o, mergekit_yaml) if vocab
+                          else merge(work, yaml_path, o, mergekit_yaml, seed=s))
                 outs.append(t)
             out = outs[0]
             doc = {
@@ -563,10 +905,11 @@ def main():
                 "recipe": yaml_path.name,
                 "random": random,
                 "versions": versions,
-                "models": model_info,
+                "models": vocab_model_info() if vocab else model_info,
                 "command": "mergekit-yaml RECIPE OUT --no-cuda --lazy-unpickle "
                            "--allow-crimes --out-shard-size 1B -j 1 "
-                           "--no-copy-tokenizer --no-write-model-card"
+                           + ("" if vocab else "--no-copy-tokenizer ")
+                           + "--no-write-model-card"
                            + (" --random-seed SEED" if random else ""),
                 "out_config": {k: cfg.get(k) for k in (
                     "num_hidden_layers", "hidden_size", "intermediate_size",
@@ -594,7 +937,12 @@ def main():
                     "|delta_dense|_1 where delta_dense is the same recipe with every "
                     "density 1 (no sparsification; exact, deterministic)")
                 doc["stats"] = random_stats(name, r, models, outs, dense)
-            ties_ = boundary_ties(r, models, name)
+            if vocab:
+                fields, out = vocab_doc(name, r, work, yaml_path, mergekit_yaml, out, cfg)
+                doc.update(fields)
+            # (vocabulary recipes: a row some model lacks is another's, its delta 0; equal
+            # zeros at a magnitude cut change nothing)
+            ties_ = [] if vocab else boundary_ties(r, models, name)
             if ties_:
                 doc["boundary_ties"] = ties_
             doc["tensors"] = [describe(k, out[k]) for k in sorted(out, key=natural_key)]

@@ -102,7 +102,7 @@ pub struct Recipe {
     pub dtype: Option<String>,
     pub out_dtype: Option<String>,
     pub tokenizer_source: Option<Spanned<String>>,
-    pub tokenizer: Option<Spanned<serde_json::Value>>,
+    pub tokenizer: Option<Spanned<TokenizerBlock>>,
     /// mergekit's `modules: {NAME: {slices | models, parameters}}`; smelt merges one module,
     /// moved into `slices` / `models` / `parameters` by `parse`.
     pub modules: Option<BTreeMap<String, Spanned<Module>>>,
@@ -136,6 +136,123 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "output",
     "globals",
 ];
+
+/// mergekit's `tokenizer:` block as written; the merge checks its keys where it reads it.
+#[derive(Clone, Debug)]
+pub struct TokenizerBlock {
+    pub value: serde_json::Value,
+    /// The keys of its `tokens:` mapping in the order written (serde_json's maps sort their
+    /// keys): mergekit adds the tokens the output vocabulary lacks in this order.
+    pub token_order: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for TokenizerBlock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Ordered::deserialize(d)?;
+        let token_order = match &v {
+            Ordered::Map(entries) => entries
+                .iter()
+                .filter(|(k, _)| k == "tokens")
+                .find_map(|(_, t)| match t {
+                    Ordered::Map(tokens) => Some(tokens.iter().map(|(k, _)| k.clone()).collect()),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        Ok(TokenizerBlock {
+            value: v.into_json(),
+            token_order,
+        })
+    }
+}
+
+/// A YAML value whose mappings keep their keys' order.
+enum Ordered {
+    Scalar(serde_json::Value),
+    Seq(Vec<Ordered>),
+    Map(Vec<(String, Ordered)>),
+}
+
+impl Ordered {
+    fn into_json(self) -> serde_json::Value {
+        match self {
+            Ordered::Scalar(v) => v,
+            Ordered::Seq(items) => items.into_iter().map(Ordered::into_json).collect(),
+            Ordered::Map(entries) => serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a YAML value")
+            }
+            fn visit_bool<E>(self, b: bool) -> std::result::Result<Ordered, E> {
+                Ok(Ordered::Scalar(b.into()))
+            }
+            fn visit_i64<E>(self, n: i64) -> std::result::Result<Ordered, E> {
+                Ok(Ordered::Scalar(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> std::result::Result<Ordered, E> {
+                Ok(Ordered::Scalar(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> std::result::Result<Ordered, E> {
+                // NaN and infinities become null, as in a serde_json::Value.
+                Ok(Ordered::Scalar(n.into()))
+            }
+            fn visit_str<E>(self, s: &str) -> std::result::Result<Ordered, E> {
+                Ok(Ordered::Scalar(s.into()))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Ordered, E> {
+                Ok(Ordered::Scalar(serde_json::Value::Null))
+            }
+            fn visit_none<E>(self) -> std::result::Result<Ordered, E> {
+                Ok(Ordered::Scalar(serde_json::Value::Null))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Ordered, D::Error> {
+                Ordered::deserialize(d)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Ordered, A::Error> {
+                let mut items = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    items.push(x);
+                }
+                Ok(Ordered::Seq(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Ordered, A::Error> {
+                let mut entries: Vec<(String, Ordered)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Ordered>()? {
+                    // A repeated key: the last value, at the first place (serde_json's).
+                    match entries.iter_mut().find(|(key, _)| *key == k) {
+                        Some(e) => e.1 = v,
+                        None => entries.push((k, v)),
+                    }
+                }
+                Ok(Ordered::Map(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 /// One module of mergekit's `modules:` (the text decoder of a single-module model).
 #[derive(Clone, Debug, Deserialize)]
@@ -681,6 +798,22 @@ mod tests {
         assert_eq!(
             evaluate(t, &["model.norm.weight"], 0.0),
             Some(Scalar::Num(0.5))
+        );
+    }
+
+    #[test]
+    fn tokenizer_tokens_keep_their_order() {
+        let text = "merge_method: linear\nmodels:\n  - model: a\ntokenizer:\n  source: union\n  tokens:\n    \"<z>\": {source: {kind: zero}}\n    a: {source: a, force: true}\n    \"<m>\": {}\n";
+        let r = parse(text, "r.yaml").unwrap();
+        let block = &r[0].tokenizer.as_ref().unwrap().value;
+        assert_eq!(block.token_order, ["<z>", "a", "<m>"]);
+        assert_eq!(
+            block.value,
+            serde_json::json!({"source": "union", "tokens": {
+                "<z>": {"source": {"kind": "zero"}},
+                "a": {"source": "a", "force": true},
+                "<m>": {},
+            }})
         );
     }
 

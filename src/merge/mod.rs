@@ -213,7 +213,7 @@ fn tokenizer_model(recipe: &Recipe) -> Option<Spanned<String>> {
     let named = match (&recipe.tokenizer_source, &recipe.tokenizer) {
         (Some(t), _) => t.clone(),
         (None, Some(block)) => {
-            let source = block.value.get("source")?.as_str()?.to_string();
+            let source = block.value.value.get("source")?.as_str()?.to_string();
             Spanned::new(source, block.referenced, block.defined)
         }
         (None, None) => return None,
@@ -692,20 +692,20 @@ impl MergePlan {
         slices: &[Slice],
         origin: &str,
     ) -> Result<(usize, Option<VocabPlan>)> {
-        let base = slices[0]
-            .base
-            .map(|b| slices[0].sources[b].0)
-            .unwrap_or(slices[0].sources[0].0);
-        let empty = serde_json::Map::new();
-        // (source as written, its line, tokens, pad_to_multiple_of)
+        // The recipe's base model (mergekit's PermutedVocabulary.base_model), and the input
+        // `base` and a union start from: it, else the first model (mergekit takes an
+        // arbitrary one: the first of a Python set).
+        let base_model = slices[0].base.map(|b| slices[0].sources[b].0);
+        let base = base_model.unwrap_or(slices[0].sources[0].0);
+        // (source as written, its line, tokens in recipe order, pad_to_multiple_of)
         let (written, spanned_line, tokens, pad) = match (
             &recipe.tokenizer_source,
             &recipe.tokenizer,
         ) {
-            (Some(t), _) => (Some(t.value.clone()), t.referenced.line(), &empty, None),
+            (Some(t), _) => (Some(t.value.clone()), t.referenced.line(), Vec::new(), None),
             (None, Some(block)) => {
                 let line = block.referenced.line();
-                let obj = block.value.as_object().ok_or_else(|| {
+                let obj = block.value.value.as_object().ok_or_else(|| {
                     Error::Invalid(format!("{origin}:{line}: `tokenizer:` must be a mapping"))
                 })?;
                 for k in obj.keys() {
@@ -724,9 +724,14 @@ impl MergePlan {
                         )))
                     }
                 };
-                let tokens = match obj.get("tokens") {
-                    None => &empty,
-                    Some(serde_json::Value::Object(m)) => m,
+                let tokens: Vec<(String, serde_json::Value)> = match obj.get("tokens") {
+                    None => Vec::new(),
+                    Some(serde_json::Value::Object(m)) => block
+                        .value
+                        .token_order
+                        .iter()
+                        .filter_map(|k| Some((k.clone(), m.get(k)?.clone())))
+                        .collect(),
                     Some(_) => {
                         return Err(Error::Invalid(format!(
                         "{origin}:{line}: tokenizer.tokens must be a mapping of token to settings"
@@ -743,7 +748,7 @@ impl MergePlan {
                 };
                 (Some(source), line, tokens, pad)
             }
-            (None, None) => (None, 0, &empty, None),
+            (None, None) => (None, 0, Vec::new(), None),
         };
         let source = match written.as_deref() {
             None | Some("base") => Some(base),
@@ -795,7 +800,8 @@ impl MergePlan {
         let req = VocabRequest {
             source,
             base,
-            tokens,
+            base_model,
+            tokens: &tokens,
             pad_to_multiple_of: pad,
         };
         let plan = VocabPlan::new(&views, &req)

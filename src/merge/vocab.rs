@@ -1,14 +1,18 @@
 //! Merging models whose vocabularies differ, as mergekit's `tokenizer_source` / `tokenizer:`
 //! do it (mergekit 0.1.5 `tokenizer/build.py` and `tokenizer/embed.py`).
 //!
-//! The output vocabulary is one model's (`base` or a named model) or the union (the base's
-//! tokens, then every other model's tokens it lacks, in model order). Each input's embedding
-//! and output rows are then laid out in that vocabulary before the merge method runs:
+//! The output vocabulary is one model's (`base` or a named model) or the union: the base's
+//! tokens (the base model's, else the first model's), then the other models' ordinary tokens
+//! it lacks, then their added (control or user-defined) tokens it lacks, each in model order.
+//! `tokens:` entries it lacks are then added, in recipe order. (mergekit 0.1.5 orders the
+//! union's additions by hash-map iteration, a different order each run, but always ordinary
+//! before added tokens; fixtures/golden/merge/README.md.) Each input's embedding and output
+//! rows are then laid out in that vocabulary before the merge method runs:
 //! - a token the input has keeps the input's row (unless a `tokens:` entry forces a source);
 //! - a token some inputs lack gets, in those inputs, the embedding of its one donor when only
-//!   one input has it, the base's when several do and the base is one of them, else their
-//!   average; a token no input has gets zeros; a `tokens:` entry may name the source
-//!   (`{source: MODEL}`, `{source: {kind: zero}}`,
+//!   one input has it, the base model's when several do and the recipe's `base_model` is one
+//!   of them, else their average; a token no input has gets zeros; a `tokens:` entry may
+//!   name the source (`{source: MODEL}`, `{source: {kind: zero}}`,
 //!   `{source: {kind: model_token, model: M, token: T | token_id: N}}`, `force: true`);
 //! - `pad_to_multiple_of` pads the vocabulary with the mean embedding.
 //!
@@ -19,9 +23,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{Metadata, Value};
 use std::collections::{HashMap, HashSet};
 
-/// GGUF token types (llama.cpp's `llama_token_type`).
-const TOKEN_TYPE_USER_DEFINED: i32 = 4;
-const TOKEN_TYPE_UNUSED: i32 = 5;
+use crate::tokenizer::token_type;
 
 /// Where the inputs lacking a token take its row from.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,9 +68,12 @@ pub struct InputVocab<'a> {
 pub struct VocabRequest<'a> {
     /// `Some(i)`: input `i`'s vocabulary; `None`: the union.
     pub source: Option<usize>,
+    /// The input whose vocabulary `base` means and a union starts with.
     pub base: usize,
-    /// `tokens:` entries of the `tokenizer:` block.
-    pub tokens: &'a serde_json::Map<String, serde_json::Value>,
+    /// The recipe's `base_model`: a token some inputs lack takes its row when it has it.
+    pub base_model: Option<usize>,
+    /// `tokens:` entries of the `tokenizer:` block, in recipe order.
+    pub tokens: &'a [(String, serde_json::Value)],
     pub pad_to_multiple_of: Option<usize>,
 }
 
@@ -131,27 +136,45 @@ impl VocabPlan {
         if let Some(s) = scores.as_mut() {
             s.truncate(tokens.len());
         }
+        let mut seen: HashSet<String> = tokens.iter().cloned().collect();
+        let mut push = |tok: &str, ty: i32| {
+            if seen.insert(tok.to_string()) {
+                tokens.push(tok.to_string());
+                if let Some(t) = token_types.as_mut() {
+                    t.push(ty);
+                }
+                if let Some(s) = scores.as_mut() {
+                    s.push(0.0);
+                }
+            }
+        };
         if req.source.is_none() {
-            // Union: the base's tokens, then each model's new ones (with its token type).
-            let mut seen: HashSet<String> = tokens.iter().cloned().collect();
-            for (i, vocab) in vocabs.iter().enumerate() {
-                let types = i32_array(inputs[i].metadata, "tokenizer.ggml.token_type");
-                for (id, tok) in vocab.iter().enumerate() {
-                    if seen.insert(tok.clone()) {
-                        tokens.push(tok.clone());
-                        let ty = types
-                            .as_ref()
-                            .and_then(|t| t.get(id).copied())
-                            .unwrap_or(TOKEN_TYPE_USER_DEFINED);
-                        if let Some(t) = token_types.as_mut() {
-                            t.push(ty);
-                        }
-                        if let Some(s) = scores.as_mut() {
-                            s.push(0.0);
+            // Union: the base's tokens, then each model's new ordinary ones, then its new
+            // added ones (with their token types).
+            for added in [false, true] {
+                for (i, vocab) in vocabs.iter().enumerate() {
+                    let types = i32_array(inputs[i].metadata, "tokenizer.ggml.token_type");
+                    for (id, tok) in vocab.iter().enumerate() {
+                        let ty = types.as_ref().and_then(|t| t.get(id).copied());
+                        let is_added = matches!(
+                            ty,
+                            Some(
+                                token_type::CONTROL
+                                    | token_type::USER_DEFINED
+                                    | token_type::UNKNOWN
+                            )
+                        );
+                        if is_added == added {
+                            push(tok, ty.unwrap_or(token_type::USER_DEFINED));
                         }
                     }
                 }
             }
+        }
+        // `tokens:` entries the vocabulary lacks: new user-defined tokens (mergekit's
+        // `add_tokens`), in recipe order.
+        for (tok, _) in req.tokens {
+            push(tok, token_type::USER_DEFINED);
         }
         let index: Vec<HashMap<&str, usize>> = vocabs
             .iter()
@@ -184,13 +207,15 @@ impl VocabPlan {
             .map(|(i, t)| (t.as_str(), i))
             .collect();
         for (tok, cfg) in req.tokens {
-            let &id = out_index.get(tok.as_str()).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "tokenizer.tokens: token {tok:?} is not in the output vocabulary"
-                ))
-            })?;
+            let id = out_index[tok.as_str()];
             let force = cfg.get("force").and_then(|f| f.as_bool()).unwrap_or(false);
             let fill = match cfg.get("source") {
+                // A new token needs a source (mergekit fails on one without).
+                None | Some(serde_json::Value::Null) if perm.iter().all(|p| p[id].is_none()) => {
+                    return Err(Error::Invalid(format!(
+                        "tokenizer.tokens: token {tok:?} is in no model's vocabulary: give it a `source`"
+                    )))
+                }
                 None | Some(serde_json::Value::Null) => Fill::None,
                 Some(serde_json::Value::String(m)) => {
                     let i = input_named(m)?;
@@ -262,10 +287,13 @@ impl VocabPlan {
                     input: *one,
                     row: perm[*one][id].expect("has the token"),
                 },
-                _ if perm[req.base][id].is_some() => Fill::Row {
-                    input: req.base,
-                    row: perm[req.base][id].expect("has the token"),
-                },
+                _ if req.base_model.is_some_and(|b| perm[b][id].is_some()) => {
+                    let b = req.base_model.expect("checked");
+                    Fill::Row {
+                        input: b,
+                        row: perm[b][id].expect("has the token"),
+                    }
+                }
                 _ => Fill::Average,
             };
         }
@@ -372,7 +400,7 @@ impl VocabPlan {
         for i in self.tokens.len()..self.n_rows {
             tokens.push(format!("[PAD{i}]"));
             if let Some(t) = types.as_mut() {
-                t.push(TOKEN_TYPE_UNUSED);
+                t.push(token_type::UNUSED);
             }
             if let Some(s) = scores.as_mut() {
                 s.push(0.0);
@@ -425,10 +453,11 @@ mod tests {
                 n_rows: 3,
             },
         ];
-        let none = serde_json::Map::new();
+        let none = Vec::new();
         let req = VocabRequest {
             source: None,
             base: 0,
+            base_model: Some(0),
             tokens: &none,
             pad_to_multiple_of: Some(3),
         };
@@ -451,6 +480,75 @@ mod tests {
         assert_eq!(out[0][4..], [mean, mean]);
     }
 
+    /// mergekit's union and `tokens:` order, and its rule without a base model.
+    #[test]
+    fn union_order_new_tokens_and_no_base_model() {
+        let a = md(&["x", "y"]);
+        let mut b = md(&["<c>", "x", "q", "y"]);
+        b.set(
+            "tokenizer.ggml.token_type",
+            Value::i32s([token_type::CONTROL, 1, 1, 1]),
+        );
+        let c = md(&["x", "q", "r"]);
+        let inputs = [
+            InputVocab {
+                name: "a",
+                metadata: &a,
+                n_rows: 2,
+            },
+            InputVocab {
+                name: "b",
+                metadata: &b,
+                n_rows: 4,
+            },
+            InputVocab {
+                name: "c",
+                metadata: &c,
+                n_rows: 3,
+            },
+        ];
+        let tokens = vec![
+            (
+                "z".to_string(),
+                serde_json::json!({"source": {"kind": "zero"}}),
+            ),
+            ("r".to_string(), serde_json::json!({"source": "c"})),
+            (
+                "n".to_string(),
+                serde_json::json!({"source": {"kind": "model_token", "model": "b", "token": "q"}}),
+            ),
+        ];
+        let req = VocabRequest {
+            source: None,
+            base: 0,
+            base_model: None,
+            tokens: &tokens,
+            pad_to_multiple_of: None,
+        };
+        let plan = VocabPlan::new(&inputs, &req).unwrap().unwrap();
+        // b's control token after every ordinary one (c's `r` too); then the new `tokens:`
+        // entries in recipe order.
+        assert_eq!(plan.tokens, ["x", "y", "q", "r", "<c>", "z", "n"]);
+        let data = vec![
+            (0, vec![0.0, 10.0]),
+            (1, vec![1.0, 11.0, 21.0, 31.0]),
+            (2, vec![2.0, 12.0, 22.0]),
+        ];
+        let out = plan.remap(&data, 1);
+        // q: b and c have it and there is no base model: a gets their mean, not b's row.
+        assert_eq!(out[0], [0.0, 10.0, 16.5, 22.0, 1.0, 0.0, 21.0]);
+        assert_eq!(out[1], [11.0, 31.0, 21.0, 22.0, 1.0, 0.0, 21.0]);
+        assert_eq!(out[2], [2.0, 20.5, 12.0, 22.0, 1.0, 0.0, 21.0]);
+        // A new token without a source is an error.
+        let bad = vec![("w".to_string(), serde_json::json!({"force": true}))];
+        let req = VocabRequest {
+            tokens: &bad,
+            ..req
+        };
+        let err = VocabPlan::new(&inputs, &req).unwrap_err().to_string();
+        assert!(err.contains("\"w\"") && err.contains("source"), "{err}");
+    }
+
     #[test]
     fn identical_vocabularies_need_no_plan_and_forced_tokens_do() {
         let a = md(&["x", "y"]);
@@ -466,30 +564,34 @@ mod tests {
                 n_rows: 2,
             },
         ];
-        let none = serde_json::Map::new();
+        let none = Vec::new();
         let req = VocabRequest {
             source: Some(1),
             base: 0,
+            base_model: Some(0),
             tokens: &none,
             pad_to_multiple_of: None,
         };
         assert!(VocabPlan::new(&inputs, &req).unwrap().is_none());
-        let forced: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(r#"{"y": {"source": {"kind": "zero"}, "force": true}}"#).unwrap();
+        let forced = vec![(
+            "y".to_string(),
+            serde_json::json!({"source": {"kind": "zero"}, "force": true}),
+        )];
         let req = VocabRequest {
             source: Some(1),
             base: 0,
+            base_model: Some(0),
             tokens: &forced,
             pad_to_multiple_of: None,
         };
         let plan = VocabPlan::new(&inputs, &req).unwrap().unwrap();
         let out = plan.remap(&[(0, vec![1.0, 2.0]), (1, vec![3.0, 4.0])], 1);
         assert_eq!(out, [vec![1.0, 0.0], vec![3.0, 0.0]]);
-        let bad: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(r#"{"zz": {"source": "a"}}"#).unwrap();
+        let bad = vec![("zz".to_string(), serde_json::json!({"source": "a"}))];
         let req = VocabRequest {
             source: Some(1),
             base: 0,
+            base_model: Some(0),
             tokens: &bad,
             pad_to_multiple_of: None,
         };

@@ -3,6 +3,9 @@
 //! fixture generator as Hugging Face folders), per-tensor sums, L2 norms and samples.
 //! Random methods (whose draws no other implementation can reproduce) are compared by the
 //! fraction of deltas they drop per tensor, which mergekit's goldens give per seed.
+//! Vocabulary recipes (`tokenizer_source`, `tokenizer:`) run on three models whose tokenizers
+//! differ and are compared token by token: the output vocabulary, then each tensor with its
+//! embedding and output rows taken in mergekit's token order.
 
 use crate::common::{self, Smelt};
 use serde_json::Value;
@@ -41,6 +44,17 @@ const MORE_DETERMINISTIC: &[&str] = &[
     "sce",
 ];
 const RANDOM: &[&str] = &["dare_ties", "dare_linear", "della", "della_linear"];
+/// The vocabulary recipes, on models V1, V2 and V3 (fixtures/golden/merge/vocab).
+const VOCAB: &[&str] = &[
+    "vocab_union_linear",
+    "vocab_union_ties",
+    "vocab_base",
+    "vocab_model",
+    "vocab_tokens",
+    "vocab_pad",
+];
+/// Tensors indexed by token.
+const VOCAB_TENSORS: &[&str] = &["token_embd.weight", "output.weight"];
 
 fn setup(dir: &Path) {
     for (name, seed) in [("A", 1), ("B", 2), ("C", 3)] {
@@ -51,6 +65,29 @@ fn setup(dir: &Path) {
         }
         .write_hf(&dir.join("models").join(name), 1)
         .unwrap();
+    }
+}
+
+/// Models V1, V2, V3: `smelt make-test-model` with the golden's arguments, plus the
+/// committed tokenizer files.
+fn setup_vocab(dir: &Path) {
+    let inputs: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{GOLDEN}/vocab/inputs.json")).unwrap(),
+    )
+    .unwrap();
+    for (name, m) in inputs["models"].as_object().unwrap() {
+        let args: Vec<&str> = m["smelt_args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        Smelt::new(dir).args(args).run().ok();
+        for f in m["tokenizer_files"].as_array().unwrap() {
+            let f = Path::new(f.as_str().unwrap());
+            let to = dir.join("models").join(name).join(f.file_name().unwrap());
+            std::fs::copy(Path::new(GOLDEN).join(f), to).unwrap();
+        }
     }
 }
 
@@ -178,6 +215,18 @@ fn chunked_merges_are_byte_identical_and_match_mergekit() {
 
 /// Differences of merged model `s` from mergekit's golden `json`, into `failures`.
 fn compare(name: &str, s: &Store, json: &Value, failures: &mut Vec<String>) {
+    compare_rows(name, s, json, None, failures)
+}
+
+/// [`compare`], with the token-indexed tensors' rows taken in the order `rows` (row `i` of
+/// mergekit's is smelt's `rows[i]`) when given.
+fn compare_rows(
+    name: &str,
+    s: &Store,
+    json: &Value,
+    rows: Option<&[usize]>,
+    failures: &mut Vec<String>,
+) {
     {
         let tol = if name.contains("slerp") || name == "karcher" {
             1e-5
@@ -188,7 +237,28 @@ fn compare(name: &str, s: &Store, json: &Value, failures: &mut Vec<String>) {
         assert_eq!(s.tensors.len(), tensors.len(), "{name}: tensor count");
         for t in tensors {
             let gguf = t["gguf"].as_str().unwrap();
-            let v = hf_values(s, gguf);
+            let mut v = hf_values(s, gguf);
+            let shape = &s.tensors[s.find(gguf).unwrap()].shape;
+            let want: Vec<u64> = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .rev()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            if *shape != want {
+                failures.push(format!(
+                    "{name} {gguf}: shape {shape:?} vs mergekit {want:?}"
+                ));
+                continue;
+            }
+            if let (Some(rows), true) = (rows, VOCAB_TENSORS.contains(&gguf)) {
+                let width = shape[0] as usize;
+                v = rows
+                    .iter()
+                    .flat_map(|&r| v[r * width..(r + 1) * width].to_vec())
+                    .collect();
+            }
             let l2: f64 = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
             let sum: f64 = v.iter().map(|&x| x as f64).sum();
             let (gl2, gsum) = (t["l2"].as_f64().unwrap(), t["sum"].as_f64().unwrap());
@@ -244,4 +314,128 @@ fn random_methods_match_mergekit_statistics() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The output vocabulary of merged model `s` against mergekit's: the groups the golden says
+/// mergekit orders are in its order, the others hold the same tokens, and rows past the
+/// tokens are `[PAD{i}]`. Returns, per mergekit row, smelt's row of the same token.
+fn compare_vocab(
+    name: &str,
+    s: &Store,
+    json: &Value,
+    failures: &mut Vec<String>,
+) -> Option<Vec<usize>> {
+    let ours: Vec<String> = s
+        .metadata
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let theirs: Vec<&str> = json["vocab"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let rows = json["vocab_rows"].as_u64().unwrap() as usize;
+    let n = failures.len();
+    if ours.len() != rows {
+        failures.push(format!(
+            "{name}: {} tokens, mergekit has {} and {rows} rows",
+            ours.len(),
+            theirs.len()
+        ));
+        return None;
+    }
+    for group in json["vocab_order"].as_array().unwrap() {
+        let (a, b) = (
+            group[0].as_u64().unwrap() as usize,
+            group[1].as_u64().unwrap() as usize,
+        );
+        let (mine, want) = (&ours[a..b], &theirs[a..b]);
+        if group[2] == "fixed" {
+            if let Some(i) = (0..b - a).find(|&i| mine[i] != want[i]) {
+                failures.push(format!(
+                    "{name}: token {} is {:?}, mergekit's is {:?}",
+                    a + i,
+                    mine[i],
+                    want[i]
+                ));
+            }
+        } else {
+            let mut x: Vec<&str> = mine.iter().map(String::as_str).collect();
+            let mut y = want.to_vec();
+            x.sort_unstable();
+            y.sort_unstable();
+            if x != y {
+                failures.push(format!(
+                    "{name}: tokens {a}..{b} are {mine:?}, mergekit's (in any order) {want:?}"
+                ));
+            }
+        }
+    }
+    for (i, t) in ours.iter().enumerate().skip(theirs.len()) {
+        if *t != format!("[PAD{i}]") {
+            failures.push(format!("{name}: padding token {i} is {t:?}"));
+        }
+    }
+    if let Some(n_vocab) = s.metadata.get("llama.vocab_size").and_then(|v| v.as_u64()) {
+        if n_vocab != rows as u64 {
+            failures.push(format!("{name}: llama.vocab_size {n_vocab}, not {rows}"));
+        }
+    }
+    // The rows by token, when every token is there (even out of order: the tensors are
+    // compared too).
+    let index: std::collections::HashMap<&str, usize> = ours
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let rows: Option<Vec<usize>> = theirs
+        .iter()
+        .map(|t| index.get(t).copied())
+        .chain((theirs.len()..rows).map(Some))
+        .collect();
+    if rows.is_none() && failures.len() == n {
+        failures.push(format!("{name}: tokens missing"));
+    }
+    rows
+}
+
+/// mergekit's `tokenizer_source: union | base | MODEL` and `tokenizer:` block (tokens,
+/// pad_to_multiple_of) on models with different vocabularies: the same vocabulary (up to
+/// the token order mergekit leaves to chance), the same rows for every token.
+#[test]
+fn vocabulary_recipes_match_mergekit() {
+    let dir = common::scratch();
+    setup_vocab(dir.path());
+    let mut failures = Vec::new();
+    for name in VOCAB {
+        let recipe = dir.path().join(format!("{name}.yaml"));
+        std::fs::copy(format!("{GOLDEN}/{name}.yaml"), &recipe).unwrap();
+        // The fixtures' BPE pre-tokenizer is GPT-2's, but their tiny vocabulary gives llama.cpp's
+        // check text a hash its table lacks.
+        let o = Smelt::new(dir.path())
+            .arg("merge")
+            .arg(&recipe)
+            .args(["-o", "out", "--types", "F32", "--tokenizer-pre", "gpt-2"])
+            .run();
+        if !o.status.success() {
+            failures.push(format!("{name}: smelt merge failed: {}", o.stderr));
+            continue;
+        }
+        let s = Store::open(dir.path().join(format!("out/{name}-F32.gguf"))).unwrap();
+        let json = golden(name);
+        if let Some(rows) = compare_vocab(name, &s, &json, &mut failures) {
+            compare_rows(name, &s, &json, Some(&rows), &mut failures);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} differences:\n{}",
+        failures.len(),
+        failures[..failures.len().min(30)].join("\n")
+    );
 }
