@@ -14,8 +14,12 @@ pub enum Activations {
     F32,
     F16,
     BF16,
-    /// Blocks of 32 with an f16 scale (Q8_0; Q8_1 holds the same values).
+    /// Blocks of 32 with an f16 scale (Q8_0).
     Q8_0,
+    /// Q8_1: Q8_0's values plus each block's sum, stored as f16, which the dot products of
+    /// weights with a per-block minimum (Q4_1, Q5_1) multiply the minimum by: see
+    /// [`q8_1_sum_error`].
+    Q8_1,
     /// Blocks of 256 with an f32 scale (Q8_K).
     Q8K,
 }
@@ -27,7 +31,8 @@ impl Activations {
             F32 | F64 | I8 | I16 | I32 | I64 => Activations::F32,
             F16 => Activations::F16,
             BF16 => Activations::BF16,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => Activations::Q8_0,
+            Q4_1 | Q5_1 => Activations::Q8_1,
+            Q4_0 | Q5_0 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => Activations::Q8_0,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS
             | IQ3_S | IQ1_S | IQ1_M | IQ4_XS | TQ1_0 | TQ2_0 => Activations::Q8K,
         }
@@ -39,9 +44,9 @@ impl Activations {
             Activations::F32 => Ok(x.clone()),
             Activations::F16 => round_f16(x),
             Activations::BF16 => x.to_dtype(DType::BF16)?.to_dtype(DType::F32),
-            Activations::Q8_0 | Activations::Q8K => {
+            Activations::Q8_0 | Activations::Q8_1 | Activations::Q8K => {
                 let dims = x.dims().to_vec();
-                let block = if self == Activations::Q8_0 { 32 } else { 256 };
+                let block = if self == Activations::Q8K { 256 } else { 32 };
                 let row = *dims.last().expect("at least 1-D");
                 if row % block != 0 {
                     return Ok(x.clone()); // ggml would not run this shape; leave it
@@ -51,10 +56,10 @@ impl Activations {
                 // Blocks are independent: rounded in parallel, the same values on any thread count.
                 v.par_chunks_mut(block * 64).for_each(|run| {
                     for b in run.chunks_exact_mut(block) {
-                        if self == Activations::Q8_0 {
-                            round_q8_0(b)
-                        } else {
+                        if self == Activations::Q8K {
                             round_q8_k(b)
+                        } else {
+                            round_q8_0(b)
                         }
                     }
                 });
@@ -82,6 +87,47 @@ fn round_q8_0(b: &mut [f32]) {
         // where `round_ties_even` is a libm call (`rintf`) on baseline x86-64.
         *v = d16 * crate::quant::search::nearest_int(*v * id) as f32;
     }
+}
+
+/// For weights with a per-block minimum `m` (Q4_1, Q5_1), llama.cpp's dot product adds
+/// `m · s` per block of 32, `s` being the Q8_1 activations' stored sum `f16(d · Σq)` (`d`
+/// the unrounded f32 scale), where a matmul over the rounded activations adds `m · f16(d) · Σq`.
+/// This is the difference `s - f16(d) · Σq` for each block of each row of `x` (unrounded):
+/// shape `x.dims()` with the last dimension divided by 32. Multiplied by the weights' minimums
+/// and added to the matmul, it makes the product llama.cpp's.
+pub fn q8_1_sum_error(x: &Tensor) -> candle_core::Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let row = *dims.last().expect("at least 1-D");
+    let v = x.flatten_all()?.to_vec1::<f32>()?;
+    use rayon::prelude::*;
+    let errors: Vec<f32> = v
+        .par_chunks(32)
+        .map(|b| {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let sum: i32 = b
+                .iter()
+                .map(|&v| crate::quant::search::nearest_int(v * id))
+                .sum();
+            let stored = half::f16::from_f32(d * sum as f32).to_f32();
+            // Exact: an f16 scale times at most 32 · 127 fits f32's mantissa.
+            stored - half::f16::from_f32(d).to_f32() * sum as f32
+        })
+        .collect();
+    *dims.last_mut().expect("at least 1-D") = row / 32;
+    Tensor::from_vec(errors, dims, x.device())
+}
+
+/// Each block's minimum of Q4_1 or Q5_1 bytes (both blocks begin with the f16 scale, then
+/// the f16 minimum); `None` for other types.
+pub fn block_mins(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
+    matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1).then(|| {
+        bytes
+            .chunks_exact(ty.type_size())
+            .map(|b| half::f16::from_le_bytes([b[2], b[3]]).to_f32())
+            .collect()
+    })
 }
 
 /// ggml's `quantize_row_q8_K_ref` then dequantized: the signed value of largest magnitude

@@ -23,6 +23,11 @@ pub trait Weights: Sync {
     fn read_row(&self, name: &str, row: usize, out: &mut [f32]) -> Result<()>;
     /// Every file read (no output may replace one of them).
     fn input_files(&self) -> Vec<std::path::PathBuf>;
+    /// For a Q4_1 or Q5_1 tensor, each block's minimum (one per 32 values, in order), which
+    /// llama.cpp's dot products treat apart from the scaled quants; `None` for other types.
+    fn block_mins(&self, _name: &str) -> Result<Option<Vec<f32>>> {
+        Ok(None)
+    }
     /// `{arch}.block_count`, for progress.
     fn n_layer(&self) -> u64 {
         let md = self.metadata();
@@ -59,6 +64,18 @@ impl Weights for Store {
 
     fn input_files(&self) -> Vec<std::path::PathBuf> {
         self.paths().into_iter().map(|p| p.to_path_buf()).collect()
+    }
+
+    fn block_mins(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        let i = self.find(name).ok_or_else(|| missing(name))?;
+        let ty = self.tensors[i].ty;
+        if !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+            return Ok(None);
+        }
+        let bytes = self.passthrough(i).ok_or_else(|| {
+            Error::Invalid(format!("{name}: the {ty} bytes cannot be read in place"))
+        })?;
+        Ok(super::ops::block_mins(ty, bytes))
     }
 }
 

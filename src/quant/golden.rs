@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Standard base64 (with or without padding), as Python's `base64.b64encode` writes it.
-fn b64_decode(s: &str) -> Vec<u8> {
+pub(crate) fn b64_decode(s: &str) -> Vec<u8> {
     fn val(c: u8) -> u32 {
         match c {
             b'A'..=b'Z' => (c - b'A') as u32,
@@ -42,7 +42,7 @@ fn b64_decode(s: &str) -> Vec<u8> {
 }
 
 /// Little-endian f32 values from base64.
-fn f32s(s: &str) -> Vec<f32> {
+pub(crate) fn f32s(s: &str) -> Vec<f32> {
     b64_decode(s)
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))

@@ -8,7 +8,7 @@
 mod bytes;
 pub mod float;
 #[cfg(test)]
-mod golden;
+pub(crate) mod golden;
 #[cfg(test)]
 mod golden_dequant;
 pub mod grids;
