@@ -7,6 +7,7 @@
 
 mod common;
 
+mod app_api;
 mod bad_input;
 mod calibrate;
 mod eval;
