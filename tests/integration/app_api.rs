@@ -73,7 +73,7 @@ fn quantize_as_a_library_call_writes_the_clis_files_and_reports_them() {
 
     smelt(
         dir.path(),
-        &["quantize", "m.gguf", "-o", "cli", "--types", "Q8_0,Q4_K_M"],
+        ["quantize", "m.gguf", "-o", "cli", "--types", "Q8_0,Q4_K_M"],
     )
     .unwrap();
     for ft in ["Q8_0", "Q4_K_M"] {
@@ -138,7 +138,7 @@ fn merge_as_a_library_call_reports_its_plan_and_files() {
             .any(|l| l.starts_with("wrote ") && l.contains("mix-F16.gguf")),
         "{said:?}"
     );
-    smelt(dir.path(), &["merge", "mix.yaml", "-o", "cli"]).unwrap();
+    smelt(dir.path(), ["merge", "mix.yaml", "-o", "cli"]).unwrap();
     assert_eq!(
         std::fs::read(out.join("mix-F16.gguf")).unwrap(),
         std::fs::read(dir.path().join("cli/mix-F16.gguf")).unwrap()
