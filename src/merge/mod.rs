@@ -1336,14 +1336,10 @@ impl TensorProducer for MergePlan {
         Ok(())
     }
     fn raw(&self, i: usize) -> Option<&[u8]> {
-        // An unscaled single-input passthrough is the source tensor itself.
+        // A method that copies its one input (an unscaled passthrough) is the source tensor.
         let t = &self.tensors[i];
-        let unscaled = t
-            .per_input
-            .first()
-            .and_then(|p| p.iter().find(|(n, _)| *n == "scale"))
-            .is_none_or(|s| s.1 == 1.0);
-        if t.method.name() != "passthrough" || !unscaled || t.remap_vocab {
+        let copies = t.per_input.len() == 1 && t.method.copies_input(&t.per_input[0]);
+        if !copies || t.remap_vocab {
             return None;
         }
         let (inp, ti) = t.sources[0];

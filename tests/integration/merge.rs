@@ -471,3 +471,46 @@ fn different_vocabularies_are_laid_out_in_the_chosen_one() {
     let err = e.merge(&bad, "o5", &["--types", "F32"]).unwrap_err();
     assert!(err.contains("bad.yaml:") && err.contains("c.gguf"), "{err}");
 }
+
+/// The writer copies a tensor's stored bytes only where the method says its result is its one
+/// input unchanged (`Method::copies_input`): an unscaled passthrough, not a scaled one, nor
+/// any other method on one input.
+#[test]
+fn only_an_unscaled_passthrough_copies_its_input_bytes() {
+    use smelt::write::TensorProducer;
+    let dir = common::scratch();
+    common::tiny_model(dir.path(), "q.gguf", &["--hidden", "256", "--ff", "512"]);
+    common::smelt(
+        dir.path(),
+        ["quantize", "q.gguf", "-o", "q4.gguf", "--type", "Q4_K_M"],
+    )
+    .unwrap();
+    let input = Store::open(dir.path().join("q4.gguf")).unwrap();
+    let plan = |recipe: &str| {
+        let docs = smelt::recipe::parse(recipe, "r.yaml").unwrap();
+        smelt::merge::MergePlan::new(
+            &docs[0],
+            recipe,
+            "r.yaml",
+            dir.path(),
+            &[],
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let slice = "slices:\n  - sources:\n      - model: q4.gguf\n        layer_range: [0, 2]\n";
+    let copied = plan(&format!("merge_method: passthrough\n{slice}"));
+    let scaled = plan(&format!(
+        "merge_method: passthrough\nparameters:\n  scale: 0.5\n{slice}"
+    ));
+    let linear = plan(&format!(
+        "merge_method: linear\nparameters:\n  weight: 1.0\n{slice}"
+    ));
+    for i in 0..copied.n_tensors() {
+        let name = copied.name(i);
+        let stored = input.raw(input.find(name).unwrap()).unwrap();
+        assert_eq!(copied.raw(i), Some(stored), "{name}");
+        assert_eq!(scaled.raw(i), None, "{name}");
+        assert_eq!(linear.raw(i), None, "{name}");
+    }
+}

@@ -149,6 +149,11 @@ pub trait Method: Sync {
     /// Gather what the method needs of the whole tensor (streaming passes over
     /// `input.rows`, none for element-wise methods) and return what makes its rows.
     fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>>;
+    /// Whether the result is its one input's values unchanged, given that input's parameter
+    /// values (`per_input[0]` of the plan): the writer may then copy the stored bytes.
+    fn copies_input(&self, _per_input: &[(&'static str, f64)]) -> bool {
+        false
+    }
 }
 
 /// A method ready to produce one tensor's rows: any rows, in any chunks, always the same

@@ -19,6 +19,12 @@ impl Method for Passthrough {
     fn inputs(&self) -> (usize, usize) {
         (1, 1)
     }
+    fn copies_input(&self, per_input: &[(&'static str, f64)]) -> bool {
+        per_input
+            .iter()
+            .find(|(name, _)| *name == "scale")
+            .is_none_or(|(_, scale)| *scale == 1.0)
+    }
     fn prepare(&self, input: &MergeInput) -> Result<Box<dyn Apply>> {
         let scale = (input.per_input)(0, "scale") as f32;
         Ok(Box::new(Elementwise(
