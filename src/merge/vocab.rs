@@ -88,14 +88,29 @@ fn tokens_of(v: &InputVocab) -> Result<Vec<String>> {
                 v.name
             ))
         })?;
-    Ok(arr
+    let mut tokens: Vec<String> = arr
         .iter()
         .take(v.n_rows)
         .map(|t| match t {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         })
-        .collect())
+        .collect();
+    // The converter's `[PAD{id}]` fillers up to config.json's vocab_size are no tokens of the
+    // tokenizer: mergekit's vocabulary is the tokenizer's (`get_vocab()`), so they are left
+    // out, and with them the embedding rows past the real vocabulary.
+    let types = i32_array(v.metadata, "tokenizer.ggml.token_type");
+    while let Some(last) = tokens.last() {
+        let id = tokens.len() - 1;
+        let unused = types
+            .as_ref()
+            .is_none_or(|t| t.get(id) == Some(&token_type::UNUSED));
+        if !(unused && *last == format!("[PAD{id}]")) {
+            break;
+        }
+        tokens.pop();
+    }
+    Ok(tokens)
 }
 
 fn i32_array(md: &Metadata, key: &str) -> Option<Vec<i32>> {
@@ -427,6 +442,45 @@ mod tests {
             Value::strings(tokens.iter().copied()),
         );
         m
+    }
+
+    #[test]
+    fn converter_padding_is_no_token_of_the_vocabulary() {
+        // A model converted with vocab_size 5 for a tokenizer of 3 tokens, and one without.
+        let mut a = md(&["x", "y", "z", "[PAD3]", "[PAD4]"]);
+        a.set(
+            "tokenizer.ggml.token_type",
+            Value::i32s([1, 1, 1, token_type::UNUSED, token_type::UNUSED]),
+        );
+        let b = md(&["x", "y", "q"]);
+        let inputs = [
+            InputVocab {
+                name: "a",
+                metadata: &a,
+                n_rows: 5,
+            },
+            InputVocab {
+                name: "b",
+                metadata: &b,
+                n_rows: 3,
+            },
+        ];
+        let none = Vec::new();
+        let req = |source| VocabRequest {
+            source,
+            base: 0,
+            base_model: Some(0),
+            tokens: &none,
+            pad_to_multiple_of: None,
+        };
+        // As mergekit: the union is the tokenizers' tokens, no fillers, no filler rows.
+        let union = VocabPlan::new(&inputs, &req(None)).unwrap().unwrap();
+        assert_eq!(union.tokens, ["x", "y", "z", "q"]);
+        assert_eq!(union.n_rows, 4);
+        // The base's vocabulary: its three tokens; the two filler rows are dropped.
+        let base = VocabPlan::new(&inputs, &req(Some(0))).unwrap().unwrap();
+        assert_eq!(base.tokens, ["x", "y", "z"]);
+        assert_eq!(base.n_rows, 3);
     }
 
     #[test]
