@@ -281,6 +281,63 @@ VOCAB_RECIPES = {
 }
 RECIPES.update(VOCAB_RECIPES)
 
+# A LoRA input (`model: BASE+ADAPTER`): a PEFT adapter on model A's q_proj, v_proj and
+# down_proj (rank 4, alpha 8), written by this script into fixtures/golden/merge/lora/L
+# (committed, a few KB) and merged by mergekit through peft's merge_and_unload.
+LORA_DIR = GOLDEN / "lora" / "L"
+LORA_RANK, LORA_ALPHA = 4, 8
+LORA_TARGETS = {"q_proj": (64, 64), "v_proj": (64, 32), "down_proj": (128, 64)}  # (in, out)
+LORA_RECIPES = {
+    "lora_linear": recipe("linear", {"models": [
+        m("models/A+lora/L", weight=0.6), m(B, weight=0.4)]}),
+}
+RECIPES.update(LORA_RECIPES)
+
+
+def lora_tensors():
+    """The adapter's A ([r, in]) and B ([out, r]) per targeted module and layer: smooth
+    deterministic values (no RNG, the same on any numpy)."""
+    import numpy as np
+    out = {}
+    for layer in range(4):
+        for k, (mod, (n_in, n_out)) in enumerate(LORA_TARGETS.items()):
+            part = "mlp" if mod == "down_proj" else "self_attn"
+            name = f"base_model.model.model.layers.{layer}.{part}.{mod}"
+            for which, shape in (("lora_A", (LORA_RANK, n_in)), ("lora_B", (n_out, LORA_RANK))):
+                i = np.arange(shape[0] * shape[1], dtype=np.float64)
+                v = 0.05 * np.sin(0.37 * i + 1.3 * layer + 0.7 * k + (which == "lora_B"))
+                out[f"{name}.{which}.weight"] = v.reshape(shape).astype(np.float32)
+    return out
+
+
+def lora_config():
+    return json.dumps({"base_model_name_or_path": "models/A", "peft_type": "LORA",
+                       "task_type": "CAUSAL_LM", "r": LORA_RANK, "lora_alpha": LORA_ALPHA,
+                       "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+                       "target_modules": list(LORA_TARGETS)}, indent=1) + "\n"
+
+
+def write_lora(folder):
+    from safetensors.numpy import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(lora_config())
+    save_file(lora_tensors(), str(folder / "adapter_model.safetensors"))
+
+
+def check_lora():
+    """The committed adapter is what this script writes (values, not bytes: safetensors'
+    header layout may change between versions)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+    errs = []
+    if (LORA_DIR / "adapter_config.json").read_text() != lora_config():
+        errs.append("lora/L/adapter_config.json differs from the script's")
+    got = load_file(str(LORA_DIR / "adapter_model.safetensors"))
+    want = lora_tensors()
+    if set(got) != set(want) or any(not np.array_equal(got[k], want[k]) for k in want):
+        errs.append("lora/L/adapter_model.safetensors differs from the script's")
+    return errs
+
 # ---------------------------------------------------------------------------
 # YAML without a yaml dependency of our own (mergekit brings PyYAML, but the
 # emitted text should be stable and readable): flow style for leaf dicts/lists.
@@ -520,6 +577,8 @@ def merge(work, yaml_path, out, mergekit_yaml, seed=None, tokenizer=False):
         cmd.remove("--no-copy-tokenizer")
     if seed is not None:
         cmd += ["--random-seed", str(seed)]
+    if "+lora/" in yaml_path.read_text():  # mergekit merges the adapter into a cached copy
+        cmd += ["--lora-merge-cache", str(work / "lora-cache")]
     run(cmd, cwd=work, env=env)
     tensors = {}
     for f in sorted(out.glob("*.safetensors")):
@@ -818,6 +877,19 @@ def check(smelt):
 
     expect("passthrough", passthrough)
 
+    # The LoRA input: PEFT's W + (alpha / r) B A on the targeted projections of A.
+    errors.extend(check_lora())
+    lora = {k: v.astype(np.float64) for k, v in lora_tensors().items()}
+
+    def with_lora(n):
+        w = a[n].copy()
+        key = "base_model.model." + n.removesuffix(".weight")
+        if f"{key}.lora_A.weight" in lora:
+            w += (LORA_ALPHA / LORA_RANK) * lora[f"{key}.lora_B.weight"] @ lora[f"{key}.lora_A.weight"]
+        return w
+
+    expect("lora_linear", lambda n: 0.6 * with_lora(n) + 0.4 * b[n])
+
     # Vocabulary recipes without `tokens:`: mergekit's row assignment redone in numpy.
     for name in ("vocab_union_linear", "vocab_base", "vocab_model", "vocab_pad"):
         r = RECIPES[name]
@@ -880,6 +952,9 @@ def main():
                 (VOCAB_DIR / k / f).write_text(text, encoding="utf-8")
         (VOCAB_DIR / "inputs.json").write_text(
             json.dumps(vocab_inputs_doc(work), indent=1) + "\n")
+    if any(n in LORA_RECIPES for n in names):
+        write_lora(LORA_DIR)
+        write_lora(work / "lora" / "L")
     models = load_models(work)
     model_info = {k: {"path": f"models/{k}", "seed": s,
                       "smelt_args": ["make-test-model", "-o", f"models/{k}", "--seed",
@@ -910,6 +985,7 @@ def main():
                            "--allow-crimes --out-shard-size 1B -j 1 "
                            + ("" if vocab else "--no-copy-tokenizer ")
                            + "--no-write-model-card"
+                           + (" --lora-merge-cache DIR" if name in LORA_RECIPES else "")
                            + (" --random-seed SEED" if random else ""),
                 "out_config": {k: cfg.get(k) for k in (
                     "num_hidden_layers", "hidden_size", "intermediate_size",

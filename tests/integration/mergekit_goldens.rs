@@ -439,3 +439,21 @@ fn vocabulary_recipes_match_mergekit() {
         failures[..failures.len().min(30)].join("\n")
     );
 }
+
+/// A LoRA input (`model: models/A+lora/L`, the committed PEFT adapter on q_proj, v_proj and
+/// down_proj) merged linearly with B: mergekit's values, which it makes through peft's
+/// merge_and_unload.
+#[test]
+fn lora_input_matches_mergekit() {
+    let dir = common::scratch();
+    setup(dir.path());
+    let adapter = dir.path().join("lora/L");
+    std::fs::create_dir_all(&adapter).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(format!("{GOLDEN}/lora/L/{f}"), adapter.join(f)).unwrap();
+    }
+    let (s, json) = merged(dir.path(), "lora_linear");
+    let mut failures = Vec::new();
+    compare("lora_linear", &s, &json, &mut failures);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
