@@ -134,6 +134,15 @@ pub fn plan(
                 imatrix,
             }));
         }
+        if !ft.default_type().is_quantized() && !opts.mix.tensor_types.is_empty() {
+            // llama-quantize applies --tensor-type only under a quantized file type.
+            warnings.push(format!(
+                "{}: --tensor-type is ignored for a {} output, as llama-quantize ignores it; quantize to a type and override tensors back to {} instead",
+                ft.name(),
+                ft.name(),
+                ft.name()
+            ));
+        }
         if let Some((from, to)) = coarser {
             warnings.push(format!(
                 "{}: the source holds {from} tensors; re-quantizing them to {to} cannot restore the precision they lost",

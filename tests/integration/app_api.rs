@@ -1,5 +1,6 @@
 //! The commands as library calls: `app::quantize` and `app::merge` with a collecting
-//! `Reporter`, no binary spawned. Their files are the CLI's, byte for byte.
+//! `Reporter`, no binary spawned. Their files are the CLI's, byte for byte. Also what quantize
+//! reports about its options.
 
 use crate::common::{self, smelt};
 use smelt::app::merge::{MergeJob, MergeOutput, RecipeSource};
@@ -143,4 +144,56 @@ fn merge_as_a_library_call_reports_its_plan_and_files() {
         std::fs::read(out.join("mix-F16.gguf")).unwrap(),
         std::fs::read(dir.path().join("cli/mix-F16.gguf")).unwrap()
     );
+}
+
+/// `--tensor-type` under a float file type does nothing in llama-quantize (it applies the
+/// overrides only under a quantized type), and smelt writes the same file; it says so.
+#[test]
+fn tensor_type_under_a_float_type_is_ignored_with_a_warning() {
+    let dir = common::scratch();
+    common::tiny_model(dir.path(), "m.gguf", &["--hidden", "256", "--ff", "512"]);
+    let override_ = ["--tensor-type", "ffn_down=Q8_0"];
+    let float = smelt(
+        dir.path(),
+        [
+            "quantize",
+            "m.gguf",
+            "-o",
+            "f16.gguf",
+            "--type",
+            "F16",
+            override_[0],
+            override_[1],
+        ],
+    )
+    .unwrap();
+    assert!(
+        float.contains("--tensor-type is ignored for a F16 output"),
+        "{float}"
+    );
+    let s = smelt::store::Store::open(dir.path().join("f16.gguf")).unwrap();
+    let down = s.find("blk.0.ffn_down.weight").unwrap();
+    assert_eq!(s.tensors[down].ty, smelt::gguf::GgmlType::F16);
+
+    let quantized = smelt(
+        dir.path(),
+        [
+            "quantize",
+            "m.gguf",
+            "-o",
+            "q.gguf",
+            "--type",
+            "Q4_0",
+            override_[0],
+            override_[1],
+        ],
+    )
+    .unwrap();
+    assert!(
+        !quantized.contains("--tensor-type is ignored"),
+        "{quantized}"
+    );
+    let s = smelt::store::Store::open(dir.path().join("q.gguf")).unwrap();
+    let down = s.find("blk.0.ffn_down.weight").unwrap();
+    assert_eq!(s.tensors[down].ty, smelt::gguf::GgmlType::Q8_0);
 }
