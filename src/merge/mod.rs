@@ -78,6 +78,9 @@ struct Current {
     /// Its inputs laid out in the output vocabulary (only when vocabularies differ: then the
     /// inputs are held whole).
     remapped: Option<Vec<Vec<f32>>>,
+    /// Every input's whole tensor, when it fit in one chunk and the method's passes read it:
+    /// the result's rows are made from it, without reading the inputs again.
+    held: Option<Vec<Vec<f32>>>,
     bufs: Vec<Vec<f32>>,
 }
 
@@ -1058,15 +1061,18 @@ impl MergePlan {
             seed: t.seed,
             rows: &rows,
             chunk_rows: self.chunk_rows(i),
+            held: Default::default(),
         };
         let apply = t
             .method
             .prepare(&input)
             .map_err(|e| self.name_tensor(i, e))?;
+        let held = input.take_held();
         Ok(Current {
             i,
             apply,
             remapped,
+            held,
             bufs: vec![Vec::new(); t.sources.len()],
         })
     }
@@ -1267,6 +1273,29 @@ impl PlanBuilder<'_> {
     }
 }
 
+impl MergePlan {
+    /// A NaN or infinity in a model is never what a recipe asked for (weights summing to
+    /// almost 0, huge weights or scales, non-finite inputs): merged rows `first_row..` of
+    /// tensor `t` are checked.
+    fn check_finite(
+        &self,
+        t: &OutTensor,
+        first_row: usize,
+        row_len: usize,
+        o: &[f32],
+    ) -> Result<()> {
+        if let Some(j) = o.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "tensor `{}`: the merged value at element {} is {} (check the recipe's weights and parameters, and the inputs)",
+                t.name,
+                first_row * row_len + j,
+                o[j]
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl TensorProducer for MergePlan {
     fn n_tensors(&self) -> usize {
         self.tensors.len()
@@ -1294,11 +1323,21 @@ impl TensorProducer for MergePlan {
         let Current {
             apply,
             remapped,
+            held,
             bufs,
             ..
         } = cur.as_mut().expect("just prepared");
         let t = &self.tensors[i];
         let row_len = t.shape[0] as usize;
+        if let Some(held) = held {
+            // The whole tensor is in memory: the rows asked for, in one go.
+            let range = first_row * row_len..first_row * row_len + out.len();
+            let x: Vec<&[f32]> = held.iter().map(|b| &b[range.clone()]).collect();
+            apply
+                .apply(first_row, &x, out)
+                .map_err(|e| self.name_tensor(i, e))?;
+            return self.check_finite(t, first_row, row_len, out);
+        }
         let rows = SourceRows {
             plan: self,
             t,
@@ -1321,16 +1360,7 @@ impl TensorProducer for MergePlan {
                 .apply(first_row + r, &x, o)
                 .map_err(|e| self.name_tensor(i, e))?;
             rows.done(first_row + r, n);
-            // A NaN or infinity in a model is never what a recipe asked for (weights summing
-            // to almost 0, huge weights or scales, non-finite inputs).
-            if let Some(j) = o.iter().position(|v| !v.is_finite()) {
-                return Err(Error::Invalid(format!(
-                    "tensor `{}`: the merged value at element {} is {} (check the recipe's weights and parameters, and the inputs)",
-                    t.name,
-                    (first_row + r) * row_len + j,
-                    o[j]
-                )));
-            }
+            self.check_finite(t, first_row + r, row_len, o)?;
             r += n;
         }
         Ok(())

@@ -74,6 +74,9 @@ pub struct MergeInput<'a> {
     pub rows: &'a dyn Rows,
     /// Rows per chunk of a pass (at least 1).
     pub chunk_rows: usize,
+    /// A tensor that fits in one chunk is read once: its rows, held for the later passes (and
+    /// for the rows of the result, see [`MergeInput::take_held`]).
+    pub held: std::cell::RefCell<Option<Vec<Vec<f32>>>>,
 }
 
 impl MergeInput<'_> {
@@ -85,6 +88,19 @@ impl MergeInput<'_> {
     /// One pass over the whole tensor, chunk by chunk in row order: `f(first_row, chunks)`,
     /// `chunks[k]` holding those rows of input `k`. At most one chunk per input is in memory.
     pub fn pass(&self, mut f: impl FnMut(usize, &[&[f32]]) -> Result<()>) -> Result<()> {
+        if self.n_rows > 0 && self.n_rows <= self.chunk_rows.max(1) {
+            // One chunk: read (dequantized) once, whatever the number of passes.
+            let mut held = self.held.borrow_mut();
+            if held.is_none() {
+                let mut bufs = vec![vec![0f32; self.n_elements()]; self.n_inputs];
+                self.rows.read(0, &mut bufs)?;
+                self.rows.done(0, self.n_rows);
+                *held = Some(bufs);
+            }
+            let bufs = held.as_ref().expect("just read");
+            let refs: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
+            return f(0, &refs);
+        }
         let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); self.n_inputs];
         let mut row = 0;
         while row < self.n_rows {
@@ -99,6 +115,11 @@ impl MergeInput<'_> {
             row += n;
         }
         Ok(())
+    }
+
+    /// The whole tensor's rows of every input, when a pass read them in one chunk.
+    pub fn take_held(&self) -> Option<Vec<Vec<f32>>> {
+        self.held.borrow_mut().take()
     }
 
     /// The inputs other than the base, in source order.
@@ -195,6 +216,7 @@ pub fn merge_in_memory(
         seed,
         rows: &rows,
         chunk_rows,
+        held: Default::default(),
     };
     let mut apply = method.prepare(&input)?;
     let mut out = vec![0f32; n];

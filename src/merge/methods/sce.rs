@@ -49,29 +49,54 @@ impl Method for Sce {
             // m is set once the first pass has counted the nonzero variances; until then the
             // selection must ask for its passes whatever n is (n = 1 too).
             let mut sel = Select::new(1, u64::MAX, 64);
+            // A tensor in one chunk is held in memory: each weight's variance is computed once
+            // (for every pass, and for the result), not once per pass.
+            let whole = input.n_rows <= input.chunk_rows.max(1);
+            let mut var: Vec<f64> = Vec::new();
+            if whole {
+                input.pass(|_, x| {
+                    var = (0..x[b].len())
+                        .into_par_iter()
+                        .with_min_len(1 << 12)
+                        .map(|j| variance(x, b, &others, j))
+                        .collect();
+                    Ok(())
+                })?;
+            }
             let mut nonzero: Option<u64> = None;
             while sel.needs_pass() {
                 let mut count = 0u64;
-                input.pass(|first_row, x| {
-                    let len = x[b].len();
-                    let key = |j: usize| !variance(x, b, &others, j).to_bits();
+                if whole {
                     if nonzero.is_none() {
-                        count += (0..len)
-                            .into_par_iter()
-                            .with_min_len(1 << 14)
-                            .filter(|&j| variance(x, b, &others, j) != 0.0)
-                            .count() as u64;
+                        count = var.par_iter().filter(|&&v| v != 0.0).count() as u64;
                     }
-                    sel.feed((first_row * input.row_len) as u64, len, key);
-                    Ok(())
-                })?;
+                    sel.feed(0, var.len(), |j| !var[j].to_bits());
+                } else {
+                    input.pass(|first_row, x| {
+                        let len = x[b].len();
+                        let key = |j: usize| !variance(x, b, &others, j).to_bits();
+                        if nonzero.is_none() {
+                            count += (0..len)
+                                .into_par_iter()
+                                .with_min_len(1 << 14)
+                                .filter(|&j| variance(x, b, &others, j) != 0.0)
+                                .count() as u64;
+                        }
+                        sel.feed((first_row * input.row_len) as u64, len, key);
+                        Ok(())
+                    })?;
+                }
                 if nonzero.is_none() {
                     nonzero = Some(count);
                     sel.set_m((count as f64 * topk) as u64, n);
                 }
                 sel.end_pass();
             }
-            Keep::Top(sel)
+            if whole {
+                Keep::TopOf(sel, var)
+            } else {
+                Keep::Top(sel)
+            }
         } else {
             Keep::All
         };
@@ -141,6 +166,8 @@ enum Keep {
     None,
     All,
     Top(Select),
+    /// The selection, with every weight's variance (a tensor held whole).
+    TopOf(Select, Vec<f64>),
 }
 
 impl Keep {
@@ -150,6 +177,7 @@ impl Keep {
             Keep::None => false,
             Keep::All => true,
             Keep::Top(sel) => sel.contains(pos, !variance(x, b, others, j).to_bits()),
+            Keep::TopOf(sel, var) => sel.contains(pos, !var[pos as usize].to_bits()),
         }
     }
 }

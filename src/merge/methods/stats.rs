@@ -184,13 +184,29 @@ impl Select {
                 return;
             }
             let cut = self.prefix;
+            // Keys equal to the cut counted per block in parallel, then the block holding the
+            // last tie taken scanned in order.
+            const TIE_BLOCK: usize = 1 << 16;
+            let counts: Vec<u64> = (0..n.div_ceil(TIE_BLOCK))
+                .into_par_iter()
+                .map(|blk| {
+                    let r = blk * TIE_BLOCK..((blk + 1) * TIE_BLOCK).min(n);
+                    r.filter(|&j| key(j) == cut).count() as u64
+                })
+                .collect();
             let mut seen = self.tie_seen;
-            for j in 0..n {
-                if key(j) == cut {
-                    seen += 1;
-                    if seen == self.tie_need {
-                        self.tie_found = Some(pos + j as u64);
-                        return;
+            for (blk, &c) in counts.iter().enumerate() {
+                if seen + c < self.tie_need {
+                    seen += c;
+                    continue;
+                }
+                for j in blk * TIE_BLOCK..((blk + 1) * TIE_BLOCK).min(n) {
+                    if key(j) == cut {
+                        seen += 1;
+                        if seen == self.tie_need {
+                            self.tie_found = Some(pos + j as u64);
+                            return;
+                        }
                     }
                 }
             }
@@ -219,31 +235,26 @@ impl Select {
             }
             return;
         }
-        // Counts are integers: per-thread histograms add up to the same at any thread count.
-        let hist = (0..n)
+        // Counts are integers: histograms of parts add up to the same at any thread count.
+        // One part per thread (of at least 2^15 keys), each with its own 32-bit histogram.
+        let per = n.div_ceil(rayon::current_num_threads().max(1)).max(1 << 15);
+        let hists: Vec<Vec<u32>> = (0..n.div_ceil(per))
             .into_par_iter()
-            .with_min_len(1 << 15)
-            .fold(
-                || vec![0u64; 1 << DIGIT],
-                |mut h, j| {
+            .map(|p| {
+                let mut h = vec![0u32; 1 << DIGIT];
+                for j in p * per..((p + 1) * per).min(n) {
                     let k = key(j);
                     if matches(k) {
                         h[((k >> shift) & mask) as usize] += 1;
                     }
-                    h
-                },
-            )
-            .reduce(
-                || vec![0u64; 1 << DIGIT],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x += y;
-                    }
-                    a
-                },
-            );
-        for (x, y) in self.hist.iter_mut().zip(hist) {
-            *x += y;
+                }
+                h
+            })
+            .collect();
+        for h in hists {
+            for (x, y) in self.hist.iter_mut().zip(h) {
+                *x += y as u64;
+            }
         }
     }
 

@@ -106,6 +106,7 @@ gta!(
 const RNG_BLOCK: usize = 1 << 16;
 
 /// Uniform draw in [0, 1) from the stream, one per element in order.
+#[cfg(test)]
 fn uniform(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u32() as f64) / 4_294_967_296.0
 }
@@ -235,23 +236,41 @@ impl Mask {
             } => {
                 let (density, epsilon) = (*density, *epsilon);
                 let first_row = start / row_len as u64;
-                d.par_chunks_mut(row_len).enumerate().for_each(|(r, row)| {
-                    let mut rng = rng.clone();
-                    rng.set_word_pos(first + ((first_row + r as u64) * row_len as u64) as u128);
-                    let mut idx: Vec<usize> = (0..row.len()).collect();
-                    idx.sort_by(|&a, &b| row[a].abs().total_cmp(&row[b].abs()).then(a.cmp(&b)));
-                    let span = (row.len().max(2) - 1) as f64;
-                    let mut rank = vec![0usize; row.len()];
-                    for (pos, &i) in idx.iter().enumerate() {
-                        rank[i] = pos;
-                    }
-                    for (v, &rk) in row.iter_mut().zip(&rank) {
-                        let p = (density - epsilon) + (rk as f64 / span) * 2.0 * epsilon;
-                        if uniform(&mut rng) >= p {
-                            *v = 0.0;
+                let span = (row_len.max(2) - 1) as f64;
+                d.par_chunks_mut(row_len).enumerate().for_each_init(
+                    || (Vec::new(), Vec::new(), Vec::new()),
+                    |(keys, rank, words): &mut (Vec<u64>, Vec<u32>, Vec<u8>), (r, row)| {
+                        let mut rng = rng.clone();
+                        rng.set_word_pos(first + ((first_row + r as u64) * row_len as u64) as u128);
+                        // Ascending |v|, ties by position: |v|'s bits order as its value
+                        // (never negative), the position in the low half breaks ties.
+                        keys.clear();
+                        keys.extend(
+                            row.iter()
+                                .enumerate()
+                                .map(|(i, v)| ((v.abs().to_bits() as u64) << 32) | i as u64),
+                        );
+                        keys.sort_unstable();
+                        rank.resize(row.len(), 0);
+                        for (pos, &k) in keys.iter().enumerate() {
+                            rank[k as u32 as usize] = pos as u32;
                         }
-                    }
-                });
+                        // One word of the stream per element, in order (fill_bytes takes
+                        // whole words in stream order, as next_u32 would).
+                        words.resize(4 * row.len(), 0);
+                        rng.fill_bytes(words);
+                        for ((v, &rk), w) in
+                            row.iter_mut().zip(rank.iter()).zip(words.chunks_exact(4))
+                        {
+                            let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                            let u = (word as f64) / 4_294_967_296.0;
+                            let p = (density - epsilon) + (rk as f64 / span) * 2.0 * epsilon;
+                            if u >= p {
+                                *v = 0.0;
+                            }
+                        }
+                    },
+                );
             }
         }
     }
