@@ -551,7 +551,7 @@ impl<'a> Model<'a> {
         let (t, n_embd) = h.dims2()?;
         let probs = candle_nn::ops::softmax_last_dim(&moe.router.forward(h, stats)?)?;
         let probs = probs.to_vec2::<f32>()?;
-        let n_expert = moe.gate.dims3()?.0;
+        let n_expert = moe.gate.w.dims3()?.0;
         let k = self.n_expert_used.clamp(1, n_expert);
         // For each expert, the tokens routed to it and their weights.
         let mut routed: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); n_expert];
@@ -572,31 +572,15 @@ impl<'a> Model<'a> {
             }
             let idx = Tensor::new(tokens.as_slice(), &Device::Cpu)?;
             let x = h.index_select(&idx, 0)?;
-            let expert = |m: &Option<Tensor>| m.as_ref().map(|m| m.get(e)).transpose();
-            let gate = rounded_matmul(
-                moe.gate_act,
-                &x,
-                &moe.gate.get(e)?,
-                expert(&moe.gate_mins)?.as_ref(),
-            )?;
-            let up = rounded_matmul(
-                moe.up_act,
-                &x,
-                &moe.up.get(e)?,
-                expert(&moe.up_mins)?.as_ref(),
-            )?;
+            let gate = moe.gate.forward_expert(e, &x)?;
+            let up = moe.up.forward_expert(e, &x)?;
             let a = (self.activate(&gate)? * up)?;
             if let Some(s) = stats {
-                s.add_expert(&moe.gate_name, n_expert, e, &x)?;
-                s.add_expert(&moe.up_name, n_expert, e, &x)?;
-                s.add_expert(&moe.down_name, n_expert, e, &a)?;
+                s.add_expert(&moe.gate.name, n_expert, e, &x)?;
+                s.add_expert(&moe.up.name, n_expert, e, &x)?;
+                s.add_expert(&moe.down.name, n_expert, e, &a)?;
             }
-            let y = rounded_matmul(
-                moe.down_act,
-                &a,
-                &moe.down.get(e)?,
-                expert(&moe.down_mins)?.as_ref(),
-            )?;
+            let y = moe.down.forward_expert(e, &a)?;
             let wts = Tensor::from_vec(weights.clone(), (tokens.len(), 1), &Device::Cpu)?;
             out = out.index_add(&idx, &y.broadcast_mul(&wts)?, 0)?;
         }
@@ -738,6 +722,13 @@ impl Linear {
             None => Ok(y),
         }
     }
+
+    /// Expert `e` of a stacked (n_expert, rows, columns) matrix: x (rows, n_in) -> (rows,
+    /// n_out). Without a bias: an `_exps.bias`, as before, is not applied.
+    fn forward_expert(&self, e: usize, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mins = self.mins.as_ref().map(|m| m.get(e)).transpose()?;
+        rounded_matmul(self.act, x, &self.w.get(e)?, mins.as_ref())
+    }
 }
 
 /// `x · wᵀ` as llama.cpp's CPU kernels compute it: `x` rounded to the weights'
@@ -826,19 +817,10 @@ enum Ffn {
 /// A layer's routed experts: the router and the stacked (n_expert, rows, cols) matrices.
 struct Moe {
     router: Linear,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
-    gate_act: Activations,
-    up_act: Activations,
-    down_act: Activations,
-    /// Q4_1 / Q5_1 experts: block minimums (n_expert, rows, columns / 32).
-    gate_mins: Option<Tensor>,
-    up_mins: Option<Tensor>,
-    down_mins: Option<Tensor>,
-    gate_name: String,
-    up_name: String,
-    down_name: String,
+    /// (n_expert, rows, columns) each, expert `e`'s matrix at index `e`.
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 /// One layer's weights.
@@ -880,24 +862,11 @@ impl Layer {
             None => Qkv::Separate(lin("attn_q")?, lin("attn_k")?, lin("attn_v")?),
         };
         let ffn = if m.w.info(&name("ffn_gate_inp")).is_some() {
-            let act = |n: &str| -> Result<Activations> {
-                let info = m.w.info(&name(n)).ok_or_else(|| missing(&name(n)))?;
-                Ok(Activations::for_weights(info.ty))
-            };
             Ffn::Experts(Moe {
                 router: lin("ffn_gate_inp")?,
-                gate: m.weight(&name("ffn_gate_exps"))?,
-                up: m.weight(&name("ffn_up_exps"))?,
-                down: m.weight(&name("ffn_down_exps"))?,
-                gate_act: act("ffn_gate_exps")?,
-                up_act: act("ffn_up_exps")?,
-                down_act: act("ffn_down_exps")?,
-                gate_mins: m.block_mins(&name("ffn_gate_exps"), act("ffn_gate_exps")?)?,
-                up_mins: m.block_mins(&name("ffn_up_exps"), act("ffn_up_exps")?)?,
-                down_mins: m.block_mins(&name("ffn_down_exps"), act("ffn_down_exps")?)?,
-                gate_name: name("ffn_gate_exps"),
-                up_name: name("ffn_up_exps"),
-                down_name: name("ffn_down_exps"),
+                gate: lin("ffn_gate_exps")?,
+                up: lin("ffn_up_exps")?,
+                down: lin("ffn_down_exps")?,
             })
         } else {
             Ffn::Dense {
