@@ -733,18 +733,22 @@ impl Linear {
 
 /// `x · wᵀ` as llama.cpp's CPU kernels compute it: `x` rounded to the weights'
 /// `vec_dot_type`, and for weights with block minimums (`mins`, rows × blocks) the Q8_1
-/// sums' rounding added (see [`ops::q8_1_sum_error`]).
+/// sums' rounding added (see [`ops::round_q8_1`]).
 fn rounded_matmul(
     act: Activations,
     x: &Tensor,
     w: &Tensor,
     mins: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let y = act.round(x)?.matmul(&w.t()?)?;
-    match mins {
-        Some(m) if act == Activations::Q8_1 => y + ops::q8_1_sum_error(x)?.matmul(&m.t()?)?,
-        _ => Ok(y),
+    if let (Some(m), Activations::Q8_1) = (mins, act) {
+        let (rounded, sum_errors) = ops::round_q8_1(x)?;
+        let y = rounded.matmul(&w.t()?)?;
+        return match sum_errors {
+            Some(e) => y + e.matmul(&m.t()?)?,
+            None => Ok(y),
+        };
     }
+    act.round(x)?.matmul(&w.t()?)
 }
 
 /// llama-imatrix's statistics: for each weight matrix (and each expert of a stacked one), the

@@ -18,7 +18,7 @@ pub enum Activations {
     Q8_0,
     /// Q8_1: Q8_0's values plus each block's sum, stored as f16, which the dot products of
     /// weights with a per-block minimum (Q4_1, Q5_1) multiply the minimum by: see
-    /// [`q8_1_sum_error`].
+    /// [`round_q8_1`].
     Q8_1,
     /// Blocks of 256 with an f32 scale (Q8_K).
     Q8K,
@@ -59,7 +59,7 @@ impl Activations {
                         if self == Activations::Q8K {
                             round_q8_k(b)
                         } else {
-                            round_q8_0(b)
+                            round_q8_0(b);
                         }
                     }
                 });
@@ -78,45 +78,56 @@ pub fn round_f16(x: &Tensor) -> candle_core::Result<Tensor> {
 /// q = x * (127 / amax) rounded half to even. (Its scalar reference multiplies by 1 / d and
 /// rounds half away from zero; the AVX kernel is what llama.cpp runs on x86, and the one
 /// tie or last-bit difference per few thousand values moves a perplexity measurably.)
-fn round_q8_0(b: &mut [f32]) {
+/// Returns the block's f32 scale `d` and the sum of its codes (what Q8_1 also stores).
+fn round_q8_0(b: &mut [f32]) -> (f32, i32) {
     let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d16 = half::f16::from_f32(amax / 127.0).to_f32();
+    let d = amax / 127.0;
+    let d16 = half::f16::from_f32(d).to_f32();
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0;
     for v in b.iter_mut() {
         // ggml's magic-number rounding: ties to even like `_mm256_round_ps`, and inlined,
         // where `round_ties_even` is a libm call (`rintf`) on baseline x86-64.
-        *v = d16 * crate::quant::search::nearest_int(*v * id) as f32;
+        let q = crate::quant::search::nearest_int(*v * id);
+        sum += q;
+        *v = d16 * q as f32;
     }
+    (d, sum)
 }
 
-/// For weights with a per-block minimum `m` (Q4_1, Q5_1), llama.cpp's dot product adds
-/// `m · s` per block of 32, `s` being the Q8_1 activations' stored sum `f16(d · Σq)` (`d`
-/// the unrounded f32 scale), where a matmul over the rounded activations adds `m · f16(d) · Σq`.
-/// This is the difference `s - f16(d) · Σq` for each block of each row of `x` (unrounded):
-/// shape `x.dims()` with the last dimension divided by 32. Multiplied by the weights' minimums
-/// and added to the matmul, it makes the product llama.cpp's.
-pub fn q8_1_sum_error(x: &Tensor) -> candle_core::Result<Tensor> {
-    let mut dims = x.dims().to_vec();
+/// `x` rounded to Q8_1 (Q8_0's values), and what its stored block sums add: for weights with
+/// a per-block minimum `m` (Q4_1, Q5_1), llama.cpp's dot product adds `m · s` per block of 32,
+/// `s` being the stored sum `f16(d · Σq)` (`d` the unrounded f32 scale), where a matmul over
+/// the rounded activations adds `m · f16(d) · Σq`. The second tensor is `s - f16(d) · Σq` for
+/// each block of each row (shape `x.dims()` with the last dimension divided by 32):
+/// multiplied by the weights' minimums and added to the matmul, it makes the product
+/// llama.cpp's. `None` for rows ggml would not quantize (not whole blocks), left unrounded.
+pub fn round_q8_1(x: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let dims = x.dims().to_vec();
     let row = *dims.last().expect("at least 1-D");
-    let v = x.flatten_all()?.to_vec1::<f32>()?;
+    if row % 32 != 0 {
+        return Ok((x.clone(), None));
+    }
     use rayon::prelude::*;
-    let errors: Vec<f32> = v
-        .par_chunks(32)
-        .map(|b| {
-            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            let sum: i32 = b
-                .iter()
-                .map(|&v| crate::quant::search::nearest_int(v * id))
-                .sum();
-            let stored = half::f16::from_f32(d * sum as f32).to_f32();
-            // Exact: an f16 scale times at most 32 · 127 fits f32's mantissa.
-            stored - half::f16::from_f32(d).to_f32() * sum as f32
-        })
-        .collect();
-    *dims.last_mut().expect("at least 1-D") = row / 32;
-    Tensor::from_vec(errors, dims, x.device())
+    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut errors = vec![0f32; v.len() / 32];
+    // Blocks are independent: rounded in parallel, the same values on any thread count.
+    v.par_chunks_mut(32 * 64)
+        .zip(errors.par_chunks_mut(64))
+        .for_each(|(run, errs)| {
+            for (b, err) in run.chunks_exact_mut(32).zip(errs) {
+                let (d, sum) = round_q8_0(b);
+                let stored = half::f16::from_f32(d * sum as f32).to_f32();
+                // Exact: an f16 scale times at most 32 · 127 fits f32's mantissa.
+                *err = stored - half::f16::from_f32(d).to_f32() * sum as f32;
+            }
+        });
+    let mut error_dims = dims.clone();
+    *error_dims.last_mut().expect("at least 1-D") = row / 32;
+    Ok((
+        Tensor::from_vec(v, dims, x.device())?,
+        Some(Tensor::from_vec(errors, error_dims, x.device())?),
+    ))
 }
 
 /// Each block's minimum of Q4_1 or Q5_1 bytes (both blocks begin with the f16 scale, then
