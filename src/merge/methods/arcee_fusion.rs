@@ -46,6 +46,10 @@ impl Method for ArceeFusion {
         picks.sort_unstable();
         let mut sample: Vec<f32> = Vec::with_capacity(n.min(QUANTILE_SAMPLE));
         let mut next = 0usize;
+        // A tensor read in one chunk keeps its importances for the result: the softmaxes
+        // (most of the cost) are computed once, not once per pass.
+        let whole = input.n_rows <= input.chunk_rows.max(1);
+        let mut kept: Option<Vec<f32>> = None;
         input.pass(|first_row, x| {
             let imp = importance(x[o], x[b], row);
             let start = (first_row * row) as u64;
@@ -58,42 +62,85 @@ impl Method for ArceeFusion {
             } else {
                 sample.extend_from_slice(&imp);
             }
+            if whole {
+                kept = Some(imp);
+            }
             Ok(())
         })?;
-        sample.sort_by(|a, b| a.total_cmp(b));
-        let q = |f: f64| sample[(f * (sample.len() - 1) as f64) as usize];
+        // Quantiles by index into the sorted values: each found by selection (the value at a
+        // sorted index does not depend on how the others are ordered).
+        let mut q = |f: f64| {
+            let k = (f * (sample.len() - 1) as f64) as usize;
+            *sample.select_nth_unstable_by(k, |a, b| a.total_cmp(b)).1
+        };
         let threshold = q(0.5) + 1.5 * (q(0.75) - q(0.25));
-        Ok(Box::new(Elementwise(
-            move |_: usize, x: &[&[f32]], out: &mut [f32]| {
-                let (base, other) = (x[b], x[o]);
-                let imp = importance(other, base, row);
-                for ((o, (&x, &y)), &imp) in out.iter_mut().zip(base.iter().zip(other)).zip(&imp) {
-                    *o = if imp >= threshold { x + (y - x) } else { x };
-                }
-                Ok(())
-            },
-        )))
+        Ok(Box::new(Fusion {
+            base: b,
+            other: o,
+            row,
+            threshold,
+            kept,
+        }))
+    }
+}
+
+/// The result's rows: the other model's value where its importance reaches the threshold.
+struct Fusion {
+    base: usize,
+    other: usize,
+    row: usize,
+    threshold: f32,
+    /// The whole tensor's importances, when its one pass kept them.
+    kept: Option<Vec<f32>>,
+}
+
+impl Apply for Fusion {
+    fn apply(&mut self, first_row: usize, x: &[&[f32]], out: &mut [f32]) -> Result<()> {
+        let (base, other) = (x[self.base], x[self.other]);
+        let computed;
+        let imp = match &self.kept {
+            Some(all) => {
+                let start = first_row * self.row;
+                &all[start..start + out.len()]
+            }
+            None => {
+                computed = importance(other, base, self.row);
+                &computed[..]
+            }
+        };
+        let threshold = self.threshold;
+        for ((o, (&x, &y)), &imp) in out.iter_mut().zip(base.iter().zip(other)).zip(imp) {
+            *o = if imp >= threshold { x + (y - x) } else { x };
+        }
+        Ok(())
     }
 }
 
 /// |Δ| times the KL divergence of the rows' softmaxes, per element of whole rows.
 fn importance(other: &[f32], base: &[f32], row: usize) -> Vec<f32> {
-    let mut importance = Vec::with_capacity(other.len());
-    for (p, q) in other.chunks(row).zip(base.chunks(row)) {
-        let (sp, sq) = (softmax(p), softmax(q));
-        let kl: f64 = sp
-            .iter()
-            .zip(&sq)
-            .map(|(a, b)| {
-                let (a, b) = (a + 1e-8, b + 1e-8);
-                a * (a / b).ln()
-            })
-            .sum();
-        importance.extend(
-            p.iter()
-                .zip(q)
-                .map(|(x, y)| ((x - y).abs() as f64 * kl) as f32),
-        );
-    }
+    use rayon::prelude::*;
+    let mut importance = vec![0f32; other.len()];
+    // Rows are independent: computed in parallel, the same values at any thread count.
+    importance
+        .par_chunks_mut(row.max(1))
+        .zip(
+            other
+                .par_chunks(row.max(1))
+                .zip(base.par_chunks(row.max(1))),
+        )
+        .for_each(|(imp, (p, q))| {
+            let (sp, sq) = (softmax(p), softmax(q));
+            let kl: f64 = sp
+                .iter()
+                .zip(&sq)
+                .map(|(a, b)| {
+                    let (a, b) = (a + 1e-8, b + 1e-8);
+                    a * (a / b).ln()
+                })
+                .sum();
+            for (i, (x, y)) in imp.iter_mut().zip(p.iter().zip(q)) {
+                *i = ((x - y).abs() as f64 * kl) as f32;
+            }
+        });
     importance
 }

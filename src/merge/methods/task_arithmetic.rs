@@ -185,18 +185,40 @@ impl Mask {
         }
     }
 
+    /// Elements per parallel block of `apply_block` for rows of `row_len`: whole rows for
+    /// DELLA (it ranks within rows), about `RNG_BLOCK` for the others.
+    fn block_len(&self, row_len: usize) -> usize {
+        match self {
+            Mask::Della { .. } => row_len.max(1) * (RNG_BLOCK / row_len.max(1)).max(1),
+            _ => RNG_BLOCK,
+        }
+    }
+
     /// Zero the dropped elements of `d`, a chunk of the delta starting at element `start`
-    /// (whole rows of `row_len`).
+    /// (whole rows of `row_len`), in parallel blocks.
     fn apply(&self, d: &mut [f32], start: u64, row_len: usize) {
+        if matches!(self, Mask::All) {
+            return;
+        }
+        let block = self.block_len(row_len);
+        d.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(k, blk)| self.apply_block(blk, start + (k * block) as u64, row_len));
+    }
+
+    /// `apply` on one block, on this thread: `d` starts at element `start` (for DELLA, at a
+    /// row's start, and holds whole rows). Every element's fate depends only on its position
+    /// and value, so any split into blocks gives the same mask.
+    fn apply_block(&self, d: &mut [f32], start: u64, row_len: usize) {
         match self {
             Mask::All => {}
             Mask::Nothing => d.fill(0.0),
-            Mask::Top(s) => d.par_iter_mut().enumerate().for_each(|(j, v)| {
+            Mask::Top(s) => d.iter_mut().enumerate().for_each(|(j, v)| {
                 if !s.contains(start + j as u64, largest_first(*v)) {
                     *v = 0.0;
                 }
             }),
-            Mask::Band { upper, lower } => d.par_iter_mut().enumerate().for_each(|(j, v)| {
+            Mask::Band { upper, lower } => d.iter_mut().enumerate().for_each(|(j, v)| {
                 let (pos, key) = (start + j as u64, smallest_first(*v));
                 if !upper.contains(pos, key) || lower.contains(pos, key) {
                     *v = 0.0;
@@ -207,26 +229,23 @@ impl Mask {
                 first,
                 threshold,
             } => {
-                // Blocks seek straight to their first word, so this is the serial stream
-                // computed in parallel: the same mask at any thread count or chunking.
-                d.par_chunks_mut(RNG_BLOCK)
-                    .enumerate()
-                    .for_each(|(b, block)| {
-                        let mut r = rng.clone();
-                        r.set_word_pos(first + start as u128 + (b * RNG_BLOCK) as u128);
-                        let mut words = [0u8; 4 * 1024];
-                        for part in block.chunks_mut(1024) {
-                            // fill_bytes takes whole words in stream order, as next_u32 would.
-                            let bytes = &mut words[..4 * part.len()];
-                            r.fill_bytes(bytes);
-                            for (d, w) in part.iter_mut().zip(bytes.chunks_exact(4)) {
-                                let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                                if (word as f64) >= *threshold {
-                                    *d = 0.0;
-                                }
-                            }
-                        }
-                    });
+                // The block seeks straight to its first word, so blocks computed in parallel
+                // are the serial stream: the same mask at any thread count or chunking.
+                let mut r = rng.clone();
+                r.set_word_pos(first + start as u128);
+                // word ≥ threshold (as reals) is word ≥ ⌈threshold⌉ (as integers): one
+                // integer compare, branch-free so that it vectorizes.
+                let cut = threshold.ceil() as u64;
+                let mut words = [0u8; 4 * 1024];
+                for part in d.chunks_mut(1024) {
+                    // fill_bytes takes whole words in stream order, as next_u32 would.
+                    let bytes = &mut words[..4 * part.len()];
+                    r.fill_bytes(bytes);
+                    for (d, w) in part.iter_mut().zip(bytes.chunks_exact(4)) {
+                        let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64;
+                        *d = if word >= cut { 0.0 } else { *d };
+                    }
+                }
             }
             Mask::Della {
                 rng,
@@ -237,42 +256,89 @@ impl Mask {
                 let (density, epsilon) = (*density, *epsilon);
                 let first_row = start / row_len as u64;
                 let span = (row_len.max(2) - 1) as f64;
-                d.par_chunks_mut(row_len).enumerate().for_each_init(
-                    || (Vec::new(), Vec::new(), Vec::new()),
-                    |(keys, rank, words): &mut (Vec<u64>, Vec<u32>, Vec<u8>), (r, row)| {
-                        let mut rng = rng.clone();
-                        rng.set_word_pos(first + ((first_row + r as u64) * row_len as u64) as u128);
-                        // Ascending |v|, ties by position: |v|'s bits order as its value
-                        // (never negative), the position in the low half breaks ties.
-                        keys.clear();
-                        keys.extend(
-                            row.iter()
-                                .enumerate()
-                                .map(|(i, v)| ((v.abs().to_bits() as u64) << 32) | i as u64),
-                        );
-                        keys.sort_unstable();
-                        rank.resize(row.len(), 0);
-                        for (pos, &k) in keys.iter().enumerate() {
-                            rank[k as u32 as usize] = pos as u32;
-                        }
-                        // One word of the stream per element, in order (fill_bytes takes
-                        // whole words in stream order, as next_u32 would).
-                        words.resize(4 * row.len(), 0);
-                        rng.fill_bytes(words);
-                        for ((v, &rk), w) in
-                            row.iter_mut().zip(rank.iter()).zip(words.chunks_exact(4))
-                        {
-                            let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                            let u = (word as f64) / 4_294_967_296.0;
-                            let p = (density - epsilon) + (rk as f64 / span) * 2.0 * epsilon;
-                            if u >= p {
-                                *v = 0.0;
-                            }
-                        }
-                    },
-                );
+                let mut scratch = RankScratch::default();
+                for (r, row) in d.chunks_mut(row_len).enumerate() {
+                    let mut rng = rng.clone();
+                    rng.set_word_pos(first + ((first_row + r as u64) * row_len as u64) as u128);
+                    della_row(row, &mut rng, (density, epsilon, span), &mut scratch);
+                }
             }
         }
+    }
+}
+
+/// DELLA's mask on one row: ascending |v| ranks (ties by position), element kept with
+/// probability `density - epsilon + rank / span · 2·epsilon`, one word of `rng` per element.
+fn della_row(
+    row: &mut [f32],
+    rng: &mut ChaCha8Rng,
+    (density, epsilon, span): (f64, f64, f64),
+    scratch: &mut RankScratch,
+) {
+    scratch.ranks(row);
+    let (rank, words) = (&scratch.rank, &mut scratch.words);
+    // One word of the stream per element, in order (fill_bytes takes whole words in stream
+    // order, as next_u32 would).
+    words.resize(4 * row.len(), 0);
+    rng.fill_bytes(words);
+    for ((v, &rk), w) in row.iter_mut().zip(rank.iter()).zip(words.chunks_exact(4)) {
+        let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        let u = (word as f64) / 4_294_967_296.0;
+        let p = (density - epsilon) + (rk as f64 / span) * 2.0 * epsilon;
+        if u >= p {
+            *v = 0.0;
+        }
+    }
+}
+
+/// Buffers for ranking rows, reused from row to row.
+#[derive(Default)]
+struct RankScratch {
+    order: Vec<u32>,
+    spare: Vec<u32>,
+    rank: Vec<u32>,
+    words: Vec<u8>,
+}
+
+impl RankScratch {
+    /// Each element's rank in ascending |v| order, ties by position (earlier first): a stable
+    /// LSD radix sort on |v|'s bits (never negative, so they order as the value), a byte per
+    /// pass, skipping bytes every element shares.
+    fn ranks(&mut self, row: &[f32]) -> &[u32] {
+        let n = row.len();
+        let key = |i: u32| row[i as usize].abs().to_bits();
+        let mut counts = [[0u32; 256]; 4];
+        for v in row {
+            let k = v.abs().to_bits();
+            for (d, c) in counts.iter_mut().enumerate() {
+                c[(k >> (8 * d)) as usize & 0xff] += 1;
+            }
+        }
+        self.order.clear();
+        self.order.extend(0..n as u32);
+        self.spare.resize(n, 0);
+        for (d, c) in counts.iter().enumerate() {
+            if c.iter().any(|&k| k as usize == n) {
+                continue; // every key has this byte: the order stands.
+            }
+            let mut next = [0u32; 256];
+            let mut at = 0;
+            for (slot, &k) in next.iter_mut().zip(c) {
+                *slot = at;
+                at += k;
+            }
+            for &i in &self.order {
+                let b = (key(i) >> (8 * d)) as usize & 0xff;
+                self.spare[next[b] as usize] = i;
+                next[b] += 1;
+            }
+            std::mem::swap(&mut self.order, &mut self.spare);
+        }
+        self.rank.resize(n, 0);
+        for (pos, &i) in self.order.iter().enumerate() {
+            self.rank[i as usize] = pos as u32;
+        }
+        &self.rank
     }
 }
 
@@ -347,24 +413,40 @@ struct Delta {
     /// DARE's rescale: the factor bringing the thinned delta's L1 norm back.
     scale: Option<f32>,
     weight: f32,
+    /// The whole thinned delta, when the tensor was read in one chunk and the rescale pass
+    /// made it (so the result does not draw the mask again).
+    thinned: Option<Vec<f32>>,
 }
 
 impl Delta {
-    /// This delta over a chunk starting at element `start`, into `d`.
+    /// This delta over a chunk starting at element `start`, into `d`: the difference, the
+    /// mask, the rescale and the weight in one sweep per block.
     fn compute(&self, x: &[&[f32]], b: usize, start: u64, row_len: usize, d: &mut Vec<f32>) {
-        d.clear();
-        d.par_extend(
-            x[self.input]
-                .par_iter()
-                .zip(x[b].par_iter())
-                .map(|(&x, &b)| x - b),
-        );
-        self.mask.apply(d, start, row_len);
-        if let Some(s) = self.scale {
-            d.par_iter_mut().for_each(|v| *v *= s);
-        }
-        let w = self.weight;
-        d.par_iter_mut().for_each(|v| *v *= w);
+        let n = x[b].len();
+        d.resize(n, 0.0);
+        let block = self.mask.block_len(row_len);
+        let (xi, xb) = (x[self.input], x[b]);
+        let (scale, w) = (self.scale, self.weight);
+        let thinned = self
+            .thinned
+            .as_ref()
+            .map(|t| &t[start as usize..start as usize + n]);
+        d.par_chunks_mut(block).enumerate().for_each(|(k, blk)| {
+            let off = k * block;
+            match thinned {
+                Some(t) => blk.copy_from_slice(&t[off..off + blk.len()]),
+                None => {
+                    for (v, (&x, &b)) in blk.iter_mut().zip(xi[off..].iter().zip(&xb[off..])) {
+                        *v = x - b;
+                    }
+                    self.mask.apply_block(blk, start + off as u64, row_len);
+                }
+            }
+            if let Some(s) = scale {
+                blk.iter_mut().for_each(|v| *v *= s);
+            }
+            blk.iter_mut().for_each(|v| *v *= w);
+        });
     }
 }
 
@@ -408,6 +490,7 @@ impl Method for TaskArithmetic {
                 mask,
                 scale: None,
                 weight: get("weight") as f32,
+                thinned: None,
             });
         }
         // Magnitude thresholds: exact, by radix selection over passes.
@@ -430,16 +513,18 @@ impl Method for TaskArithmetic {
             .collect();
         if !rescaled.is_empty() {
             let mut sums: Vec<BlockSums> = rescaled.iter().map(|_| BlockSums::new(2)).collect();
-            let mut thinned = Vec::new();
+            // A tensor in one chunk keeps each thinned delta for the result.
+            let whole = input.n_rows <= input.chunk_rows.max(1);
+            let mut kept: Vec<Vec<f32>> = vec![Vec::new(); rescaled.len()];
             input.pass(|first_row, x| {
                 let start = (first_row * row_len) as u64;
-                for (s, &k) in sums.iter_mut().zip(&rescaled) {
+                for ((s, &k), thinned) in sums.iter_mut().zip(&rescaled).zip(kept.iter_mut()) {
                     let d = &deltas[k];
                     let (xi, xb) = (x[d.input], x[b]);
                     thinned.clear();
                     thinned.par_extend(xi.par_iter().zip(xb.par_iter()).map(|(&x, &b)| x - b));
-                    d.mask.apply(&mut thinned, start, row_len);
-                    let thinned = &thinned;
+                    d.mask.apply(thinned, start, row_len);
+                    let thinned = &*thinned;
                     s.feed(xb.len(), |r, acc| {
                         for j in r {
                             acc[0] += (xi[j] - xb[j]).abs() as f64;
@@ -449,7 +534,10 @@ impl Method for TaskArithmetic {
                 }
                 Ok(())
             })?;
-            for (s, &k) in sums.iter().zip(&rescaled) {
+            for ((s, &k), thinned) in sums.iter().zip(&rescaled).zip(kept) {
+                if whole {
+                    deltas[k].thinned = Some(thinned);
+                }
                 let v = s.values();
                 let (before, after) = (v[0], v[1]);
                 if before >= 1e-7 && after >= 1e-7 {
@@ -615,6 +703,39 @@ mod tests {
         assert!((200..400).contains(&kept), "{kept}");
         assert_eq!(out, run(&DARE_LINEAR, &[&base, &a], 1.0, 0.3, 42));
         assert_ne!(out, run(&DARE_LINEAR, &[&base, &a], 1.0, 0.3, 43));
+    }
+
+    #[test]
+    fn radix_ranks_are_the_sorted_order_with_ties_by_position() {
+        let mut row: Vec<f32> = (0..2000)
+            .map(|i| (((i * 7919) % 613) as f32 - 300.0) * 1e-3)
+            .collect();
+        row.extend([0.0, -0.0, 1e-30, -1e-30, 5.0, -5.0, f32::MIN_POSITIVE]);
+        let mut keys: Vec<(u32, usize)> = row
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.abs().to_bits(), i))
+            .collect();
+        keys.sort();
+        let mut want = vec![0u32; row.len()];
+        for (pos, &(_, i)) in keys.iter().enumerate() {
+            want[i] = pos as u32;
+        }
+        let mut scratch = RankScratch::default();
+        assert_eq!(scratch.ranks(&row), &want[..]);
+        // Reused scratch, a row whose keys all share their top bytes.
+        let small: Vec<f32> = (0..300).map(|i| 1.0 + (i % 7) as f32 * 1e-7).collect();
+        let mut keys: Vec<(u32, usize)> = small
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.to_bits(), i))
+            .collect();
+        keys.sort();
+        let mut want = vec![0u32; small.len()];
+        for (pos, &(_, i)) in keys.iter().enumerate() {
+            want[i] = pos as u32;
+        }
+        assert_eq!(scratch.ranks(&small), &want[..]);
     }
 
     #[test]
