@@ -12,18 +12,7 @@ pub struct ModelStock;
 /// The Gram matrix's upper triangle of the offsets `ws[i] − w0` over elements `r`, added to
 /// `acc` in element order.
 fn offset_gram(x: &[&[f32]], b: usize, ws: &[usize], r: std::ops::Range<usize>, acc: &mut [f64]) {
-    let m = ws.len();
-    let mut d = vec![0f64; m];
-    for j in r {
-        for (dk, &i) in d.iter_mut().zip(ws) {
-            *dk = x[i][j] as f64 - x[b][j] as f64;
-        }
-        for a in 0..m {
-            for c in a..m {
-                acc[a * m + c] += d[a] * d[c];
-            }
-        }
-    }
+    super::spherical::gram_upper(x, Some(b), ws, r, acc);
 }
 
 /// The interpolation factor t from the offsets' Gram matrix (upper triangle).

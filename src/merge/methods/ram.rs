@@ -49,20 +49,35 @@ impl Method for Ram {
             // in one pass.
             let mut counts = vec![(0u64, 0u64); others.len()];
             input.pass(|_, x| {
-                let part = (0..x[b].len())
+                // Integer counts: any split into blocks gives the same totals.
+                const BLOCK: usize = 4096;
+                let n = x[b].len();
+                let epsf = eps as f32;
+                let part = (0..n.div_ceil(BLOCK))
                     .into_par_iter()
-                    .with_min_len(1 << 14)
                     .fold(
                         || vec![(0u64, 0u64); others.len()],
-                        |mut acc, i| {
-                            let c = changed_count(x, b, &others, eps, i);
-                            for (k, &o) in others.iter().enumerate() {
-                                if changed(x, b, o, eps, i) {
-                                    match c {
-                                        1 => acc[k].1 += 1,
-                                        _ => acc[k].0 += 1,
-                                    }
+                        |mut acc, blk| {
+                            let (start, end) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
+                            let base = &x[b][start..end];
+                            let mut count = [0u32; BLOCK];
+                            for &k in &others {
+                                for ((c, &v), &bv) in
+                                    count.iter_mut().zip(&x[k][start..end]).zip(base)
+                                {
+                                    *c += ((v - bv).abs() > epsf) as u32;
                                 }
+                            }
+                            for (a, &k) in acc.iter_mut().zip(&others) {
+                                let (mut shared, mut unique) = (0u64, 0u64);
+                                for ((&c, &v), &bv) in count.iter().zip(&x[k][start..end]).zip(base)
+                                {
+                                    let ch = ((v - bv).abs() > epsf) as u64;
+                                    unique += ch & (c == 1) as u64;
+                                    shared += ch & (c != 1) as u64;
+                                }
+                                a.0 += shared;
+                                a.1 += unique;
                             }
                             acc
                         },
@@ -95,35 +110,41 @@ impl Method for Ram {
         };
         Ok(Box::new(Elementwise(
             move |_: usize, x: &[&[f32]], out: &mut [f32]| {
-                out.par_iter_mut().enumerate().for_each(|(i, o)| {
-                    let c = changed_count(x, b, &others, eps, i);
-                    let mut sum = 0f32;
-                    for (k, &other) in others.iter().enumerate() {
-                        if changed(x, b, other, eps, i) {
-                            let tv = x[other][i] - x[b][i];
-                            sum += if c == 1 {
-                                tv * lambdas[k]
-                            } else {
-                                tv / c as f32
-                            };
+                // Blocks of elements in parallel, each model's pass over a block written
+                // branch-free so that it vectorizes; every element's sum takes the same terms
+                // in the same order as the serial definition (models in source order).
+                const BLOCK: usize = 4096;
+                let eps = eps as f32;
+                out.par_chunks_mut(BLOCK).enumerate().for_each(|(blk, o)| {
+                    let (start, len) = (blk * BLOCK, o.len());
+                    let base = &x[b][start..start + len];
+                    let mut count = [0u32; BLOCK];
+                    for &k in &others {
+                        for ((c, &v), &bv) in
+                            count.iter_mut().zip(&x[k][start..start + len]).zip(base)
+                        {
+                            *c += ((v - bv).abs() > eps) as u32;
                         }
                     }
-                    *o = x[b][i] + sum;
+                    let mut sum = [0f32; BLOCK];
+                    for (&k, &lambda) in others.iter().zip(&lambdas) {
+                        let lanes = sum
+                            .iter_mut()
+                            .zip(&count)
+                            .zip(&x[k][start..start + len])
+                            .zip(base);
+                        for (((s, &c), &v), &bv) in lanes {
+                            let tv = v - bv;
+                            let add = if c == 1 { tv * lambda } else { tv / c as f32 };
+                            *s = if tv.abs() > eps { *s + add } else { *s };
+                        }
+                    }
+                    for ((o, &bv), &s) in o.iter_mut().zip(base).zip(&sum) {
+                        *o = bv + s;
+                    }
                 });
                 Ok(())
             },
         )))
     }
-}
-
-/// Whether input `k` changes element `i` of the base `b` by more than `eps`.
-#[inline]
-fn changed(x: &[&[f32]], b: usize, k: usize, eps: f64, i: usize) -> bool {
-    (x[k][i] - x[b][i]).abs() > eps as f32
-}
-
-/// How many inputs change element `i`.
-#[inline]
-fn changed_count(x: &[&[f32]], b: usize, others: &[usize], eps: f64, i: usize) -> usize {
-    others.iter().filter(|&&k| changed(x, b, k, eps, i)).count()
 }

@@ -42,17 +42,18 @@ impl Method for Sce {
         // Select: the `topk` fraction of the weights with a nonzero variance, largest
         // variance first (ties: earlier weights first), found exactly by radix selection on
         // the variance's bits (descending: the complement of the bits, smallest first), the
-        // count of nonzero variances gathered in the first pass.
+        // count of nonzero variances gathered in the first pass. The variance is ranked as
+        // an f32, as mergekit ranks it (torch.var in f32): 32-bit keys, two radix passes.
         let keep = if topk <= 0.0 {
             Keep::None
         } else if topk < 1.0 {
             // m is set once the first pass has counted the nonzero variances; until then the
             // selection must ask for its passes whatever n is (n = 1 too).
-            let mut sel = Select::new(1, u64::MAX, 64);
+            let mut sel = Select::new(1, u64::MAX, 32);
             // A tensor in one chunk is held in memory: each weight's variance is computed once
             // (for every pass, and for the result), not once per pass.
             let whole = input.n_rows <= input.chunk_rows.max(1);
-            let mut var: Vec<f64> = Vec::new();
+            let mut var: Vec<f32> = Vec::new();
             if whole {
                 input.pass(|_, x| {
                     var = (0..x[b].len())
@@ -70,11 +71,11 @@ impl Method for Sce {
                     if nonzero.is_none() {
                         count = var.par_iter().filter(|&&v| v != 0.0).count() as u64;
                     }
-                    sel.feed(0, var.len(), |j| !var[j].to_bits());
+                    sel.feed(0, var.len(), |j| descending(var[j]));
                 } else {
                     input.pass(|first_row, x| {
                         let len = x[b].len();
-                        let key = |j: usize| !variance(x, b, &others, j).to_bits();
+                        let key = |j: usize| descending(variance(x, b, &others, j));
                         if nonzero.is_none() {
                             count += (0..len)
                                 .into_par_iter()
@@ -167,7 +168,7 @@ enum Keep {
     All,
     Top(Select),
     /// The selection, with every weight's variance (a tensor held whole).
-    TopOf(Select, Vec<f64>),
+    TopOf(Select, Vec<f32>),
 }
 
 impl Keep {
@@ -176,19 +177,27 @@ impl Keep {
         match self {
             Keep::None => false,
             Keep::All => true,
-            Keep::Top(sel) => sel.contains(pos, !variance(x, b, others, j).to_bits()),
-            Keep::TopOf(sel, var) => sel.contains(pos, !var[pos as usize].to_bits()),
+            Keep::Top(sel) => sel.contains(pos, descending(variance(x, b, others, j))),
+            Keep::TopOf(sel, var) => sel.contains(pos, descending(var[pos as usize])),
         }
     }
 }
 
-/// The population variance across models of element `j`'s task vectors (f64).
+/// The population variance across models of element `j`'s task vectors (computed in f64,
+/// rounded to the f32 that is ranked).
 #[inline]
-fn variance(x: &[&[f32]], b: usize, others: &[usize], j: usize) -> f64 {
+fn variance(x: &[&[f32]], b: usize, others: &[usize], j: usize) -> f32 {
     let m = others.len() as f64;
     let tv = |i: usize| (x[i][j] - x[b][j]) as f64;
     let mean = others.iter().map(|&i| tv(i)).sum::<f64>() / m;
-    others.iter().map(|&i| (tv(i) - mean).powi(2)).sum::<f64>() / m
+    (others.iter().map(|&i| (tv(i) - mean).powi(2)).sum::<f64>() / m) as f32
+}
+
+/// The radix key ranking a variance (never negative, so its bits order as its value) largest
+/// first.
+#[inline]
+fn descending(v: f32) -> u64 {
+    (u32::MAX - v.to_bits()) as u64
 }
 
 #[cfg(test)]

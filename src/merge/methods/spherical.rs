@@ -27,6 +27,70 @@ fn delta(x: &[&[f32]], base: Option<usize>, i: usize, j: usize) -> f64 {
     x[i][j] as f64 - base.map_or(0.0, |b| x[b][j] as f64)
 }
 
+/// The upper triangle of the Gram matrix of the deltas `x[i] - x[base]` (`i` in `others`; no
+/// base: the inputs themselves) over local elements `r`, added to `acc` (`m × m`, row-major)
+/// element by element in order, in f64.
+pub(crate) fn gram_upper(
+    x: &[&[f32]],
+    base: Option<usize>,
+    others: &[usize],
+    r: std::ops::Range<usize>,
+    acc: &mut [f64],
+) {
+    let m = others.len();
+    match m {
+        2 => gram_part::<2>(x, base, others, r, acc),
+        3 => gram_part::<3>(x, base, others, r, acc),
+        4 => gram_part::<4>(x, base, others, r, acc),
+        _ => {
+            let mut d = vec![0f64; m];
+            for j in r {
+                for (dk, &i) in d.iter_mut().zip(others) {
+                    *dk = delta(x, base, i, j);
+                }
+                for a in 0..m {
+                    for b in a..m {
+                        acc[a * m + b] += d[a] * d[b];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `gram_upper` with `M` known, so that the sums sit in registers (the same additions in the
+/// same order).
+#[inline]
+fn gram_part<const M: usize>(
+    x: &[&[f32]],
+    base: Option<usize>,
+    others: &[usize],
+    r: std::ops::Range<usize>,
+    acc: &mut [f64],
+) {
+    let mut g = [[0f64; M]; M];
+    for a in 0..M {
+        for b in a..M {
+            g[a][b] = acc[a * M + b];
+        }
+    }
+    let rows: [&[f32]; M] = std::array::from_fn(|k| x[others[k]]);
+    for j in r {
+        let bv = base.map_or(0.0, |b| x[b][j] as f64);
+        let d: [f64; M] = std::array::from_fn(|k| rows[k][j] as f64 - bv);
+        for a in 0..M {
+            for b in a..M {
+                g[a][b] += d[a] * d[b];
+            }
+        }
+    }
+    for a in 0..M {
+        for b in a..M {
+            acc[a * M + b] = g[a][b];
+        }
+    }
+}
+
 /// How nuslerp cuts the tensor into vectors.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Vectors {
@@ -196,19 +260,7 @@ impl Method for MultiSlerp {
         // it (unit uᵢ = vᵢ / (‖vᵢ‖ + eps)).
         let mut sums = BlockSums::new(m * m);
         input.pass(|_, x| {
-            sums.feed(x[0].len(), |r, acc| {
-                let mut d = vec![0f64; m];
-                for j in r {
-                    for (dk, &i) in d.iter_mut().zip(&others) {
-                        *dk = delta(x, base, i, j);
-                    }
-                    for a in 0..m {
-                        for b in a..m {
-                            acc[a * m + b] += d[a] * d[b];
-                        }
-                    }
-                }
-            });
+            sums.feed(x[0].len(), |r, acc| gram_upper(x, base, &others, r, acc));
             Ok(())
         })?;
         let g = symmetric(&sums.values(), m);
