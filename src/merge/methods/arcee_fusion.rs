@@ -46,7 +46,7 @@ impl Method for ArceeFusion {
         };
         // A tensor read in one chunk keeps its importances for the result: the softmaxes
         // (most of the cost) are computed once, not once per pass.
-        let whole = input.n_rows <= input.chunk_rows.max(1);
+        let whole = input.in_one_chunk();
         // Chunks gather the sampled positions in order; one chunk takes them as drawn (the
         // quantiles do not depend on the sample's order).
         if !whole {

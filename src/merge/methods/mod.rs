@@ -85,10 +85,16 @@ impl MergeInput<'_> {
         self.row_len * self.n_rows
     }
 
+    /// Whether the whole tensor is one chunk: a pass then reads it once and holds it, so a
+    /// method may keep per-element results of its passes for the result's rows too.
+    pub fn in_one_chunk(&self) -> bool {
+        self.n_rows <= self.chunk_rows.max(1)
+    }
+
     /// One pass over the whole tensor, chunk by chunk in row order: `f(first_row, chunks)`,
     /// `chunks[k]` holding those rows of input `k`. At most one chunk per input is in memory.
     pub fn pass(&self, mut f: impl FnMut(usize, &[&[f32]]) -> Result<()>) -> Result<()> {
-        if self.n_rows > 0 && self.n_rows <= self.chunk_rows.max(1) {
+        if self.n_rows > 0 && self.in_one_chunk() {
             // One chunk: read (dequantized) once, whatever the number of passes.
             let mut held = self.held.borrow_mut();
             if held.is_none() {

@@ -61,13 +61,7 @@ impl Method for Ram {
                             let (start, end) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
                             let base = &x[b][start..end];
                             let mut count = [0u32; BLOCK];
-                            for &k in &others {
-                                for ((c, &v), &bv) in
-                                    count.iter_mut().zip(&x[k][start..end]).zip(base)
-                                {
-                                    *c += ((v - bv).abs() > epsf) as u32;
-                                }
-                            }
+                            count_changed(x, b, &others, epsf, start, &mut count[..end - start]);
                             for (a, &k) in acc.iter_mut().zip(&others) {
                                 let (mut shared, mut unique) = (0u64, 0u64);
                                 for ((&c, &v), &bv) in count.iter().zip(&x[k][start..end]).zip(base)
@@ -119,13 +113,7 @@ impl Method for Ram {
                     let (start, len) = (blk * BLOCK, o.len());
                     let base = &x[b][start..start + len];
                     let mut count = [0u32; BLOCK];
-                    for &k in &others {
-                        for ((c, &v), &bv) in
-                            count.iter_mut().zip(&x[k][start..start + len]).zip(base)
-                        {
-                            *c += ((v - bv).abs() > eps) as u32;
-                        }
-                    }
+                    count_changed(x, b, &others, eps, start, &mut count[..len]);
                     let mut sum = [0f32; BLOCK];
                     for (&k, &lambda) in others.iter().zip(&lambdas) {
                         let lanes = sum
@@ -146,5 +134,24 @@ impl Method for Ram {
                 Ok(())
             },
         )))
+    }
+}
+
+/// For local elements `start..start + count.len()`: how many of the inputs `others` change
+/// the base `b` by more than `eps`, added to `count` (one branch-free pass per input, so that
+/// it vectorizes).
+fn count_changed(
+    x: &[&[f32]],
+    b: usize,
+    others: &[usize],
+    eps: f32,
+    start: usize,
+    count: &mut [u32],
+) {
+    let base = &x[b][start..start + count.len()];
+    for &k in others {
+        for ((c, &v), &bv) in count.iter_mut().zip(&x[k][start..]).zip(base) {
+            *c += ((v - bv).abs() > eps) as u32;
+        }
     }
 }

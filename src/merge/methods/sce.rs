@@ -2,7 +2,7 @@
 //! across models), Calculate (weight each task vector by its mean square), Erase (TIES sign
 //! election), then the weighted mean of the surviving task vectors is added to the base.
 
-use super::stats::{BlockSums, Select};
+use super::stats::{largest_first, BlockSums, Select};
 use super::*;
 use rayon::prelude::*;
 
@@ -52,7 +52,7 @@ impl Method for Sce {
             let mut sel = Select::new(1, u64::MAX, 32);
             // A tensor in one chunk is held in memory: each weight's variance is computed once
             // (for every pass, and for the result), not once per pass.
-            let whole = input.n_rows <= input.chunk_rows.max(1);
+            let whole = input.in_one_chunk();
             let mut var: Vec<f32> = Vec::new();
             if whole {
                 input.pass(|_, x| {
@@ -71,11 +71,11 @@ impl Method for Sce {
                     if nonzero.is_none() {
                         count = var.par_iter().filter(|&&v| v != 0.0).count() as u64;
                     }
-                    sel.feed(0, var.len(), |j| descending(var[j]));
+                    sel.feed(0, var.len(), |j| largest_first(var[j]));
                 } else {
                     input.pass(|first_row, x| {
                         let len = x[b].len();
-                        let key = |j: usize| descending(variance(x, b, &others, j));
+                        let key = |j: usize| largest_first(variance(x, b, &others, j));
                         if nonzero.is_none() {
                             count += (0..len)
                                 .into_par_iter()
@@ -177,8 +177,8 @@ impl Keep {
         match self {
             Keep::None => false,
             Keep::All => true,
-            Keep::Top(sel) => sel.contains(pos, descending(variance(x, b, others, j))),
-            Keep::TopOf(sel, var) => sel.contains(pos, descending(var[pos as usize])),
+            Keep::Top(sel) => sel.contains(pos, largest_first(variance(x, b, others, j))),
+            Keep::TopOf(sel, var) => sel.contains(pos, largest_first(var[pos as usize])),
         }
     }
 }
@@ -191,13 +191,6 @@ fn variance(x: &[&[f32]], b: usize, others: &[usize], j: usize) -> f32 {
     let tv = |i: usize| (x[i][j] - x[b][j]) as f64;
     let mean = others.iter().map(|&i| tv(i)).sum::<f64>() / m;
     (others.iter().map(|&i| (tv(i) - mean).powi(2)).sum::<f64>() / m) as f32
-}
-
-/// The radix key ranking a variance (never negative, so its bits order as its value) largest
-/// first.
-#[inline]
-fn descending(v: f32) -> u64 {
-    (u32::MAX - v.to_bits()) as u64
 }
 
 #[cfg(test)]

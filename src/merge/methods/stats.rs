@@ -12,6 +12,19 @@
 use rayon::prelude::*;
 use std::ops::Range;
 
+/// The radix key of |x| for "the k largest first": the complement of its bits (|x| is never
+/// negative, so its bits order as its value), smallest first.
+#[inline]
+pub fn largest_first(x: f32) -> u64 {
+    (u32::MAX - x.abs().to_bits()) as u64
+}
+
+/// The radix key of |x| for "the smallest first".
+#[inline]
+pub fn smallest_first(x: f32) -> u64 {
+    x.abs().to_bits() as u64
+}
+
 /// Elements per summation block.
 pub const SUM_BLOCK: usize = 1 << 16;
 

@@ -7,7 +7,7 @@
 //! with the elected sign of the weighted sum (≥ 0 counts as positive), optionally normalized by
 //! the weights that took part, times `lambda`, added to the base.
 
-use super::stats::{BlockSums, Select};
+use super::stats::{largest_first, smallest_first, BlockSums, Select};
 use super::*;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -111,19 +111,6 @@ fn uniform(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u32() as f64) / 4_294_967_296.0
 }
 
-/// The radix key of |x| for "the k largest first": the complement of its bits (|x| is never
-/// negative, so its bits order as its value), smallest first.
-#[inline]
-fn largest_first(x: f32) -> u64 {
-    (u32::MAX - x.abs().to_bits()) as u64
-}
-
-/// The radix key of |x| for "the smallest first".
-#[inline]
-fn smallest_first(x: f32) -> u64 {
-    x.abs().to_bits() as u64
-}
-
 /// How one delta is thinned (mergekit's `sparsify`), ready to apply to any chunk.
 enum Mask {
     /// Kept whole (density ≥ 1, or no sparsification).
@@ -194,20 +181,8 @@ impl Mask {
         }
     }
 
-    /// Zero the dropped elements of `d`, a chunk of the delta starting at element `start`
-    /// (whole rows of `row_len`), in parallel blocks.
-    fn apply(&self, d: &mut [f32], start: u64, row_len: usize) {
-        if matches!(self, Mask::All) {
-            return;
-        }
-        let block = self.block_len(row_len);
-        d.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(k, blk)| self.apply_block(blk, start + (k * block) as u64, row_len));
-    }
-
-    /// `apply` on one block, on this thread: `d` starts at element `start` (for DELLA, at a
-    /// row's start, and holds whole rows). Every element's fate depends only on its position
+    /// Zero the dropped elements of `d`, one block of the delta on this thread: `d` starts at
+    /// element `start` (for DELLA, at a row's start, and holds whole rows). Every element's fate depends only on its position
     /// and value, so any split into blocks gives the same mask.
     fn apply_block(&self, d: &mut [f32], start: u64, row_len: usize) {
         match self {
@@ -435,18 +410,40 @@ impl Delta {
             let off = k * block;
             match thinned {
                 Some(t) => blk.copy_from_slice(&t[off..off + blk.len()]),
-                None => {
-                    for (v, (&x, &b)) in blk.iter_mut().zip(xi[off..].iter().zip(&xb[off..])) {
-                        *v = x - b;
-                    }
-                    self.mask.apply_block(blk, start + off as u64, row_len);
-                }
+                None => self.thin_block(xi, xb, off, start, row_len, blk),
             }
             if let Some(s) = scale {
                 blk.iter_mut().for_each(|v| *v *= s);
             }
             blk.iter_mut().for_each(|v| *v *= w);
         });
+    }
+
+    /// The thinned delta (difference, then mask) of a chunk starting at element `start`, into
+    /// `d`, in parallel blocks.
+    fn thin(&self, x: &[&[f32]], b: usize, start: u64, row_len: usize, d: &mut Vec<f32>) {
+        let (xi, xb) = (x[self.input], x[b]);
+        d.resize(xb.len(), 0.0);
+        let block = self.mask.block_len(row_len);
+        d.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(k, blk)| self.thin_block(xi, xb, k * block, start, row_len, blk));
+    }
+
+    /// `thin` for the block of local elements `off..off + blk.len()`, on this thread.
+    fn thin_block(
+        &self,
+        xi: &[f32],
+        xb: &[f32],
+        off: usize,
+        start: u64,
+        row_len: usize,
+        blk: &mut [f32],
+    ) {
+        for (v, (&x, &b)) in blk.iter_mut().zip(xi[off..].iter().zip(&xb[off..])) {
+            *v = x - b;
+        }
+        self.mask.apply_block(blk, start + off as u64, row_len);
     }
 }
 
@@ -514,16 +511,14 @@ impl Method for TaskArithmetic {
         if !rescaled.is_empty() {
             let mut sums: Vec<BlockSums> = rescaled.iter().map(|_| BlockSums::new(2)).collect();
             // A tensor in one chunk keeps each thinned delta for the result.
-            let whole = input.n_rows <= input.chunk_rows.max(1);
+            let whole = input.in_one_chunk();
             let mut kept: Vec<Vec<f32>> = vec![Vec::new(); rescaled.len()];
             input.pass(|first_row, x| {
                 let start = (first_row * row_len) as u64;
                 for ((s, &k), thinned) in sums.iter_mut().zip(&rescaled).zip(kept.iter_mut()) {
                     let d = &deltas[k];
                     let (xi, xb) = (x[d.input], x[b]);
-                    thinned.clear();
-                    thinned.par_extend(xi.par_iter().zip(xb.par_iter()).map(|(&x, &b)| x - b));
-                    d.mask.apply(thinned, start, row_len);
+                    d.thin(x, b, start, row_len, thinned);
                     let thinned = &*thinned;
                     s.feed(xb.len(), |r, acc| {
                         for j in r {
