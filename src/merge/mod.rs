@@ -69,6 +69,8 @@ pub struct MergePlan {
     chunk_bytes: usize,
     /// Per-tensor remarks of methods (NearSwap's swap fractions), for the run summary.
     pub notes: Mutex<Vec<(String, String)>>,
+    /// Buffers handed from each finished tensor to the next.
+    pool: methods::BufferPool,
 }
 
 /// The tensor being merged.
@@ -351,6 +353,7 @@ impl MergePlan {
             current: Mutex::new(None),
             chunk_bytes: chunk_bytes(opts.chunk_bytes)?,
             notes: Mutex::new(Vec::new()),
+            pool: Default::default(),
         })
     }
 
@@ -1062,22 +1065,28 @@ impl MergePlan {
             rows: &rows,
             chunk_rows: self.chunk_rows(i),
             held: Default::default(),
+            pool: &self.pool,
         };
         let apply = t
             .method
             .prepare(&input)
             .map_err(|e| self.name_tensor(i, e))?;
         let held = input.take_held();
+        // Rows are read into `bufs` only when the passes did not hold the whole tensor.
+        let n_bufs = if held.is_some() { 0 } else { t.sources.len() };
+        let bufs = (0..n_bufs)
+            .map(|_| self.pool.take(input.chunk_len()))
+            .collect();
         Ok(Current {
             i,
             apply,
             remapped,
             held,
-            bufs: vec![Vec::new(); t.sources.len()],
+            bufs,
         })
     }
 
-    /// A tensor is done: its method's remark goes to the summary.
+    /// A tensor is done: its method's remark goes to the summary, its buffers to the pool.
     fn finish(&self, c: Current) {
         if let Some(text) = c.apply.note().text {
             self.notes
@@ -1085,6 +1094,9 @@ impl MergePlan {
                 .expect("notes lock")
                 .push((self.tensors[c.i].name.clone(), text));
         }
+        self.pool.give(c.bufs);
+        self.pool.give(c.held.into_iter().flatten());
+        self.pool.give(c.apply.into_buffers());
     }
 
     /// A method's complaint about its parameters names the tensor it was merging.

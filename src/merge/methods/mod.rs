@@ -6,6 +6,7 @@
 //! chunk size.
 
 mod arcee_fusion;
+pub(crate) mod buffers;
 mod karcher;
 mod linear;
 mod model_stock;
@@ -19,6 +20,7 @@ pub(crate) mod stats;
 mod task_arithmetic;
 
 use crate::error::{Error, Result};
+pub use buffers::BufferPool;
 
 /// Where a parameter is read: once per tensor, or per input model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,12 +79,19 @@ pub struct MergeInput<'a> {
     /// A tensor that fits in one chunk is read once: its rows, held for the later passes (and
     /// for the rows of the result, see [`MergeInput::take_held`]).
     pub held: std::cell::RefCell<Option<Vec<Vec<f32>>>>,
+    /// Where buffers come from and go back to (see `Apply::into_buffers`).
+    pub pool: &'a BufferPool,
 }
 
 impl MergeInput<'_> {
     /// Elements in the tensor.
     pub fn n_elements(&self) -> usize {
         self.row_len * self.n_rows
+    }
+
+    /// Elements of one input in a chunk of a pass (the whole tensor when it is one chunk).
+    pub fn chunk_len(&self) -> usize {
+        self.chunk_rows.max(1).min(self.n_rows) * self.row_len
     }
 
     /// Whether the whole tensor is one chunk: a pass then reads it once and holds it, so a
@@ -98,7 +107,9 @@ impl MergeInput<'_> {
             // One chunk: read (dequantized) once, whatever the number of passes.
             let mut held = self.held.borrow_mut();
             if held.is_none() {
-                let mut bufs = vec![vec![0f32; self.n_elements()]; self.n_inputs];
+                let mut bufs: Vec<Vec<f32>> = (0..self.n_inputs)
+                    .map(|_| self.pool.take(self.n_elements()))
+                    .collect();
                 self.rows.read(0, &mut bufs)?;
                 self.rows.done(0, self.n_rows);
                 *held = Some(bufs);
@@ -107,20 +118,25 @@ impl MergeInput<'_> {
             let refs: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
             return f(0, &refs);
         }
-        let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); self.n_inputs];
+        let mut bufs: Vec<Vec<f32>> = (0..self.n_inputs)
+            .map(|_| self.pool.take(self.chunk_len()))
+            .collect();
         let mut row = 0;
-        while row < self.n_rows {
+        let mut passed = Ok(());
+        while row < self.n_rows && passed.is_ok() {
             let n = self.chunk_rows.max(1).min(self.n_rows - row);
             for b in bufs.iter_mut() {
                 b.resize(n * self.row_len, 0.0);
             }
-            self.rows.read(row, &mut bufs)?;
-            let refs: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
-            f(row, &refs)?;
+            passed = self.rows.read(row, &mut bufs).and_then(|()| {
+                let refs: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
+                f(row, &refs)
+            });
             self.rows.done(row, n);
             row += n;
         }
-        Ok(())
+        self.pool.give(bufs);
+        passed
     }
 
     /// The whole tensor's rows of every input, when a pass read them in one chunk.
@@ -193,6 +209,11 @@ pub trait Apply: Send {
     fn note(&self) -> MergeNote {
         MergeNote::default()
     }
+    /// The buffers it holds, for the next tensor's (`BufferPool`); called once every row is
+    /// done.
+    fn into_buffers(self: Box<Self>) -> Vec<Vec<f32>> {
+        Vec::new()
+    }
 }
 
 /// Merge whole in-memory tensors: prepare with chunks of `chunk_rows`, then apply in chunks of
@@ -212,6 +233,7 @@ pub fn merge_in_memory(
     let n = tensors[0].len();
     let row_len = row_len.clamp(1, n.max(1));
     let rows = InMemory { tensors, row_len };
+    let pool = BufferPool::default();
     let input = MergeInput {
         n_inputs: tensors.len(),
         base,
@@ -223,6 +245,7 @@ pub fn merge_in_memory(
         rows: &rows,
         chunk_rows,
         held: Default::default(),
+        pool: &pool,
     };
     let mut apply = method.prepare(&input)?;
     let mut out = vec![0f32; n];

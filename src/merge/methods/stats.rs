@@ -108,6 +108,56 @@ impl BlockSums {
     }
 }
 
+/// Lanes of a vectorized sum (`add_abs_by_lane`).
+pub const SUM_LANES: usize = 8;
+
+/// Add |a[j] − b[j]| (|a[j]| without `b`) as f64 to `lanes[(first + j) % SUM_LANES]`, where
+/// `first` is the tensor index of `a[0]`. Eight independent running sums vectorize where one
+/// is a chain of dependent additions; each lane still adds its elements in tensor order, so
+/// the sums (fed through `BlockSums`, whose blocks are whole lanes) do not depend on where
+/// chunks are cut. `lanes_total` adds the lanes up in lane order.
+pub fn add_abs_by_lane(first: u64, a: &[f32], b: Option<&[f32]>, lanes: &mut [f64]) {
+    let lanes: &mut [f64; SUM_LANES] = lanes.try_into().expect("SUM_LANES sums");
+    let term = |j: usize| match b {
+        Some(b) => (a[j] - b[j]).abs() as f64,
+        None => a[j].abs() as f64,
+    };
+    // Up to the next element whose tensor index is a multiple of SUM_LANES, one at a time.
+    let head = ((SUM_LANES - (first % SUM_LANES as u64) as usize) % SUM_LANES).min(a.len());
+    for j in 0..head {
+        lanes[(first as usize + j) % SUM_LANES] += term(j);
+    }
+    let body = (a.len() - head) / SUM_LANES * SUM_LANES;
+    let (a_body, a_tail) = a[head..].split_at(body);
+    match b {
+        Some(b) => {
+            for (xa, xb) in a_body
+                .chunks_exact(SUM_LANES)
+                .zip(b[head..head + body].chunks_exact(SUM_LANES))
+            {
+                for l in 0..SUM_LANES {
+                    lanes[l] += (xa[l] - xb[l]).abs() as f64;
+                }
+            }
+        }
+        None => {
+            for xa in a_body.chunks_exact(SUM_LANES) {
+                for l in 0..SUM_LANES {
+                    lanes[l] += xa[l].abs() as f64;
+                }
+            }
+        }
+    }
+    for j in 0..a_tail.len() {
+        lanes[j % SUM_LANES] += term(head + body + j);
+    }
+}
+
+/// The lanes of `add_abs_by_lane` added up, in lane order.
+pub fn lanes_total(lanes: &[f64]) -> f64 {
+    lanes.iter().sum()
+}
+
 /// Bits of one radix digit.
 const DIGIT: u32 = 16;
 
@@ -377,6 +427,46 @@ mod tests {
                 for chunk in [1, 999, keys.len()] {
                     assert_eq!(by_radix(keys, m, bits, chunk), want, "m {m} chunk {chunk}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn lane_sums_do_not_depend_on_the_chunks() {
+        let a: Vec<f32> = (0..2 * SUM_BLOCK + 1001)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.3)
+            .collect();
+        let b: Vec<f32> = a.iter().map(|v| v * 0.7 + 0.01).collect();
+        let sum = |chunk: usize, with_b: bool| {
+            let mut s = BlockSums::new(SUM_LANES);
+            for (c, (pa, pb)) in a.chunks(chunk).zip(b.chunks(chunk)).enumerate() {
+                let first = (c * chunk) as u64;
+                s.feed(pa.len(), |r, acc| {
+                    let pb = with_b.then(|| &pb[r.clone()]);
+                    add_abs_by_lane(first + r.start as u64, &pa[r], pb, acc)
+                });
+            }
+            lanes_total(&s.values())
+        };
+        for with_b in [false, true] {
+            // The definition: lane l sums elements l, l + 8, ... per block, in order.
+            let mut lanes = [0f64; SUM_LANES];
+            for (blk_a, blk_b) in a.chunks(SUM_BLOCK).zip(b.chunks(SUM_BLOCK)) {
+                let mut blk = [0f64; SUM_LANES];
+                for (j, (&x, &y)) in blk_a.iter().zip(blk_b).enumerate() {
+                    blk[j % SUM_LANES] += if with_b { (x - y).abs() } else { x.abs() } as f64;
+                }
+                for (l, v) in lanes.iter_mut().zip(blk) {
+                    *l += v;
+                }
+            }
+            let want = lanes_total(&lanes);
+            for chunk in [1, 3, 100, SUM_BLOCK - 1, SUM_BLOCK + 5, a.len()] {
+                assert_eq!(
+                    sum(chunk, with_b).to_bits(),
+                    want.to_bits(),
+                    "chunk {chunk}"
+                );
             }
         }
     }

@@ -7,7 +7,9 @@
 //! with the elected sign of the weighted sum (≥ 0 counts as positive), optionally normalized by
 //! the weights that took part, times `lambda`, added to the base.
 
-use super::stats::{largest_first, smallest_first, BlockSums, Select};
+use super::stats::{
+    add_abs_by_lane, lanes_total, largest_first, smallest_first, BlockSums, Select, SUM_LANES,
+};
 use super::*;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -509,10 +511,15 @@ impl Method for TaskArithmetic {
             .filter(|&k| rescale && !matches!(deltas[k].mask, Mask::All | Mask::Nothing))
             .collect();
         if !rescaled.is_empty() {
-            let mut sums: Vec<BlockSums> = rescaled.iter().map(|_| BlockSums::new(2)).collect();
+            let mut sums: Vec<BlockSums> = rescaled
+                .iter()
+                .map(|_| BlockSums::new(2 * SUM_LANES))
+                .collect();
             // A tensor in one chunk keeps each thinned delta for the result.
             let whole = input.in_one_chunk();
-            let mut kept: Vec<Vec<f32>> = vec![Vec::new(); rescaled.len()];
+            let mut kept: Vec<Vec<f32>> = (rescaled.iter())
+                .map(|_| input.pool.take(input.chunk_len()))
+                .collect();
             input.pass(|first_row, x| {
                 let start = (first_row * row_len) as u64;
                 for ((s, &k), thinned) in sums.iter_mut().zip(&rescaled).zip(kept.iter_mut()) {
@@ -521,10 +528,10 @@ impl Method for TaskArithmetic {
                     d.thin(x, b, start, row_len, thinned);
                     let thinned = &*thinned;
                     s.feed(xb.len(), |r, acc| {
-                        for j in r {
-                            acc[0] += (xi[j] - xb[j]).abs() as f64;
-                            acc[1] += thinned[j].abs() as f64;
-                        }
+                        let (before, after) = acc.split_at_mut(SUM_LANES);
+                        let first = start + r.start as u64;
+                        add_abs_by_lane(first, &xi[r.clone()], Some(&xb[r.clone()]), before);
+                        add_abs_by_lane(first, &thinned[r], None, after);
                     });
                 }
                 Ok(())
@@ -532,9 +539,12 @@ impl Method for TaskArithmetic {
             for ((s, &k), thinned) in sums.iter().zip(&rescaled).zip(kept) {
                 if whole {
                     deltas[k].thinned = Some(thinned);
+                } else {
+                    input.pool.give([thinned]);
                 }
                 let v = s.values();
-                let (before, after) = (v[0], v[1]);
+                let (before, after) = v.split_at(SUM_LANES);
+                let (before, after) = (lanes_total(before), lanes_total(after));
                 if before >= 1e-7 && after >= 1e-7 {
                     deltas[k].scale = Some((before / after) as f32);
                 }
@@ -546,8 +556,10 @@ impl Method for TaskArithmetic {
             ties: self.ties,
             normalize: (input.shared)("normalize") != 0.0,
             lambda: (input.shared)("lambda") as f32,
+            bufs: (deltas.iter())
+                .map(|_| input.pool.take(input.chunk_len()))
+                .collect(),
             deltas,
-            bufs: Vec::new(),
         }))
     }
 }
@@ -570,7 +582,6 @@ impl Apply for Combine {
             return Ok(());
         }
         let start = (first_row * self.row_len) as u64;
-        self.bufs.resize(self.deltas.len(), Vec::new());
         for (d, buf) in self.deltas.iter().zip(self.bufs.iter_mut()) {
             d.compute(x, self.base, start, self.row_len, buf);
         }
@@ -639,6 +650,11 @@ impl Apply for Combine {
             }
         });
         Ok(())
+    }
+
+    fn into_buffers(self: Box<Self>) -> Vec<Vec<f32>> {
+        let thinned = self.deltas.into_iter().filter_map(|d| d.thinned);
+        self.bufs.into_iter().chain(thinned).collect()
     }
 }
 
