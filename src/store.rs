@@ -416,13 +416,29 @@ impl Store {
 
     /// [`Store::sha256`], calling `hashed(n)` after each `n` bytes.
     pub fn sha256_with(&self, hashed: &(dyn Fn(u64) + Sync)) -> Result<(u64, String)> {
+        self.sha256_unless(hashed, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`Store::sha256_with`] that stops with an error once `cancel` is set.
+    pub fn sha256_unless(
+        &self,
+        hashed: &(dyn Fn(u64) + Sync),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<(u64, String)> {
         use sha2::{Digest, Sha256};
-        const CHUNK: usize = 64 << 20;
+        // Small steps: hashing beside a merge adds at most one step per input to its memory.
+        const CHUNK: usize = 4 << 20;
         let mut h = Sha256::new();
         let mut size = 0u64;
         for (fi, f) in self.files.iter().enumerate() {
             let len = f.map.len();
             for start in (0..len).step_by(CHUNK) {
+                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Error::Invalid(format!(
+                        "{}: hashing stopped",
+                        f.path.display()
+                    )));
+                }
                 let n = CHUNK.min(len - start);
                 h.update(f.bytes(start, n)?);
                 self.release_bytes(fi, start, n);

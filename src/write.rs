@@ -6,11 +6,12 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::writer::{FinishedFile, TensorDecl};
-use crate::gguf::{GgmlType, GgufWriter, Metadata};
+use crate::gguf::{GgmlType, GgufWriter, Metadata, Value};
 use crate::progress::{Progress, Unit};
 use crate::quant;
 use crate::store::{RowOrder, Store};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
@@ -43,6 +44,14 @@ pub trait TensorProducer: Sync {
     fn release_rows(&self, _i: usize, _first_row: usize, _n_rows: usize) {}
     /// Every file read to produce the tensors (no output may replace one of them).
     fn input_files(&self) -> Vec<PathBuf>;
+    /// Metadata whose values are known only at the end: computed on a thread of its own while
+    /// the tensors are produced (a merge hashes its inputs there, so that they are read once,
+    /// not in a pass before), then written over the values `model_metadata` holds for those
+    /// keys, which must encode to the same length. Stops early, with an error, once `cancel`
+    /// is set.
+    fn deferred_metadata(&self, _cancel: &AtomicBool) -> Result<Vec<(String, Value)>> {
+        Ok(Vec::new())
+    }
 }
 
 impl TensorProducer for Store {
@@ -210,7 +219,11 @@ pub fn write_matrix(
         .unwrap_or(0);
     let (to_writer, from_main) = mpsc::sync_channel::<Msg>(2 * fan_out.max(1));
     let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
+    let cancel = AtomicBool::new(false);
     let reports = std::thread::scope(|scope| -> Result<Vec<OutputReport>> {
+        let deferred = scope.spawn(|| producer.deferred_metadata(&cancel));
+        // However this closure returns, the deferred work stops (the scope waits for it).
+        let _stop_deferred = CancelOnDrop(&cancel);
         let writer = scope.spawn(move || -> Result<OpenFiles> {
             for msg in from_main {
                 match msg {
@@ -233,6 +246,13 @@ pub fn write_matrix(
         let files = writer.join().expect("writer thread panicked")?;
         produced?;
         let finished = files.finish_all()?;
+        if !deferred.is_finished() {
+            bar.set_message("hashing inputs");
+        }
+        let deferred = deferred
+            .join()
+            .expect("deferred metadata thread panicked")?;
+        rewrite_deferred_headers(outputs, &headers, &finished, &deferred)?;
         // Every file synced (as it was finished), then all renamed at once: an interrupted
         // run leaves the whole new set (a matrix, a split set) or none of it.
         let reports = outputs
@@ -260,6 +280,56 @@ pub fn write_matrix(
         started.elapsed()
     );
     Ok(reports)
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Write the deferred metadata values over each finished file whose header holds those keys
+/// (in a split set, the first file). The new header must be exactly as long as the one written.
+fn rewrite_deferred_headers(
+    outputs: &[OutputFile],
+    headers: &[Vec<TensorDecl>],
+    finished: &[FinishedFile],
+    deferred: &[(String, Value)],
+) -> Result<()> {
+    let mut found = vec![false; deferred.len()];
+    for ((o, decls), f) in outputs.iter().zip(headers).zip(finished) {
+        let mut metadata = o.metadata.clone();
+        let mut changed = false;
+        for ((key, value), found) in deferred.iter().zip(found.iter_mut()) {
+            if metadata.get(key).is_some() {
+                metadata.set(key.clone(), value.clone());
+                (changed, *found) = (true, true);
+            }
+        }
+        if !changed {
+            continue;
+        }
+        let header = crate::gguf::writer::header_bytes(&metadata, decls)?;
+        let written = crate::gguf::writer::header_len(&o.metadata, decls)?;
+        if header.len() as u64 != written {
+            return Err(Error::Invalid(format!(
+                "{}: the final metadata changes the header's length ({written} to {} bytes)",
+                o.path.display(),
+                header.len()
+            )));
+        }
+        f.rewrite_header(&header)?;
+    }
+    if let Some(k) = found.iter().position(|f| !f) {
+        return Err(Error::Invalid(format!(
+            "no output holds the metadata key `{}` to record",
+            deferred[k].0
+        )));
+    }
+    Ok(())
 }
 
 /// The writers of one run. Files that start with the first tensor (every unsplit output, the
@@ -549,6 +619,90 @@ pub fn llama_cpp_order(names: &[&str]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One F32 tensor, with metadata known only at the end (`later`).
+    struct DeferredKeys {
+        metadata: Metadata,
+        later: Vec<(String, Value)>,
+    }
+
+    impl TensorProducer for DeferredKeys {
+        fn n_tensors(&self) -> usize {
+            1
+        }
+        fn model_metadata(&self) -> &Metadata {
+            &self.metadata
+        }
+        fn name(&self, _: usize) -> &str {
+            "t"
+        }
+        fn shape(&self, _: usize) -> &[u64] {
+            &[32, 2]
+        }
+        fn source_type(&self, _: usize) -> GgmlType {
+            GgmlType::F32
+        }
+        fn read_rows(&self, _: usize, first_row: usize, out: &mut [f32]) -> Result<()> {
+            for (j, v) in out.iter_mut().enumerate() {
+                *v = (first_row * 32 + j) as f32;
+            }
+            Ok(())
+        }
+        fn raw(&self, _: usize) -> Option<&[u8]> {
+            None
+        }
+        fn release(&self, _: usize) {}
+        fn input_files(&self) -> Vec<PathBuf> {
+            Vec::new()
+        }
+        fn deferred_metadata(&self, _: &AtomicBool) -> Result<Vec<(String, Value)>> {
+            Ok(self.later.clone())
+        }
+    }
+
+    fn write_deferred(dir: &Path, later: &str) -> Result<PathBuf> {
+        let mut metadata = Metadata::new();
+        metadata.set("general.architecture", Value::String("llama".into()));
+        metadata.set("x.digest", Value::String("0000".into()));
+        let producer = DeferredKeys {
+            metadata: metadata.clone(),
+            later: vec![("x.digest".into(), Value::String(later.into()))],
+        };
+        let path = dir.join(format!("{later}.gguf"));
+        let outputs = [OutputFile {
+            path: path.clone(),
+            metadata,
+            tensors: vec![Some(PlannedTensor {
+                name: "t".into(),
+                ty: GgmlType::F32,
+                imatrix: None,
+            })],
+        }];
+        write_matrix(&producer, &[0], &outputs, crate::progress::Display::Hidden)?;
+        Ok(path)
+    }
+
+    #[test]
+    fn deferred_metadata_is_written_over_its_placeholder_before_the_file_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_deferred(dir.path(), "abcd").unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.metadata.get_str("x.digest"), Some("abcd"));
+        let mut values = vec![0f32; 64];
+        store.read_rows(0, 0, &mut values).unwrap();
+        assert!(values.iter().enumerate().all(|(j, &v)| v == j as f32));
+        // Longer within the header's padding: the data stays where it was, the file is whole.
+        let path = write_deferred(dir.path(), "abcde").unwrap();
+        assert_eq!(
+            Store::open(&path).unwrap().metadata.get_str("x.digest"),
+            Some("abcde")
+        );
+        // Longer than the padding would move the data: an error, and no file.
+        let long = "a".repeat(100);
+        let err = write_deferred(dir.path(), &long).unwrap_err().to_string();
+        assert!(err.contains("changes the header's length"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
 
     #[test]
     fn order_matches_llama_cpp_comparer() {

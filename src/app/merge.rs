@@ -146,6 +146,14 @@ fn merge_into(job: &MergeJob<'_>, out: &dyn Reporter) -> Result<()> {
             chunk_bytes: job.chunk_bytes,
             // Only shard 0 writes the first files, which hold the input hashes.
             skip_input_hashes: last && job.shard.is_some_and(|s| s.index != 0),
+            // Hashed while the output is written, where `write_matrix` writes it: a GGUF
+            // without targets (a target's measuring pass reads the merge before the writing).
+            defer_input_hashes: job.shard.is_none()
+                && (!last
+                    || matches!(job.format, MergeOutput::Gguf)
+                        && !types.iter().any(|t| {
+                            TypeSpec::parse(t).is_ok_and(|s| super::targets::has_target(&[s]))
+                        })),
         };
         let plan = MergePlan::with_options(doc, &text, &origin, &recipe_dir, &named, &opts)?;
         if last && job.dry_run.is_none() {

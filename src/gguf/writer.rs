@@ -246,6 +246,21 @@ impl FinishedFile {
     pub fn target(&self) -> &Path {
         &self.target
     }
+
+    /// Overwrite the start of the file with `header` (a header of the same length with values
+    /// known only once the data was written, see `write::TensorProducer::deferred_metadata`),
+    /// then sync it again.
+    pub fn rewrite_header(&self, header: &[u8]) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.tmp)
+            .map_err(|e| Error::io(&self.target, e))?;
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(header))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(&self.target, e))
+    }
 }
 
 /// Move finished files over their targets, all of them or (on a signal) none: the renames

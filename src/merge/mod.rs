@@ -24,6 +24,7 @@ use crate::write::TensorProducer;
 use methods::{Apply, Base, MergeInput, Method, Rows, Scope};
 use serde_saphyr::Spanned;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use vocab::{InputVocab, VocabPlan, VocabRequest};
 
@@ -71,7 +72,16 @@ pub struct MergePlan {
     pub notes: Mutex<Vec<(String, String)>>,
     /// Buffers handed from each finished tensor to the next.
     pool: methods::BufferPool,
+    /// The inputs' SHA-256 are placeholders, hashed while the output is written
+    /// (`PlanOptions::defer_input_hashes`).
+    defer_hashes: bool,
+    /// How progress is shown.
+    display: crate::progress::Display,
 }
+
+/// What `smelt.input.N.sha256` holds until a deferred hash is known: as long as a digest, so
+/// the header keeps its length when the digest is written over it.
+const SHA256_PLACEHOLDER: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The tensor being merged.
 struct Current {
@@ -262,6 +272,12 @@ pub struct PlanOptions<'a> {
     /// write the first file of its split sets (where all metadata lives) never needs them, and
     /// hashing would read every input whole.
     pub skip_input_hashes: bool,
+    /// Hash the inputs while the output is written (`TensorProducer::deferred_metadata`, on
+    /// threads beside the merge) instead of in a pass before it, so that each input is read
+    /// once: the plan's `smelt.input.N.sha256` values are placeholders until then. Only for a
+    /// plan written by `write::write_matrix`, and never with `recorded` (a replay checks its
+    /// inputs before it merges).
+    pub defer_input_hashes: bool,
 }
 
 impl MergePlan {
@@ -332,9 +348,23 @@ impl MergePlan {
             vocab.as_ref(),
             out_layer,
         )?;
+        let defer_hashes = opts.defer_input_hashes && opts.recorded.is_none();
         if !opts.dry_run && !opts.skip_input_hashes {
-            let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
-            Self::hash_inputs(&inputs, &mut metadata, opts.recorded, origin, display)?;
+            let digests = if defer_hashes {
+                // Each input's size now, a placeholder of a SHA-256's length for its digest.
+                (inputs.iter())
+                    .map(|inp| {
+                        (
+                            inp.store.files.iter().map(|f| f.map.len() as u64).sum(),
+                            None,
+                        )
+                    })
+                    .collect()
+            } else {
+                let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
+                Self::hash_inputs(&inputs, display)?
+            };
+            Self::record_inputs(&inputs, &mut metadata, digests, opts.recorded, origin)?;
         }
         // The merge's own size, not its tokenizer source's (a stack of 20 + 20 layers of a
         // 30-layer model is a bigger model), labelled as convert_hf_to_gguf.py labels one.
@@ -354,6 +384,8 @@ impl MergePlan {
             chunk_bytes: chunk_bytes(opts.chunk_bytes)?,
             notes: Mutex::new(Vec::new()),
             pool: Default::default(),
+            defer_hashes: defer_hashes && !opts.dry_run && !opts.skip_input_hashes,
+            display: opts.progress.unwrap_or(crate::progress::Display::Hidden),
         })
     }
 
@@ -893,33 +925,43 @@ impl MergePlan {
         Ok(m)
     }
 
-    /// Record each input's size and SHA-256 in `m` (`smelt.input.N.*`); with `recorded` (a
-    /// replay), each must match what the earlier merge recorded.
+    /// Each input's size and SHA-256, inputs hashed in parallel (one per core), each read
+    /// once, in order.
     fn hash_inputs(
         inputs: &[Input],
-        m: &mut Metadata,
-        recorded: Option<&Metadata>,
-        origin: &str,
         display: crate::progress::Display,
-    ) -> Result<()> {
+    ) -> Result<Vec<(u64, Option<String>)>> {
         use crate::progress::{Progress, Unit};
+        use rayon::prelude::*;
         let total: u64 = inputs
             .iter()
             .flat_map(|inp| inp.store.files.iter())
             .map(|f| f.map.len() as u64)
             .sum();
         let progress = Progress::new(display, "hashing inputs", total, Unit::Bytes);
-        // Inputs hash in parallel (one per core); each is read once, in order.
-        let digests: Vec<(u64, String)> = {
-            use rayon::prelude::*;
-            inputs
-                .par_iter()
-                .map(|inp| inp.store.sha256_with(&|n| progress.inc(n)))
-                .collect::<Result<_>>()?
-        };
+        let digests = inputs
+            .par_iter()
+            .map(|inp| {
+                let (size, sha) = inp.store.sha256_with(&|n| progress.inc(n))?;
+                Ok((size, Some(sha)))
+            })
+            .collect::<Result<_>>()?;
         progress.finish();
+        Ok(digests)
+    }
+
+    /// Record each input's size and SHA-256 in `m` (`smelt.input.N.*`; a SHA-256 not yet known
+    /// as `SHA256_PLACEHOLDER`); with `recorded` (a replay), each must match what the earlier
+    /// merge recorded.
+    fn record_inputs(
+        inputs: &[Input],
+        m: &mut Metadata,
+        digests: Vec<(u64, Option<String>)>,
+        recorded: Option<&Metadata>,
+        origin: &str,
+    ) -> Result<()> {
         for (i, (inp, (size, sha))) in inputs.iter().zip(digests).enumerate() {
-            if let Some(r) = recorded {
+            if let (Some(r), Some(sha)) = (recorded, &sha) {
                 let was_size = r.get_u64(&format!("smelt.input.{i}.size"));
                 let was_sha = r.get_str(&format!("smelt.input.{i}.sha256"));
                 let (Some(was_size), Some(was_sha)) = (was_size, was_sha) else {
@@ -941,9 +983,54 @@ impl MergePlan {
                 Value::String(inp.reference.clone()),
             );
             m.set(format!("smelt.input.{i}.size"), Value::U64(size));
+            let sha = sha.unwrap_or_else(|| SHA256_PLACEHOLDER.to_string());
             m.set(format!("smelt.input.{i}.sha256"), Value::String(sha));
         }
         Ok(())
+    }
+
+    /// The inputs' SHA-256 as `smelt.input.N.sha256` values, inputs hashed in parallel on
+    /// threads of their own (as many as the merge's), beside the merge writing the output.
+    fn hash_beside(&self, cancel: &AtomicBool) -> Result<Vec<(String, Value)>> {
+        use crate::progress::{Display, Progress, Unit};
+        let n = self.inputs.len();
+        let total = (self.inputs.iter())
+            .flat_map(|inp| inp.store.files.iter())
+            .map(|f| f.map.len() as u64)
+            .sum();
+        // Lines in a log; no second bar on a terminal, where the writing bar is drawn.
+        let display = match self.display {
+            Display::Bar => Display::Hidden,
+            d => d,
+        };
+        let progress = Progress::new(display, "hashing inputs", total, Unit::Bytes);
+        let next = AtomicUsize::new(0);
+        let digests: Vec<Mutex<Option<Result<String>>>> =
+            (0..n).map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..rayon::current_num_threads().clamp(1, n.max(1)) {
+                scope.spawn(|| loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(slot) = digests.get(k) else { break };
+                    let digest = self.inputs[k]
+                        .store
+                        .sha256_unless(&|b| progress.inc(b), cancel);
+                    *slot.lock().expect("digest lock") = Some(digest.map(|(_, sha)| sha));
+                });
+            }
+        });
+        if !cancel.load(Ordering::Relaxed) {
+            progress.finish();
+        }
+        digests
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let digest = d.into_inner().expect("digest lock");
+                let sha = digest.expect("every input hashed")?;
+                Ok((format!("smelt.input.{i}.sha256"), Value::String(sha)))
+            })
+            .collect()
     }
 
     /// `merge --dry-run`: each output tensor with its method, sources and output type per
@@ -1405,6 +1492,12 @@ impl TensorProducer for MergePlan {
         for &(inp, ti) in &self.tensors[i].sources {
             self.inputs[inp].store.release(ti);
         }
+    }
+    fn deferred_metadata(&self, cancel: &AtomicBool) -> Result<Vec<(String, Value)>> {
+        if !self.defer_hashes {
+            return Ok(Vec::new());
+        }
+        self.hash_beside(cancel)
     }
     fn input_files(&self) -> Vec<std::path::PathBuf> {
         self.inputs

@@ -534,7 +534,8 @@ impl MoePlan {
         let mut metadata = Self::metadata(cfg, config_text, &inputs, &tensors)?;
         if !opts.dry_run && !opts.skip_input_hashes {
             let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
-            MergePlan::hash_inputs(&inputs, &mut metadata, opts.recorded, origin, display)?;
+            let digests = MergePlan::hash_inputs(&inputs, display)?;
+            MergePlan::record_inputs(&inputs, &mut metadata, digests, opts.recorded, origin)?;
         }
         Ok(MoePlan {
             n_expert: cfg.experts.len(),
