@@ -19,6 +19,11 @@ use std::time::Instant;
 /// busy, small enough that peak memory does not depend on the model.
 const CHUNK_VALUES: usize = 4 << 20;
 
+/// Rows the writer asks a producer for at a time, for a tensor of `n_rows` rows of `row_len`.
+pub fn rows_per_chunk(row_len: usize, n_rows: usize) -> usize {
+    (CHUNK_VALUES / row_len.max(1)).clamp(1, n_rows.max(1))
+}
+
 /// Anything that yields tensors as f32 rows: a store, or a merge in progress.
 pub trait TensorProducer: Sync {
     /// How many tensors it makes: indices `0..n_tensors()`.
@@ -452,7 +457,7 @@ fn produce_chunks<'a>(
             .iter()
             .any(|o| o.tensors[k].as_ref().is_some_and(|pt| !copies(pt.ty)));
         let groups = same_bytes_groups(outputs, k);
-        let rows_per_chunk = (CHUNK_VALUES / row_len.max(1)).clamp(1, n_rows.max(1));
+        let rows_per_chunk = rows_per_chunk(row_len, n_rows);
         let mut row = 0;
         while row < n_rows {
             let rows = rows_per_chunk.min(n_rows - row);

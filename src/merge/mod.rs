@@ -1151,6 +1151,7 @@ impl MergePlan {
             seed: t.seed,
             rows: &rows,
             chunk_rows: self.chunk_rows(i),
+            apply_rows: crate::write::rows_per_chunk(row_len, n_rows),
             held: Default::default(),
             pool: &self.pool,
         };
@@ -1162,7 +1163,7 @@ impl MergePlan {
         // Rows are read into `bufs` only when the passes did not hold the whole tensor.
         let n_bufs = if held.is_some() { 0 } else { t.sources.len() };
         let bufs = (0..n_bufs)
-            .map(|_| self.pool.take(input.chunk_len()))
+            .map(|_| self.pool.take(input.apply_len()))
             .collect();
         Ok(Current {
             i,

@@ -76,6 +76,9 @@ pub struct MergeInput<'a> {
     pub rows: &'a dyn Rows,
     /// Rows per chunk of a pass (at least 1).
     pub chunk_rows: usize,
+    /// Rows of the result asked for at a time (the writer's chunk; at least 1), which sizes
+    /// the buffers an `Apply` keeps.
+    pub apply_rows: usize,
     /// A tensor that fits in one chunk is read once: its rows, held for the later passes (and
     /// for the rows of the result, see [`MergeInput::take_held`]).
     pub held: std::cell::RefCell<Option<Vec<Vec<f32>>>>,
@@ -92,6 +95,11 @@ impl MergeInput<'_> {
     /// Elements of one input in a chunk of a pass (the whole tensor when it is one chunk).
     pub fn chunk_len(&self) -> usize {
         self.chunk_rows.max(1).min(self.n_rows) * self.row_len
+    }
+
+    /// Elements of one input in a call of `Apply::apply` (at most; for sizing buffers).
+    pub fn apply_len(&self) -> usize {
+        self.apply_rows.min(self.chunk_rows).max(1).min(self.n_rows) * self.row_len
     }
 
     /// Whether the whole tensor is one chunk: a pass then reads it once and holds it, so a
@@ -244,6 +252,7 @@ pub fn merge_in_memory(
         seed,
         rows: &rows,
         chunk_rows,
+        apply_rows,
         held: Default::default(),
         pool: &pool,
     };

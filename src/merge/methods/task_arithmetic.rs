@@ -557,7 +557,7 @@ impl Method for TaskArithmetic {
             normalize: (input.shared)("normalize") != 0.0,
             lambda: (input.shared)("lambda") as f32,
             bufs: (deltas.iter())
-                .map(|_| input.pool.take(input.chunk_len()))
+                .map(|_| input.pool.take(input.apply_len()))
                 .collect(),
             deltas,
         }))
