@@ -153,6 +153,26 @@ pub fn add_abs_by_lane(first: u64, a: &[f32], b: Option<&[f32]>, lanes: &mut [f6
     }
 }
 
+/// Add `term(j)` for local elements `j` in `0..n` to `lanes[(first + j) % SUM_LANES]`, where
+/// `first` is the tensor index of element 0: `add_abs_by_lane` for any term.
+pub fn add_by_lane(first: u64, n: usize, lanes: &mut [f64], term: impl Fn(usize) -> f64) {
+    let lanes: &mut [f64; SUM_LANES] = lanes.try_into().expect("SUM_LANES sums");
+    let head = ((SUM_LANES - (first % SUM_LANES as u64) as usize) % SUM_LANES).min(n);
+    for j in 0..head {
+        lanes[(first as usize + j) % SUM_LANES] += term(j);
+    }
+    let mut j = head;
+    while j + SUM_LANES <= n {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane += term(j + l);
+        }
+        j += SUM_LANES;
+    }
+    for (l, j) in (j..n).enumerate() {
+        lanes[l] += term(j);
+    }
+}
+
 /// The lanes of `add_abs_by_lane` added up, in lane order.
 pub fn lanes_total(lanes: &[f64]) -> f64 {
     lanes.iter().sum()
