@@ -307,6 +307,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn block_variances_are_the_per_element_definition_bit_for_bit() {
+        // The definition: per element, the f64 mean of the task vectors, then the mean of the
+        // squared deviations, in model order, rounded to f32.
+        let n = 2 * BLOCK + 77;
+        let model = |s: u32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|j| ((j.wrapping_mul(2654435761) ^ s) % 2001) as f32 * 1e-3 - 1.0)
+                .collect()
+        };
+        let (base, a, b, c) = (model(1), model(2), model(3), model(4));
+        let x: [&[f32]; 4] = [&a, &base, &b, &c];
+        let others = [0, 2, 3];
+        let want: Vec<f32> = (0..n)
+            .map(|j| {
+                let tv = |i: usize| (x[i][j] - x[1][j]) as f64;
+                let mean = others.iter().map(|&i| tv(i)).sum::<f64>() / 3.0;
+                (others.iter().map(|&i| (tv(i) - mean).powi(2)).sum::<f64>() / 3.0) as f32
+            })
+            .collect();
+        let mut got = vec![0f32; n - 5];
+        variances_in_parallel(&x, 1, &others, 5, &mut got);
+        assert!(got
+            .iter()
+            .zip(&want[5..])
+            .all(|(g, w)| g.to_bits() == w.to_bits()));
+    }
+
+    #[test]
     fn a_fraction_of_one_weight_selects_none() {
         // One weight, varying across models: 0.4 of one nonzero variance is 0 weights kept,
         // so the result is the base.

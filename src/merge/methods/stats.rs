@@ -488,6 +488,17 @@ mod tests {
                     "chunk {chunk}"
                 );
             }
+            // add_by_lane with the same term adds the same terms to the same lanes.
+            for first in [0u64, 5, 8, 13] {
+                let (mut by_abs, mut by_term) = ([0f64; SUM_LANES], [0f64; SUM_LANES]);
+                let pb = with_b.then_some(&b[..1001]);
+                add_abs_by_lane(first, &a[..1001], pb, &mut by_abs);
+                add_by_lane(first, 1001, &mut by_term, |j| match pb {
+                    Some(pb) => (a[j] - pb[j]).abs() as f64,
+                    None => a[j].abs() as f64,
+                });
+                assert_eq!(by_abs, by_term, "first {first}");
+            }
         }
     }
 
