@@ -521,25 +521,26 @@ fn grow<T: Clone + Default>(buf: &mut Vec<T>, len: usize, tensor: &str) -> Resul
 /// A NaN or infinity in a tensor about to be written (a merge that divided by zero, an
 /// overflow, a damaged input) is an error naming the tensor and row, never a silently broken
 /// model; llama-quantize likewise refuses rows it cannot validate.
+/// The index of the first NaN or infinity in `values`. A fold without early exit vectorizes;
+/// chunks in parallel: the check costs no wall time beside the work it follows.
+pub(crate) fn first_non_finite(values: &[f32]) -> Option<usize> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 1 << 16;
+    let block = (values.par_chunks(BLOCK))
+        .position_first(|c| c.iter().fold(false, |bad, v| bad | !v.is_finite()))?;
+    let rest = &values[block * BLOCK..];
+    Some(block * BLOCK + rest.iter().position(|v| !v.is_finite())?)
+}
+
 pub(crate) fn refuse_non_finite(
     tensor: &str,
     values: &[f32],
     first_row: usize,
     row_len: usize,
 ) -> Result<()> {
-    use rayon::prelude::*;
-    // A fold without early exit vectorizes; chunks in parallel: the check costs no wall time
-    // beside the dequantization it follows.
-    let any_bad = values
-        .par_chunks(1 << 16)
-        .any(|c| c.iter().fold(false, |bad, v| bad | !v.is_finite()));
-    if !any_bad {
+    let Some(at) = first_non_finite(values) else {
         return Ok(());
-    }
-    let at = values
-        .iter()
-        .position(|v| !v.is_finite())
-        .expect("a non-finite value was found above");
+    };
     Err(Error::Invalid(format!(
         "tensor `{tensor}`: value {} at row {}, column {} is not finite; refusing to write it",
         values[at],

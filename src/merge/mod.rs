@@ -1384,7 +1384,7 @@ impl MergePlan {
         row_len: usize,
         o: &[f32],
     ) -> Result<()> {
-        if let Some(j) = o.iter().position(|v| !v.is_finite()) {
+        if let Some(j) = crate::write::first_non_finite(o) {
             return Err(Error::Invalid(format!(
                 "tensor `{}`: the merged value at element {} is {} (check the recipe's weights and parameters, and the inputs)",
                 t.name,
