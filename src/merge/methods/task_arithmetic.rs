@@ -211,15 +211,18 @@ impl Mask {
                 let mut r = rng.clone();
                 r.set_word_pos(first + start as u128);
                 // word ≥ threshold (as reals) is word ≥ ⌈threshold⌉ (as integers): one
-                // integer compare, branch-free so that it vectorizes.
-                let cut = threshold.ceil() as u64;
+                // 32-bit integer compare, branch-free so that it vectorizes. A cut above every
+                // word drops nothing.
+                let Ok(cut) = u32::try_from(threshold.ceil() as u64) else {
+                    return;
+                };
                 let mut words = [0u8; 4 * 1024];
                 for part in d.chunks_mut(1024) {
                     // fill_bytes takes whole words in stream order, as next_u32 would.
                     let bytes = &mut words[..4 * part.len()];
                     r.fill_bytes(bytes);
                     for (d, w) in part.iter_mut().zip(bytes.chunks_exact(4)) {
-                        let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64;
+                        let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
                         *d = if word >= cut { 0.0 } else { *d };
                     }
                 }
