@@ -56,10 +56,7 @@ impl Method for ArceeFusion {
         // The importances whose quantiles set the threshold: all of them, or (above 10⁶) the
         // ones at the sampled positions, gathered as the passes reach them.
         let mut picks: Vec<u64> = if n > QUANTILE_SAMPLE {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(input.seed);
-            (0..QUANTILE_SAMPLE)
-                .map(|_| rng.next_u64() % n as u64)
-                .collect()
+            sample_positions(input.seed, n as u64)
         } else {
             Vec::new()
         };
@@ -111,6 +108,24 @@ impl Method for ArceeFusion {
             kept,
         }))
     }
+}
+
+/// `QUANTILE_SAMPLE` positions below `n`: draw `k` is the `k`-th `next_u64` of a ChaCha8 stream
+/// seeded with `seed`, modulo `n`. Blocks of draws are made in parallel, each seeking to its
+/// first word (two words a draw), so the positions are the serial stream's.
+fn sample_positions(seed: u64, n: u64) -> Vec<u64> {
+    const BLOCK: usize = 1 << 14;
+    let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut picks = vec![0u64; QUANTILE_SAMPLE];
+    picks
+        .par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(b, part)| {
+            let mut r = rng.clone();
+            r.set_word_pos(2 * (b * BLOCK) as u128);
+            part.iter_mut().for_each(|p| *p = r.next_u64() % n);
+        });
+    picks
 }
 
 /// The values at sorted indices ⌊f·(len − 1)⌋ for f = 0.25, 0.5, 0.75 (`sample` not empty),
@@ -231,6 +246,14 @@ fn importance(other: &[f32], base: &[f32], row: usize, importance: &mut Vec<f32>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sample_positions_are_the_serial_stream() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+        let n = 3_000_017u64;
+        let serial: Vec<u64> = (0..QUANTILE_SAMPLE).map(|_| rng.next_u64() % n).collect();
+        assert_eq!(sample_positions(42, n), serial);
+    }
 
     #[test]
     fn total_order_keys_order_as_total_cmp_and_map_back() {
