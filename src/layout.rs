@@ -29,6 +29,19 @@ impl RowOrder {
             }
         }
     }
+
+    /// The presented row that stored row `stored` holds: the inverse of `stored_row`.
+    pub fn presented_row(self, stored: usize, n_rows: usize) -> usize {
+        match self {
+            RowOrder::AsStored => stored,
+            RowOrder::HeadPermute { n_head } => {
+                let half = n_rows / n_head / 2;
+                let (h, rest) = (stored / (2 * half), stored % (2 * half));
+                let (j, i) = (rest / half, rest % half);
+                h * 2 * half + 2 * i + j
+            }
+        }
+    }
 }
 
 /// An element-wise change applied to a tensor's values as its rows are read.
@@ -55,6 +68,25 @@ impl Transform {
                 for v in values {
                     *v += 1.0;
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presented_row_undoes_stored_row() {
+        for (n_head, n_rows) in [(1, 2), (2, 8), (4, 64), (3, 48)] {
+            let order = RowOrder::HeadPermute { n_head };
+            let stored: Vec<usize> = (0..n_rows).map(|r| order.stored_row(r, n_rows)).collect();
+            let mut sorted = stored.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..n_rows).collect::<Vec<_>>(), "a permutation");
+            for (r, &s) in stored.iter().enumerate() {
+                assert_eq!(order.presented_row(s, n_rows), r, "{n_head} heads, row {r}");
             }
         }
     }

@@ -10,6 +10,12 @@
 //! positive prompts point along (minus the negative prompts'), normalised to unit length.
 //! Tensors stream to the quant-matrix writer one at a time; only the routers (n_layer ×
 //! n_expert × hidden floats) are held whole.
+//!
+//! With one shared expert whose gate has prompts, the output is mergekit-moe's Qwen MoE,
+//! written as llama.cpp's `qwen2moe`: the shared expert's MLP as `ffn_*_shexp`, its gate
+//! (the router row computed after the experts') as `ffn_gate_inp_shexp`, the base's
+//! hyper-parameters under the `qwen2moe.` prefix, and a Llama base's q/k rows back in Hugging
+//! Face order, since Qwen's RoPE rotates the halves of each head rather than adjacent pairs.
 
 use super::{at, open_input, Input, MergePlan, PlanOptions};
 use crate::error::{Error, Result};
@@ -53,6 +59,74 @@ pub struct MoeConfig {
     /// Remarks (unknown top-level keys, all experts one model), `origin:line: ...`.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// The output architecture, chosen by `parse` as mergekit-moe chooses it.
+    #[serde(skip, default = "mixtral")]
+    pub arch: MoeArch,
+}
+
+fn mixtral() -> MoeArch {
+    MoeArch::Mixtral
+}
+
+/// The output architecture as mergekit-moe picks it: `architecture` (a prefix of the name),
+/// else Mixtral without shared experts and Qwen MoE with one gated shared expert. mergekit's
+/// DeepSeek output (an ungated shared expert) and several shared experts are refused.
+fn output_arch(
+    cfg: &MoeConfig,
+    mode: GateMode,
+    origin: &str,
+    key_at: &dyn Fn(&str, u64) -> u64,
+) -> Result<MoeArch> {
+    let asked = cfg.architecture.as_ref().map(|a| {
+        let name = a.value.to_lowercase();
+        if "mixtral".starts_with(&name) {
+            Ok(MoeArch::Mixtral)
+        } else if "qwen moe".starts_with(&name) || name == "qwen2" || name == "qwen2_moe" {
+            Ok(MoeArch::Qwen2)
+        } else {
+            Err(at(
+                origin,
+                a,
+                format!(
+                    "architecture `{}`: smelt writes Mixtral (architecture: mixtral) and Qwen MoE (architecture: qwen) mixtures",
+                    a.value
+                ),
+            ))
+        }
+    });
+    let shared = cfg.shared_experts.as_ref().filter(|s| !s.value.is_empty());
+    let Some(shared) = shared else {
+        return match asked {
+            Some(Ok(MoeArch::Qwen2)) => Err(at(
+                origin,
+                cfg.architecture.as_ref().expect("asked"),
+                "a Qwen MoE mixture has exactly one shared expert: add `shared_experts:` with one model and its positive_prompts",
+            )),
+            Some(a) => a,
+            None => Ok(MoeArch::Mixtral),
+        };
+    };
+    let line = key_at("shared_experts", shared.referenced.line());
+    if shared.value.len() > 1 {
+        return Err(Error::Invalid(format!(
+            "{origin}:{line}: {} shared experts: smelt's Qwen MoE output takes exactly one (mergekit's DeepSeek output, which takes several, is not written by smelt)",
+            shared.value.len()
+        )));
+    }
+    if let Some(Ok(MoeArch::Mixtral)) = asked {
+        return Err(Error::Invalid(format!(
+            "{origin}:{line}: shared_experts: a Mixtral mixture has no shared expert (architecture: qwen writes one)"
+        )));
+    }
+    let x = &shared.value[0].value;
+    let prompted = x.positive_prompts.as_ref().is_some_and(|p| !p.is_empty());
+    if !prompted && (mode.needs_prompts() || asked.is_none()) {
+        return Err(Error::Invalid(format!(
+            "{origin}:{}: the shared expert has no positive_prompts: an ungated shared expert is mergekit's DeepSeek output, which smelt does not write; give it the prompts its gate opens for (a Qwen MoE mixture)",
+            x.source_model.referenced.line()
+        )));
+    }
+    asked.unwrap_or(Ok(MoeArch::Qwen2))
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -74,6 +148,16 @@ const MOE_KEYS: &[&str] = &[
     "experts_per_token",
     "shared_experts",
 ];
+
+/// The mixture's output architecture: of mergekit-moe's, the two smelt writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoeArch {
+    /// Mixtral (GGUF architecture `llama` with experts): no shared expert.
+    Mixtral,
+    /// mergekit's "Qwen MoE" (GGUF architecture `qwen2moe`): one shared expert beside the
+    /// routed ones, gated per token by its own router row (`ffn_gate_inp_shexp`).
+    Qwen2,
+}
 
 /// How the router rows are made (mergekit-moe's `gate_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,24 +261,7 @@ pub fn parse(text: &str, origin: &str) -> Result<MoeConfig> {
             cfg.experts.len()
         )));
     }
-    if let Some(shared) = cfg.shared_experts.as_ref().filter(|s| !s.value.is_empty()) {
-        return Err(Error::Invalid(format!(
-            "{origin}:{}: shared_experts: smelt writes Mixtral-style MoE models (GGUF architecture llama), which have no shared experts; mergekit's qwen2-moe / deepseek outputs are not supported",
-            key_at("shared_experts", shared.referenced.line())
-        )));
-    }
-    if let Some(a) = &cfg.architecture {
-        if !"mixtral".starts_with(&a.value.to_lowercase()) {
-            return Err(at(
-                origin,
-                a,
-                format!(
-                    "architecture `{}`: smelt writes Mixtral-style MoE models only (architecture: mixtral)",
-                    a.value
-                ),
-            ));
-        }
-    }
+    cfg.arch = output_arch(&cfg, mode, origin, &key_at)?;
     if let Some(d) = &cfg.dtype {
         if dtype_rounding(&d.value).is_none() {
             return Err(at(
@@ -207,7 +274,8 @@ pub fn parse(text: &str, origin: &str) -> Result<MoeConfig> {
             ));
         }
     }
-    for (e, x) in cfg.experts.iter().enumerate() {
+    let shared = cfg.shared_experts.iter().flat_map(|s| s.value.iter());
+    for (e, x) in cfg.experts.iter().chain(shared).enumerate() {
         let x_line = x.value.source_model.referenced.line();
         let empty = |p: &Option<Vec<String>>| p.as_ref().is_none_or(Vec::is_empty);
         if mode.needs_prompts() && empty(&x.value.positive_prompts) {
@@ -289,6 +357,11 @@ enum Source {
     },
     /// The router of a layer (rows: experts).
     Router(usize),
+    /// The shared expert's gate of a layer (one row: the router row after the experts').
+    SharedGate(usize),
+    /// A Llama q/k tensor of the base in Hugging Face row order (the GGUF head permutation
+    /// undone), for an architecture whose RoPE takes the halves of each head (NeoX style).
+    BaseUnpermuted { tensor: usize, n_head: usize },
 }
 
 struct ExpertPart {
@@ -350,17 +423,31 @@ impl MoePlan {
             .iter()
             .map(|x| open(&x.value.source_model))
             .collect::<Result<_>>()?;
+        // The shared expert (a Qwen MoE mixture's one), after the routed experts.
+        let shared: Option<(&Spanned<Expert>, usize)> = match cfg.arch {
+            MoeArch::Mixtral => None,
+            MoeArch::Qwen2 => {
+                let x = &cfg.shared_experts.as_ref().expect("parse checked").value[0];
+                Some((x, open(&x.value.source_model)?))
+            }
+        };
         let base = &inputs[0].store;
         let base_ref = &cfg.base_model;
         let arch_of = |s: &Store| s.metadata.architecture().unwrap_or("?").to_string();
-        if arch_of(base) != "llama" {
+        let in_arch = arch_of(base);
+        let takes: &[&str] = match cfg.arch {
+            MoeArch::Mixtral => &["llama"],
+            MoeArch::Qwen2 => &["llama", "qwen2"],
+        };
+        if !takes.contains(&in_arch.as_str()) {
             return Err(at(
                 origin,
                 base_ref,
                 format!(
-                    "base model `{}` is {}: smelt's Mixtral-style output takes Llama or Mistral models (GGUF architecture llama)",
+                    "base model `{}` is {in_arch}: smelt's {:?} output takes models of GGUF architecture {}",
                     base_ref.value,
-                    arch_of(base)
+                    cfg.arch,
+                    takes.join(" or ")
                 ),
             ));
         }
@@ -387,16 +474,17 @@ impl MoePlan {
                 ),
             ));
         }
-        for (x, &i) in cfg.experts.iter().zip(&expert_inputs) {
+        let routed = cfg.experts.iter().zip(expert_inputs.iter().copied());
+        for (x, i) in routed.chain(shared) {
             let s = &inputs[i].store;
             let r = &x.value.source_model;
             let name = &r.value;
-            if arch_of(s) != "llama" {
+            if arch_of(s) != in_arch {
                 return Err(at(
                     origin,
                     r,
                     format!(
-                        "expert `{name}` is {} but the base is llama: every expert must have the base's architecture",
+                        "expert `{name}` is {} but the base is {in_arch}: every expert must have the base's architecture",
                         arch_of(s)
                     ),
                 ));
@@ -420,8 +508,42 @@ impl MoePlan {
         }
 
         let seed = cfg.seed();
+        // Llama stores q/k rows permuted for its RoPE; Qwen MoE's RoPE takes them unpermuted.
+        let unpermute = cfg.arch == MoeArch::Qwen2 && in_arch == "llama";
+        let n_head = hp(base, "attention.head_count") as usize;
+        let n_head_kv = base
+            .hparam("attention.head_count_kv")
+            .map_or(n_head, |n| n as usize);
         let mut tensors = Vec::new();
         for (ti, t) in base.tensors.iter().enumerate() {
+            let heads = match crate::arch::layer_index(&t.name) {
+                Some((_, "attn_q.weight")) if unpermute => Some(n_head),
+                Some((_, "attn_k.weight")) if unpermute => Some(n_head_kv),
+                _ => None,
+            };
+            if let Some(heads) = heads {
+                if heads == 0 || t.n_rows() % (2 * heads) != 0 {
+                    return Err(at(
+                        origin,
+                        base_ref,
+                        format!(
+                            "base model tensor `{}`: {} rows do not split into {heads} heads of pairs",
+                            t.name,
+                            t.n_rows()
+                        ),
+                    ));
+                }
+                tensors.push(MoeTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    source_type: t.ty,
+                    source: Source::BaseUnpermuted {
+                        tensor: ti,
+                        n_head: heads,
+                    },
+                });
+                continue;
+            }
             let Some((layer, suffix)) = crate::arch::layer_index(&t.name) else {
                 tensors.push(MoeTensor {
                     name: t.name.clone(),
@@ -433,7 +555,7 @@ impl MoePlan {
             };
             let suffix = suffix.to_string();
             let stem = suffix.strip_suffix(".weight").unwrap_or(&suffix);
-            let Some(&(_, stacked)) = MLP.iter().find(|(dense, _)| {
+            let Some(&(dense, stacked)) = MLP.iter().find(|(dense, _)| {
                 stem == *dense
                     || suffix
                         .strip_prefix(dense)
@@ -465,9 +587,18 @@ impl MoePlan {
                     source_type: GgmlType::F32,
                     source: Source::Router(layer),
                 });
+                if shared.is_some() {
+                    tensors.push(MoeTensor {
+                        name: format!("blk.{layer}.ffn_gate_inp_shexp.weight"),
+                        shape: vec![hidden as u64],
+                        source_type: GgmlType::F32,
+                        source: Source::SharedGate(layer),
+                    });
+                }
             }
             let mut parts = Vec::new();
-            for (e, (x, &i)) in cfg.experts.iter().zip(&expert_inputs).enumerate() {
+            let routed = cfg.experts.iter().zip(expert_inputs.iter().copied());
+            for (e, (x, i)) in routed.chain(shared).enumerate() {
                 let s = &inputs[i].store;
                 let r = &x.value.source_model;
                 let Some(xi) = s.find(&t.name) else {
@@ -502,6 +633,19 @@ impl MoePlan {
                     noise_seed: crate::seed::fnv1a(seed, &format!("{out_name}/{e}")),
                 });
             }
+            if shared.is_some() {
+                // The last part is the shared expert's: a tensor of its own.
+                let part = parts.pop().expect("the shared expert's part");
+                tensors.push(MoeTensor {
+                    name: format!("blk.{layer}.{dense}_shexp.weight"),
+                    shape: t.shape.clone(),
+                    source_type: inputs[part.input].store.tensors[part.tensor].ty,
+                    source: Source::Experts {
+                        part_rows: t.n_rows(),
+                        parts: vec![part],
+                    },
+                });
+            }
             let mut shape = t.shape.clone();
             shape.push(cfg.experts.len() as u64);
             tensors.push(MoeTensor {
@@ -529,7 +673,23 @@ impl MoePlan {
             ));
         }
 
-        let routers = router_rows(cfg, &inputs[0].store, n_layer, hidden, origin)?;
+        // llama.cpp's Qwen MoE needs an output matrix: a model with tied embeddings gets a
+        // copy of its token embeddings.
+        if shared.is_some() && base.find("output.weight").is_none() {
+            if let Some(ti) = base.find("token_embd.weight") {
+                tensors.push(MoeTensor {
+                    name: "output.weight".into(),
+                    shape: base.tensors[ti].shape.clone(),
+                    source_type: base.tensors[ti].ty,
+                    source: Source::Base(ti),
+                });
+            }
+        }
+        // Router rows for the routed experts, then the shared expert's gate (as mergekit
+        // computes them together).
+        let gated: Vec<&Spanned<Expert>> =
+            (cfg.experts.iter()).chain(shared.map(|(x, _)| x)).collect();
+        let routers = router_rows(cfg, &gated, &inputs[0].store, n_layer, hidden, origin)?;
 
         let mut metadata = Self::metadata(cfg, config_text, &inputs, &tensors)?;
         if !opts.dry_run && !opts.skip_input_hashes {
@@ -560,9 +720,36 @@ impl MoePlan {
                 && !k.starts_with("smelt.")
                 && !k.starts_with("general.base_model.")
         });
-        m.set("llama.expert_count", Value::U32(cfg.experts.len() as u32));
+        let arch = match cfg.arch {
+            MoeArch::Mixtral => "llama".to_string(),
+            MoeArch::Qwen2 => {
+                // The base's hyper-parameters under the new architecture's prefix.
+                let from = format!("{}.", m.architecture().unwrap_or("llama"));
+                let mut renamed = Metadata::new();
+                for (k, v) in m.iter() {
+                    let key = match k.strip_prefix(&from) {
+                        Some(rest) => format!("qwen2moe.{rest}"),
+                        None => k.to_string(),
+                    };
+                    renamed.set(key, v.clone());
+                }
+                m = renamed;
+                m.set("general.architecture", Value::String("qwen2moe".into()));
+                // Every expert, the shared one too, is a whole dense MLP (as mergekit's
+                // moe_intermediate_size and shared_expert_intermediate_size).
+                if let Some(ff) = m.get("qwen2moe.feed_forward_length").cloned() {
+                    m.set("qwen2moe.expert_feed_forward_length", ff.clone());
+                    m.set("qwen2moe.expert_shared_feed_forward_length", ff);
+                }
+                "qwen2moe".to_string()
+            }
+        };
         m.set(
-            "llama.expert_used_count",
+            format!("{arch}.expert_count"),
+            Value::U32(cfg.experts.len() as u32),
+        );
+        m.set(
+            format!("{arch}.expert_used_count"),
             Value::U32(cfg.experts_per_token()),
         );
         if let Some(n) = cfg.output.as_ref().and_then(|o| o.name.as_ref()) {
@@ -605,7 +792,11 @@ impl MoePlan {
                 let t = &self.tensors[i];
                 let from = match &t.source {
                     Source::Base(_) => format!("{} (base)", self.inputs[0].reference),
+                    Source::BaseUnpermuted { .. } => {
+                        format!("{} (base, q/k heads unpermuted)", self.inputs[0].reference)
+                    }
                     Source::Router(_) => "router".to_string(),
+                    Source::SharedGate(_) => "shared expert gate".to_string(),
                     Source::Experts { parts, .. } => parts
                         .iter()
                         .map(|p| self.inputs[p.input].reference.as_str())
@@ -639,15 +830,16 @@ fn prompt_tokens(md: &Metadata, prompt: &str) -> Result<Vec<u32>> {
     Ok(tokens)
 }
 
-/// Every layer's router: n_expert rows of `hidden` values per layer.
+/// Every layer's router: one row of `hidden` values per gated expert (`gated`), per layer.
 fn router_rows(
     cfg: &MoeConfig,
+    gated: &[&Spanned<Expert>],
     base: &Store,
     n_layer: usize,
     hidden: usize,
     origin: &str,
 ) -> Result<Vec<Vec<f32>>> {
-    let n_expert = cfg.experts.len();
+    let n_expert = gated.len();
     let mode = cfg.gate_mode();
     let round = cfg
         .dtype
@@ -679,7 +871,7 @@ fn router_rows(
         n_layer,
         hidden,
     };
-    for (e, x) in cfg.experts.iter().enumerate() {
+    for (e, x) in gated.iter().enumerate() {
         let line = x.value.source_model.referenced.line();
         let named = |what: &str, err: Error| match err {
             Error::Invalid(m) => {
@@ -862,6 +1054,22 @@ impl TensorProducer for MoePlan {
                 out.copy_from_slice(&r[start..start + out.len()]);
                 Ok(())
             }
+            Source::SharedGate(l) => {
+                let start = self.n_expert * self.hidden + first_row * row_len;
+                let r = &self.routers[*l];
+                out.copy_from_slice(&r[start..start + out.len()]);
+                Ok(())
+            }
+            Source::BaseUnpermuted { tensor, n_head } => {
+                let order = crate::layout::RowOrder::HeadPermute { n_head: *n_head };
+                let n_rows = t.shape[1..].iter().product::<u64>() as usize;
+                // Hugging Face row `r` is the GGUF row that the permutation stores there.
+                for (k, row) in out.chunks_exact_mut(row_len).enumerate() {
+                    let gguf_row = order.presented_row(first_row + k, n_rows);
+                    self.inputs[0].store.read_rows(*tensor, gguf_row, row)?;
+                }
+                Ok(())
+            }
             Source::Experts { part_rows, parts } => {
                 let n = out.len() / row_len.max(1);
                 let mut r = 0;
@@ -891,13 +1099,15 @@ impl TensorProducer for MoePlan {
     }
     fn release(&self, i: usize) {
         match &self.tensors[i].source {
-            Source::Base(ti) => self.inputs[0].store.release(*ti),
+            Source::Base(ti) | Source::BaseUnpermuted { tensor: ti, .. } => {
+                self.inputs[0].store.release(*ti)
+            }
             Source::Experts { parts, .. } => {
                 for p in parts {
                     self.inputs[p.input].store.release(p.tensor);
                 }
             }
-            Source::Router(_) => {}
+            Source::Router(_) | Source::SharedGate(_) => {}
         }
     }
     fn input_files(&self) -> Vec<PathBuf> {
@@ -971,6 +1181,12 @@ pub fn build(req: &MoeRequest) -> Result<MoeOutcome> {
     }
     if let (Some(hf), false) = (&req.safetensors, req.plan.dry_run) {
         crate::hf_writer::check_output_dir(req.output, hf.force)?;
+    }
+    if req.safetensors.is_some() && cfg.arch == MoeArch::Qwen2 {
+        return Err(Error::Invalid(format!(
+            "{}: a Qwen MoE mixture is written as GGUF (--format safetensors writes Mixtral mixtures only)",
+            req.origin
+        )));
     }
     let plan = MoePlan::new(&cfg, req.text, req.origin, req.config_dir, &req.plan)?;
     if let (Some(hf), false) = (&req.safetensors, req.plan.dry_run) {

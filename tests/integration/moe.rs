@@ -387,11 +387,22 @@ fn configs_that_cannot_make_a_mixture_are_one_error_naming_the_line() {
         (config("cheap_embd"), 2, vec!["gate_mode", "cheap_embd", "cheap_embed"]),
         (good.replace("experts_per_token: 2", "experts_per_token: 4"), 4, vec!["experts_per_token", "4", "3"]),
         (
-            format!("{good}shared_experts:\n  - source_model: models/m2.gguf\n    positive_prompts: [\"x\"]\n"),
+            format!("{good}shared_experts:\n  - source_model: models/m2.gguf\n    positive_prompts: [\"x\"]\n  - source_model: models/m3.gguf\n    positive_prompts: [\"y\"]\n"),
             18,
-            vec!["shared_experts", "Mixtral", "no shared experts"],
+            vec!["2 shared experts", "exactly one", "DeepSeek"],
         ),
-        (format!("architecture: qwen\n{good}"), 1, vec!["architecture", "qwen", "mixtral"]),
+        (
+            format!("{good}shared_experts:\n  - source_model: models/m2.gguf\n"),
+            19,
+            vec!["shared expert has no positive_prompts", "DeepSeek", "Qwen MoE"],
+        ),
+        (
+            format!("architecture: mixtral\n{good}shared_experts:\n  - source_model: models/m2.gguf\n    positive_prompts: [\"x\"]\n"),
+            19,
+            vec!["shared_experts", "Mixtral", "no shared expert"],
+        ),
+        (format!("architecture: qwen\n{good}"), 1, vec!["Qwen MoE", "exactly one shared expert"]),
+        (format!("architecture: deepseek\n{good}"), 1, vec!["architecture", "deepseek", "qwen"]),
         (good.replace("base_model: models/m1.gguf", "base_model: models/none.gguf"), 1, vec!["none.gguf"]),
     ];
     for (k, (text, line, words)) in cases.iter().enumerate() {
@@ -521,5 +532,75 @@ fn residual_scale_and_noise_scale_change_only_their_expert() {
             (std - 0.01).abs() < 0.001,
             "expert 2 {dense}: noise std {std}"
         );
+    }
+}
+
+#[test]
+fn a_shared_expert_with_prompts_makes_a_qwen_moe_mixture() {
+    // mergekit-moe's Qwen MoE output (a gated shared expert beside the routed ones), written
+    // as llama.cpp's qwen2moe: the shared expert's MLP byte for byte, its gate the direction
+    // of its prompts, Llama's q/k rows back in Hugging Face order for Qwen's RoPE, the base's
+    // hyper-parameters under the qwen2moe prefix.
+    let dir = common::scratch();
+    let d = dir.path();
+    models(d);
+    let text = format!(
+        "{}shared_experts:\n  - source_model: models/m3.gguf\n    positive_prompts: [\"talk about anything\"]\n",
+        config("cheap_embed")
+    );
+    merge(d, "qwen", &text, "F16").unwrap();
+    let out = Store::open(d.join("out-qwen/qwen-F16.gguf")).unwrap();
+    let base = Store::open(d.join("models/m1.gguf")).unwrap();
+    let shared = Store::open(d.join("models/m3.gguf")).unwrap();
+    let md = &out.metadata;
+    assert_eq!(md.get_str("general.architecture"), Some("qwen2moe"));
+    assert_eq!(md.get_u64("qwen2moe.expert_count"), Some(3));
+    assert_eq!(md.get_u64("qwen2moe.expert_used_count"), Some(2));
+    assert_eq!(md.get_u64("qwen2moe.block_count"), Some(2));
+    let ff = base.metadata.get_u64("llama.feed_forward_length");
+    assert!(ff.is_some());
+    assert_eq!(md.get_u64("qwen2moe.expert_feed_forward_length"), ff);
+    assert_eq!(md.get_u64("qwen2moe.expert_shared_feed_forward_length"), ff);
+    assert!(md.iter().all(|(k, _)| !k.starts_with("llama.")));
+    assert!(
+        out.find("output.weight").is_some(),
+        "llama.cpp's qwen2moe needs it"
+    );
+    let n_head = base.metadata.get_u64("llama.attention.head_count").unwrap() as usize;
+    let n_head_kv = base
+        .metadata
+        .get_u64("llama.attention.head_count_kv")
+        .unwrap() as usize;
+    let gate = cheap_embed(&base, &["talk about anything"]);
+    for l in 0..2 {
+        for dense in ["ffn_gate", "ffn_up", "ffn_down"] {
+            let (_, oi) = tensor(&out, &format!("blk.{l}.{dense}_shexp.weight"));
+            let (_, si) = tensor(&shared, &format!("blk.{l}.{dense}.weight"));
+            assert_eq!(out.raw(oi), shared.raw(si), "{dense}_shexp");
+        }
+        let (t, i) = tensor(&out, &format!("blk.{l}.ffn_gate_inp_shexp.weight"));
+        assert_eq!(
+            (t.ty, t.shape.clone()),
+            (GgmlType::F32, vec![HIDDEN as u64])
+        );
+        assert_close(&out.read_f32(i).unwrap(), &gate, "shared gate");
+        assert_eq!(router(&out, l).len(), 3, "the routed experts' rows only");
+        // Row r of the output's q (k) is the base's GGUF row that Llama's permutation moved
+        // away from Hugging Face row r.
+        for (name, heads) in [("attn_q", n_head), ("attn_k", n_head_kv)] {
+            let name = format!("blk.{l}.{name}.weight");
+            let ((t, oi), (_, bi)) = (tensor(&out, &name), tensor(&base, &name));
+            let (row_len, n_rows) = (t.shape[0] as usize, t.n_rows());
+            let (o, b) = (out.read_f32(oi).unwrap(), base.read_f32(bi).unwrap());
+            let order = smelt::layout::RowOrder::HeadPermute { n_head: heads };
+            for r in 0..n_rows {
+                let g = order.presented_row(r, n_rows);
+                assert_eq!(
+                    o[r * row_len..(r + 1) * row_len],
+                    b[g * row_len..(g + 1) * row_len],
+                    "{name} row {r}"
+                );
+            }
+        }
     }
 }

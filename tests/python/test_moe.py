@@ -31,13 +31,16 @@ def dense(scratch):
     return scratch
 
 
-def build(dense: Path, mode: str, types: str) -> Path:
+def build(dense: Path, mode: str, types: str, shared: str = "") -> Path:
+    """The three-expert config (plus `shared`, a `shared_experts:` block) merged at `types`."""
     experts = "".join(
         f"  - source_model: {dense / f'm{m}.gguf'}\n    positive_prompts: {json.dumps(p)}\n"
         for m, p in zip((2, 3, 1), PROMPTS))
-    cfg = dense / f"moe-{mode}.yaml"
-    cfg.write_text(f"base_model: {dense / 'm1.gguf'}\ngate_mode: {mode}\nexperts_per_token: 2\nexperts:\n{experts}")
-    out = dense / f"out-{mode}"
+    name = f"moe-{mode}" if not shared else f"qwen-{mode}"
+    cfg = dense / f"{name}.yaml"
+    cfg.write_text(f"base_model: {dense / 'm1.gguf'}\ngate_mode: {mode}\nexperts_per_token: 2\nexperts:\n{experts}"
+                   + shared)
+    out = dense / f"out-{name}"
     run_smelt("merge", cfg, "-o", out, "--types", types)
     return out
 
@@ -142,3 +145,19 @@ def test_moe_loads_and_generates_in_llama_cpp(dense, llama_bin):  # noqa: F811
         src = {t.name: t.data for t in gguf.GGUFReader(dense / f"m{m}.gguf").tensors}
         for dense_name, exps in (("ffn_gate", "ffn_gate_exps"), ("ffn_up", "ffn_up_exps"), ("ffn_down", "ffn_down_exps")):
             assert np.array_equal(stacked[f"blk.1.{exps}.weight"][e], src[f"blk.1.{dense_name}.weight"]), (e, exps)
+
+
+def test_qwen_moe_with_a_shared_expert_loads_and_generates_in_llama_cpp(dense, llama_bin):  # noqa: F811
+    """mergekit-moe's Qwen MoE output (one gated shared expert) as llama.cpp's qwen2moe: it
+    loads with the shared expert's tensors and generates, at F16 and Q8_0."""
+    shared = f"shared_experts:\n  - source_model: {dense / 'm3.gguf'}\n    positive_prompts: [\"anything at all\"]\n"
+    out = build(dense, "cheap_embed", "F16,Q8_0", shared)
+    for ty in ("F16", "Q8_0"):
+        model = out / f"qwen-cheap_embed-{ty}.gguf"
+        assert gguf.GGUFReader(model).fields["general.architecture"].contents() == "qwen2moe"
+        p = generate(llama_bin, model, "write a function", 3)
+        err, text = p.stderr.decode("utf-8", "replace"), p.stdout.decode("utf-8", "replace")
+        assert p.returncode == 0, err[-2000:]
+        assert re.search(r"arch\s+= qwen2moe\n", err), err[-3000:]
+        assert re.search(r"n_expert\s+= 3\n", err) and re.search(r"n_ff_shexp\s+= \d+\n", err), err[-3000:]
+        assert text.strip().startswith("write a function") and len(text.strip()) > len("write a function"), text
