@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import generate, run_smelt
+from conftest import ROOT, generate, run_llama_tool, run_smelt
 from test_llama_quantize import llama_bin  # noqa: F401  (fixture)
 
 PROMPTS = [
@@ -161,3 +161,31 @@ def test_qwen_moe_with_a_shared_expert_loads_and_generates_in_llama_cpp(dense, l
         assert re.search(r"arch\s+= qwen2moe\n", err), err[-3000:]
         assert re.search(r"n_expert\s+= 3\n", err) and re.search(r"n_ff_shexp\s+= \d+\n", err), err[-3000:]
         assert text.strip().startswith("write a function") and len(text.strip()) > len("write a function"), text
+
+
+def test_qwen_moe_of_one_model_computes_that_model_in_llama_cpp(scratch, llama_bin):  # noqa: F811
+    """A Qwen MoE whose one routed expert (always chosen, weight 1) is the base and whose shared
+    expert is silenced (`residual_scale: 0`) computes the dense base: llama-perplexity's KL
+    divergence of its token distributions from the base's is nil and every top token is the
+    same, through qwen2moe's graph (NeoX RoPE on the unpermuted q/k rows, the shared expert's
+    gate and MLP) and llama's. (Left permuted, the q/k rows change 2 % of the top tokens.)"""
+    d = scratch / "qwen-one"
+    d.mkdir()
+    base = d / "m.gguf"
+    run_smelt("make-test-model", "-o", base, "--layers", "2", "--seed", "5", "--dtype", "F32")
+    cfg = d / "one.yaml"
+    cfg.write_text(f"base_model: {base}\ngate_mode: cheap_embed\nexperts_per_token: 1\nexperts:\n"
+                   f"  - source_model: {base}\n    positive_prompts: [\"write a function\"]\n"
+                   f"shared_experts:\n  - source_model: {base}\n    positive_prompts: [\"anything\"]\n"
+                   "    residual_scale: 0\n")
+    run_smelt("merge", cfg, "-o", d / "out", "--types", "F32")
+    moe = d / "out" / "one-F32.gguf"
+    assert gguf.GGUFReader(moe).fields["general.architecture"].contents() == "qwen2moe"
+    tool = [llama_bin / "llama-perplexity", "-f", ROOT / "data" / "calibration.txt", "-c", 64, "--chunks", 8,
+            "-t", "2", "-fa", "off", "--kl-divergence-base", d / "base.kld"]
+    run_llama_tool([*tool, "-m", base], "Final estimate")
+    p = run_llama_tool([*tool, "-m", moe, "--kl-divergence"], "Same top p")
+    log = p.stdout + p.stderr
+    mean_kld = float(re.search(r"Mean\s+KLD:\s+(-?[0-9.]+)", log).group(1))
+    same_top = float(re.search(r"Same top p:\s+([0-9.]+)", log).group(1))
+    assert mean_kld < 1e-6 and same_top == 100.0, log[-1500:]
