@@ -318,6 +318,8 @@ fn merge_moe(
             dry_run: job.dry_run.is_some(),
             recorded,
             progress: Some(out.display()),
+            // Hashed while the GGUF files are written (the Hugging Face writer hashes first).
+            defer_input_hashes: matches!(job.format, MergeOutput::Gguf),
             ..Default::default()
         },
         safetensors: match job.format {

@@ -351,15 +351,7 @@ impl MergePlan {
         let defer_hashes = opts.defer_input_hashes && opts.recorded.is_none();
         if !opts.dry_run && !opts.skip_input_hashes {
             let digests = if defer_hashes {
-                // Each input's size now, a placeholder of a SHA-256's length for its digest.
-                (inputs.iter())
-                    .map(|inp| {
-                        (
-                            inp.store.files.iter().map(|f| f.map.len() as u64).sum(),
-                            None,
-                        )
-                    })
-                    .collect()
+                Self::sizes_only(&inputs)
             } else {
                 let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
                 Self::hash_inputs(&inputs, display)?
@@ -950,6 +942,18 @@ impl MergePlan {
         Ok(digests)
     }
 
+    /// Each input's size, its SHA-256 to come (`PlanOptions::defer_input_hashes`).
+    pub(super) fn sizes_only(inputs: &[Input]) -> Vec<(u64, Option<String>)> {
+        (inputs.iter())
+            .map(|inp| {
+                (
+                    inp.store.files.iter().map(|f| f.map.len() as u64).sum(),
+                    None,
+                )
+            })
+            .collect()
+    }
+
     /// Record each input's size and SHA-256 in `m` (`smelt.input.N.*`; a SHA-256 not yet known
     /// as `SHA256_PLACEHOLDER`); with `recorded` (a replay), each must match what the earlier
     /// merge recorded.
@@ -991,15 +995,19 @@ impl MergePlan {
 
     /// The inputs' SHA-256 as `smelt.input.N.sha256` values, inputs hashed in parallel on
     /// threads of their own (as many as the merge's), beside the merge writing the output.
-    fn hash_beside(&self, cancel: &AtomicBool) -> Result<Vec<(String, Value)>> {
+    pub(super) fn hash_beside(
+        inputs: &[Input],
+        display: crate::progress::Display,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<(String, Value)>> {
         use crate::progress::{Display, Progress, Unit};
-        let n = self.inputs.len();
-        let total = (self.inputs.iter())
+        let n = inputs.len();
+        let total = (inputs.iter())
             .flat_map(|inp| inp.store.files.iter())
             .map(|f| f.map.len() as u64)
             .sum();
         // Lines in a log; no second bar on a terminal, where the writing bar is drawn.
-        let display = match self.display {
+        let display = match display {
             Display::Bar => Display::Hidden,
             d => d,
         };
@@ -1012,9 +1020,7 @@ impl MergePlan {
                 scope.spawn(|| loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(slot) = digests.get(k) else { break };
-                    let digest = self.inputs[k]
-                        .store
-                        .sha256_unless(&|b| progress.inc(b), cancel);
+                    let digest = inputs[k].store.sha256_unless(&|b| progress.inc(b), cancel);
                     *slot.lock().expect("digest lock") = Some(digest.map(|(_, sha)| sha));
                 });
             }
@@ -1498,7 +1504,7 @@ impl TensorProducer for MergePlan {
         if !self.defer_hashes {
             return Ok(Vec::new());
         }
-        self.hash_beside(cancel)
+        Self::hash_beside(&self.inputs, self.display, cancel)
     }
     fn input_files(&self) -> Vec<std::path::PathBuf> {
         self.inputs

@@ -390,6 +390,9 @@ pub struct MoePlan {
     pub routers: Vec<Vec<f32>>,
     pub n_expert: usize,
     pub hidden: usize,
+    /// The inputs' SHA-256 are placeholders, hashed while the output is written (with this
+    /// progress display; `PlanOptions::defer_input_hashes`).
+    deferred_hashes: Option<crate::progress::Display>,
 }
 
 /// The dense MLP tensors each expert contributes, and the stacked tensors they become.
@@ -692,12 +695,18 @@ impl MoePlan {
         let routers = router_rows(cfg, &gated, &inputs[0].store, n_layer, hidden, origin)?;
 
         let mut metadata = Self::metadata(cfg, config_text, &inputs, &tensors)?;
-        if !opts.dry_run && !opts.skip_input_hashes {
-            let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
-            let digests = MergePlan::hash_inputs(&inputs, display)?;
+        let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
+        let hashed = !opts.dry_run && !opts.skip_input_hashes;
+        let defer = hashed && opts.defer_input_hashes && opts.recorded.is_none();
+        if hashed {
+            let digests = match defer {
+                true => MergePlan::sizes_only(&inputs),
+                false => MergePlan::hash_inputs(&inputs, display)?,
+            };
             MergePlan::record_inputs(&inputs, &mut metadata, digests, opts.recorded, origin)?;
         }
         Ok(MoePlan {
+            deferred_hashes: defer.then_some(display),
             n_expert: cfg.experts.len(),
             hidden,
             inputs,
@@ -1115,6 +1124,15 @@ impl TensorProducer for MoePlan {
             .iter()
             .flat_map(|inp| inp.store.input_files())
             .collect()
+    }
+    fn deferred_metadata(
+        &self,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<Vec<(String, Value)>> {
+        match self.deferred_hashes {
+            Some(display) => MergePlan::hash_beside(&self.inputs, display, cancel),
+            None => Ok(Vec::new()),
+        }
     }
 }
 

@@ -159,7 +159,14 @@ fn cheap_embed_mixture_holds_the_experts_mlps_and_the_prompt_routers() {
         assert!(
             matches!(md.get("smelt.recipe"), Some(Value::String(r)) if r.contains("cheap_embed"))
         );
-        assert!(md.get_str("smelt.input.1.sha256").is_some());
+        // Hashed beside the writing: the digest of the input file itself.
+        let digest = {
+            use sha2::{Digest, Sha256};
+            let d = Sha256::digest(std::fs::read(d.join("models/m2.gguf")).unwrap());
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        assert_eq!(md.get_str("smelt.input.1.file"), Some("models/m2.gguf"));
+        assert_eq!(md.get_str("smelt.input.1.sha256"), Some(digest.as_str()));
         // No dense MLP is left; everything else is the base's, unchanged.
         for t in &out.tensors {
             assert!(!t.name.ends_with("ffn_up.weight"), "{}", t.name);
