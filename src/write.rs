@@ -518,9 +518,6 @@ fn grow<T: Clone + Default>(buf: &mut Vec<T>, len: usize, tensor: &str) -> Resul
     Ok(())
 }
 
-/// A NaN or infinity in a tensor about to be written (a merge that divided by zero, an
-/// overflow, a damaged input) is an error naming the tensor and row, never a silently broken
-/// model; llama-quantize likewise refuses rows it cannot validate.
 /// The index of the first NaN or infinity in `values`. A fold without early exit vectorizes;
 /// chunks in parallel: the check costs no wall time beside the work it follows.
 pub(crate) fn first_non_finite(values: &[f32]) -> Option<usize> {
@@ -532,6 +529,9 @@ pub(crate) fn first_non_finite(values: &[f32]) -> Option<usize> {
     Some(block * BLOCK + rest.iter().position(|v| !v.is_finite())?)
 }
 
+/// A NaN or infinity in a tensor about to be written (a merge that divided by zero, an
+/// overflow, a damaged input) is an error naming the tensor and row, never a silently broken
+/// model; llama-quantize likewise refuses rows it cannot validate.
 pub(crate) fn refuse_non_finite(
     tensor: &str,
     values: &[f32],

@@ -36,6 +36,13 @@ pub struct Input {
     pub store: Store,
 }
 
+impl Input {
+    /// Bytes of the files behind it (what its SHA-256 covers).
+    fn size(&self) -> u64 {
+        self.store.files.iter().map(|f| f.map.len() as u64).sum()
+    }
+}
+
 /// One output tensor of the plan.
 pub struct OutTensor {
     pub name: String,
@@ -72,11 +79,9 @@ pub struct MergePlan {
     pub notes: Mutex<Vec<(String, String)>>,
     /// Buffers handed from each finished tensor to the next.
     pool: methods::BufferPool,
-    /// The inputs' SHA-256 are placeholders, hashed while the output is written
-    /// (`PlanOptions::defer_input_hashes`).
-    defer_hashes: bool,
-    /// How progress is shown.
-    display: crate::progress::Display,
+    /// Set when the inputs' SHA-256 are placeholders, hashed while the output is written
+    /// (`PlanOptions::defer_input_hashes`), with this progress display.
+    deferred_hashes: Option<crate::progress::Display>,
 }
 
 /// What `smelt.input.N.sha256` holds until a deferred hash is known: as long as a digest, so
@@ -348,16 +353,7 @@ impl MergePlan {
             vocab.as_ref(),
             out_layer,
         )?;
-        let defer_hashes = opts.defer_input_hashes && opts.recorded.is_none();
-        if !opts.dry_run && !opts.skip_input_hashes {
-            let digests = if defer_hashes {
-                Self::sizes_only(&inputs)
-            } else {
-                let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
-                Self::hash_inputs(&inputs, display)?
-            };
-            Self::record_inputs(&inputs, &mut metadata, digests, opts.recorded, origin)?;
-        }
+        let deferred_hashes = Self::input_hashes(&inputs, &mut metadata, opts, origin)?;
         // The merge's own size, not its tokenizer source's (a stack of 20 + 20 layers of a
         // 30-layer model is a bigger model), labelled as convert_hf_to_gguf.py labels one.
         let params = ParamCount::of(
@@ -376,8 +372,7 @@ impl MergePlan {
             chunk_bytes: chunk_bytes(opts.chunk_bytes)?,
             notes: Mutex::new(Vec::new()),
             pool: Default::default(),
-            defer_hashes: defer_hashes && !opts.dry_run && !opts.skip_input_hashes,
-            display: opts.progress.unwrap_or(crate::progress::Display::Hidden),
+            deferred_hashes,
         })
     }
 
@@ -917,6 +912,29 @@ impl MergePlan {
         Ok(m)
     }
 
+    /// Record the inputs' sizes and SHA-256 in `m` as `opts` asks (none for a dry run or a
+    /// shard that skips them): hashed now, or (`defer_input_hashes`, not a replay) as
+    /// placeholders, in which case the progress display for `hash_beside` is returned.
+    pub(super) fn input_hashes(
+        inputs: &[Input],
+        m: &mut Metadata,
+        opts: &PlanOptions,
+        origin: &str,
+    ) -> Result<Option<crate::progress::Display>> {
+        let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
+        if opts.dry_run || opts.skip_input_hashes {
+            return Ok(None);
+        }
+        let defer = opts.defer_input_hashes && opts.recorded.is_none();
+        let digests = match defer {
+            // Each input's size now, its SHA-256 to come.
+            true => inputs.iter().map(|inp| (inp.size(), None)).collect(),
+            false => Self::hash_inputs(inputs, display)?,
+        };
+        Self::record_inputs(inputs, m, digests, opts.recorded, origin)?;
+        Ok(defer.then_some(display))
+    }
+
     /// Each input's size and SHA-256, inputs hashed in parallel (one per core), each read
     /// once, in order.
     fn hash_inputs(
@@ -925,11 +943,7 @@ impl MergePlan {
     ) -> Result<Vec<(u64, Option<String>)>> {
         use crate::progress::{Progress, Unit};
         use rayon::prelude::*;
-        let total: u64 = inputs
-            .iter()
-            .flat_map(|inp| inp.store.files.iter())
-            .map(|f| f.map.len() as u64)
-            .sum();
+        let total = inputs.iter().map(Input::size).sum();
         let progress = Progress::new(display, "hashing inputs", total, Unit::Bytes);
         let digests = inputs
             .par_iter()
@@ -940,18 +954,6 @@ impl MergePlan {
             .collect::<Result<_>>()?;
         progress.finish();
         Ok(digests)
-    }
-
-    /// Each input's size, its SHA-256 to come (`PlanOptions::defer_input_hashes`).
-    pub(super) fn sizes_only(inputs: &[Input]) -> Vec<(u64, Option<String>)> {
-        (inputs.iter())
-            .map(|inp| {
-                (
-                    inp.store.files.iter().map(|f| f.map.len() as u64).sum(),
-                    None,
-                )
-            })
-            .collect()
     }
 
     /// Record each input's size and SHA-256 in `m` (`smelt.input.N.*`; a SHA-256 not yet known
@@ -1002,10 +1004,7 @@ impl MergePlan {
     ) -> Result<Vec<(String, Value)>> {
         use crate::progress::{Display, Progress, Unit};
         let n = inputs.len();
-        let total = (inputs.iter())
-            .flat_map(|inp| inp.store.files.iter())
-            .map(|f| f.map.len() as u64)
-            .sum();
+        let total = inputs.iter().map(Input::size).sum();
         // Lines in a log; no second bar on a terminal, where the writing bar is drawn.
         let display = match display {
             Display::Bar => Display::Hidden,
@@ -1501,10 +1500,10 @@ impl TensorProducer for MergePlan {
         }
     }
     fn deferred_metadata(&self, cancel: &AtomicBool) -> Result<Vec<(String, Value)>> {
-        if !self.defer_hashes {
-            return Ok(Vec::new());
+        match self.deferred_hashes {
+            Some(display) => Self::hash_beside(&self.inputs, display, cancel),
+            None => Ok(Vec::new()),
         }
-        Self::hash_beside(&self.inputs, self.display, cancel)
     }
     fn input_files(&self) -> Vec<std::path::PathBuf> {
         self.inputs

@@ -695,18 +695,9 @@ impl MoePlan {
         let routers = router_rows(cfg, &gated, &inputs[0].store, n_layer, hidden, origin)?;
 
         let mut metadata = Self::metadata(cfg, config_text, &inputs, &tensors)?;
-        let display = opts.progress.unwrap_or(crate::progress::Display::Hidden);
-        let hashed = !opts.dry_run && !opts.skip_input_hashes;
-        let defer = hashed && opts.defer_input_hashes && opts.recorded.is_none();
-        if hashed {
-            let digests = match defer {
-                true => MergePlan::sizes_only(&inputs),
-                false => MergePlan::hash_inputs(&inputs, display)?,
-            };
-            MergePlan::record_inputs(&inputs, &mut metadata, digests, opts.recorded, origin)?;
-        }
+        let deferred_hashes = MergePlan::input_hashes(&inputs, &mut metadata, opts, origin)?;
         Ok(MoePlan {
-            deferred_hashes: defer.then_some(display),
+            deferred_hashes,
             n_expert: cfg.experts.len(),
             hidden,
             inputs,

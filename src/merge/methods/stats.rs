@@ -154,7 +154,9 @@ pub fn add_abs_by_lane(first: u64, a: &[f32], b: Option<&[f32]>, lanes: &mut [f6
 }
 
 /// Add `term(j)` for local elements `j` in `0..n` to `lanes[(first + j) % SUM_LANES]`, where
-/// `first` is the tensor index of element 0: `add_abs_by_lane` for any term.
+/// `first` is the tensor index of element 0: `add_abs_by_lane` for any term. (DARE's rescale
+/// keeps `add_abs_by_lane`, whose slices need no bounds check per term: this closure form
+/// measured 0.2 s of CPU slower there.)
 pub fn add_by_lane(first: u64, n: usize, lanes: &mut [f64], term: impl Fn(usize) -> f64) {
     let lanes: &mut [f64; SUM_LANES] = lanes.try_into().expect("SUM_LANES sums");
     let head = ((SUM_LANES - (first % SUM_LANES as u64) as usize) % SUM_LANES).min(n);

@@ -184,8 +184,9 @@ impl Mask {
     }
 
     /// Zero the dropped elements of `d`, one block of the delta on this thread: `d` starts at
-    /// element `start` (for DELLA, at a row's start, and holds whole rows). Every element's fate depends only on its position
-    /// and value, so any split into blocks gives the same mask.
+    /// element `start` (for DELLA, at a row's start, and holds whole rows). Every element's
+    /// fate depends only on its position and value, so any split into blocks gives the same
+    /// mask.
     fn apply_block(&self, d: &mut [f32], start: u64, row_len: usize) {
         match self {
             Mask::All => {}
